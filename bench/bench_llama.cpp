@@ -1,0 +1,77 @@
+// Prefill and decode speed of a TinyLlama-1.1B-shaped model (random weights) in float32 and bfloat16, each as a
+// fraction of a ceiling measured in the same run: decode against the memory read bandwidth (every weight is read
+// once per token), prefill against the GEMM peak of the same dtype.
+//
+//   bench_llama [--prompt 512] [--decode 64] [--dtypes bf16,f32]
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include "bench/bench_common.h"
+#include "core/cpu_info.h"
+#include "infer/generator.h"
+#include "infer/roofline.h"
+#include "kernels/kernels.h"
+
+using namespace oar;
+using namespace oar::bench;
+
+int main(int argc, char** argv) {
+  int64_t prompt = 512, decode = 64;
+  std::string dtypes = "bf16,f32";
+  for (int i = 1; i + 1 < argc; i += 2) {
+    if (!std::strcmp(argv[i], "--prompt")) prompt = std::stoll(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--decode")) decode = std::stoll(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--dtypes")) dtypes = argv[i + 1];
+  }
+  const CpuInfo& ci = cpu_info();
+  std::printf("machine: %s, %d threads, kernels %s\n", ci.model_name.c_str(), omp_get_max_threads(),
+              kernels_for(Device::CPU).name());
+  const LlamaConfig cfg = tinyllama_1_1b();
+  std::printf("model: TinyLlama-1.1B shape (hidden 2048, 22 layers, 32 heads, 4 KV heads, FFN 5632, vocab 32000)\n");
+  std::printf("workload: prompt %lld tokens, then %lld decoded tokens, batch 1, greedy\n\n", (long long)prompt,
+              (long long)decode);
+  const double bw = measure_read_bandwidth();
+  std::printf("ceiling: memory read bandwidth %.1f GB/s\n", bw / 1e9);
+  for (const std::string& dts : {std::string("bf16"), std::string("f32")}) {
+    if (dtypes.find(dts) == std::string::npos) continue;
+    const DType dt = dts == "bf16" ? DType::BF16 : DType::F32;
+    // The GEMM ceiling: the model's largest product (gate/up projection) at the prefill length.
+    const double peak = measure_gemm_flops(dt, prompt, cfg.intermediate_size, cfg.hidden_size);
+    std::printf("ceiling: %s GEMM peak %.1f GFLOP/s (%lld x %lld x %lld)\n", dts.c_str(), peak / 1e9, (long long)prompt,
+                (long long)cfg.intermediate_size, (long long)cfg.hidden_size);
+    auto model = random_model(cfg, dt);
+    Generator gen(*model);
+    GenerationRequest r;
+    r.prompt.resize(size_t(prompt));
+    for (int64_t i = 0; i < prompt; i++) r.prompt[size_t(i)] = int32_t((i * 7919) % cfg.vocab_size);
+    r.max_new_tokens = decode;
+    r.sampling.greedy = true;
+    r.ignore_eos = true;
+    gen.run({r}, {});  // warm-up: page in the weights, build the GEMM primitives
+    GenerationStats best;
+    best.prefill_seconds = 1e30;
+    best.decode_seconds = 1e30;
+    for (int rep = 0; rep < 2; rep++) {
+      GenerationStats st;
+      gen.run({r}, {}, &st);
+      if (st.prefill_seconds < best.prefill_seconds) { best.prefill_seconds = st.prefill_seconds; best.prompt_tokens = st.prompt_tokens; }
+      if (st.decode_seconds < best.decode_seconds) { best.decode_seconds = st.decode_seconds; best.decode_steps = st.decode_steps; }
+    }
+    const double n = double(prompt);
+    const double layer_params = double(cfg.q_dim() * cfg.hidden_size * 2 + cfg.kv_dim() * cfg.hidden_size * 2 +
+                                       3 * cfg.hidden_size * cfg.intermediate_size);
+    const double flops = 2.0 * layer_params * n * double(cfg.num_hidden_layers) +
+                         4.0 * double(cfg.q_dim()) * (n * (n + 1) / 2) * double(cfg.num_hidden_layers) +
+                         2.0 * double(cfg.vocab_size * cfg.hidden_size);
+    const double pf_tok_s = n / best.prefill_seconds;
+    const double pf_flops = flops / best.prefill_seconds;
+    const double dec_tok_s = double(best.decode_steps) / best.decode_seconds;
+    const double wbytes = double(model->decode_weight_bytes());
+    std::printf("%s prefill: %.1f tok/s, %.1f GFLOP/s = %.1f%% of the %s GEMM peak\n", dts.c_str(), pf_tok_s,
+                pf_flops / 1e9, 100 * pf_flops / peak, dts.c_str());
+    std::printf("%s decode : %.2f tok/s, %.2f GB/token -> %.1f GB/s = %.1f%% of the read bandwidth roofline\n\n",
+                dts.c_str(), dec_tok_s, wbytes / 1e9, wbytes * dec_tok_s / 1e9, 100 * wbytes * dec_tok_s / bw);
+  }
+  return 0;
+}

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs every Debian package oar needs to build, test and benchmark. Idempotent: a no-op when all are there.
+set -euo pipefail
+
+PKGS=(
+  build-essential cmake ninja-build pkg-config git
+  clang libclang-rt-dev          # libFuzzer targets and the sanitizer runtime
+  libdnnl-dev                    # oneDNN: GEMM (f32 and bf16 matmul)
+  libopenblas-dev libopenblas0-openmp  # OpenBLAS: only the GEMM comparison in bench/
+  libsentencepiece-dev           # SentencePiece tokenizer.model
+  libpcre2-dev                   # Unicode regex of byte-level BPE pre-tokenizers
+  nlohmann-json3-dev             # JSON
+  libcli11-dev                   # command-line parsing
+  libgtest-dev                   # unit tests
+  python3                        # fixture scripts and CLI tests (standard library only)
+)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "setup: all ${#PKGS[@]} packages present"
+  exit 0
+fi
+echo "setup: installing ${missing[*]}"
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -1,0 +1,15 @@
+// Sub-commands of the `oar` binary. Each registers its flags on a CLI11 sub-app and returns the action to run.
+#pragma once
+#include <CLI/CLI.hpp>
+#include <functional>
+
+namespace oar::cli {
+
+using Action = std::function<int()>;
+
+Action add_predict(CLI::App& app);
+Action add_perplexity(CLI::App& app);
+Action add_env(CLI::App& app);
+Action add_create_model(CLI::App& app);
+
+}  // namespace oar::cli

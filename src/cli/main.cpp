@@ -1,0 +1,52 @@
+// oar: one binary for the life of a Llama model. Errors in input are one line on stderr and exit code 2.
+#include <cstdio>
+#include <exception>
+#include <map>
+#include <new>
+#include <string>
+
+#include "cli/commands.h"
+#include "core/error.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"oar: pretrain, fine-tune, quantize and serve Llama-family models (CPU)", "oar"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", std::string("oar ") + OAR_VERSION);
+  std::map<CLI::App*, oar::cli::Action> actions;
+  auto reg = [&](const char* name, const char* help, oar::cli::Action (*add)(CLI::App&)) {
+    CLI::App* sub = app.add_subcommand(name, help);
+    actions[sub] = add(*sub);
+  };
+  reg("predict", "generate text (PaddleNLP predictor flags), or --benchmark", oar::cli::add_predict);
+  reg("perplexity", "perplexity of a text file over non-overlapping windows", oar::cli::add_perplexity);
+  reg("env", "list the devices and what oar uses on them", oar::cli::add_env);
+  reg("create-model", "write a random-weight Llama (Hugging Face layout) for tests and benchmarks",
+      oar::cli::add_create_model);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::fprintf(stderr, "oar: error: %s (see oar --help)\n", e.what());
+    return 2;
+  }
+  try {
+    for (auto& [sub, act] : actions)
+      if (sub->parsed()) return act();
+    return 2;
+  } catch (const oar::Error& e) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "oar: error: %s\n", e.what());
+    return 2;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "oar: error: out of memory\n");
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "oar: internal error: %s\n", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,42 @@
+#include "cli/model_loading.h"
+
+#include "core/error.h"
+#include "core/fs.h"
+#include "model/config.h"
+
+namespace oar::cli {
+
+LoadedModel load_model_and_tokenizer(const std::string& model_path, const std::string& tokenizer_path,
+                                     const std::string& dtype_name_in) {
+  if (model_path.empty()) throw Error("--model_name_or_path is required");
+  if (!dir_exists(model_path) && !file_exists(model_path)) fail(model_path, "no such file or directory");
+  DType dtype = DType::F32;
+  if (!dtype_name_in.empty()) {
+    dtype = parse_dtype(dtype_name_in);
+  } else if (dir_exists(model_path) && file_exists(join_path(model_path, "config.json"))) {
+    LlamaConfig c = load_hf_config(join_path(model_path, "config.json"));
+    if (c.torch_dtype == "bfloat16" || c.torch_dtype == "float16") dtype = DType::BF16;
+  }
+  LoadedModel lm;
+  // Tokenizer first: a missing tokenizer is found before minutes of weight loading.
+  std::string tok = tokenizer_path;
+  if (tok.empty()) {
+    if (dir_exists(model_path)) {
+      tok = model_path;
+    } else {
+      std::string dir = model_path.substr(0, model_path.find_last_of('/') == std::string::npos ? 0 : model_path.find_last_of('/'));
+      if (dir.empty()) dir = ".";
+      for (const char* f : {"tokenizer.json", "tokenizer.model", "tokenizer.bin"})
+        if (file_exists(join_path(dir, f))) { tok = join_path(dir, f); break; }
+      if (tok.empty()) fail(model_path, "no tokenizer beside this checkpoint (pass --tokenizer_name_or_path)");
+    }
+  }
+  lm.tokenizer = load_tokenizer(tok);
+  lm.model = LlamaModel::load(model_path, dtype);
+  if (lm.tokenizer->vocab_size() > lm.model->config().vocab_size)
+    fail(tok, "tokenizer has " + std::to_string(lm.tokenizer->vocab_size()) + " tokens but the model's vocabulary is " +
+                  std::to_string(lm.model->config().vocab_size));
+  return lm;
+}
+
+}  // namespace oar::cli

@@ -1,0 +1,22 @@
+// Shared by the commands that load a model: the model, its tokenizer, and the dtype rule.
+#pragma once
+#include <memory>
+#include <string>
+
+#include "model/llama.h"
+#include "tokenizer/tokenizer.h"
+
+namespace oar::cli {
+
+struct LoadedModel {
+  std::unique_ptr<LlamaModel> model;
+  std::unique_ptr<Tokenizer> tokenizer;
+};
+
+// model_path: a Hugging Face directory or a llama2.c checkpoint file. tokenizer_path: empty to look beside the
+// model (the directory itself; for a file, tokenizer.json / tokenizer.model / tokenizer.bin in its directory).
+// dtype: "" picks bfloat16 for models stored in 16-bit, float32 otherwise.
+LoadedModel load_model_and_tokenizer(const std::string& model_path, const std::string& tokenizer_path,
+                                     const std::string& dtype);
+
+}  // namespace oar::cli

@@ -1,0 +1,260 @@
+// `oar predict`: PaddleNLP predictor.py's flags and defaults on the plain generation path.
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "cli/commands.h"
+#include "cli/model_loading.h"
+#include "core/cpu_info.h"
+#include "core/error.h"
+#include "core/fs.h"
+#include "infer/generator.h"
+#include "infer/roofline.h"
+
+namespace oar::cli {
+namespace {
+
+struct PredictArgs {
+  std::string model, tokenizer, dtype, data_file, output_file, prompt, decode_strategy = "sampling", device = "cpu";
+  int64_t batch_size = 1, src_length = 1024, max_length = 1024, top_k = 0, seed = 42;
+  double top_p = 0.7, temperature = 0.95, repetition_penalty = 1.0;
+  bool benchmark = false;
+  bool prompt_given = false;  // --prompt "" is a valid (empty) prompt: generation from BOS alone
+  int64_t bench_warmup = 1, bench_rounds = 2;
+};
+
+struct Input {
+  std::string src;
+  nlohmann::json tgt;  // passed through when present
+  bool has_tgt = false;
+};
+
+std::vector<Input> read_inputs(const PredictArgs& a) {
+  std::vector<Input> in;
+  if (!a.data_file.empty()) {
+    std::istringstream s(read_file(a.data_file));
+    std::string line;
+    int64_t n = 0;
+    while (std::getline(s, line)) {
+      n++;
+      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+      nlohmann::json j;
+      try {
+        j = nlohmann::json::parse(line);
+      } catch (const nlohmann::json::exception& e) {
+        fail(a.data_file + ":" + std::to_string(n), std::string("invalid JSON: ") + e.what());
+      }
+      if (!j.is_object() || !j.contains("src")) fail(a.data_file + ":" + std::to_string(n), "expected an object with \"src\"");
+      Input x;
+      if (j["src"].is_string()) x.src = j["src"].get<std::string>();
+      else if (j["src"].is_array() && !j["src"].empty() && j["src"].back().is_string())
+        x.src = j["src"].back().get<std::string>();  // multi-turn without a chat template: the newest turn
+      else fail(a.data_file + ":" + std::to_string(n), "\"src\" must be a string or a list of strings");
+      if (j.contains("tgt")) { x.tgt = j["tgt"]; x.has_tgt = true; }
+      in.push_back(std::move(x));
+    }
+    if (in.empty()) fail(a.data_file, "no input lines");
+  } else if (a.prompt_given) {
+    in.push_back({a.prompt, {}, false});
+  } else if (!isatty(0)) {
+    std::string line;
+    while (std::getline(std::cin, line))
+      if (!line.empty()) in.push_back({line, {}, false});
+  }
+  if (in.empty()) {
+    // PaddleNLP's default when no data is given
+    for (int64_t i = 0; i < a.batch_size; i++) in.push_back({"解释一下温故而知新", {}, false});
+  }
+  return in;
+}
+
+SamplingParams sampling_of(const PredictArgs& a) {
+  SamplingParams p;
+  if (a.decode_strategy == "greedy_search") {
+    p.greedy = true;
+    p.top_p = 0;  // as PaddleNLP: greedy_search forces top_p 0 and temperature 1
+    p.temperature = 1;
+  } else if (a.decode_strategy == "sampling") {
+    p.top_p = a.top_p;
+    p.temperature = a.temperature;
+    p.top_k = a.top_k;
+  } else {
+    throw Error("--decode_strategy: '" + a.decode_strategy + "' is not supported (greedy_search or sampling)");
+  }
+  p.repetition_penalty = a.repetition_penalty;
+  p.seed = uint64_t(a.seed);
+  p.validate();
+  return p;
+}
+
+std::vector<int32_t> encode_prompt(const Tokenizer& tok, const std::string& text, int64_t src_length) {
+  std::vector<int32_t> ids = tok.encode(text, true);
+  // Left truncation keeps the end of the prompt (PaddleNLP truncation_side="left"); BOS stays first.
+  if (int64_t(ids.size()) > src_length) {
+    std::vector<int32_t> t;
+    if (tok.bos_id() >= 0 && ids[0] == tok.bos_id()) t.push_back(ids[0]);
+    t.insert(t.end(), ids.end() - (src_length - int64_t(t.size())), ids.end());
+    ids = std::move(t);
+  }
+  return ids;
+}
+
+int run_benchmark(const PredictArgs& a, LoadedModel& lm, const SamplingParams& sp) {
+  const Tokenizer& tok = *lm.tokenizer;
+  LlamaModel& model = *lm.model;
+  const LlamaConfig& cfg = model.config();
+  // PaddleNLP's benchmark input: "hello world, how are you?" followed by padding, cut to src_length tokens.
+  std::vector<int32_t> prompt = tok.encode("hello world, how are you?", true);
+  int32_t pad = tok.pad_id() >= 0 ? tok.pad_id() : (tok.eos_ids().empty() ? 0 : tok.eos_ids()[0]);
+  prompt.resize(size_t(a.src_length), pad);
+  std::vector<GenerationRequest> reqs(size_t(a.batch_size));
+  for (auto& r : reqs) {
+    r.prompt = prompt;
+    r.max_new_tokens = a.max_length;
+    r.sampling = sp;
+    r.ignore_eos = true;  // every request decodes exactly max_length tokens
+  }
+  Generator gen(model);
+  std::fprintf(stderr, "benchmark: %lld warm-up and %lld timed rounds, batch %lld, %lld prompt + %lld new tokens\n",
+               (long long)a.bench_warmup, (long long)a.bench_rounds, (long long)a.batch_size, (long long)a.src_length,
+               (long long)a.max_length);
+  for (int64_t i = 0; i < a.bench_warmup; i++) gen.run(reqs, {});
+  GenerationStats sum;
+  int64_t output_tokens = 0;
+  double elapsed = 0;
+  for (int64_t i = 0; i < a.bench_rounds; i++) {
+    GenerationStats st;
+    auto t0 = std::chrono::steady_clock::now();
+    auto outs = gen.run(reqs, {}, &st);
+    elapsed += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    for (auto& o : outs) output_tokens += int64_t(o.tokens.size());
+    sum.prefill_seconds += st.prefill_seconds;
+    sum.decode_seconds += st.decode_seconds;
+    sum.prompt_tokens += st.prompt_tokens;
+    sum.generated_tokens += st.generated_tokens;
+    sum.decode_steps += st.decode_steps;
+    sum.time_to_first_token += st.time_to_first_token;
+    sum.kv_cache_bytes = st.kv_cache_bytes;
+  }
+  const double R = double(a.bench_rounds);
+  std::printf("Avg Elapse time is:  %.6f\n", elapsed / R);
+  std::printf("Output tokens is:  %lld\n", (long long)output_tokens);
+  std::printf("Input length is: %lld, Output length is: %lld, bs is: %lld, IPS: %.3f tokens/s, QPS: %.3f requests/s.\n",
+              (long long)a.src_length, (long long)a.max_length, (long long)a.batch_size, double(output_tokens) / elapsed,
+              double(a.batch_size) * R / elapsed);
+
+  // Ceilings measured now, on this machine.
+  const double bw = measure_read_bandwidth();
+  const double gemm_peak = measure_gemm_flops(model.dtype(), 512, 2048, 2048);
+  // Prefill FLOPs: every matrix once per prompt token, attention's two products over the causal triangle,
+  // the LM head for the last token only.
+  const double n = double(a.src_length);
+  const double layer_params = double(cfg.q_dim() * cfg.hidden_size * 2 + cfg.kv_dim() * cfg.hidden_size * 2 +
+                                     3 * cfg.hidden_size * cfg.intermediate_size);
+  const double prefill_flops_per_seq = 2.0 * layer_params * n * double(cfg.num_hidden_layers) +
+                                       4.0 * double(cfg.q_dim()) * (n * (n + 1) / 2) * double(cfg.num_hidden_layers) +
+                                       2.0 * double(cfg.vocab_size * cfg.hidden_size);
+  const double prefill_tok_s = double(sum.prompt_tokens) / sum.prefill_seconds;
+  const double prefill_flops = prefill_flops_per_seq * double(a.batch_size) * R / sum.prefill_seconds;
+  const double decode_tok_s = double(sum.generated_tokens - int64_t(a.batch_size) * a.bench_rounds) / sum.decode_seconds;
+  const double steps_s = double(sum.decode_steps) / sum.decode_seconds;
+  const double weight_bytes = double(model.decode_weight_bytes());
+  std::printf("oar: dtype %s, kernels %s, threads %d\n", dtype_name(model.dtype()), kernels_for(Device::CPU).name(),
+              cpu_info().logical_cpus);
+  std::printf("oar: prefill %.1f tok/s (%.1f GFLOP/s = %.1f%% of the measured %s GEMM peak %.1f GFLOP/s)\n", prefill_tok_s,
+              prefill_flops / 1e9, 100.0 * prefill_flops / gemm_peak, dtype_name(model.dtype()), gemm_peak / 1e9);
+  std::printf("oar: decode %.2f tok/s (%.2f steps/s), time to first token %.3f s\n", decode_tok_s, steps_s,
+              sum.time_to_first_token / R);
+  std::printf("oar: decode roofline %.1f%% (%.2f GB of weights per step x %.2f steps/s = %.1f GB/s of the measured %.1f GB/s)\n",
+              100.0 * weight_bytes * steps_s / bw, weight_bytes / 1e9, steps_s, weight_bytes * steps_s / 1e9, bw / 1e9);
+  std::printf("oar: peak memory %.2f GiB (KV cache %.1f MiB)\n", double(peak_rss_bytes()) / (1 << 30),
+              double(sum.kv_cache_bytes) / (1 << 20));
+  return 0;
+}
+
+}  // namespace
+
+Action add_predict(CLI::App& app) {
+  auto a = std::make_shared<PredictArgs>();
+  app.add_option("--model_name_or_path", a->model, "Hugging Face directory or llama2.c checkpoint")->required();
+  app.add_option("--tokenizer_name_or_path", a->tokenizer, "tokenizer file or directory (default: beside the model)");
+  app.add_option("--dtype", a->dtype, "float32 or bfloat16 (default: bfloat16 for 16-bit checkpoints, else float32)");
+  app.add_option("--batch_size", a->batch_size, "prompts generated together")->check(CLI::PositiveNumber);
+  app.add_option("--src_length", a->src_length, "maximum prompt tokens (longer prompts keep their end)")->check(CLI::PositiveNumber);
+  app.add_option("--max_length", a->max_length, "maximum new tokens")->check(CLI::NonNegativeNumber);
+  app.add_option("--decode_strategy", a->decode_strategy, "greedy_search or sampling");
+  app.add_option("--top_k", a->top_k, "0: off");
+  app.add_option("--top_p", a->top_p, "nucleus sampling mass");
+  app.add_option("--temperature", a->temperature);
+  app.add_option("--repetition_penalty", a->repetition_penalty);
+  app.add_option("--seed", a->seed);
+  app.add_option("--data_file", a->data_file, "JSON lines with \"src\" (and optional \"tgt\")");
+  app.add_option("--output_file", a->output_file, "JSON lines: src, tgt, output, output_ids");
+  CLI::Option* prompt_opt = app.add_option("--prompt", a->prompt, "one prompt (else --data_file, else stdin lines)");
+  app.add_option("--device", a->device, "cpu");
+  app.add_flag("--benchmark", a->benchmark, "time generation and print PaddleNLP's benchmark line and ours");
+  app.add_option("--benchmark_warmup", a->bench_warmup, "warm-up rounds (PaddleNLP: 10)")->check(CLI::NonNegativeNumber);
+  app.add_option("--benchmark_rounds", a->bench_rounds, "timed rounds (PaddleNLP: 100)")->check(CLI::PositiveNumber);
+  return [a, prompt_opt]() -> int {
+    a->prompt_given = prompt_opt->count() > 0;
+    if (a->device != "cpu") throw Error("--device " + a->device + ": this build runs on cpu only");
+    SamplingParams sp = sampling_of(*a);
+    // Inputs are read and checked before the (slow) model load.
+    std::vector<Input> inputs;
+    if (!a->benchmark) inputs = read_inputs(*a);
+    LoadedModel lm = load_model_and_tokenizer(a->model, a->tokenizer, a->dtype);
+    if (a->benchmark) return run_benchmark(*a, lm, sp);
+    const Tokenizer& tok = *lm.tokenizer;
+    Generator gen(*lm.model);
+    const bool stream = a->output_file.empty() && inputs.size() == 1;
+    std::string results;
+    for (size_t b = 0; b < inputs.size(); b += size_t(a->batch_size)) {
+      size_t e = std::min(inputs.size(), b + size_t(a->batch_size));
+      std::vector<GenerationRequest> reqs;
+      for (size_t i = b; i < e; i++) {
+        GenerationRequest r;
+        r.prompt = encode_prompt(tok, inputs[i].src, a->src_length);
+        r.max_new_tokens = std::min<int64_t>(a->max_length, lm.model->max_positions() - int64_t(r.prompt.size()));
+        if (r.max_new_tokens < 0)
+          throw Error("prompt of " + std::to_string(r.prompt.size()) + " tokens is longer than the model's context (" +
+                      std::to_string(lm.model->max_positions()) + ")");
+        r.sampling = sp;
+        r.sampling.seed = uint64_t(a->seed) + i;
+        reqs.push_back(std::move(r));
+      }
+      StreamDecoder sd(tok);
+      auto on_token = [&](size_t, int32_t t) {
+        if (!stream) return;
+        std::string s = sd.push(t);
+        std::fwrite(s.data(), 1, s.size(), stdout);
+        std::fflush(stdout);
+      };
+      auto outs = gen.run(reqs, tok.eos_ids(), nullptr, on_token);
+      if (stream) {
+        std::string s = sd.flush();
+        std::fwrite(s.data(), 1, s.size(), stdout);
+        std::printf("\n");
+      }
+      for (size_t i = b; i < e; i++) {
+        std::vector<int32_t> ids = outs[i - b].tokens;
+        std::string text = tok.decode(ids);
+        if (!stream && a->output_file.empty()) std::printf("%s\n", text.c_str());
+        nlohmann::json j;
+        j["src"] = inputs[i].src;
+        if (inputs[i].has_tgt) j["tgt"] = inputs[i].tgt;
+        j["output"] = text;
+        j["output_ids"] = ids;
+        results += j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+      }
+    }
+    if (!a->output_file.empty()) write_file_atomic(a->output_file, results);
+    return 0;
+  };
+}
+
+}  // namespace oar::cli

@@ -1,0 +1,55 @@
+#include "infer/roofline.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <vector>
+
+#include "core/tensor.h"
+#include "kernels/cpu/onednn_gemm.h"
+
+namespace oar {
+namespace {
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+}  // namespace
+
+double measure_read_bandwidth(size_t bytes) {
+  const size_t n = bytes / sizeof(uint64_t);
+  Tensor buf = Tensor::empty({int64_t(n)}, DType::I64);
+  uint64_t* p = reinterpret_cast<uint64_t*>(buf.raw());
+  // Touch every page first so the measurement is not of page faults.
+#pragma omp parallel for schedule(static)
+  for (size_t i = 0; i < n; i += 512) p[i] = i;
+  double best = 0;
+  volatile uint64_t sink = 0;
+  for (int rep = 0; rep < 4; rep++) {
+    double t = now_s();
+    uint64_t total = 0;
+#pragma omp parallel for schedule(static) reduction(^ : total)
+    for (size_t i = 0; i < n; i += 8) {
+      // eight independent loads per iteration; the xor keeps them live without a dependency chain on memory
+      total ^= p[i] ^ p[i + 1] ^ p[i + 2] ^ p[i + 3] ^ p[i + 4] ^ p[i + 5] ^ p[i + 6] ^ p[i + 7];
+    }
+    sink = sink ^ total;
+    best = std::max(best, double(n * sizeof(uint64_t)) / (now_s() - t));
+  }
+  (void)sink;
+  return best;
+}
+
+double measure_gemm_flops(DType dt, int64_t M, int64_t N, int64_t K) {
+  Tensor a = Tensor::empty({M, K}, dt), b = Tensor::empty({N, K}, dt), c = Tensor::empty({M, N}, DType::F32);
+  double best = 0;
+  for (int rep = 0; rep < 4; rep++) {
+    double t = now_s();
+    if (!cpu::onednn_gemm(M, N, K, dt, a.raw(), K, b.raw(), K, true, c.data<float>(), N, nullptr)) return 0;
+    double dt_s = now_s() - t;
+    if (rep > 0) best = std::max(best, 2.0 * double(M) * double(N) * double(K) / dt_s);
+  }
+  return best;
+}
+
+}  // namespace oar

@@ -1,0 +1,71 @@
+// safetensors: an 8-byte little-endian header length N, N bytes of JSON
+// {"name": {"dtype": "F32", "shape": [..], "data_offsets": [begin, end]}, "__metadata__": {...}},
+// then the data. Offsets are relative to the end of the header. Everything is checked at the boundary.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/dtype.h"
+#include "core/tensor.h"
+
+namespace oar {
+
+class MappedFile;
+
+struct SafetensorsEntry {
+  std::string name;
+  DType dtype = DType::F32;
+  Shape shape;
+  uint64_t begin = 0, end = 0;  // relative to the data section
+};
+
+struct SafetensorsHeader {
+  uint64_t data_start = 0;  // 8 + header length
+  std::vector<SafetensorsEntry> entries;
+  std::map<std::string, std::string> metadata;
+};
+
+// Parses and validates a whole file image (header + data): header length within the file (and under 100 MB), valid
+// JSON, no duplicate names, known dtypes (F64 F32 BF16 F16 I64 I32 I16 I8 U64 U32 U16 U8), shape x dtype size ==
+// byte range (overflow-checked), ranges inside the data section, no two non-empty ranges overlapping (gaps are
+// allowed), __metadata__ strings only. `where` names the file in errors. Throws oar::Error. Safe on any input (fuzzed).
+SafetensorsHeader parse_safetensors(const uint8_t* data, size_t size, const std::string& where);
+
+// Named tensors of one checkpoint directory, memory-mapped: model.safetensors, or the shards listed by
+// model.safetensors.index.json ("weight_map"). Tensors are zero-copy views of the mapped files.
+class WeightStore {
+ public:
+  // Opens DIR/model.safetensors.index.json if present (exactly the tensors its weight_map lists, each checked to be
+  // in its shard; each shard mapped once), else DIR/model.safetensors. Throws oar::Error naming the file.
+  static WeightStore open_dir(const std::string& dir);
+  static WeightStore open_file(const std::string& path);
+
+  bool has(const std::string& name) const;
+  // The tensor as stored (any dtype). Throws oar::Error "<file>: missing tensor 'name'" when absent.
+  Tensor get(const std::string& name) const;
+  // Which file holds it (for error messages).
+  std::string file_of(const std::string& name) const;
+  std::vector<std::string> names() const;
+  // Error text prefix when a name is absent: the index file of a sharded model, else the .safetensors file.
+  const std::string& where() const { return where_; }
+
+ private:
+  struct Item {
+    std::shared_ptr<MappedFile> file;
+    SafetensorsEntry entry;
+    uint64_t data_start;
+  };
+  std::map<std::string, Item> items_;
+  std::string where_;
+};
+
+// Writes tensors to a safetensors file atomically (streamed to a temp file, fsync, rename). Tensors must be contiguous
+// CPU tensors. Layout as the reference writer: header padded to 8 bytes, wider dtypes first, no gaps.
+void write_safetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
+                       const std::map<std::string, std::string>& metadata = {});
+
+}  // namespace oar

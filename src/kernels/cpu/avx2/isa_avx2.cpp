@@ -1,0 +1,132 @@
+// AVX2 + FMA inner loops (8 lanes), for x86-64 CPUs without AVX-512.
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "core/dtype.h"
+#include "kernels/cpu/isa.h"
+
+namespace oar::cpu {
+namespace {
+
+inline __m256 load_bf16(const uint16_t* p) {
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16));
+}
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+template <int M, int R, class W>
+inline void block(const float* x, int64_t ldx, const W* w, int64_t K, int64_t n, float* y, int64_t ldy) {
+  __m256 acc[R][M];
+  for (int r = 0; r < R; r++)
+    for (int m = 0; m < M; m++) acc[r][m] = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 8 <= K; k += 8) {
+    __m256 wv[R];
+    for (int r = 0; r < R; r++) {
+      if constexpr (sizeof(W) == 2) wv[r] = load_bf16(reinterpret_cast<const uint16_t*>(w) + (n + r) * K + k);
+      else wv[r] = _mm256_loadu_ps(reinterpret_cast<const float*>(w) + (n + r) * K + k);
+    }
+    for (int m = 0; m < M; m++) {
+      __m256 xv = _mm256_loadu_ps(x + m * ldx + k);
+      for (int r = 0; r < R; r++) acc[r][m] = _mm256_fmadd_ps(wv[r], xv, acc[r][m]);
+    }
+  }
+  for (int r = 0; r < R; r++)
+    for (int m = 0; m < M; m++) {
+      float s = hsum(acc[r][m]);
+      for (int64_t kk = k; kk < K; kk++) {
+        float wk;
+        if constexpr (sizeof(W) == 2) wk = bf16_to_f32(reinterpret_cast<const uint16_t*>(w)[(n + r) * K + kk]);
+        else wk = reinterpret_cast<const float*>(w)[(n + r) * K + kk];
+        s += wk * x[m * ldx + kk];
+      }
+      y[m * ldy + n + r] = s;
+    }
+}
+
+template <int M, class W>
+void rows(const float* x, int64_t ldx, const W* w, int64_t K, int64_t n0, int64_t n1, float* y, int64_t ldy) {
+  // one weight row at a time: a single sequential stream per core (see the AVX-512 version)
+  for (int64_t n = n0; n < n1; n++) block<M, 1>(x, ldx, w, K, n, y, ldy);
+}
+
+template <class W>
+void gemv(const float* x, int64_t M, int64_t ldx, const W* w, int64_t K, int64_t n0, int64_t n1, float* y,
+          int64_t ldy) {
+  while (M > 0) {
+    int64_t m = M >= 4 ? 4 : M;
+    switch (m) {
+      case 1: rows<1>(x, ldx, w, K, n0, n1, y, ldy); break;
+      case 2: rows<2>(x, ldx, w, K, n0, n1, y, ldy); break;
+      case 3: rows<3>(x, ldx, w, K, n0, n1, y, ldy); break;
+      default: rows<4>(x, ldx, w, K, n0, n1, y, ldy); break;
+    }
+    x += m * ldx;
+    y += m * ldy;
+    M -= m;
+  }
+}
+
+void gemv_f32(const float* x, int64_t M, int64_t ldx, const float* w, int64_t K, int64_t n0, int64_t n1, float* y,
+              int64_t ldy) {
+  gemv(x, M, ldx, w, K, n0, n1, y, ldy);
+}
+void gemv_bf16(const float* x, int64_t M, int64_t ldx, const uint16_t* w, int64_t K, int64_t n0, int64_t n1, float* y,
+               int64_t ldy) {
+  gemv(x, M, ldx, w, K, n0, n1, y, ldy);
+}
+
+float dot(const float* a, const float* b, int64_t n) {
+  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+  }
+  float s = hsum(_mm256_add_ps(s0, s1));
+  for (; i < n; i++) s += a[i] * b[i];
+  return s;
+}
+
+void axpy(float a, const float* x, float* y, int64_t n) {
+  __m256 av = _mm256_set1_ps(a);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+  for (; i < n; i++) y[i] += a * x[i];
+}
+
+double sum_squares(const float* x, int64_t n) {
+  __m256 s = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256 v = _mm256_loadu_ps(x + i);
+    s = _mm256_fmadd_ps(v, v, s);
+  }
+  double r = hsum(s);
+  for (; i < n; i++) r += double(x[i]) * x[i];
+  return r;
+}
+
+void to_f32(const uint16_t* s, float* d, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(d + i, load_bf16(s + i));
+  for (; i < n; i++) d[i] = bf16_to_f32(s[i]);
+}
+
+void to_bf16(const float* s, uint16_t* d, int64_t n) {
+  for (int64_t i = 0; i < n; i++) d[i] = f32_to_bf16(s[i]);
+}
+
+}  // namespace
+
+const IsaOps& isa_avx2() {
+  static const IsaOps ops{"avx2", gemv_f32, gemv_bf16, dot, axpy, sum_squares, to_f32, to_bf16};
+  return ops;
+}
+
+}  // namespace oar::cpu

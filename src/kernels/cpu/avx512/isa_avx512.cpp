@@ -1,0 +1,165 @@
+// AVX-512 inner loops. Weights are read once per call and reused for up to 8 activation rows, which is what
+// makes decode bandwidth-bound (one pass over the weights per step, whatever the batch).
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "kernels/cpu/isa.h"
+
+namespace oar::cpu {
+namespace {
+
+inline __m512 load_bf16(const uint16_t* p) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
+}
+inline __m512 load_bf16_mask(const uint16_t* p, __mmask16 m) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
+}
+inline __m512 load_f32(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load_f32_mask(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
+
+template <class W>
+inline __m512 load_w(const W* w, __mmask16 m) {
+  if constexpr (sizeof(W) == 2) return load_bf16_mask(reinterpret_cast<const uint16_t*>(w), m);
+  else return load_f32_mask(reinterpret_cast<const float*>(w), m);
+}
+template <class W>
+inline __m512 load_w(const W* w) {
+  if constexpr (sizeof(W) == 2) return load_bf16(reinterpret_cast<const uint16_t*>(w));
+  else return load_f32(reinterpret_cast<const float*>(w));
+}
+
+// One weight row against M activation rows. Rows are walked one at a time: a single sequential stream per core
+// is what the hardware prefetcher serves fastest (interleaving rows that lie 4 KiB apart halved the bandwidth
+// in bench/bench_kernels). Two accumulator sets hide the FMA latency.
+template <int M, class W>
+inline void row(const float* x, int64_t ldx, const W* w, int64_t K, float* y, int64_t ldy) {
+  __m512 acc0[M], acc1[M];
+  for (int m = 0; m < M; m++) acc0[m] = acc1[m] = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + 32 <= K; k += 32) {
+    __m512 w0 = load_w(w + k), w1 = load_w(w + k + 16);
+    for (int m = 0; m < M; m++) {
+      acc0[m] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + m * ldx + k), acc0[m]);
+      acc1[m] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + m * ldx + k + 16), acc1[m]);
+    }
+  }
+  for (; k < K; k += 16) {
+    __mmask16 mk = K - k >= 16 ? __mmask16(0xffff) : __mmask16((1u << (K - k)) - 1);
+    __m512 w0 = load_w(w + k, mk);
+    for (int m = 0; m < M; m++) acc0[m] = _mm512_fmadd_ps(w0, _mm512_maskz_loadu_ps(mk, x + m * ldx + k), acc0[m]);
+  }
+  for (int m = 0; m < M; m++) y[m * ldy] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[m], acc1[m]));
+}
+
+template <int M, class W>
+void rows(const float* x, int64_t ldx, const W* w, int64_t K, int64_t n0, int64_t n1, float* y, int64_t ldy) {
+  for (int64_t n = n0; n < n1; n++) row<M>(x, ldx, w + n * K, K, y + n, ldy);
+}
+
+template <class W>
+void gemv(const float* x, int64_t M, int64_t ldx, const W* w, int64_t K, int64_t n0, int64_t n1, float* y,
+          int64_t ldy) {
+  while (M > 0) {
+    int64_t m = M >= 8 ? 8 : M;
+    switch (m) {
+      case 1: rows<1>(x, ldx, w, K, n0, n1, y, ldy); break;
+      case 2: rows<2>(x, ldx, w, K, n0, n1, y, ldy); break;
+      case 3: rows<3>(x, ldx, w, K, n0, n1, y, ldy); break;
+      case 4: rows<4>(x, ldx, w, K, n0, n1, y, ldy); break;
+      case 5: rows<5>(x, ldx, w, K, n0, n1, y, ldy); break;
+      case 6: rows<6>(x, ldx, w, K, n0, n1, y, ldy); break;
+      case 7: rows<7>(x, ldx, w, K, n0, n1, y, ldy); break;
+      default: rows<8>(x, ldx, w, K, n0, n1, y, ldy); break;
+    }
+    x += m * ldx;
+    y += m * ldy;
+    M -= m;
+  }
+}
+
+void gemv_f32(const float* x, int64_t M, int64_t ldx, const float* w, int64_t K, int64_t n0, int64_t n1, float* y,
+              int64_t ldy) {
+  gemv(x, M, ldx, w, K, n0, n1, y, ldy);
+}
+void gemv_bf16(const float* x, int64_t M, int64_t ldx, const uint16_t* w, int64_t K, int64_t n0, int64_t n1, float* y,
+               int64_t ldy) {
+  gemv(x, M, ldx, w, K, n0, n1, y, ldy);
+}
+
+float dot(const float* a, const float* b, int64_t n) {
+  __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+    s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), s1);
+  }
+  for (; i + 16 <= n; i += 16) s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+  if (i < n) {
+    __mmask16 m = __mmask16((1u << (n - i)) - 1);
+    s1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), s1);
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+}
+
+void axpy(float a, const float* x, float* y, int64_t n) {
+  __m512 av = _mm512_set1_ps(a);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, _mm512_fmadd_ps(av, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
+  if (i < n) {
+    __mmask16 m = __mmask16((1u << (n - i)) - 1);
+    _mm512_mask_storeu_ps(y + i, m, _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(m, x + i), _mm512_maskz_loadu_ps(m, y + i)));
+  }
+}
+
+double sum_squares(const float* x, int64_t n) {
+  // float32 lanes, double at the end: the rows are at most a few thousand elements
+  __m512 s = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    __m512 v = _mm512_loadu_ps(x + i);
+    s = _mm512_fmadd_ps(v, v, s);
+  }
+  if (i < n) {
+    __m512 v = _mm512_maskz_loadu_ps(__mmask16((1u << (n - i)) - 1), x + i);
+    s = _mm512_fmadd_ps(v, v, s);
+  }
+  return double(_mm512_reduce_add_ps(s));
+}
+
+void to_f32(const uint16_t* s, float* d, int64_t n) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(d + i, load_bf16(s + i));
+  for (; i < n; i++) {
+    uint32_t u = uint32_t(s[i]) << 16;
+    std::memcpy(d + i, &u, 4);
+  }
+}
+
+// Round to nearest even with quiet NaNs, in integer arithmetic so that AVX-512F is enough (no AVX512_BF16).
+inline __m256i round_bf16(__m512 v) {
+  __m512i u = _mm512_castps_si512(v);
+  __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), lsb)), 16);
+  __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)), _mm512_set1_epi32(0x7f800000));
+  r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40)));
+  return _mm512_cvtepi32_epi16(r);
+}
+
+void to_bf16(const float* s, uint16_t* d, int64_t n) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) _mm256_storeu_si256((__m256i*)(d + i), round_bf16(_mm512_loadu_ps(s + i)));
+  if (i < n) {
+    __mmask16 m = __mmask16((1u << (n - i)) - 1);
+    _mm256_mask_storeu_epi16(d + i, m, round_bf16(_mm512_maskz_loadu_ps(m, s + i)));
+  }
+}
+
+}  // namespace
+
+const IsaOps& isa_avx512() {
+  static const IsaOps ops{"avx512", gemv_f32, gemv_bf16, dot, axpy, sum_squares, to_f32, to_bf16};
+  return ops;
+}
+
+}  // namespace oar::cpu

@@ -1,0 +1,306 @@
+// The CPU implementation of the kernel interface. Work is split over the cores with OpenMP (the same runtime
+// oneDNN uses, so the two share one thread pool). Inner loops come from the ISA table chosen at start-up.
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "kernels/cpu/isa.h"
+#include "kernels/cpu/onednn_gemm.h"
+#include "kernels/kernels.h"
+
+namespace oar {
+namespace {
+
+using cpu::IsaOps;
+
+void require(bool ok, const char* what) {
+  if (!ok) throw Error(std::string("cpu kernels: ") + what);
+}
+
+// Runs fn(begin, end) over [0, n) split into one contiguous range per thread, each range a multiple of `align`.
+// `cost` is the work per item (in multiply-adds or so): below ~16k in total, waking other threads costs more
+// than it saves.
+template <class F>
+void parallel_ranges(int64_t n, int64_t align, F fn, int64_t cost = 1) {
+  int nt = omp_get_max_threads();
+  if (n <= align || nt == 1 || omp_in_parallel() || n * cost < (int64_t(1) << 14)) {
+    fn(int64_t(0), n);
+    return;
+  }
+#pragma omp parallel num_threads(nt)
+  {
+    int t = omp_get_thread_num();
+    int T = omp_get_num_threads();
+    int64_t chunks = (n + align - 1) / align;
+    int64_t b = chunks * t / T * align, e = std::min(n, chunks * (t + 1) / T * align);
+    if (b < e) fn(b, e);
+  }
+}
+
+class CpuKernels final : public Kernels {
+ public:
+  CpuKernels() : isa_(cpu::isa_best()) {}
+  const char* name() const override { return isa_.name; }
+
+  void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y) override {
+    require(x.dtype() == DType::F32 && y.dtype() == DType::F32, "linear expects float32 activations");
+    require(w.ndim() == 2 && x.is_contiguous() && y.is_contiguous() && w.is_contiguous(), "linear expects contiguous 2-D tensors");
+    const int64_t K = w.dim(1), N = w.dim(0);
+    const int64_t M = x.numel() / K;
+    require(x.numel() == M * K && y.numel() == M * N, "linear shape mismatch");
+    const float* xp = x.data<float>();
+    float* yp = y.data<float>();
+    const float* bp = bias ? bias->data<float>() : nullptr;
+    // Decode and small batches: stream the weights once for all rows (bandwidth-bound GEMV).
+    const int64_t gemv_rows = 8;
+    bool done = false;
+    if (M > gemv_rows) {
+      if (w.dtype() == DType::F32) {
+        done = cpu::onednn_gemm(M, N, K, DType::F32, xp, K, w.data<float>(), K, true, yp, N, bp);
+      } else if (w.dtype() == DType::BF16) {
+        // bf16 x bf16 -> f32 on the AVX512_BF16 units; activations are rounded to bf16 for this product only.
+        scratch_bf16_.resize(size_t(M * K));
+        parallel_ranges(M, 1, [&](int64_t b, int64_t e) { isa_.f32_to_bf16(xp + b * K, scratch_bf16_.data() + b * K, (e - b) * K); }, K);
+        done = cpu::onednn_gemm(M, N, K, DType::BF16, scratch_bf16_.data(), K, w.data<uint16_t>(), K, true, yp, N, bp);
+      }
+      if (done) return;
+    }
+    if (w.dtype() == DType::F32) {
+      const float* wp = w.data<float>();
+      parallel_ranges(N, 16, [&](int64_t b, int64_t e) { isa_.gemv_f32(xp, M, K, wp, K, b, e, yp, N); }, M * K);
+    } else if (w.dtype() == DType::BF16) {
+      const uint16_t* wp = w.data<uint16_t>();
+      parallel_ranges(N, 16, [&](int64_t b, int64_t e) { isa_.gemv_bf16(xp, M, K, wp, K, b, e, yp, N); }, M * K);
+    } else {
+      throw Error(std::string("cpu kernels: linear weights of dtype ") + dtype_name(w.dtype()) + " are not supported");
+    }
+    if (bp)
+      for (int64_t m = 0; m < M; m++)
+        for (int64_t n = 0; n < N; n++) yp[m * N + n] += bp[n];
+  }
+
+  void rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& y) override {
+    const int64_t C = w.numel();
+    const int64_t R = x.numel() / C;
+    require(w.dtype() == DType::F32, "rmsnorm weight must be float32");
+    const float* xp = x.data<float>();
+    const float* wp = w.data<float>();
+    float* yp = y.data<float>();
+    parallel_ranges(R, 1, [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; r++) {
+        const float* xr = xp + r * C;
+        float* yr = yp + r * C;
+        // Same order of operations as Hugging Face: x * rsqrt(mean(x^2) + eps), then * weight.
+        float inv = 1.0f / std::sqrt(float(isa_.sum_squares(xr, C) / double(C)) + eps);
+        for (int64_t i = 0; i < C; i++) yr[i] = wp[i] * (xr[i] * inv);
+      }
+    }, C);
+  }
+
+  void rope(Tensor& x, const int32_t* positions, const RopeTable& tab) override {
+    const int64_t T = x.dim(0), heads = x.dim(1), D = x.dim(2), half = D / 2;
+    require(half == tab.half_dim, "rope head size does not match its table");
+    float* xp = x.data<float>();
+    for (int64_t t = 0; t < T; t++)
+      require(positions[t] >= 0 && positions[t] < tab.max_positions, "rope position beyond the table (context too long)");
+    parallel_ranges(T, 1, [&](int64_t b, int64_t e) {
+      for (int64_t t = b; t < e; t++) {
+        const float* c = tab.cos.data() + positions[t] * half;
+        const float* s = tab.sin.data() + positions[t] * half;
+        for (int64_t h = 0; h < heads; h++) {
+          float* v = xp + (t * heads + h) * D;
+          if (tab.layout == RopeLayout::RotateHalf) {
+            for (int64_t i = 0; i < half; i++) {
+              float a = v[i], bb = v[i + half];
+              v[i] = a * c[i] - bb * s[i];
+              v[i + half] = bb * c[i] + a * s[i];
+            }
+          } else {
+            for (int64_t i = 0; i < half; i++) {
+              float a = v[2 * i], bb = v[2 * i + 1];
+              v[2 * i] = a * c[i] - bb * s[i];
+              v[2 * i + 1] = a * s[i] + bb * c[i];
+            }
+          }
+        }
+      }
+    }, heads * D);
+  }
+
+  void swiglu(const Tensor& gate, const Tensor& up, Tensor& out) override {
+    const int64_t n = gate.numel();
+    const float* g = gate.data<float>();
+    const float* u = up.data<float>();
+    float* o = out.data<float>();
+    parallel_ranges(n, 1024, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; i++) o[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+    });
+  }
+
+  void softmax(Tensor& x) override {
+    const int64_t C = x.dim(-1), R = x.numel() / C;
+    float* p = x.data<float>();
+    parallel_ranges(R, 1, [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; r++) softmax_row(p + r * C, C);
+    }, C);
+  }
+
+  void embedding(const Tensor& table, const int32_t* ids, int64_t n, Tensor& out) override {
+    const int64_t V = table.dim(0), C = table.dim(1);
+    float* o = out.data<float>();
+    for (int64_t t = 0; t < n; t++) {
+      if (ids[t] < 0 || ids[t] >= V)
+        throw Error("token id " + std::to_string(ids[t]) + " is outside the vocabulary (size " + std::to_string(V) + ")");
+      float* row = o + t * C;
+      switch (table.dtype()) {
+        case DType::F32: std::memcpy(row, table.data<float>() + ids[t] * C, size_t(C) * 4); break;
+        case DType::BF16: isa_.bf16_to_f32(table.data<uint16_t>() + ids[t] * C, row, C); break;
+        case DType::F16:
+          for (int64_t i = 0; i < C; i++) row[i] = f16_to_f32(table.data<uint16_t>()[ids[t] * C + i]);
+          break;
+        default: throw Error("embedding table dtype not supported");
+      }
+    }
+  }
+
+  void add_inplace(Tensor& x, const Tensor& y) override {
+    const int64_t n = x.numel();
+    float* a = x.data<float>();
+    const float* b = y.data<float>();
+    parallel_ranges(n, 1024, [&](int64_t s, int64_t e) {
+      for (int64_t i = s; i < e; i++) a[i] += b[i];
+    });
+  }
+
+  void kv_write(const KVLayerView& c, const Tensor& k, const Tensor& v, const std::vector<SeqSlice>& seqs) override {
+    const int64_t G = c.kv_heads, D = c.head_dim, B = c.block_size;
+    const float* kp = k.data<float>();
+    const float* vp = v.data<float>();
+    for (const SeqSlice& s : seqs) {
+      for (int64_t i = 0; i < s.n; i++) {
+        int64_t pos = s.pos0 + i;
+        int64_t bi = pos / B;
+        require(bi < s.num_table_blocks, "kv cache: sequence is longer than its block table");
+        int64_t block = s.block_table[bi];
+        require(block >= 0 && block < c.num_blocks, "kv cache: block id out of range");
+        for (int64_t g = 0; g < G; g++) {
+          size_t dst = size_t(((block * G + g) * B + pos % B) * D);
+          size_t src = size_t(((s.row0 + i) * G + g) * D);
+          std::memcpy(c.k + dst, kp + src, size_t(D) * 4);
+          std::memcpy(c.v + dst, vp + src, size_t(D) * 4);
+        }
+      }
+    }
+  }
+
+  void attention(const Tensor& q, const KVLayerView& c, const std::vector<SeqSlice>& seqs, Tensor& out) override {
+    const int64_t H = q.dim(1), D = q.dim(2), G = c.kv_heads;
+    require(H % G == 0 && D == c.head_dim, "attention: head counts or sizes disagree with the cache");
+    const float scale = 1.0f / std::sqrt(float(D));
+    for (const SeqSlice& s : seqs) {
+      if (s.n >= 16) attention_gemm(q, c, s, out, scale);
+      else attention_rows(q, c, s, out, scale);
+    }
+  }
+
+ private:
+  const IsaOps& isa_;
+  std::vector<uint16_t> scratch_bf16_;
+
+  static void softmax_row(float* p, int64_t n) {
+    float mx = -INFINITY;
+    for (int64_t i = 0; i < n; i++) mx = std::max(mx, p[i]);
+    double sum = 0;
+    for (int64_t i = 0; i < n; i++) {
+      p[i] = std::exp(p[i] - mx);
+      sum += p[i];
+    }
+    float inv = float(1.0 / sum);
+    for (int64_t i = 0; i < n; i++) p[i] *= inv;
+  }
+
+  const float* key_at(const KVLayerView& c, const SeqSlice& s, int64_t g, int64_t pos, bool value) const {
+    int64_t block = s.block_table[pos / c.block_size];
+    size_t off = size_t(((block * c.kv_heads + g) * c.block_size + pos % c.block_size) * c.head_dim);
+    return (value ? c.v : c.k) + off;
+  }
+
+  // Few queries (decode): one score row per (query, head), keys read through the block table in place.
+  void attention_rows(const Tensor& q, const KVLayerView& c, const SeqSlice& s, Tensor& out, float scale) {
+    const int64_t H = q.dim(1), D = q.dim(2), G = c.kv_heads, rep = H / G;
+    const float* qp = q.data<float>();
+    float* op = out.data<float>();
+    const int64_t work = s.n * H;
+    parallel_ranges(work, 1, [&](int64_t b, int64_t e) {
+      std::vector<float> scores;
+      for (int64_t w = b; w < e; w++) {
+        int64_t i = w / H, h = w % H, g = h / rep;
+        int64_t L = s.pos0 + i + 1;  // causal: keys 0 .. pos0+i
+        scores.resize(size_t(L));
+        const float* qv = qp + ((s.row0 + i) * H + h) * D;
+        for (int64_t j = 0; j < L; j++) scores[size_t(j)] = isa_.dot(qv, key_at(c, s, g, j, false), D) * scale;
+        softmax_row(scores.data(), L);
+        float* o = op + ((s.row0 + i) * H + h) * D;
+        std::fill(o, o + D, 0.0f);
+        for (int64_t j = 0; j < L; j++) isa_.axpy(scores[size_t(j)], key_at(c, s, g, j, true), o, D);
+      }
+    }, (s.pos0 + s.n) * D);
+  }
+
+  // Many queries (prefill): gather the group's keys and values, then two GEMMs per head (scores, weighted sum).
+  void attention_gemm(const Tensor& q, const KVLayerView& c, const SeqSlice& s, Tensor& out, float scale) {
+    const int64_t H = q.dim(1), D = q.dim(2), G = c.kv_heads, rep = H / G;
+    const int64_t L = s.pos0 + s.n;
+    const float* qp = q.data<float>();
+    float* op = out.data<float>();
+    kbuf_.resize(size_t(L * D));
+    vbuf_.resize(size_t(L * D));
+    sbuf_.resize(size_t(s.n * L));
+    for (int64_t g = 0; g < G; g++) {
+      for (int64_t j = 0; j < L; j++) {
+        std::memcpy(kbuf_.data() + j * D, key_at(c, s, g, j, false), size_t(D) * 4);
+        std::memcpy(vbuf_.data() + j * D, key_at(c, s, g, j, true), size_t(D) * 4);
+      }
+      for (int64_t h = g * rep; h < (g + 1) * rep; h++) {
+        const float* qh = qp + (s.row0 * H + h) * D;
+        // S[n, L] = Q_h[n, D] · K^T
+        if (!cpu::onednn_gemm(s.n, L, D, DType::F32, qh, H * D, kbuf_.data(), D, true, sbuf_.data(), L, nullptr)) {
+          attention_rows(q, c, s, out, scale);
+          return;
+        }
+        float* S = sbuf_.data();
+        parallel_ranges(s.n, 1, [&](int64_t b, int64_t e) {
+          for (int64_t i = b; i < e; i++) {
+            float* row = S + i * L;
+            int64_t valid = s.pos0 + i + 1;
+            for (int64_t j = 0; j < valid; j++) row[j] *= scale;
+            softmax_row(row, valid);
+            std::fill(row + valid, row + L, 0.0f);  // causal mask
+          }
+        }, L);
+        // O_h[n, D] = P[n, L] · V[L, D]
+        float* oh = op + (s.row0 * H + h) * D;
+        cpu::onednn_gemm(s.n, D, L, DType::F32, S, L, vbuf_.data(), D, false, oh, H * D, nullptr);
+      }
+    }
+  }
+
+  std::vector<float> kbuf_, vbuf_, sbuf_;
+};
+
+}  // namespace
+
+Kernels& kernels_for(Device device) {
+  if (device == Device::CPU) {
+    static CpuKernels k;
+    return k;
+  }
+  throw Error("this build of oar has no CUDA backend (device cuda requested)");
+}
+
+}  // namespace oar

@@ -1,0 +1,28 @@
+// Per-ISA inner loops. Each instruction set (AVX-512, AVX2+FMA, scalar) provides the same table; the CPU kernels
+// pick one at start-up from what the processor reports (OAR_ISA=scalar|avx2|avx512 forces a choice, for tests).
+#pragma once
+#include <cstdint>
+
+namespace oar::cpu {
+
+struct IsaOps {
+  const char* name;
+  // y[m*ldy + n] = dot(x[m*ldx .. +K], w[n*K .. +K]) for m < M, n in [n0, n1). Weights streamed once for all M rows.
+  void (*gemv_f32)(const float* x, int64_t M, int64_t ldx, const float* w, int64_t K, int64_t n0, int64_t n1,
+                   float* y, int64_t ldy);
+  void (*gemv_bf16)(const float* x, int64_t M, int64_t ldx, const uint16_t* w, int64_t K, int64_t n0, int64_t n1,
+                    float* y, int64_t ldy);
+  float (*dot)(const float* a, const float* b, int64_t n);
+  void (*axpy)(float a, const float* x, float* y, int64_t n);  // y += a * x
+  double (*sum_squares)(const float* x, int64_t n);
+  void (*bf16_to_f32)(const uint16_t* src, float* dst, int64_t n);
+  void (*f32_to_bf16)(const float* src, uint16_t* dst, int64_t n);
+};
+
+const IsaOps& isa_scalar();
+const IsaOps& isa_avx2();    // only call when the CPU has AVX2 and FMA
+const IsaOps& isa_avx512();  // only call when the CPU has AVX-512 F/BW/DQ/VL
+// The best table this CPU supports (or the one OAR_ISA names; an unsupported choice is an oar::Error).
+const IsaOps& isa_best();
+
+}  // namespace oar::cpu

@@ -1,0 +1,32 @@
+#include <cstdlib>
+#include <string>
+
+#include "core/cpu_info.h"
+#include "core/error.h"
+#include "kernels/cpu/isa.h"
+
+namespace oar::cpu {
+
+const IsaOps& isa_best() {
+  static const IsaOps* chosen = [] {
+    const CpuInfo& c = cpu_info();
+    const char* force = std::getenv("OAR_ISA");
+    std::string want = force ? force : "";
+    if (want == "scalar") return &isa_scalar();
+    if (want == "avx2") {
+      if (!c.has_avx2()) throw Error("OAR_ISA=avx2: this CPU lacks AVX2/FMA");
+      return &isa_avx2();
+    }
+    if (want == "avx512") {
+      if (!c.has_avx512()) throw Error("OAR_ISA=avx512: this CPU lacks AVX-512 F/BW/DQ/VL");
+      return &isa_avx512();
+    }
+    if (!want.empty()) throw Error("OAR_ISA: unknown value '" + want + "' (expected scalar, avx2 or avx512)");
+    if (c.has_avx512()) return &isa_avx512();
+    if (c.has_avx2()) return &isa_avx2();
+    return &isa_scalar();
+  }();
+  return *chosen;
+}
+
+}  // namespace oar::cpu

@@ -1,0 +1,60 @@
+// Portable loops, the fallback on CPUs without AVX2 and the reference the vector versions are tested against.
+#include <cmath>
+
+#include "core/dtype.h"
+#include "kernels/cpu/isa.h"
+
+namespace oar::cpu {
+namespace {
+
+void gemv_f32(const float* x, int64_t M, int64_t ldx, const float* w, int64_t K, int64_t n0, int64_t n1, float* y,
+              int64_t ldy) {
+  for (int64_t n = n0; n < n1; n++)
+    for (int64_t m = 0; m < M; m++) {
+      float s = 0;
+      for (int64_t k = 0; k < K; k++) s += x[m * ldx + k] * w[n * K + k];
+      y[m * ldy + n] = s;
+    }
+}
+
+void gemv_bf16(const float* x, int64_t M, int64_t ldx, const uint16_t* w, int64_t K, int64_t n0, int64_t n1, float* y,
+               int64_t ldy) {
+  for (int64_t n = n0; n < n1; n++)
+    for (int64_t m = 0; m < M; m++) {
+      float s = 0;
+      for (int64_t k = 0; k < K; k++) s += x[m * ldx + k] * bf16_to_f32(w[n * K + k]);
+      y[m * ldy + n] = s;
+    }
+}
+
+float dot(const float* a, const float* b, int64_t n) {
+  float s = 0;
+  for (int64_t i = 0; i < n; i++) s += a[i] * b[i];
+  return s;
+}
+
+void axpy(float a, const float* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; i++) y[i] += a * x[i];
+}
+
+double sum_squares(const float* x, int64_t n) {
+  double s = 0;
+  for (int64_t i = 0; i < n; i++) s += double(x[i]) * x[i];
+  return s;
+}
+
+void to_f32(const uint16_t* s, float* d, int64_t n) {
+  for (int64_t i = 0; i < n; i++) d[i] = bf16_to_f32(s[i]);
+}
+void to_bf16(const float* s, uint16_t* d, int64_t n) {
+  for (int64_t i = 0; i < n; i++) d[i] = f32_to_bf16(s[i]);
+}
+
+}  // namespace
+
+const IsaOps& isa_scalar() {
+  static const IsaOps ops{"scalar", gemv_f32, gemv_bf16, dot, axpy, sum_squares, to_f32, to_bf16};
+  return ops;
+}
+
+}  // namespace oar::cpu

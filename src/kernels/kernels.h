@@ -1,0 +1,75 @@
+// The kernel interface. The model and the engine call these operations and nothing lower: no layer uses an
+// intrinsic or a CUDA API. Each device has one implementation (CPU now; a CUDA one plugs in behind the same
+// interface). Activations are float32; weights may be float32 or bfloat16 (stored as Hugging Face lays them out,
+// [out_features, in_features]).
+//
+// Shapes use T for the number of tokens in a step (all sequences of a batch flattened), H query heads,
+// G key/value heads, D head size.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "core/tensor.h"
+#include "model/config.h"
+
+namespace oar {
+
+// Cos/sin per position and frequency, precomputed once per model (includes llama3 frequency scaling).
+struct RopeTable {
+  int64_t max_positions = 0;
+  int64_t half_dim = 0;  // D/2
+  RopeLayout layout = RopeLayout::RotateHalf;
+  std::vector<float> cos, sin;  // [max_positions, half_dim]
+};
+RopeTable make_rope_table(const LlamaConfig& cfg, int64_t max_positions);
+std::vector<double> rope_inv_freq(const LlamaConfig& cfg);  // D/2 inverse frequencies after scaling
+
+// Paged key/value storage for one layer: K and V each [num_blocks, G, block_size, D], float32.
+// Attention reaches a sequence's tokens only through its block table (position p lives in block
+// table[p / block_size], slot p % block_size), so the cache can be shared, grown and recycled by a block manager.
+struct KVLayerView {
+  float* k = nullptr;
+  float* v = nullptr;
+  int64_t num_blocks = 0, block_size = 0, kv_heads = 0, head_dim = 0;
+};
+
+// One sequence's part of a step: rows [row0, row0 + n) of the step's tensors, its first new token at
+// position pos0 (= tokens already cached), and its block table.
+struct SeqSlice {
+  int64_t row0 = 0;
+  int64_t n = 0;
+  int64_t pos0 = 0;
+  const int32_t* block_table = nullptr;
+  int64_t num_table_blocks = 0;
+};
+
+class Kernels {
+ public:
+  virtual ~Kernels() = default;
+  virtual const char* name() const = 0;
+
+  // y[T,N] = x[T,K] · w[N,K]^T (+ bias[N]). Small T runs as a bandwidth-bound GEMV, large T as a GEMM.
+  virtual void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y) = 0;
+  // y = x / rms(x) * w per row; y may alias x.
+  virtual void rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& y) = 0;
+  // Rotates x [T, heads, D] in place; positions[T].
+  virtual void rope(Tensor& x, const int32_t* positions, const RopeTable& table) = 0;
+  // out[T,F] = silu(gate) * up; out may alias gate.
+  virtual void swiglu(const Tensor& gate, const Tensor& up, Tensor& out) = 0;
+  // In-place softmax over the last dimension of a [rows, n] float32 tensor.
+  virtual void softmax(Tensor& x) = 0;
+  // out[T,C] = table[ids[t]] (table f32/bf16/f16 [V,C]); ids checked against V.
+  virtual void embedding(const Tensor& table, const int32_t* ids, int64_t n, Tensor& out) = 0;
+  // x += y (residual)
+  virtual void add_inplace(Tensor& x, const Tensor& y) = 0;
+  // Writes k, v [T, G, D] of each sequence's new tokens into the paged cache at positions pos0 .. pos0+n-1.
+  virtual void kv_write(const KVLayerView& cache, const Tensor& k, const Tensor& v, const std::vector<SeqSlice>& seqs) = 0;
+  // Causal attention with GQA: out[T, H, D] for q[T, H, D]; token i of a sequence attends to cached positions
+  // 0 .. pos0 + i. Softmax scale 1/sqrt(D).
+  virtual void attention(const Tensor& q, const KVLayerView& cache, const std::vector<SeqSlice>& seqs, Tensor& out) = 0;
+};
+
+// The implementation for a device (throws oar::Error for a device this build cannot run).
+Kernels& kernels_for(Device device);
+
+}  // namespace oar

@@ -1,0 +1,187 @@
+#include "model/llama.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "core/error.h"
+#include "core/fs.h"
+#include "io/llama2c.h"
+#include "io/safetensors.h"
+
+namespace oar {
+namespace {
+
+class WeightStoreSource : public WeightSource {
+ public:
+  explicit WeightStoreSource(WeightStore s) : s_(std::move(s)) {}
+  bool has(const std::string& n) const override { return s_.has(n); }
+  Tensor get(const std::string& n) const override { return s_.get(n); }
+  std::string where() const override { return s_.where(); }
+  std::string file_of(const std::string& n) const { return s_.file_of(n); }
+
+ private:
+  WeightStore s_;
+};
+
+bool is_float_dtype(DType d) { return d == DType::F32 || d == DType::BF16 || d == DType::F16; }
+
+// Fetches a tensor, checks it against the shape the config implies, and converts it to `want`.
+Tensor fetch(const WeightSource& src, const std::string& name, const Shape& shape, DType want) {
+  Tensor t = src.get(name);
+  std::string where = src.where();
+  if (auto* ws = dynamic_cast<const WeightStoreSource*>(&src)) where = ws->file_of(name);
+  if (!is_float_dtype(t.dtype()))
+    fail(where, "tensor '" + name + "' has dtype " + dtype_name(t.dtype()) + ", expected float32, bfloat16 or float16");
+  if (t.shape() != shape)
+    fail(where, "tensor '" + name + "' has shape " + shape_str(t.shape()) + " but the config implies " + shape_str(shape));
+  if (t.dtype() == want) return t;  // zero-copy view of the mapped file
+  return t.to(want);
+}
+
+}  // namespace
+
+int64_t StepBatch::add_sequence(const int32_t* toks, int64_t n, int64_t pos0, const std::vector<int32_t>& table) {
+  SeqSlice s;
+  s.row0 = int64_t(tokens.size());
+  s.n = n;
+  s.pos0 = pos0;
+  s.block_table = table.data();
+  s.num_table_blocks = int64_t(table.size());
+  for (int64_t i = 0; i < n; i++) {
+    tokens.push_back(toks[i]);
+    positions.push_back(int32_t(pos0 + i));
+  }
+  seqs.push_back(s);
+  return s.row0;
+}
+
+std::unique_ptr<LlamaModel> LlamaModel::load(const std::string& path, DType dtype) {
+  if (dir_exists(path)) {
+    std::string cfg_path = join_path(path, "config.json");
+    if (!file_exists(cfg_path)) fail(path, "no config.json in this directory");
+    LlamaConfig cfg = load_hf_config(cfg_path);
+    WeightStoreSource src(WeightStore::open_dir(path));
+    return from_weights(cfg, src, dtype);
+  }
+  if (!file_exists(path)) fail(path, "no such file or directory");
+  Llama2cCheckpoint ck = load_llama2c_checkpoint(path);
+  return from_weights(ck.config, *ck.weights, dtype);
+}
+
+std::unique_ptr<LlamaModel> LlamaModel::from_weights(const LlamaConfig& cfg, const WeightSource& src, DType dtype) {
+  if (dtype != DType::F32 && dtype != DType::BF16)
+    throw Error(std::string("--dtype ") + dtype_name(dtype) + " is not supported for compute (use float32 or bfloat16)");
+  cfg.validate(src.where());
+  std::unique_ptr<LlamaModel> m(new LlamaModel());
+  m->cfg_ = cfg;
+  m->dtype_ = dtype;
+  m->k_ = &kernels_for(Device::CPU);
+  const int64_t C = cfg.hidden_size, V = cfg.vocab_size, F = cfg.intermediate_size;
+  const int64_t QD = cfg.q_dim(), KVD = cfg.kv_dim();
+  LlamaWeights& w = m->w_;
+  {
+    Tensor e = src.get("model.embed_tokens.weight");
+    w.embed_tokens = fetch(src, "model.embed_tokens.weight", {V, C}, e.dtype() == DType::F16 ? dtype : e.dtype());
+  }
+  for (int64_t l = 0; l < cfg.num_hidden_layers; l++) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    LlamaLayerWeights L;
+    L.input_norm = fetch(src, p + "input_layernorm.weight", {C}, DType::F32);
+    L.post_attn_norm = fetch(src, p + "post_attention_layernorm.weight", {C}, DType::F32);
+    L.q_proj = fetch(src, p + "self_attn.q_proj.weight", {QD, C}, dtype);
+    L.k_proj = fetch(src, p + "self_attn.k_proj.weight", {KVD, C}, dtype);
+    L.v_proj = fetch(src, p + "self_attn.v_proj.weight", {KVD, C}, dtype);
+    L.o_proj = fetch(src, p + "self_attn.o_proj.weight", {C, QD}, dtype);
+    if (cfg.attention_bias) {
+      L.q_bias = fetch(src, p + "self_attn.q_proj.bias", {QD}, DType::F32);
+      L.k_bias = fetch(src, p + "self_attn.k_proj.bias", {KVD}, DType::F32);
+      L.v_bias = fetch(src, p + "self_attn.v_proj.bias", {KVD}, DType::F32);
+      // Llama's attention_bias also puts a bias on o_proj; Qwen2 has none there.
+      if (src.has(p + "self_attn.o_proj.bias")) L.o_bias = fetch(src, p + "self_attn.o_proj.bias", {C}, DType::F32);
+      else if (cfg.architecture == "LlamaForCausalLM") fail(src.where(), "missing tensor '" + p + "self_attn.o_proj.bias'");
+    }
+    L.gate_proj = fetch(src, p + "mlp.gate_proj.weight", {F, C}, dtype);
+    L.up_proj = fetch(src, p + "mlp.up_proj.weight", {F, C}, dtype);
+    L.down_proj = fetch(src, p + "mlp.down_proj.weight", {C, F}, dtype);
+    w.layers.push_back(std::move(L));
+  }
+  w.final_norm = fetch(src, "model.norm.weight", {C}, DType::F32);
+  if (cfg.tie_word_embeddings) {
+    w.lm_head = w.embed_tokens.dtype() == dtype ? w.embed_tokens : w.embed_tokens.to(dtype);
+  } else {
+    w.lm_head = fetch(src, "lm_head.weight", {V, C}, dtype);
+  }
+  m->rope_ = make_rope_table(cfg, cfg.max_position_embeddings);
+  return m;
+}
+
+size_t LlamaModel::decode_weight_bytes() const {
+  size_t b = 0;
+  for (const auto& L : w_.layers)
+    for (const Tensor* t : {&L.q_proj, &L.k_proj, &L.v_proj, &L.o_proj, &L.gate_proj, &L.up_proj, &L.down_proj,
+                            &L.input_norm, &L.post_attn_norm})
+      b += t->nbytes();
+  b += w_.lm_head.nbytes() + w_.final_norm.nbytes();
+  b += size_t(cfg_.hidden_size) * dtype_size(w_.embed_tokens.dtype());
+  return b;
+}
+
+void LlamaModel::forward(const StepBatch& batch, KVCache& cache, Tensor& logits) {
+  Kernels& K = *k_;
+  const int64_t T = int64_t(batch.tokens.size());
+  const int64_t C = cfg_.hidden_size, H = cfg_.num_attention_heads, G = cfg_.num_key_value_heads, D = cfg_.head_dim;
+  const int64_t F = cfg_.intermediate_size, V = cfg_.vocab_size;
+  if (T == 0) throw Error("forward: empty batch");
+  for (const SeqSlice& s : batch.seqs)
+    if (s.pos0 + s.n > rope_.max_positions)
+      throw Error("sequence of " + std::to_string(s.pos0 + s.n) + " tokens exceeds the model's context (" +
+                  std::to_string(rope_.max_positions) + ", max_position_embeddings)");
+
+  Tensor x = Tensor::empty({T, C}, DType::F32);
+  Tensor h = Tensor::empty({T, C}, DType::F32);
+  Tensor q = Tensor::empty({T, H, D}, DType::F32);
+  Tensor k = Tensor::empty({T, G, D}, DType::F32);
+  Tensor v = Tensor::empty({T, G, D}, DType::F32);
+  Tensor att = Tensor::empty({T, H, D}, DType::F32);
+  Tensor gate = Tensor::empty({T, F}, DType::F32);
+  Tensor up = Tensor::empty({T, F}, DType::F32);
+
+  K.embedding(w_.embed_tokens, batch.tokens.data(), T, x);
+  for (int64_t l = 0; l < cfg_.num_hidden_layers; l++) {
+    const LlamaLayerWeights& L = w_.layers[size_t(l)];
+    // attention block
+    K.rmsnorm(x, L.input_norm, float(cfg_.rms_norm_eps), h);
+    Tensor q2 = q.view({T, H * D}), k2 = k.view({T, G * D}), v2 = v.view({T, G * D});
+    K.linear(h, L.q_proj, L.q_bias.defined() ? &L.q_bias : nullptr, q2);
+    K.linear(h, L.k_proj, L.k_bias.defined() ? &L.k_bias : nullptr, k2);
+    K.linear(h, L.v_proj, L.v_bias.defined() ? &L.v_bias : nullptr, v2);
+    K.rope(q, batch.positions.data(), rope_);
+    K.rope(k, batch.positions.data(), rope_);
+    KVLayerView kv = cache.layer(l);
+    K.kv_write(kv, k, v, batch.seqs);
+    K.attention(q, kv, batch.seqs, att);
+    K.linear(att.view({T, H * D}), L.o_proj, L.o_bias.defined() ? &L.o_bias : nullptr, h);
+    K.add_inplace(x, h);
+    // MLP block
+    K.rmsnorm(x, L.post_attn_norm, float(cfg_.rms_norm_eps), h);
+    K.linear(h, L.gate_proj, nullptr, gate);
+    K.linear(h, L.up_proj, nullptr, up);
+    K.swiglu(gate, up, gate);
+    K.linear(gate, L.down_proj, nullptr, h);
+    K.add_inplace(x, h);
+  }
+  // Only the rows whose logits are wanted go through the final norm and the (large) LM head.
+  const int64_t R = int64_t(batch.logit_rows.size());
+  Tensor sel = Tensor::empty({R, C}, DType::F32);
+  for (int64_t r = 0; r < R; r++) {
+    int64_t row = batch.logit_rows[size_t(r)];
+    if (row < 0 || row >= T) throw Error("forward: logit row out of range");
+    std::memcpy(sel.data<float>() + r * C, x.data<float>() + row * C, size_t(C) * 4);
+  }
+  K.rmsnorm(sel, w_.final_norm, float(cfg_.rms_norm_eps), sel);
+  if (!logits.defined() || logits.numel() != R * V || logits.dtype() != DType::F32) logits = Tensor::empty({R, V}, DType::F32);
+  else logits = logits.view({R, V});
+  K.linear(sel, w_.lm_head, nullptr, logits);
+}
+
+}  // namespace oar

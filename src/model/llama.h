@@ -1,0 +1,68 @@
+// The Llama decoder: embedding, N x (RMSNorm, attention with RoPE and GQA, residual, RMSNorm, SwiGLU MLP,
+// residual), final RMSNorm and LM head. One forward step runs any mix of sequences (prompt chunks and single
+// decode tokens) flattened into T rows, reading and writing the paged KV cache through block tables.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+#include "io/weight_source.h"
+#include "kernels/kernels.h"
+#include "model/config.h"
+#include "model/kv_cache.h"
+
+namespace oar {
+
+struct LlamaLayerWeights {
+  Tensor input_norm, post_attn_norm;         // [C] float32
+  Tensor q_proj, k_proj, v_proj, o_proj;     // [out, in], compute dtype
+  Tensor q_bias, k_bias, v_bias, o_bias;     // [out] float32, when the config has attention_bias
+  Tensor gate_proj, up_proj, down_proj;      // [out, in], compute dtype
+};
+
+struct LlamaWeights {
+  Tensor embed_tokens;  // [V, C]
+  std::vector<LlamaLayerWeights> layers;
+  Tensor final_norm;  // [C] float32
+  Tensor lm_head;     // [V, C]; the embedding itself when tied
+};
+
+// The rows of one forward step.
+struct StepBatch {
+  std::vector<int32_t> tokens;     // [T]
+  std::vector<int32_t> positions;  // [T]
+  std::vector<SeqSlice> seqs;      // which rows belong to which sequence, and its block table
+  std::vector<int64_t> logit_rows; // rows whose logits are wanted, in output order
+  // Appends a sequence's n new tokens starting at position pos0; returns its first row.
+  int64_t add_sequence(const int32_t* toks, int64_t n, int64_t pos0, const std::vector<int32_t>& block_table);
+};
+
+class LlamaModel {
+ public:
+  // Loads a Hugging Face directory (config.json + safetensors) or a llama2.c checkpoint file. Weights are
+  // converted to `dtype` (float32 or bfloat16) for the matrix products; norms and biases stay float32.
+  static std::unique_ptr<LlamaModel> load(const std::string& path, DType dtype);
+  static std::unique_ptr<LlamaModel> from_weights(const LlamaConfig& cfg, const WeightSource& src, DType dtype);
+
+  const LlamaConfig& config() const { return cfg_; }
+  DType dtype() const { return dtype_; }
+  const LlamaWeights& weights() const { return w_; }
+  // Bytes of weights read by one decode step (all matrices once, plus one embedding row).
+  size_t decode_weight_bytes() const;
+  int64_t max_positions() const { return rope_.max_positions; }
+
+  // Runs one step. logits: [logit_rows.size(), V] float32, resized as needed.
+  void forward(const StepBatch& batch, KVCache& cache, Tensor& logits);
+
+ private:
+  LlamaModel() = default;
+  LlamaConfig cfg_;
+  DType dtype_ = DType::F32;
+  LlamaWeights w_;
+  RopeTable rope_;
+  Kernels* k_ = nullptr;
+};
+
+}  // namespace oar

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# oar predict / perplexity / env / create-model end to end on a tiny random model: PaddleNLP's flags and
+# defaults, the JSON-lines output, the benchmark lines, and clear errors for bad flags and data.
+set -euo pipefail
+mkdir -p "$WORK"; cd "$WORK"
+die() { echo "FAIL: $*"; exit 1; }
+M="$WORK/tiny"
+"$OAR" create-model --preset tiny --dtype float32 --output_dir "$M" --force >/dev/null
+[ -f "$M/config.json" ] && [ -f "$M/model.safetensors" ] && [ -f "$M/tokenizer.json" ] || die "create-model wrote no model"
+
+# --data_file -> --output_file: one object per line with src, tgt (when given), output, output_ids
+printf '%s\n' '{"src": "hello world", "tgt": "hi"}' '{"src": "the cat sat"}' '{"src": ["first turn", "second turn"], "tgt": ["a", "b"]}' > in.json
+"$OAR" predict --model_name_or_path "$M" --data_file in.json --output_file out.json --batch_size 2 \
+  --max_length 8 --decode_strategy greedy_search >/dev/null
+python3 - out.json <<'PY' || die "output_file content"
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1], encoding="utf-8")]
+assert len(rows) == 3, rows
+assert rows[0]["src"] == "hello world" and rows[0]["tgt"] == "hi"
+assert "tgt" not in rows[1]
+assert rows[2]["tgt"] == ["a", "b"]
+for r in rows:
+    assert isinstance(r["output"], str) and len(r["output_ids"]) == 8, r
+print("ok: output_file has src/tgt/output/output_ids for every line")
+PY
+
+# greedy is deterministic and batch-independent; sampling with a seed is reproducible
+a=$("$OAR" predict --model_name_or_path "$M" --prompt "hello" --max_length 12 --decode_strategy greedy_search)
+b=$(echo "hello" | "$OAR" predict --model_name_or_path "$M" --max_length 12 --decode_strategy greedy_search)
+[ "$a" = "$b" ] || die "--prompt and stdin give different greedy output"
+s1=$("$OAR" predict --model_name_or_path "$M" --prompt "hello" --max_length 12 --seed 7 --top_p 0.9)
+s2=$("$OAR" predict --model_name_or_path "$M" --prompt "hello" --max_length 12 --seed 7 --top_p 0.9)
+[ "$s1" = "$s2" ] || die "sampling with the same seed differs"
+echo "ok: greedy deterministic, seeded sampling reproducible"
+
+# --benchmark prints PaddleNLP's line, then ours
+"$OAR" predict --model_name_or_path "$M" --benchmark --src_length 16 --max_length 4 --batch_size 2 \
+  --benchmark_warmup 0 --benchmark_rounds 1 > bench.txt 2>/dev/null
+grep -Eq '^Input length is: 16, Output length is: 4, bs is: 2, IPS: [0-9.]+ tokens/s, QPS: [0-9.]+ requests/s\.$' bench.txt \
+  || { cat bench.txt; die "benchmark line"; }
+grep -q '^Output tokens is:  8$' bench.txt || die "benchmark must decode exactly max_length tokens per request"
+for k in "prefill" "decode" "time to first token" "decode roofline" "peak memory"; do
+  grep -q "$k" bench.txt || die "benchmark lacks '$k'"
+done
+echo "ok: benchmark lines"
+
+# perplexity of a text file; env
+printf 'the quick brown fox jumps over the lazy dog. %.0s' $(seq 1 20) > text.txt
+"$OAR" perplexity --model_name_or_path "$M" --input_file text.txt --ctx 32 | grep -Eq '^perplexity: [0-9.]+ ' || die "perplexity"
+"$OAR" env | grep -q "ISA" || die "env"
+echo "ok: perplexity and env"
+
+# errors: one line on stderr, exit code 2, naming the file or flag
+expect_err() {  # expect_err PATTERN CMD...
+  local pat="$1"; shift
+  set +e; "$@" >/dev/null 2>err.txt; rc=$?; set -e
+  [ $rc -eq 2 ] || { cat err.txt; die "exit $rc (want 2): $*"; }
+  [ "$(wc -l < err.txt)" -eq 1 ] || { cat err.txt; die "want exactly one error line: $*"; }
+  grep -q -- "$pat" err.txt || { cat err.txt; die "error should mention '$pat': $*"; }
+}
+echo '{"src": "ok"}' > bad.json; echo '{"src": ' >> bad.json
+expect_err "bad.json:2" "$OAR" predict --model_name_or_path "$M" --data_file bad.json --output_file o2.json
+[ ! -e o2.json ] || die "no output file may be left after an error"
+expect_err "no_such_dir" "$OAR" predict --model_name_or_path no_such_dir --prompt hi
+expect_err "--top_p" "$OAR" predict --model_name_or_path "$M" --prompt hi --top_p 1.5
+expect_err "--decode_strategy" "$OAR" predict --model_name_or_path "$M" --prompt hi --decode_strategy beam
+expect_err "--dtype" "$OAR" predict --model_name_or_path "$M" --prompt hi --dtype int4
+expect_err "context" "$OAR" predict --model_name_or_path "$M" --prompt "$(printf 'word %.0s' $(seq 1 600))" --src_length 4000 --max_length 10
+expect_err "ctx" "$OAR" perplexity --model_name_or_path "$M" --input_file text.txt --ctx 100000
+expect_err "no_such_flag" "$OAR" predict --model_name_or_path "$M" --no_such_flag 1
+echo "ok: errors are one line with exit code 2"
