@@ -96,10 +96,9 @@ std::unique_ptr<LlamaModel> LlamaModel::from_weights(const LlamaConfig& cfg, con
       L.q_bias = fetch(src, p + "self_attn.q_proj.bias", {QD}, DType::F32);
       L.k_bias = fetch(src, p + "self_attn.k_proj.bias", {KVD}, DType::F32);
       L.v_bias = fetch(src, p + "self_attn.v_proj.bias", {KVD}, DType::F32);
-      // Llama's attention_bias also puts a bias on o_proj; Qwen2 has none there.
-      if (src.has(p + "self_attn.o_proj.bias")) L.o_bias = fetch(src, p + "self_attn.o_proj.bias", {C}, DType::F32);
-      else if (cfg.architecture == "LlamaForCausalLM") fail(src.where(), "missing tensor '" + p + "self_attn.o_proj.bias'");
     }
+    // Llama's attention_bias also puts a bias on o_proj; Qwen2 has none there (config.o_proj_bias says which).
+    if (cfg.o_proj_bias) L.o_bias = fetch(src, p + "self_attn.o_proj.bias", {C}, DType::F32);
     L.gate_proj = fetch(src, p + "mlp.gate_proj.weight", {F, C}, dtype);
     L.up_proj = fetch(src, p + "mlp.up_proj.weight", {F, C}, dtype);
     L.down_proj = fetch(src, p + "mlp.down_proj.weight", {C, F}, dtype);

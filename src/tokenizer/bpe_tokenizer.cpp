@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cctype>
 #include <cstdio>
 #include <cstring>
 #include <mutex>
@@ -22,7 +23,6 @@
 #include <optional>
 #include <queue>
 #include <unordered_map>
-#include <unordered_set>
 
 #include "core/error.h"
 #include "core/fs.h"
@@ -100,7 +100,8 @@ class Regex {
 // else than in PCRE2: \s is exactly Unicode White_Space (PCRE2 adds U+180E), \w is letters, marks, decimal
 // digits and connector punctuation (PCRE2 10.42: letters, numbers, '_'), \h is a hex digit and \v the VT
 // character. Those are rewritten into the Unicode properties they stand for; constructs whose meaning we cannot
-// carry over faithfully (nested classes, POSIX brackets, \b) are refused rather than run differently.
+// carry over faithfully (nested classes, POSIX brackets, \b) are refused rather than run differently. PCRE2
+// gets MULTILINE because Ruby's ^ and $ always match at line breaks.
 std::string onig_to_pcre2(const std::string& pat, const std::string& where, const std::string& field) {
   auto refuse = [&](const std::string& what) { unsupported(where, field, what + " in the regex"); };
   static const std::string kWord = "\\p{L}\\p{M}\\p{Nd}\\p{Pc}", kSpace = "\\p{White_Space}";
@@ -144,6 +145,22 @@ std::string onig_to_pcre2(const std::string& pat, const std::string& where, cons
       if (c == ']') in_class = false;
       out += c;
       continue;
+    }
+    if (c == '(' && pat.compare(i, 2, "(?") == 0) {
+      // Inline options: Ruby's (?m) is PCRE2's (?s) (dot matches newline); ^ and $ are always line anchors.
+      size_t j = i + 2;
+      while (j < pat.size() && (std::isalpha(uint8_t(pat[j])) || pat[j] == '-')) ++j;
+      if (j > i + 2 && j < pat.size() && (pat[j] == ':' || pat[j] == ')')) {
+        out += "(?";
+        for (size_t k = i + 2; k < j; ++k) {
+          char o = pat[k];
+          if (o == 'm') o = 's';
+          else if (o != 'i' && o != 'x' && o != '-') refuse(std::string("the inline option '") + o + "'");
+          out += o;
+        }
+        i = j - 1;
+        continue;
+      }
     }
     out += c;
     if (c == '[') {
@@ -531,13 +548,14 @@ class BpeTokenizer final : public tok::TokenizerBase {
     } else if (t == "Split") {
       PreStep st;
       const json* pat = get(p, "pattern");
-      if (pat && pat->is_object() && pat->contains("Regex") && (*pat)["Regex"].is_string())
-        st.re = std::make_unique<Regex>(onig_to_pcre2((*pat)["Regex"].get<std::string>(), where_, field + ".pattern.Regex"),
-                                        false, where_, field + ".pattern.Regex");
-      else if (pat && pat->is_object() && pat->contains("String") && (*pat)["String"].is_string())
+      if (pat && pat->is_object() && pat->contains("Regex") && (*pat)["Regex"].is_string()) {
+        std::string f = field + ".pattern.Regex";
+        st.re = std::make_unique<Regex>(onig_to_pcre2((*pat)["Regex"].get<std::string>(), where_, f), false, where_, f);
+      } else if (pat && pat->is_object() && pat->contains("String") && (*pat)["String"].is_string()) {
         st.re = std::make_unique<Regex>((*pat)["String"].get<std::string>(), true, where_, field + ".pattern.String");
-      else
+      } else {
         fail(where_, field + ".pattern: expected {\"Regex\": ...} or {\"String\": ...}");
+      }
       std::string b = get_string(p, "behavior", where_, field);
       static const std::pair<const char*, Behavior> kBehaviors[] = {
           {"Removed", Behavior::Removed}, {"Isolated", Behavior::Isolated},

@@ -111,10 +111,9 @@ class SentencePieceTokenizer final : public tok::TokenizerBase {
     if (sp_.IsControl(id)) return include_special ? sp_.IdToPiece(id) : "";
     if (sp_.IsUnknown(id)) return unk_surface_;
     std::string piece = sp_.IdToPiece(id);
-    if (sp_.IsByte(id)) {
-      // "<0xNN>"
-      if (piece.size() == 6) return std::string(1, char(std::stoi(piece.substr(3, 2), nullptr, 16)));
-      return "";
+    if (sp_.IsByte(id)) {  // "<0xNN>"
+      auto hex = [](char c) { return c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10; };
+      return piece.size() == 6 ? std::string(1, char(hex(piece[3]) * 16 + hex(piece[4]))) : "";
     }
     std::string out;
     out.reserve(piece.size());

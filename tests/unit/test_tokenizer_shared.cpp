@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <tuple>
 
 #include "test_tokenizer_util.h"
 #include "tokenizer/tokenizer.h"
@@ -147,8 +148,9 @@ TEST(SharedLlama2c, TokenizerBinMatchesSentencePieceCases) {
   REQUIRE_SHARED("tokenizer_cases/spm_cases.jsonl");
   REQUIRE_SHARED("llama2_tokenizer/tokenizer.bin");
   REQUIRE_SHARED("stories260K/tok512.bin");
-  for (auto [model, path, vocab] : {std::tuple<std::string, std::string, int32_t>{"llama2", "llama2_tokenizer/tokenizer.bin", 32000},
-                                    {"tok512", "stories260K/tok512.bin", 512}}) {
+  using Case = std::tuple<std::string, std::string, int32_t>;
+  for (auto [model, path, vocab] :
+       {Case{"llama2", "llama2_tokenizer/tokenizer.bin", 32000}, Case{"tok512", "stories260K/tok512.bin", 512}}) {
     auto tok = load_llama2c_tokenizer(shared_data(path), vocab);
     EXPECT_EQ(tok->vocab_size(), vocab);
     EXPECT_EQ(load_tokenizer(shared_data(path))->vocab_size(), vocab);  // to the end of the file
