@@ -245,6 +245,11 @@ constexpr const char* kGpt2Pattern =
 // ---------------------------------------------------------------------------------------------------------------
 // JSON helpers: every structural surprise is an error naming the field.
 
+// A string from the file as it may appear in a one-line error message: quoted, control characters escaped.
+std::string json_quoted(const std::string& s) {
+  return json(s).dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
 const json* get(const json& obj, const char* key) {
   if (!obj.is_object()) return nullptr;
   auto it = obj.find(key);
@@ -426,7 +431,7 @@ class BpeTokenizer final : public tok::TokenizerBase {
       std::string t = type_of(n, where_, "normalizer");
       bool empty_sequence = t == "Sequence" && n.contains("normalizers") && n["normalizers"].is_array() &&
                             n["normalizers"].empty();
-      if (!empty_sequence) unsupported(where_, "normalizer", "type \"" + t + "\"");
+      if (!empty_sequence) unsupported(where_, "normalizer", "type " + json_quoted(t));
     }
     load_model(j.contains("model") ? j["model"] : json());
     load_added(j);
@@ -438,7 +443,7 @@ class BpeTokenizer final : public tok::TokenizerBase {
     if (!is_null_or_absent(j, "post_processor")) load_post_processor(j["post_processor"], "post_processor");
     if (!is_null_or_absent(j, "decoder")) {
       std::string t = type_of(j["decoder"], where_, "decoder");
-      if (t != "ByteLevel") unsupported(where_, "decoder", "type \"" + t + "\"");
+      if (t != "ByteLevel") unsupported(where_, "decoder", "type " + json_quoted(t));
     }
     finish();
   }
@@ -452,7 +457,7 @@ class BpeTokenizer final : public tok::TokenizerBase {
   void load_model(const json& m) {
     if (!m.is_object()) fail(where_, "model: expected an object");
     if (m.contains("type") && type_of(m, where_, "model") != "BPE")
-      unsupported(where_, "model.type", "\"" + m["type"].get<std::string>() + "\" (only BPE is implemented)");
+      unsupported(where_, "model.type", json_quoted(m["type"].get<std::string>()) + " (only BPE is implemented)");
     const json* vocab = get(m, "vocab");
     if (!vocab || !vocab->is_object()) fail(where_, "model.vocab: expected an object of token -> id");
     const json* merges = get(m, "merges");
@@ -469,14 +474,15 @@ class BpeTokenizer final : public tok::TokenizerBase {
     fuse_unk_ = get_bool(m, "fuse_unk", false, where_, "model");
 
     for (auto it = vocab->begin(); it != vocab->end(); ++it) {
-      int32_t id = checked_id(it.value(), "model.vocab[\"" + it.key() + "\"]");
+      int32_t id = checked_id(it.value(), "model.vocab[" + json_quoted(it.key()) + "]");
       vocab_[it.key()] = id;
       max_id_ = std::max(max_id_, id);
     }
     if (const json* u = get(m, "unk_token"); u && !u->is_null()) {
       if (!u->is_string()) fail(where_, "model.unk_token: expected a string");
       auto it = vocab_.find(u->get<std::string>());
-      if (it == vocab_.end()) fail(where_, "model.unk_token: \"" + u->get<std::string>() + "\" is not in model.vocab");
+      if (it == vocab_.end())
+        fail(where_, "model.unk_token: " + json_quoted(u->get<std::string>()) + " is not in model.vocab");
       unk_ = it->second;
     }
     std::string a, b;
@@ -498,7 +504,7 @@ class BpeTokenizer final : public tok::TokenizerBase {
       }
       auto ia = vocab_.find(a), ib = vocab_.find(b), im = vocab_.find(a + b);
       if (ia == vocab_.end() || ib == vocab_.end() || im == vocab_.end())
-        fail(where_, field + ": \"" + a + "\" + \"" + b + "\" uses a token that is not in model.vocab");
+        fail(where_, field + ": " + json_quoted(a) + " + " + json_quoted(b) + " needs a token not in model.vocab");
       // A repeated pair keeps its last rank, as tokenizers' map building does.
       merges_[pair_key(ia->second, ib->second)] = {int32_t(i), im->second};
     }
@@ -567,11 +573,11 @@ class BpeTokenizer final : public tok::TokenizerBase {
           st.behavior = beh;
           found = true;
         }
-      if (!found) fail(where_, field + ".behavior: unknown value \"" + b + "\"");
+      if (!found) fail(where_, field + ".behavior: unknown value " + json_quoted(b));
       st.invert = get_bool(p, "invert", false, where_, field);
       steps_.push_back(std::move(st));
     } else {
-      unsupported(where_, field, "type \"" + t + "\"");
+      unsupported(where_, field, "type " + json_quoted(t));
     }
   }
 
@@ -586,7 +592,7 @@ class BpeTokenizer final : public tok::TokenizerBase {
         load_post_processor((*list)[i], field + ".processors[" + std::to_string(i) + "]", depth + 1);
       return;
     }
-    if (t != "TemplateProcessing") unsupported(where_, field, "type \"" + t + "\"");
+    if (t != "TemplateProcessing") unsupported(where_, field, "type " + json_quoted(t));
     const json* single = get(p, "single");
     const json* specials = get(p, "special_tokens");
     if (!single || !single->is_array()) fail(where_, field + ".single: expected an array");
@@ -604,8 +610,9 @@ class BpeTokenizer final : public tok::TokenizerBase {
       std::string name = get_string(item["SpecialToken"], "id", where_, field + ".single[].SpecialToken");
       const json* st = specials ? get(*specials, name.c_str()) : nullptr;
       const json* ids = st ? get(*st, "ids") : nullptr;
-      if (!ids || !ids->is_array()) fail(where_, field + ".special_tokens[\"" + name + "\"].ids: missing");
-      for (const json& id : *ids) before.push_back(checked_id(id, field + ".special_tokens[\"" + name + "\"].ids"));
+      std::string ids_field = field + ".special_tokens[" + json_quoted(name) + "].ids";
+      if (!ids || !ids->is_array()) fail(where_, ids_field + ": missing");
+      for (const json& id : *ids) before.push_back(checked_id(id, ids_field));
     }
     if (before.size() > 1) unsupported(where_, field + ".single", "more than one leading special token");
     if (before.size() == 1) bos_ = before[0];

@@ -74,12 +74,18 @@ bool spm_adds_dummy_prefix(const std::string& serialized) {
   return add;
 }
 
+std::string one_line(std::string s) {
+  for (char& c : s)
+    if (c == '\n' || c == '\r') c = ' ';
+  return s;
+}
+
 class SentencePieceTokenizer final : public tok::TokenizerBase {
  public:
   explicit SentencePieceTokenizer(const std::string& path) {
     if (!file_exists(path)) fail(path, "no such file");
     auto status = sp_.Load(path);
-    if (!status.ok()) fail(path, "not a SentencePiece model: " + status.ToString());
+    if (!status.ok()) fail(path, "not a SentencePiece model: " + one_line(status.ToString()));
     n_ = sp_.GetPieceSize();
     dummy_prefix_ = spm_adds_dummy_prefix(sp_.serialized_model_proto());
     bos_ = sp_.bos_id();
@@ -98,7 +104,7 @@ class SentencePieceTokenizer final : public tok::TokenizerBase {
       text = clean;
     }
     auto status = sp_.Encode(absl::string_view(text.data(), text.size()), &ids);
-    if (!status.ok()) throw Error("sentencepiece: encode failed: " + status.ToString());
+    if (!status.ok()) throw Error("sentencepiece: encode failed: " + one_line(status.ToString()));
     std::vector<int32_t> out;
     out.reserve(ids.size() + 1);
     if (add_bos && bos_ >= 0) out.push_back(bos_);

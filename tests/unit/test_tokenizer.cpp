@@ -32,6 +32,7 @@ void expect_error(F&& f, std::initializer_list<std::string> needles) {
     ADD_FAILURE() << "expected oar::Error";
   } catch (const Error& e) {
     std::string msg = e.what();
+    EXPECT_EQ(msg.find('\n'), std::string::npos) << "not one line: " << msg;
     for (const std::string& n : needles) EXPECT_NE(msg.find(n), std::string::npos) << "'" << n << "' not in: " << msg;
   }
 }

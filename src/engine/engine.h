@@ -1,0 +1,79 @@
+// The serving engine: many requests at once over the paged KV cache. Parts, each testable alone:
+//   BlockManager (block_manager.h) - block tables, prefix sharing, copy-on-write, over BlockAllocator
+//   Scheduler    (scheduler.h)     - FCFS admission, chunked prefill, decode, preemption by recompute
+//   ModelRunner  (model_runner.h)  - one batched forward for a scheduled step, then per-request sampling
+//   Engine       (this file)       - ties them together; `step()` advances every running request by one step
+// The HTTP server (src/server) drives an Engine from one loop thread through EngineLoop (thread-safe).
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "infer/sampler.h"
+#include "model/llama.h"
+#include "tokenizer/tokenizer.h"
+
+namespace oar {
+
+struct EngineConfig {
+  int64_t block_size = 64;               // --block_size (PaddleNLP's default)
+  int64_t num_blocks = 0;                // 0: derived from kv_cache_memory_bytes
+  size_t kv_cache_memory_bytes = size_t(1) << 30;  // memory budget for the KV cache (--kv_cache_memory_gb)
+  int64_t max_num_seqs = 16;             // running sequences at most (--batch_size in predict)
+  int64_t max_num_batched_tokens = 2048; // tokens per forward step (prefill chunks + decodes)
+  bool enable_prefix_caching = true;
+  enum class KVDtype { F32, Int8Dynamic, Int8Static } kv_dtype = KVDtype::F32;  // --cachekv_int8
+  std::string cachekv_scales_path;       // static int8 scales (cachekv_scales.json), for Int8Static
+  int64_t max_waiting = 1024;            // queue bound: add_request refuses beyond it (server answers 429)
+};
+
+struct RequestParams {
+  SamplingParams sampling;
+  int64_t max_new_tokens = 16;
+  std::vector<std::string> stop;       // stop strings (not included in the output)
+  bool ignore_eos = false;
+};
+
+enum class FinishReason { None, Eos, Length, Stop, Aborted };
+const char* finish_reason_name(FinishReason r);  // "stop", "length", "abort" as OpenAI names them (eos/stop -> "stop")
+
+// What one step produced for one request.
+struct RequestOutput {
+  uint64_t request_id = 0;
+  std::vector<int32_t> new_tokens;  // tokens chosen this step (usually one; none while a prompt is being prefilled)
+  std::string new_text;             // newly completed UTF-8 text (stop strings held back until resolved)
+  bool finished = false;
+  FinishReason finish_reason = FinishReason::None;
+  int64_t prompt_tokens = 0, completion_tokens = 0;
+};
+
+struct EngineMetrics {
+  int64_t running = 0, waiting = 0;
+  int64_t blocks_total = 0, blocks_used = 0, blocks_free = 0;
+  int64_t prefix_cache_queries = 0, prefix_cache_hits = 0;  // in blocks
+  int64_t generated_tokens = 0, prompt_tokens = 0, preemptions = 0, finished_requests = 0;
+  std::vector<double> ttft_seconds, tpot_seconds;  // samples since the last take_latency_samples()
+};
+
+class Engine {
+ public:
+  Engine(LlamaModel& model, const Tokenizer& tokenizer, const EngineConfig& cfg);
+  ~Engine();
+  // Queues a request (prompt already tokenized, BOS included). Throws oar::Error for a prompt that can never
+  // fit (longer than the context or than the whole KV cache); returns 0 when the waiting queue is full.
+  uint64_t add_request(std::vector<int32_t> prompt, const RequestParams& params);
+  void abort_request(uint64_t id);  // frees its blocks at the next step
+  bool has_work() const;
+  // One scheduled forward over every running request; outputs for requests that produced tokens or finished.
+  std::vector<RequestOutput> step();
+  EngineMetrics metrics() const;
+  const EngineConfig& config() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace oar
