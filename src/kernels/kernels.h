@@ -24,13 +24,27 @@ struct RopeTable {
 RopeTable make_rope_table(const LlamaConfig& cfg, int64_t max_positions);
 std::vector<double> rope_inv_freq(const LlamaConfig& cfg);  // D/2 inverse frequencies after scaling
 
-// Paged key/value storage for one layer: K and V each [num_blocks, G, block_size, D], float32.
+// How the KV cache holds K and V: float32, or int8 values with a float scale (value = q * scale).
+enum class KVCacheDType { F32, Int8 };
+
+// Paged key/value storage for one layer: K and V each [num_blocks, G, block_size, D].
 // Attention reaches a sequence's tokens only through its block table (position p lives in block
 // table[p / block_size], slot p % block_size), so the cache can be shared, grown and recycled by a block manager.
 struct KVLayerView {
-  float* k = nullptr;
+  float* k = nullptr;  // F32: the values
   float* v = nullptr;
   int64_t num_blocks = 0, block_size = 0, kv_heads = 0, head_dim = 0;
+  // Int8: k8/v8 hold the values; kv_write quantizes, attention dequantizes on read.
+  //   dynamic (static_scales false): k_scale/v_scale [num_blocks, G, block_size], one absmax/127 scale per
+  //     (token, kv head), computed by kv_write and stored beside the block;
+  //   static (static_scales true): k_scale/v_scale [G], this layer's calibrated absmax/127 per kv head
+  //     (values beyond the calibrated range are clamped to +-127).
+  KVCacheDType dtype = KVCacheDType::F32;
+  int8_t* k8 = nullptr;
+  int8_t* v8 = nullptr;
+  float* k_scale = nullptr;
+  float* v_scale = nullptr;
+  bool static_scales = false;
 };
 
 // One sequence's part of a step: rows [row0, row0 + n) of the step's tensors, its first new token at
@@ -50,6 +64,10 @@ class Kernels {
 
   // y[T,N] = x[T,K] · w[N,K]^T (+ bias[N]). Small T runs as a bandwidth-bound GEMV, large T as a GEMM.
   virtual void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y) = 0;
+  // Several products of one input (q/k/v, gate/up): ys[i] = x · ws[i]^T (+ biases[i], which may be null).
+  // One thread team serves all of them, so a decode step pays one synchronisation instead of several.
+  virtual void linear_multi(const Tensor& x, const std::vector<const Tensor*>& ws,
+                            const std::vector<const Tensor*>& biases, const std::vector<Tensor*>& ys) = 0;
   // y = x / rms(x) * w per row; y may alias x.
   virtual void rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& y) = 0;
   // Rotates x [T, heads, D] in place; positions[T].
@@ -62,7 +80,8 @@ class Kernels {
   virtual void embedding(const Tensor& table, const int32_t* ids, int64_t n, Tensor& out) = 0;
   // x += y (residual)
   virtual void add_inplace(Tensor& x, const Tensor& y) = 0;
-  // Writes k, v [T, G, D] of each sequence's new tokens into the paged cache at positions pos0 .. pos0+n-1.
+  // Writes k, v [T, G, D] of each sequence's new tokens into the paged cache at positions pos0 .. pos0+n-1
+  // (quantizing them for an int8 cache).
   virtual void kv_write(const KVLayerView& cache, const Tensor& k, const Tensor& v, const std::vector<SeqSlice>& seqs) = 0;
   // Causal attention with GQA: out[T, H, D] for q[T, H, D]; token i of a sequence attends to cached positions
   // 0 .. pos0 + i. Softmax scale 1/sqrt(D).

@@ -151,9 +151,10 @@ void LlamaModel::forward(const StepBatch& batch, KVCache& cache, Tensor& logits)
     // attention block
     K.rmsnorm(x, L.input_norm, float(cfg_.rms_norm_eps), h);
     Tensor q2 = q.view({T, H * D}), k2 = k.view({T, G * D}), v2 = v.view({T, G * D});
-    K.linear(h, L.q_proj, L.q_bias.defined() ? &L.q_bias : nullptr, q2);
-    K.linear(h, L.k_proj, L.k_bias.defined() ? &L.k_bias : nullptr, k2);
-    K.linear(h, L.v_proj, L.v_bias.defined() ? &L.v_bias : nullptr, v2);
+    K.linear_multi(h, {&L.q_proj, &L.k_proj, &L.v_proj},
+                   {L.q_bias.defined() ? &L.q_bias : nullptr, L.k_bias.defined() ? &L.k_bias : nullptr,
+                    L.v_bias.defined() ? &L.v_bias : nullptr},
+                   {&q2, &k2, &v2});
     K.rope(q, batch.positions.data(), rope_);
     K.rope(k, batch.positions.data(), rope_);
     KVLayerView kv = cache.layer(l);
@@ -163,8 +164,7 @@ void LlamaModel::forward(const StepBatch& batch, KVCache& cache, Tensor& logits)
     K.add_inplace(x, h);
     // MLP block
     K.rmsnorm(x, L.post_attn_norm, float(cfg_.rms_norm_eps), h);
-    K.linear(h, L.gate_proj, nullptr, gate);
-    K.linear(h, L.up_proj, nullptr, up);
+    K.linear_multi(h, {&L.gate_proj, &L.up_proj}, {nullptr, nullptr}, {&gate, &up});
     K.swiglu(gate, up, gate);
     K.linear(gate, L.down_proj, nullptr, h);
     K.add_inplace(x, h);

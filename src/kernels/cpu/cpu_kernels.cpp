@@ -48,42 +48,50 @@ class CpuKernels final : public Kernels {
   const char* name() const override { return isa_.name; }
 
   void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y) override {
-    require(x.dtype() == DType::F32 && y.dtype() == DType::F32, "linear expects float32 activations");
-    require(w.ndim() == 2 && x.is_contiguous() && y.is_contiguous() && w.is_contiguous(), "linear expects contiguous 2-D tensors");
-    const int64_t K = w.dim(1), N = w.dim(0);
-    const int64_t M = x.numel() / K;
-    require(x.numel() == M * K && y.numel() == M * N, "linear shape mismatch");
-    const float* xp = x.data<float>();
-    float* yp = y.data<float>();
-    const float* bp = bias ? bias->data<float>() : nullptr;
-    // Decode and small batches: stream the weights once for all rows (bandwidth-bound GEMV).
-    const int64_t gemv_rows = 8;
-    bool done = false;
-    if (M > gemv_rows) {
-      if (w.dtype() == DType::F32) {
-        done = cpu::onednn_gemm(M, N, K, DType::F32, xp, K, w.data<float>(), K, true, yp, N, bp);
-      } else if (w.dtype() == DType::BF16) {
-        // bf16 x bf16 -> f32 on the AVX512_BF16 units; activations are rounded to bf16 for this product only.
-        scratch_bf16_.resize(size_t(M * K));
-        parallel_ranges(M, 1, [&](int64_t b, int64_t e) { isa_.f32_to_bf16(xp + b * K, scratch_bf16_.data() + b * K, (e - b) * K); }, K);
-        done = cpu::onednn_gemm(M, N, K, DType::BF16, scratch_bf16_.data(), K, w.data<uint16_t>(), K, true, yp, N, bp);
-      }
-      if (done) return;
-    }
-    if (w.dtype() == DType::F32) {
-      const float* wp = w.data<float>();
-      parallel_ranges(N, 16, [&](int64_t b, int64_t e) { isa_.gemv_f32(xp, M, K, wp, K, b, e, yp, N); }, M * K);
-    } else if (w.dtype() == DType::BF16) {
-      const uint16_t* wp = w.data<uint16_t>();
-      parallel_ranges(N, 16, [&](int64_t b, int64_t e) { isa_.gemv_bf16(xp, M, K, wp, K, b, e, yp, N); }, M * K);
-    } else {
-      throw Error(std::string("cpu kernels: linear weights of dtype ") + dtype_name(w.dtype()) + " are not supported");
-    }
-    if (bp)
-      for (int64_t m = 0; m < M; m++)
-        for (int64_t n = 0; n < N; n++) yp[m * N + n] += bp[n];
+    linear_multi(x, {&w}, {bias}, {&y});
   }
 
+  void linear_multi(const Tensor& x, const std::vector<const Tensor*>& ws, const std::vector<const Tensor*>& biases,
+                    const std::vector<Tensor*>& ys) override {
+    require(x.dtype() == DType::F32 && x.is_contiguous(), "linear expects contiguous float32 activations");
+    require(ws.size() == ys.size() && biases.size() == ws.size(), "linear_multi: one output and bias slot per weight");
+    const int64_t K = ws[0]->dim(1);
+    const int64_t M = x.numel() / K;
+    for (size_t i = 0; i < ws.size(); i++) {
+      const Tensor& w = *ws[i];
+      require(w.ndim() == 2 && w.is_contiguous() && w.dim(1) == K, "linear weights must be contiguous [out, in]");
+      require(ys[i]->dtype() == DType::F32 && ys[i]->is_contiguous() && ys[i]->numel() == M * w.dim(0), "linear output shape mismatch");
+      require(w.dtype() == DType::F32 || w.dtype() == DType::BF16,
+              (std::string("linear weights of dtype ") + dtype_name(w.dtype()) + " are not supported").c_str());
+    }
+    require(x.numel() == M * K, "linear input shape mismatch");
+    const float* xp = x.data<float>();
+    // Prefill and large batches: the GEMM library, one product at a time.
+    if (M > kGemvRows) {
+      bool converted = false;
+      for (size_t i = 0; i < ws.size(); i++) {
+        const Tensor& w = *ws[i];
+        const int64_t N = w.dim(0);
+        float* yp = ys[i]->data<float>();
+        const float* bp = biases[i] ? biases[i]->data<float>() : nullptr;
+        bool done;
+        if (w.dtype() == DType::F32) {
+          done = cpu::onednn_gemm(M, N, K, DType::F32, xp, K, w.data<float>(), K, true, yp, N, bp);
+        } else {
+          // bf16 x bf16 -> f32 on the AVX512_BF16 units; activations are rounded to bf16 for this product only.
+          if (!converted) {
+            scratch_bf16_.resize(size_t(M * K));
+            parallel_ranges(M, 1, [&](int64_t b, int64_t e) { isa_.f32_to_bf16(xp + b * K, scratch_bf16_.data() + b * K, (e - b) * K); }, K);
+            converted = true;
+          }
+          done = cpu::onednn_gemm(M, N, K, DType::BF16, scratch_bf16_.data(), K, w.data<uint16_t>(), K, true, yp, N, bp);
+        }
+        if (!done) gemv_all(xp, M, K, {ws[i]}, {biases[i]}, {ys[i]});
+      }
+      return;
+    }
+    gemv_all(xp, M, K, ws, biases, ys);
+  }
   void rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& y) override {
     const int64_t C = w.numel();
     const int64_t R = x.numel() / C;
@@ -178,6 +186,7 @@ class CpuKernels final : public Kernels {
   }
 
   void kv_write(const KVLayerView& c, const Tensor& k, const Tensor& v, const std::vector<SeqSlice>& seqs) override {
+    if (c.dtype == KVCacheDType::Int8) return kv_write_int8(c, k, v, seqs);
     const int64_t G = c.kv_heads, D = c.head_dim, B = c.block_size;
     const float* kp = k.data<float>();
     const float* vp = v.data<float>();
@@ -204,12 +213,47 @@ class CpuKernels final : public Kernels {
     const float scale = 1.0f / std::sqrt(float(D));
     for (const SeqSlice& s : seqs) {
       if (s.n >= 16) attention_gemm(q, c, s, out, scale);
+      else if (c.dtype == KVCacheDType::Int8) attention_rows_int8(q, c, s, out, scale);
       else attention_rows(q, c, s, out, scale);
     }
   }
 
  private:
   const IsaOps& isa_;
+  static constexpr int64_t kGemvRows = 8;  // up to this many rows, stream the weights once through the GEMV
+
+  // Decode: every weight row of every matrix streamed once for all M rows. The rows are dealt out in chunks of
+  // about 128 KiB, taken dynamically, so a core that is briefly busy elsewhere does not hold the other back at
+  // the end of the product, and each chunk is one sequential stream for the prefetcher.
+  void gemv_all(const float* xp, int64_t M, int64_t K, const std::vector<const Tensor*>& ws,
+                const std::vector<const Tensor*>& biases, const std::vector<Tensor*>& ys) {
+    struct Chunk { int32_t mat; int64_t n0, n1; };
+    std::vector<Chunk> chunks;
+    int64_t total = 0;
+    for (size_t i = 0; i < ws.size(); i++) {
+      const int64_t N = ws[i]->dim(0);
+      const int64_t rows = std::max<int64_t>(16, (int64_t(128) << 10) / (K * int64_t(dtype_size(ws[i]->dtype()))));
+      for (int64_t n = 0; n < N; n += rows) chunks.push_back({int32_t(i), n, std::min(N, n + rows)});
+      total += N * K * M;
+    }
+    auto run = [&](const Chunk& c) {
+      const Tensor& w = *ws[size_t(c.mat)];
+      float* yp = ys[size_t(c.mat)]->data<float>();
+      const int64_t N = w.dim(0);
+      if (w.dtype() == DType::F32) isa_.gemv_f32(xp, M, K, w.data<float>(), K, c.n0, c.n1, yp, N);
+      else isa_.gemv_bf16(xp, M, K, w.data<uint16_t>(), K, c.n0, c.n1, yp, N);
+      if (const Tensor* b = biases[size_t(c.mat)])
+        for (int64_t m = 0; m < M; m++)
+          for (int64_t n = c.n0; n < c.n1; n++) yp[m * N + n] += b->data<float>()[n];
+    };
+    const int64_t nc = int64_t(chunks.size());
+    if (total < (int64_t(1) << 15) || omp_get_max_threads() == 1 || omp_in_parallel()) {
+      for (const Chunk& c : chunks) run(c);
+      return;
+    }
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t i = 0; i < nc; i++) run(chunks[size_t(i)]);
+  }
   std::vector<uint16_t> scratch_bf16_;
 
   static void softmax_row(float* p, int64_t n) {
@@ -262,15 +306,24 @@ class CpuKernels final : public Kernels {
     vbuf_.resize(size_t(L * D));
     sbuf_.resize(size_t(s.n * L));
     for (int64_t g = 0; g < G; g++) {
-      for (int64_t j = 0; j < L; j++) {
-        std::memcpy(kbuf_.data() + j * D, key_at(c, s, g, j, false), size_t(D) * 4);
-        std::memcpy(vbuf_.data() + j * D, key_at(c, s, g, j, true), size_t(D) * 4);
+      if (c.dtype == KVCacheDType::Int8) {
+        for (int64_t j = 0; j < L; j++) {
+          int64_t cell = cell_of(c, s, g, j);
+          dequantize_row(c.k8 + cell * D, int8_scale(c, c.k_scale, cell, g), kbuf_.data() + j * D, D);
+          dequantize_row(c.v8 + cell * D, int8_scale(c, c.v_scale, cell, g), vbuf_.data() + j * D, D);
+        }
+      } else {
+        for (int64_t j = 0; j < L; j++) {
+          std::memcpy(kbuf_.data() + j * D, key_at(c, s, g, j, false), size_t(D) * 4);
+          std::memcpy(vbuf_.data() + j * D, key_at(c, s, g, j, true), size_t(D) * 4);
+        }
       }
       for (int64_t h = g * rep; h < (g + 1) * rep; h++) {
         const float* qh = qp + (s.row0 * H + h) * D;
         // S[n, L] = Q_h[n, D] · K^T
         if (!cpu::onednn_gemm(s.n, L, D, DType::F32, qh, H * D, kbuf_.data(), D, true, sbuf_.data(), L, nullptr)) {
-          attention_rows(q, c, s, out, scale);
+          if (c.dtype == KVCacheDType::Int8) attention_rows_int8(q, c, s, out, scale);
+          else attention_rows(q, c, s, out, scale);
           return;
         }
         float* S = sbuf_.data();
@@ -291,6 +344,85 @@ class CpuKernels final : public Kernels {
   }
 
   std::vector<float> kbuf_, vbuf_, sbuf_;
+
+  // ---- int8 KV cache: int8 values and a float step (absmax / 127) per (token, kv head), or per kv head ----
+
+  // Index of position pos of sequence s, kv head g, in [num_blocks, G, block_size].
+  static int64_t cell_of(const KVLayerView& c, const SeqSlice& s, int64_t g, int64_t pos) {
+    return (int64_t(s.block_table[pos / c.block_size]) * c.kv_heads + g) * c.block_size + pos % c.block_size;
+  }
+  static float int8_scale(const KVLayerView& c, const float* scales, int64_t cell, int64_t g) {
+    return c.static_scales ? scales[g] : scales[cell];
+  }
+  static void dequantize_row(const int8_t* q, float step, float* out, int64_t D) {
+    for (int64_t i = 0; i < D; i++) out[i] = float(q[i]) * step;
+  }
+  // Symmetric int8: round to nearest, clamp to +-127 (static scales may be exceeded; NaN becomes 127).
+  static void quantize_row(const float* x, int64_t D, bool dynamic, float* step_io, int8_t* q) {
+    float step = *step_io;
+    if (dynamic) {
+      float amax = 0;
+      for (int64_t i = 0; i < D; i++) amax = std::max(amax, std::fabs(x[i]));
+      step = amax / 127.0f;
+      *step_io = step;
+    }
+    const float inv = step > 0 ? 1.0f / step : 0.0f;
+    for (int64_t i = 0; i < D; i++) q[i] = int8_t(std::max(-127.0f, std::min(127.0f, std::nearbyint(x[i] * inv))));
+  }
+
+  void kv_write_int8(const KVLayerView& c, const Tensor& k, const Tensor& v, const std::vector<SeqSlice>& seqs) {
+    const int64_t G = c.kv_heads, D = c.head_dim, B = c.block_size;
+    require(c.k8 && c.v8 && c.k_scale && c.v_scale, "kv cache: int8 view without values or scales");
+    const float* kp = k.data<float>();
+    const float* vp = v.data<float>();
+    const bool dyn = !c.static_scales;
+    for (const SeqSlice& s : seqs) {
+      for (int64_t i = 0; i < s.n; i++) {
+        int64_t pos = s.pos0 + i;
+        require(pos / B < s.num_table_blocks, "kv cache: sequence is longer than its block table");
+        int64_t block = s.block_table[pos / B];
+        require(block >= 0 && block < c.num_blocks, "kv cache: block id out of range");
+        for (int64_t g = 0; g < G; g++) {
+          int64_t cell = (block * G + g) * B + pos % B;
+          size_t src = size_t(((s.row0 + i) * G + g) * D);
+          float* ks = dyn ? c.k_scale + cell : c.k_scale + g;
+          float* vs = dyn ? c.v_scale + cell : c.v_scale + g;
+          quantize_row(kp + src, D, dyn, ks, c.k8 + cell * D);
+          quantize_row(vp + src, D, dyn, vs, c.v8 + cell * D);
+        }
+      }
+    }
+  }
+
+  // Few queries over an int8 cache: one work item per (query, kv head) serves the group's query heads, so each
+  // key and value row is dequantized once for all of them.
+  void attention_rows_int8(const Tensor& q, const KVLayerView& c, const SeqSlice& s, Tensor& out, float scale) {
+    const int64_t H = q.dim(1), D = q.dim(2), G = c.kv_heads, rep = H / G;
+    const float* qp = q.data<float>();
+    float* op = out.data<float>();
+    parallel_ranges(s.n * G, 1, [&](int64_t b, int64_t e) {
+      std::vector<float> scores, row(static_cast<size_t>(D));
+      for (int64_t w = b; w < e; w++) {
+        const int64_t i = w / G, g = w % G;
+        const int64_t L = s.pos0 + i + 1;  // causal: keys 0 .. pos0+i
+        scores.resize(size_t(rep * L));
+        const float* qg = qp + ((s.row0 + i) * H + g * rep) * D;
+        for (int64_t j = 0; j < L; j++) {
+          int64_t cell = cell_of(c, s, g, j);
+          dequantize_row(c.k8 + cell * D, int8_scale(c, c.k_scale, cell, g), row.data(), D);
+          for (int64_t r = 0; r < rep; r++) scores[size_t(r * L + j)] = isa_.dot(qg + r * D, row.data(), D) * scale;
+        }
+        float* og = op + ((s.row0 + i) * H + g * rep) * D;
+        for (int64_t r = 0; r < rep; r++) softmax_row(scores.data() + r * L, L);
+        std::fill(og, og + rep * D, 0.0f);
+        for (int64_t j = 0; j < L; j++) {
+          int64_t cell = cell_of(c, s, g, j);
+          dequantize_row(c.v8 + cell * D, int8_scale(c, c.v_scale, cell, g), row.data(), D);
+          for (int64_t r = 0; r < rep; r++) isa_.axpy(scores[size_t(r * L + j)], row.data(), og + r * D, D);
+        }
+      }
+    }, (s.pos0 + s.n) * D * rep);
+  }
 };
 
 }  // namespace
