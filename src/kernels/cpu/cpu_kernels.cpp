@@ -276,24 +276,38 @@ class CpuKernels final : public Kernels {
 
   // Few queries (decode): one score row per (query, head), keys read through the block table in place.
   void attention_rows(const Tensor& q, const KVLayerView& c, const SeqSlice& s, Tensor& out, float scale) {
-    const int64_t H = q.dim(1), D = q.dim(2), G = c.kv_heads, rep = H / G;
+    const int64_t H = q.dim(1), D = q.dim(2), G = c.kv_heads, rep = H / G, B = c.block_size;
     const float* qp = q.data<float>();
     float* op = out.data<float>();
-    const int64_t work = s.n * H;
+    // One work item per (query row, kv head): the group's `rep` query heads are consecutive rows of q, so each
+    // key and value row is read once for all of them, block by block through the block table.
+    const int64_t work = s.n * G;
     parallel_ranges(work, 1, [&](int64_t b, int64_t e) {
       std::vector<float> scores;
       for (int64_t w = b; w < e; w++) {
-        int64_t i = w / H, h = w % H, g = h / rep;
-        int64_t L = s.pos0 + i + 1;  // causal: keys 0 .. pos0+i
-        scores.resize(size_t(L));
-        const float* qv = qp + ((s.row0 + i) * H + h) * D;
-        for (int64_t j = 0; j < L; j++) scores[size_t(j)] = isa_.dot(qv, key_at(c, s, g, j, false), D) * scale;
-        softmax_row(scores.data(), L);
-        float* o = op + ((s.row0 + i) * H + h) * D;
-        std::fill(o, o + D, 0.0f);
-        for (int64_t j = 0; j < L; j++) isa_.axpy(scores[size_t(j)], key_at(c, s, g, j, true), o, D);
+        const int64_t i = w / G, g = w % G;
+        const int64_t L = s.pos0 + i + 1;  // causal: keys 0 .. pos0+i
+        scores.resize(size_t(rep * L));
+        const float* qg = qp + ((s.row0 + i) * H + g * rep) * D;
+        float* og = op + ((s.row0 + i) * H + g * rep) * D;
+        for (int64_t j0 = 0; j0 < L; j0 += B) {
+          const int64_t nk = std::min(B, L - j0);
+          const int64_t block = s.block_table[j0 / B];
+          isa_.dot_rows(qg, rep, D, c.k + ((block * G + g) * B) * D, nk, D, scores.data() + j0, L);
+        }
+        for (int64_t a = 0; a < rep; a++) {
+          float* row = scores.data() + a * L;
+          for (int64_t j = 0; j < L; j++) row[j] *= scale;
+          softmax_row(row, L);
+        }
+        std::fill(og, og + rep * D, 0.0f);
+        for (int64_t j0 = 0; j0 < L; j0 += B) {
+          const int64_t nk = std::min(B, L - j0);
+          const int64_t block = s.block_table[j0 / B];
+          isa_.axpy_rows(scores.data() + j0, rep, L, c.v + ((block * G + g) * B) * D, nk, D, og, D);
+        }
       }
-    }, (s.pos0 + s.n) * D);
+    }, (s.pos0 + s.n) * D * rep);
   }
 
   // Many queries (prefill): gather the group's keys and values, then two GEMMs per head (scores, weighted sum).

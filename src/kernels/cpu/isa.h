@@ -15,6 +15,11 @@ struct IsaOps {
   float (*dot)(const float* a, const float* b, int64_t n);
   void (*axpy)(float a, const float* x, float* y, int64_t n);  // y += a * x
   double (*sum_squares)(const float* x, int64_t n);
+  // Attention over one block of keys/values (rows of D floats, contiguous):
+  //   dot_rows:  out[a*ldo + j] = dot(q + a*ldq, k + j*D)             for a < nq, j < nk
+  //   axpy_rows: out + a*ldout += sum_j p[a*ldp + j] * (v + j*D)      for a < nq
+  void (*dot_rows)(const float* q, int64_t nq, int64_t ldq, const float* k, int64_t nk, int64_t D, float* out, int64_t ldo);
+  void (*axpy_rows)(const float* p, int64_t nq, int64_t ldp, const float* v, int64_t nk, int64_t D, float* out, int64_t ldout);
   void (*bf16_to_f32)(const uint16_t* src, float* dst, int64_t n);
   void (*f32_to_bf16)(const float* src, uint16_t* dst, int64_t n);
 };

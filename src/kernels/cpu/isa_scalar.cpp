@@ -43,6 +43,16 @@ double sum_squares(const float* x, int64_t n) {
   return s;
 }
 
+void dot_rows(const float* q, int64_t nq, int64_t ldq, const float* k, int64_t nk, int64_t D, float* out, int64_t ldo) {
+  for (int64_t a = 0; a < nq; a++)
+    for (int64_t j = 0; j < nk; j++) out[a * ldo + j] = dot(q + a * ldq, k + j * D, D);
+}
+
+void axpy_rows(const float* p, int64_t nq, int64_t ldp, const float* v, int64_t nk, int64_t D, float* out, int64_t ldout) {
+  for (int64_t a = 0; a < nq; a++)
+    for (int64_t j = 0; j < nk; j++) axpy(p[a * ldp + j], v + j * D, out + a * ldout, D);
+}
+
 void to_f32(const uint16_t* s, float* d, int64_t n) {
   for (int64_t i = 0; i < n; i++) d[i] = bf16_to_f32(s[i]);
 }
@@ -53,7 +63,7 @@ void to_bf16(const float* s, uint16_t* d, int64_t n) {
 }  // namespace
 
 const IsaOps& isa_scalar() {
-  static const IsaOps ops{"scalar", gemv_f32, gemv_bf16, dot, axpy, sum_squares, to_f32, to_bf16};
+  static const IsaOps ops{"scalar", gemv_f32, gemv_bf16, dot, axpy, sum_squares, dot_rows, axpy_rows, to_f32, to_bf16};
   return ops;
 }
 

@@ -112,6 +112,16 @@ double sum_squares(const float* x, int64_t n) {
   return r;
 }
 
+void dot_rows(const float* q, int64_t nq, int64_t ldq, const float* k, int64_t nk, int64_t D, float* out, int64_t ldo) {
+  for (int64_t j = 0; j < nk; j++)
+    for (int64_t a = 0; a < nq; a++) out[a * ldo + j] = dot(q + a * ldq, k + j * D, D);
+}
+
+void axpy_rows(const float* p, int64_t nq, int64_t ldp, const float* v, int64_t nk, int64_t D, float* out, int64_t ldout) {
+  for (int64_t j = 0; j < nk; j++)
+    for (int64_t a = 0; a < nq; a++) axpy(p[a * ldp + j], v + j * D, out + a * ldout, D);
+}
+
 void to_f32(const uint16_t* s, float* d, int64_t n) {
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) _mm256_storeu_ps(d + i, load_bf16(s + i));
@@ -125,7 +135,7 @@ void to_bf16(const float* s, uint16_t* d, int64_t n) {
 }  // namespace
 
 const IsaOps& isa_avx2() {
-  static const IsaOps ops{"avx2", gemv_f32, gemv_bf16, dot, axpy, sum_squares, to_f32, to_bf16};
+  static const IsaOps ops{"avx2", gemv_f32, gemv_bf16, dot, axpy, sum_squares, dot_rows, axpy_rows, to_f32, to_bf16};
   return ops;
 }
 

@@ -127,6 +127,34 @@ double sum_squares(const float* x, int64_t n) {
   return double(_mm512_reduce_add_ps(s));
 }
 
+// One key row is loaded once (up to 8 registers for D <= 128) and used for every query of the group (GQA).
+void dot_rows(const float* q, int64_t nq, int64_t ldq, const float* k, int64_t nk, int64_t D, float* out, int64_t ldo) {
+  if (D > 128) {
+    for (int64_t j = 0; j < nk; j++)
+      for (int64_t a = 0; a < nq; a++) out[a * ldo + j] = dot(q + a * ldq, k + j * D, D);
+    return;
+  }
+  const int64_t chunks = (D + 15) / 16;
+  const __mmask16 tail = (D % 16) ? __mmask16((1u << (D % 16)) - 1) : __mmask16(0xffff);
+  for (int64_t j = 0; j < nk; j++) {
+    __m512 kv[8];
+    for (int64_t c = 0; c < chunks; c++)
+      kv[c] = _mm512_maskz_loadu_ps(c == chunks - 1 ? tail : __mmask16(0xffff), k + j * D + c * 16);
+    for (int64_t a = 0; a < nq; a++) {
+      const float* qa = q + a * ldq;
+      __m512 s = _mm512_mul_ps(kv[0], _mm512_maskz_loadu_ps(chunks == 1 ? tail : __mmask16(0xffff), qa));
+      for (int64_t c = 1; c < chunks; c++)
+        s = _mm512_fmadd_ps(kv[c], _mm512_maskz_loadu_ps(c == chunks - 1 ? tail : __mmask16(0xffff), qa + c * 16), s);
+      out[a * ldo + j] = _mm512_reduce_add_ps(s);
+    }
+  }
+}
+
+void axpy_rows(const float* p, int64_t nq, int64_t ldp, const float* v, int64_t nk, int64_t D, float* out, int64_t ldout) {
+  for (int64_t j = 0; j < nk; j++)
+    for (int64_t a = 0; a < nq; a++) axpy(p[a * ldp + j], v + j * D, out + a * ldout, D);
+}
+
 void to_f32(const uint16_t* s, float* d, int64_t n) {
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) _mm512_storeu_ps(d + i, load_bf16(s + i));
@@ -158,7 +186,7 @@ void to_bf16(const float* s, uint16_t* d, int64_t n) {
 }  // namespace
 
 const IsaOps& isa_avx512() {
-  static const IsaOps ops{"avx512", gemv_f32, gemv_bf16, dot, axpy, sum_squares, to_f32, to_bf16};
+  static const IsaOps ops{"avx512", gemv_f32, gemv_bf16, dot, axpy, sum_squares, dot_rows, axpy_rows, to_f32, to_bf16};
   return ops;
 }
 
