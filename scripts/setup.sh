@@ -11,6 +11,7 @@ PKGS=(
   libpcre2-dev                   # Unicode regex of byte-level BPE pre-tokenizers
   nlohmann-json3-dev             # JSON
   libcli11-dev                   # command-line parsing
+  libcpp-httplib-dev             # HTTP server and client (oar serve, oar bench-serve)
   libgtest-dev                   # unit tests
   python3                        # fixture scripts and CLI tests (standard library only)
 )

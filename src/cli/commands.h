@@ -11,5 +11,11 @@ Action add_predict(CLI::App& app);
 Action add_perplexity(CLI::App& app);
 Action add_env(CLI::App& app);
 Action add_create_model(CLI::App& app);
+Action add_serve(CLI::App& app);
+Action add_bench_serve(CLI::App& app);
+Action add_merge_lora(CLI::App& app);
+Action add_preprocess(CLI::App& app);
+Action add_finetune(CLI::App& app);
+Action add_pretrain(CLI::App& app);
 
 }  // namespace oar::cli

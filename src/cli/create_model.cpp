@@ -180,6 +180,7 @@ Action add_create_model(CLI::App& app) {
   struct Args {
     std::string preset = "tinyllama-1.1b", output_dir, dtype = "bfloat16";
     uint64_t seed = 1;
+    int64_t max_position_embeddings = 0;
     bool force = false;
   };
   auto a = std::make_shared<Args>();
@@ -187,9 +188,12 @@ Action add_create_model(CLI::App& app) {
   app.add_option("--output_dir", a->output_dir)->required();
   app.add_option("--dtype", a->dtype, "storage dtype: bfloat16 or float32");
   app.add_option("--seed", a->seed);
+  app.add_option("--max_position_embeddings", a->max_position_embeddings, "context length (default: the preset's)")
+      ->check(CLI::PositiveNumber);
   app.add_flag("--force", a->force, "replace an existing output directory");
   return [a]() -> int {
     LlamaConfig c = preset(a->preset);
+    if (a->max_position_embeddings > 0) c.max_position_embeddings = a->max_position_embeddings;
     DType dt = parse_dtype(a->dtype);
     if (dt != DType::BF16 && dt != DType::F32) throw Error("--dtype: create-model writes bfloat16 or float32");
     c.torch_dtype = dtype_name(dt);

@@ -22,6 +22,18 @@ int main(int argc, char** argv) {
   reg("env", "list the devices and what oar uses on them", oar::cli::add_env);
   reg("create-model", "write a random-weight Llama (Hugging Face layout) for tests and benchmarks",
       oar::cli::add_create_model);
+  reg("serve", "OpenAI-compatible HTTP server (completions, chat, streaming, /metrics) over the serving engine",
+      oar::cli::add_serve);
+  reg("bench-serve", "load a running server with concurrent streaming clients: throughput, TTFT, TPOT",
+      oar::cli::add_bench_serve);
+  reg("merge-lora", "merge a LoRA adapter into its base model and write a Hugging Face checkpoint",
+      oar::cli::add_merge_lora);
+  reg("preprocess", "tokenize JSON-lines text into PaddleNLP's .bin/.idx pretraining format",
+      oar::cli::add_preprocess);
+  reg("pretrain", "pretrain a Llama on .bin/.idx data (PaddleNLP run_pretrain.py's argument files)",
+      oar::cli::add_pretrain);
+  reg("finetune", "fine-tune (SFT or LoRA) on src/tgt JSON lines (PaddleNLP run_finetune.py's argument files)",
+      oar::cli::add_finetune);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

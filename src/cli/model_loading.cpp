@@ -3,11 +3,12 @@
 #include "core/error.h"
 #include "core/fs.h"
 #include "model/config.h"
+#include "train/lora_io.h"
 
 namespace oar::cli {
 
 LoadedModel load_model_and_tokenizer(const std::string& model_path, const std::string& tokenizer_path,
-                                     const std::string& dtype_name_in) {
+                                     const std::string& dtype_name_in, const std::string& lora_path) {
   if (model_path.empty()) throw Error("--model_name_or_path is required");
   if (!dir_exists(model_path) && !file_exists(model_path)) fail(model_path, "no such file or directory");
   DType dtype = DType::F32;
@@ -32,7 +33,7 @@ LoadedModel load_model_and_tokenizer(const std::string& model_path, const std::s
     }
   }
   lm.tokenizer = load_tokenizer(tok);
-  lm.model = LlamaModel::load(model_path, dtype);
+  lm.model = lora_path.empty() ? LlamaModel::load(model_path, dtype) : load_llama_with_lora(model_path, lora_path, dtype);
   if (lm.tokenizer->vocab_size() > lm.model->config().vocab_size)
     fail(tok, "tokenizer has " + std::to_string(lm.tokenizer->vocab_size()) + " tokens but the model's vocabulary is " +
                   std::to_string(lm.model->config().vocab_size));

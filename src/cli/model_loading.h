@@ -15,8 +15,9 @@ struct LoadedModel {
 
 // model_path: a Hugging Face directory or a llama2.c checkpoint file. tokenizer_path: empty to look beside the
 // model (the directory itself; for a file, tokenizer.json / tokenizer.model / tokenizer.bin in its directory).
-// dtype: "" picks bfloat16 for models stored in 16-bit, float32 otherwise.
+// dtype: "" picks bfloat16 for models stored in 16-bit, float32 otherwise. lora_path: a LoRA adapter directory
+// to merge into the weights as they load (PaddleNLP's --lora_path), or "".
 LoadedModel load_model_and_tokenizer(const std::string& model_path, const std::string& tokenizer_path,
-                                     const std::string& dtype);
+                                     const std::string& dtype, const std::string& lora_path = "");
 
 }  // namespace oar::cli

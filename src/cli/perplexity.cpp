@@ -1,49 +1,80 @@
 // `oar perplexity`: exp(mean NLL) over non-overlapping windows of --ctx tokens of a text file (one BOS at the
-// start of the text). For validating numerics now and quantization later.
+// start of the text). For validating numerics now and quantization later. --cachekv_int8 [dynamic|static]
+// prefills each window through an int8 KV cache (engine/kv_perplexity.h) to measure what int8 K/V cost.
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 
 #include "cli/commands.h"
 #include "cli/model_loading.h"
 #include "core/error.h"
 #include "core/fs.h"
+#include "engine/kv_perplexity.h"
 #include "infer/generator.h"
 
 namespace oar::cli {
 
 Action add_perplexity(CLI::App& app) {
   struct Args {
-    std::string model, tokenizer, input, dtype;
+    std::string model, tokenizer, lora_path, input, dtype;
     int64_t ctx = 512;
     int64_t max_tokens = 0;
+    std::string cachekv_int8, cachekv_int8_type, cachekv_scales;
   };
   auto a = std::make_shared<Args>();
   app.add_option("--model_name_or_path", a->model)->required();
   app.add_option("--tokenizer_name_or_path", a->tokenizer);
+  app.add_option("--lora_path", a->lora_path, "LoRA adapter directory merged into the weights at load");
   app.add_option("--input_file", a->input, "UTF-8 text")->required();
   app.add_option("--ctx", a->ctx, "window length in tokens")->check(CLI::PositiveNumber);
   app.add_option("--dtype", a->dtype, "float32 or bfloat16");
   app.add_option("--max_tokens", a->max_tokens, "use only the first N tokens (0: all)")->check(CLI::NonNegativeNumber);
-  return [a]() -> int {
+  CLI::Option* int8_opt = app.add_option("--cachekv_int8", a->cachekv_int8,
+      "KV cache in int8: bare = dynamic (per token and kv head), or dynamic|static")->expected(0, 1);
+  app.add_option("--cachekv_int8_type", a->cachekv_int8_type, "dynamic or static (as --cachekv_int8's value)");
+  app.add_option("--cachekv_scales", a->cachekv_scales, "static scales (default: cachekv_scales.json in the model directory)");
+  return [a, int8_opt]() -> int {
+    // The KV cache format: float32 unless --cachekv_int8 / --cachekv_int8_type name an int8 one.
+    std::string kv = a->cachekv_int8_type;
+    if (int8_opt->count() > 0) {
+      const std::string& v = a->cachekv_int8;
+      std::string t = (v.empty() || v == "true" || v == "1") ? "dynamic" : (v == "false" || v == "0") ? "" : v;
+      if (!kv.empty() && !t.empty() && kv != t) throw Error("--cachekv_int8 " + t + " contradicts --cachekv_int8_type " + kv);
+      if (!t.empty()) kv = t;
+    }
+    KVQuant quant = KVQuant::None;
+    if (kv == "dynamic") quant = KVQuant::Int8Dynamic;
+    else if (kv == "static") quant = KVQuant::Int8Static;
+    else if (!kv.empty()) throw Error("--cachekv_int8: '" + kv + "' is not supported (dynamic or static)");
     std::string text = read_file(a->input);
-    LoadedModel lm = load_model_and_tokenizer(a->model, a->tokenizer, a->dtype);
+    LoadedModel lm = load_model_and_tokenizer(a->model, a->tokenizer, a->dtype, a->lora_path);
     std::vector<int32_t> ids = lm.tokenizer->encode(text, true);
     if (a->max_tokens > 0 && int64_t(ids.size()) > a->max_tokens) ids.resize(size_t(a->max_tokens));
+    KVStaticScales scales;
+    if (quant == KVQuant::Int8Static) {
+      std::string path = a->cachekv_scales;
+      if (path.empty())
+        path = dir_exists(a->model) ? join_path(a->model, "cachekv_scales.json")
+                                    : (std::filesystem::path(a->model).parent_path() / "cachekv_scales.json").string();
+      scales = load_cachekv_scales(path, lm.model->config());
+    }
     auto t0 = std::chrono::steady_clock::now();
     const bool tty = isatty(2);
-    PerplexityResult r = perplexity(*lm.model, ids, a->ctx, [&](int64_t done, int64_t total) {
+    auto progress = [&](int64_t done, int64_t total) {
       if (!tty) return;
       double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       std::fprintf(stderr, "\rperplexity: window %lld/%lld, ETA %.0f s   ", (long long)done, (long long)total,
                    el / double(done) * double(total - done));
       if (done == total) std::fprintf(stderr, "\n");
-    });
+    };
+    PerplexityResult r = quant == KVQuant::None ? perplexity(*lm.model, ids, a->ctx, progress)
+                                                : perplexity_with_kv(*lm.model, ids, a->ctx, quant, &scales, progress);
     double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    std::printf("perplexity: %.4f (mean NLL %.6f nats over %lld predicted tokens, %lld windows of %lld, %.1f tok/s)\n",
+    std::printf("perplexity: %.4f (mean NLL %.6f nats over %lld predicted tokens, %lld windows of %lld, %.1f tok/s)%s\n",
                 r.perplexity, r.mean_nll, (long long)r.predicted_tokens, (long long)r.windows, (long long)a->ctx,
-                double(ids.size()) / el);
+                double(ids.size()) / el, quant == KVQuant::None ? "" : (" with an int8 " + kv + " KV cache").c_str());
     return 0;
   };
 }

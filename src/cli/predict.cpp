@@ -1,11 +1,16 @@
-// `oar predict`: PaddleNLP predictor.py's flags and defaults on the plain generation path.
+// `oar predict`: PaddleNLP predictor.py's flags and defaults on the plain generation path, and with
+// --block_attn on the serving engine (paged KV blocks, continuous batching, optional int8 KV cache).
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
+#include <map>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
 
 #include "cli/commands.h"
@@ -13,6 +18,7 @@
 #include "core/cpu_info.h"
 #include "core/error.h"
 #include "core/fs.h"
+#include "engine/engine.h"
 #include "infer/generator.h"
 #include "infer/roofline.h"
 
@@ -20,12 +26,16 @@ namespace oar::cli {
 namespace {
 
 struct PredictArgs {
-  std::string model, tokenizer, dtype, data_file, output_file, prompt, decode_strategy = "sampling", device = "cpu";
+  std::string model, tokenizer, lora_path, dtype, data_file, output_file, prompt, decode_strategy = "sampling", device = "cpu";
   int64_t batch_size = 1, src_length = 1024, max_length = 1024, top_k = 0, seed = 42;
   double top_p = 0.7, temperature = 0.95, repetition_penalty = 1.0;
   bool benchmark = false;
   bool prompt_given = false;  // --prompt "" is a valid (empty) prompt: generation from BOS alone
   int64_t bench_warmup = 1, bench_rounds = 2;
+  // --block_attn: the serving engine. PaddleNLP's flags (bools also as "--flag true|false|1|0"), then ours.
+  std::string block_attn, cachekv_int8, cachekv_int8_type, cachekv_scales;
+  int64_t block_size = 64, max_num_batched_tokens = 2048;
+  double kv_cache_memory_gb = 1.0;
 };
 
 struct Input {
@@ -177,12 +187,182 @@ int run_benchmark(const PredictArgs& a, LoadedModel& lm, const SamplingParams& s
   return 0;
 }
 
+// ---- --block_attn: the serving engine ----
+
+// PaddleNLP bools may be given bare ("--block_attn") or with a value ("--block_attn true").
+bool flag_value(const CLI::Option* opt, const std::string& v) {
+  if (opt->count() == 0) return false;
+  if (v.empty() || v == "true" || v == "True" || v == "1") return true;
+  if (v == "false" || v == "False" || v == "0") return false;
+  throw Error(opt->get_name() + ": expected true or false, got '" + v + "'");
+}
+
+// --cachekv_int8 (bare or true: dynamic; also "dynamic"/"static") and --cachekv_int8_type dynamic|static.
+EngineConfig::KVDtype kv_dtype_of(const CLI::Option* int8_opt, const PredictArgs& a) {
+  std::string type = a.cachekv_int8_type;
+  if (int8_opt->count() > 0 && (a.cachekv_int8 == "dynamic" || a.cachekv_int8 == "static")) {
+    if (!type.empty() && type != a.cachekv_int8) throw Error("--cachekv_int8 " + a.cachekv_int8 + " contradicts --cachekv_int8_type " + type);
+    type = a.cachekv_int8;
+  } else if (flag_value(int8_opt, a.cachekv_int8) && type.empty()) {
+    type = "dynamic";
+  }
+  if (type.empty()) return EngineConfig::KVDtype::F32;
+  if (type == "dynamic") return EngineConfig::KVDtype::Int8Dynamic;
+  if (type == "static") return EngineConfig::KVDtype::Int8Static;
+  throw Error("--cachekv_int8_type: '" + type + "' is not supported (dynamic or static)");
+}
+
+EngineConfig engine_config_of(const PredictArgs& a, EngineConfig::KVDtype kv) {
+  if (!(a.kv_cache_memory_gb > 0) || !std::isfinite(a.kv_cache_memory_gb)) throw Error("--kv_cache_memory_gb must be positive");
+  EngineConfig ec;
+  ec.block_size = a.block_size;
+  ec.max_num_seqs = a.batch_size;
+  ec.max_num_batched_tokens = a.max_num_batched_tokens;
+  ec.kv_cache_memory_bytes = size_t(a.kv_cache_memory_gb * double(size_t(1) << 30));
+  ec.kv_dtype = kv;
+  if (kv == EngineConfig::KVDtype::Int8Static) {
+    // PaddleNLP reads the PTQ output cachekv_scales.json from the model directory.
+    ec.cachekv_scales_path = a.cachekv_scales;
+    if (ec.cachekv_scales_path.empty())
+      ec.cachekv_scales_path = dir_exists(a.model)
+                                   ? join_path(a.model, "cachekv_scales.json")
+                                   : (std::filesystem::path(a.model).parent_path() / "cachekv_scales.json").string();
+  }
+  return ec;
+}
+
+const char* kv_dtype_name(EngineConfig::KVDtype d) {
+  switch (d) {
+    case EngineConfig::KVDtype::F32: return "float32";
+    case EngineConfig::KVDtype::Int8Dynamic: return "int8 dynamic";
+    case EngineConfig::KVDtype::Int8Static: return "int8 static";
+  }
+  return "";
+}
+
+// Every input goes to the engine at once; --batch_size bounds how many run together. Same outputs and output
+// file as the plain path (per-request seeds seed + i).
+int run_block_attn(const PredictArgs& a, LoadedModel& lm, const SamplingParams& sp, const std::vector<Input>& inputs,
+                   EngineConfig ec) {
+  const Tokenizer& tok = *lm.tokenizer;
+  ec.max_waiting = std::max<int64_t>(int64_t(inputs.size()), 1);
+  Engine eng(*lm.model, tok, ec);
+  std::vector<uint64_t> ids;
+  for (size_t i = 0; i < inputs.size(); i++) {
+    RequestParams rp;
+    std::vector<int32_t> prompt = encode_prompt(tok, inputs[i].src, a.src_length);
+    rp.max_new_tokens = std::min<int64_t>(a.max_length, lm.model->max_positions() - int64_t(prompt.size()));
+    if (rp.max_new_tokens < 0)
+      throw Error("prompt of " + std::to_string(prompt.size()) + " tokens is longer than the model's context (" +
+                  std::to_string(lm.model->max_positions()) + ")");
+    rp.sampling = sp;
+    rp.sampling.seed = uint64_t(a.seed) + i;
+    ids.push_back(eng.add_request(std::move(prompt), rp));
+  }
+  std::vector<std::vector<int32_t>> outs(inputs.size());
+  std::map<uint64_t, size_t> index;
+  for (size_t i = 0; i < ids.size(); i++) index[ids[i]] = i;
+  const bool stream = a.output_file.empty() && inputs.size() == 1;
+  while (eng.has_work()) {
+    for (const RequestOutput& o : eng.step()) {
+      auto& t = outs[index.at(o.request_id)];
+      t.insert(t.end(), o.new_tokens.begin(), o.new_tokens.end());
+      if (stream) {
+        std::fwrite(o.new_text.data(), 1, o.new_text.size(), stdout);
+        std::fflush(stdout);
+      }
+    }
+  }
+  if (stream) std::printf("\n");
+  std::string results;
+  for (size_t i = 0; i < inputs.size(); i++) {
+    std::string text = tok.decode(outs[i]);
+    if (!stream && a.output_file.empty()) std::printf("%s\n", text.c_str());
+    nlohmann::json j;
+    j["src"] = inputs[i].src;
+    if (inputs[i].has_tgt) j["tgt"] = inputs[i].tgt;
+    j["output"] = text;
+    j["output_ids"] = outs[i];
+    results += j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+  }
+  if (!a.output_file.empty()) write_file_atomic(a.output_file, results);
+  return 0;
+}
+
+// Nearest-rank percentile of the samples (0 when none).
+double percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  size_t k = size_t(std::ceil(p / 100.0 * double(v.size())));
+  return v[std::min(v.size() - 1, k == 0 ? 0 : k - 1)];
+}
+
+// PaddleNLP's benchmark workload through the engine: --batch_size requests submitted together each round, each
+// decoding exactly --max_length tokens. Prefix caching is off so that every request computes its prompt, as in
+// PaddleNLP. TTFT per request from submission to its first token; TPOT = (finish - first token) / (tokens - 1).
+int run_block_benchmark(const PredictArgs& a, LoadedModel& lm, const SamplingParams& sp, EngineConfig ec) {
+  const Tokenizer& tok = *lm.tokenizer;
+  std::vector<int32_t> prompt = tok.encode("hello world, how are you?", true);
+  int32_t pad = tok.pad_id() >= 0 ? tok.pad_id() : (tok.eos_ids().empty() ? 0 : tok.eos_ids()[0]);
+  prompt.resize(size_t(a.src_length), pad);
+  ec.enable_prefix_caching = false;
+  ec.max_waiting = a.batch_size;
+  Engine eng(*lm.model, tok, ec);
+  RequestParams rp;
+  rp.sampling = sp;
+  rp.max_new_tokens = a.max_length;
+  rp.ignore_eos = true;
+  std::fprintf(stderr, "benchmark: --block_attn, %lld warm-up and %lld timed rounds, %lld requests, %lld prompt + %lld new tokens\n",
+               (long long)a.bench_warmup, (long long)a.bench_rounds, (long long)a.batch_size, (long long)a.src_length,
+               (long long)a.max_length);
+  std::vector<double> ttft, tpot, t1, t2;
+  int64_t output_tokens = 0;
+  double elapsed = 0;
+  for (int64_t round = 0; round < a.bench_warmup + a.bench_rounds; round++) {
+    const bool timed = round >= a.bench_warmup;
+    auto t0 = std::chrono::steady_clock::now();
+    for (int64_t i = 0; i < a.batch_size; i++) {
+      rp.sampling.seed = uint64_t(a.seed) + uint64_t(i);
+      eng.add_request(prompt, rp);
+    }
+    int64_t tokens = 0;
+    while (eng.has_work())
+      for (const RequestOutput& o : eng.step()) tokens += int64_t(o.new_tokens.size());
+    const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    eng.take_latency_samples(t1, t2);
+    if (!timed) continue;
+    elapsed += dt;
+    output_tokens += tokens;
+    ttft.insert(ttft.end(), t1.begin(), t1.end());
+    tpot.insert(tpot.end(), t2.begin(), t2.end());
+  }
+  const double R = double(a.bench_rounds);
+  std::printf("Avg Elapse time is:  %.6f\n", elapsed / R);
+  std::printf("Output tokens is:  %lld\n", (long long)output_tokens);
+  std::printf("Input length is: %lld, Output length is: %lld, bs is: %lld, IPS: %.3f tokens/s, QPS: %.3f requests/s.\n",
+              (long long)a.src_length, (long long)a.max_length, (long long)a.batch_size, double(output_tokens) / elapsed,
+              double(a.batch_size) * R / elapsed);
+  const EngineMetrics m = eng.metrics();
+  std::printf("oar: block_attn: total throughput %.1f tok/s (prompt + generated), generated %.1f tok/s, %.3f requests/s\n",
+              double(output_tokens + int64_t(a.batch_size) * a.bench_rounds * a.src_length) / elapsed,
+              double(output_tokens) / elapsed, double(a.batch_size) * R / elapsed);
+  std::printf("oar: time to first token p50 %.4f s, p99 %.4f s\n", percentile(ttft, 50), percentile(ttft, 99));
+  std::printf("oar: time per output token p50 %.5f s, p99 %.5f s\n", percentile(tpot, 50), percentile(tpot, 99));
+  std::printf("oar: KV cache %s, %lld blocks of %lld positions, %.1f MiB (%zu bytes per block), %lld preemptions\n",
+              kv_dtype_name(ec.kv_dtype), (long long)m.blocks_total, (long long)ec.block_size,
+              double(m.kv_cache_bytes) / (1 << 20), m.kv_bytes_per_block, (long long)m.preemptions);
+  std::printf("oar: dtype %s, kernels %s, threads %d, peak memory %.2f GiB\n", dtype_name(lm.model->dtype()),
+              kernels_for(Device::CPU).name(), cpu_info().logical_cpus, double(peak_rss_bytes()) / (1 << 30));
+  return 0;
+}
+
 }  // namespace
 
 Action add_predict(CLI::App& app) {
   auto a = std::make_shared<PredictArgs>();
   app.add_option("--model_name_or_path", a->model, "Hugging Face directory or llama2.c checkpoint")->required();
   app.add_option("--tokenizer_name_or_path", a->tokenizer, "tokenizer file or directory (default: beside the model)");
+  app.add_option("--lora_path", a->lora_path, "LoRA adapter directory (PEFT or PaddleNLP) merged into the weights at load");
   app.add_option("--dtype", a->dtype, "float32 or bfloat16 (default: bfloat16 for 16-bit checkpoints, else float32)");
   app.add_option("--batch_size", a->batch_size, "prompts generated together")->check(CLI::PositiveNumber);
   app.add_option("--src_length", a->src_length, "maximum prompt tokens (longer prompts keep their end)")->check(CLI::PositiveNumber);
@@ -200,14 +380,32 @@ Action add_predict(CLI::App& app) {
   app.add_flag("--benchmark", a->benchmark, "time generation and print PaddleNLP's benchmark line and ours");
   app.add_option("--benchmark_warmup", a->bench_warmup, "warm-up rounds (PaddleNLP: 10)")->check(CLI::NonNegativeNumber);
   app.add_option("--benchmark_rounds", a->bench_rounds, "timed rounds (PaddleNLP: 100)")->check(CLI::PositiveNumber);
-  return [a, prompt_opt]() -> int {
+  CLI::Option* block_opt = app.add_option("--block_attn", a->block_attn,
+      "serve the inputs through the engine: paged KV blocks, continuous batching (--batch_size: running requests at most)")
+      ->expected(0, 1);
+  app.add_option("--block_size", a->block_size, "KV positions per block (--block_attn)")->check(CLI::PositiveNumber);
+  CLI::Option* int8_opt = app.add_option("--cachekv_int8", a->cachekv_int8,
+      "int8 KV cache (--block_attn): bare or true = dynamic scales; also dynamic|static")->expected(0, 1);
+  app.add_option("--cachekv_int8_type", a->cachekv_int8_type, "dynamic (per token and head) or static (cachekv_scales.json)");
+  app.add_option("--cachekv_scales", a->cachekv_scales, "static int8 scales (default: cachekv_scales.json in the model directory)");
+  app.add_option("--kv_cache_memory_gb", a->kv_cache_memory_gb, "KV cache budget in GiB (--block_attn; default 1)");
+  app.add_option("--max_num_batched_tokens", a->max_num_batched_tokens, "tokens per engine step: prefill chunks + decodes (--block_attn)")
+      ->check(CLI::PositiveNumber);
+  return [a, prompt_opt, block_opt, int8_opt]() -> int {
     a->prompt_given = prompt_opt->count() > 0;
+    const bool block_attn = flag_value(block_opt, a->block_attn);
+    const EngineConfig::KVDtype kv = kv_dtype_of(int8_opt, *a);
+    if (!block_attn && kv != EngineConfig::KVDtype::F32) throw Error("--cachekv_int8 needs --block_attn (the engine's KV cache)");
+    std::optional<EngineConfig> ec;
+    if (block_attn) ec = engine_config_of(*a, kv);
     if (a->device != "cpu") throw Error("--device " + a->device + ": this build runs on cpu only");
     SamplingParams sp = sampling_of(*a);
     // Inputs are read and checked before the (slow) model load.
     std::vector<Input> inputs;
     if (!a->benchmark) inputs = read_inputs(*a);
-    LoadedModel lm = load_model_and_tokenizer(a->model, a->tokenizer, a->dtype);
+    LoadedModel lm = load_model_and_tokenizer(a->model, a->tokenizer, a->dtype, a->lora_path);
+    if (ec && a->benchmark) return run_block_benchmark(*a, lm, sp, *ec);
+    if (ec) return run_block_attn(*a, lm, sp, inputs, *ec);
     if (a->benchmark) return run_benchmark(*a, lm, sp);
     const Tokenizer& tok = *lm.tokenizer;
     Generator gen(*lm.model);

@@ -4,6 +4,18 @@
 //   ModelRunner  (model_runner.h)  - one batched forward for a scheduled step, then per-request sampling
 //   Engine       (this file)       - ties them together; `step()` advances every running request by one step
 // The HTTP server (src/server) drives an Engine from one loop thread through EngineLoop (thread-safe).
+// Engine itself is not thread-safe: call every method from that one thread.
+//
+// Changes to this API (engine side), all additive; the meaning of Engine's methods is as first declared:
+//   - Engine::take_latency_samples(): moves out the TTFT/TPOT samples that EngineMetrics lists (metrics()
+//     only reads them).
+//   - EngineMetrics: kv_cache_bytes, kv_bytes_per_block (memory of the cache as configured, e.g. int8 vs f32).
+//   - Semantics made precise: a request stops at the context end (finish "length") rather than being refused
+//     when prompt + max_new_tokens exceeds it; add_request throws oar::Error for an empty prompt, a prompt longer
+//     than the context, one whose whole run cannot fit the KV cache even alone, or bad sampling parameters;
+//     new_tokens includes an EOS that ended the request (its text is ""); stop strings match the detokenized
+//     text and neither the stop string nor anything after it is returned; outputs of requests with
+//     max_new_tokens 0 and of aborted requests come from the next step().
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -19,7 +31,9 @@ namespace oar {
 
 struct EngineConfig {
   int64_t block_size = 64;               // --block_size (PaddleNLP's default)
-  int64_t num_blocks = 0;                // 0: derived from kv_cache_memory_bytes
+  // 0: kv_cache_memory_bytes / KVCache::bytes_per_block, at most what max_num_seqs sequences of the full
+  // context can use (so that a small model does not claim the whole budget)
+  int64_t num_blocks = 0;
   size_t kv_cache_memory_bytes = size_t(1) << 30;  // memory budget for the KV cache (--kv_cache_memory_gb)
   int64_t max_num_seqs = 16;             // running sequences at most (--batch_size in predict)
   int64_t max_num_batched_tokens = 2048; // tokens per forward step (prefill chunks + decodes)
@@ -54,7 +68,10 @@ struct EngineMetrics {
   int64_t blocks_total = 0, blocks_used = 0, blocks_free = 0;
   int64_t prefix_cache_queries = 0, prefix_cache_hits = 0;  // in blocks
   int64_t generated_tokens = 0, prompt_tokens = 0, preemptions = 0, finished_requests = 0;
-  std::vector<double> ttft_seconds, tpot_seconds;  // samples since the last take_latency_samples()
+  size_t kv_cache_bytes = 0, kv_bytes_per_block = 0;
+  // Samples since the last take_latency_samples(): time to first token (from add_request) per request that got
+  // one, and time per output token ((finish - first token) / (tokens - 1)) per finished request with >= 2 tokens.
+  std::vector<double> ttft_seconds, tpot_seconds;
 };
 
 class Engine {
@@ -69,6 +86,8 @@ class Engine {
   // One scheduled forward over every running request; outputs for requests that produced tokens or finished.
   std::vector<RequestOutput> step();
   EngineMetrics metrics() const;
+  // Moves out the latency samples gathered since the last call.
+  void take_latency_samples(std::vector<double>& ttft_seconds, std::vector<double>& tpot_seconds);
   const EngineConfig& config() const;
 
  private:

@@ -1,36 +1,151 @@
 #include "model/kv_cache.h"
 
+#include <cmath>
+#include <cstring>
+#include <nlohmann/json.hpp>
+#include <regex>
+
 #include "core/error.h"
+#include "core/fs.h"
 
 namespace oar {
 
-KVCache::KVCache(const LlamaConfig& cfg, int64_t num_blocks, int64_t block_size)
+KVCache::KVCache(const LlamaConfig& cfg, int64_t num_blocks, int64_t block_size, KVQuant quant,
+                 const KVStaticScales* static_scales)
     : num_blocks_(num_blocks), block_size_(block_size), layers_(cfg.num_hidden_layers),
-      kv_heads_(cfg.num_key_value_heads), head_dim_(cfg.head_dim) {
+      kv_heads_(cfg.num_key_value_heads), head_dim_(cfg.head_dim), quant_(quant) {
   if (num_blocks <= 0 || block_size <= 0) throw Error("kv cache: need at least one block of at least one position");
+  if (quant == KVQuant::Int8Static) {
+    const size_t n = size_t(layers_ * kv_heads_);
+    if (!static_scales || static_scales->k_absmax.size() != n || static_scales->v_absmax.size() != n)
+      throw Error("kv cache: static int8 needs one K and one V scale per layer and kv head");
+  }
+  const DType vt = quant == KVQuant::None ? DType::F32 : DType::I8;
   for (int64_t l = 0; l < layers_; l++) {
-    k_.push_back(Tensor::empty({num_blocks, kv_heads_, block_size, head_dim_}, DType::F32));
-    v_.push_back(Tensor::empty({num_blocks, kv_heads_, block_size, head_dim_}, DType::F32));
+    k_.push_back(Tensor::empty({num_blocks, kv_heads_, block_size, head_dim_}, vt));
+    v_.push_back(Tensor::empty({num_blocks, kv_heads_, block_size, head_dim_}, vt));
+    if (quant == KVQuant::Int8Dynamic) {
+      k_scale_.push_back(Tensor::empty({num_blocks, kv_heads_, block_size}, DType::F32));
+      v_scale_.push_back(Tensor::empty({num_blocks, kv_heads_, block_size}, DType::F32));
+    } else if (quant == KVQuant::Int8Static) {
+      // The kernels take the dequantization step absmax / 127.
+      Tensor ks = Tensor::empty({kv_heads_}, DType::F32), vs = Tensor::empty({kv_heads_}, DType::F32);
+      for (int64_t g = 0; g < kv_heads_; g++) {
+        ks.data<float>()[g] = static_scales->k_absmax[size_t(l * kv_heads_ + g)] / 127.0f;
+        vs.data<float>()[g] = static_scales->v_absmax[size_t(l * kv_heads_ + g)] / 127.0f;
+      }
+      k_scale_.push_back(ks);
+      v_scale_.push_back(vs);
+    }
   }
 }
 
 KVLayerView KVCache::layer(int64_t l) {
   KVLayerView v;
-  v.k = k_[size_t(l)].data<float>();
-  v.v = v_[size_t(l)].data<float>();
   v.num_blocks = num_blocks_;
   v.block_size = block_size_;
   v.kv_heads = kv_heads_;
   v.head_dim = head_dim_;
+  if (quant_ == KVQuant::None) {
+    v.k = k_[size_t(l)].data<float>();
+    v.v = v_[size_t(l)].data<float>();
+    return v;
+  }
+  v.dtype = KVCacheDType::Int8;
+  v.k8 = k_[size_t(l)].data<int8_t>();
+  v.v8 = v_[size_t(l)].data<int8_t>();
+  v.k_scale = k_scale_[size_t(l)].data<float>();
+  v.v_scale = v_scale_[size_t(l)].data<float>();
+  v.static_scales = quant_ == KVQuant::Int8Static;
   return v;
 }
 
-size_t KVCache::bytes_per_block(const LlamaConfig& cfg, int64_t block_size) {
-  return size_t(2 * cfg.num_hidden_layers * cfg.num_key_value_heads * block_size * cfg.head_dim) * sizeof(float);
+size_t KVCache::bytes_per_block(const LlamaConfig& cfg, int64_t block_size, KVQuant quant) {
+  const size_t cells = size_t(2 * cfg.num_hidden_layers * cfg.num_key_value_heads * block_size);  // K and V rows
+  switch (quant) {
+    case KVQuant::None: return cells * size_t(cfg.head_dim) * sizeof(float);
+    case KVQuant::Int8Dynamic: return cells * (size_t(cfg.head_dim) + sizeof(float));  // values + one scale
+    case KVQuant::Int8Static: return cells * size_t(cfg.head_dim);
+  }
+  return 0;
 }
 
 size_t KVCache::bytes() const {
-  return size_t(2 * layers_ * num_blocks_ * kv_heads_ * block_size_ * head_dim_) * sizeof(float);
+  size_t b = 0;
+  for (const auto* ts : {&k_, &v_, &k_scale_, &v_scale_})
+    for (const Tensor& t : *ts) b += t.nbytes();
+  return b;
+}
+
+void KVCache::copy_block(int32_t src, int32_t dst) {
+  if (src < 0 || dst < 0 || src >= num_blocks_ || dst >= num_blocks_) throw Error("kv cache: block id out of range");
+  if (src == dst) return;
+  const size_t elem = quant_ == KVQuant::None ? sizeof(float) : 1;
+  const size_t vals = size_t(kv_heads_ * block_size_ * head_dim_) * elem;
+  const size_t scales = size_t(kv_heads_ * block_size_) * sizeof(float);
+  for (int64_t l = 0; l < layers_; l++) {
+    for (Tensor* t : {&k_[size_t(l)], &v_[size_t(l)]}) {
+      auto* p = static_cast<uint8_t*>(t->raw());
+      std::memcpy(p + size_t(dst) * vals, p + size_t(src) * vals, vals);
+    }
+    if (quant_ == KVQuant::Int8Dynamic)
+      for (Tensor* t : {&k_scale_[size_t(l)], &v_scale_[size_t(l)]}) {
+        auto* p = static_cast<uint8_t*>(t->raw());
+        std::memcpy(p + size_t(dst) * scales, p + size_t(src) * scales, scales);
+      }
+  }
+}
+
+KVStaticScales load_cachekv_scales(const std::string& path, const LlamaConfig& cfg) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(read_file(path));
+  } catch (const nlohmann::json::exception& e) {
+    fail(path, std::string("invalid JSON: ") + e.what());
+  }
+  if (!j.is_object()) fail(path, "expected a JSON object of scale lists");
+  const int64_t L = cfg.num_hidden_layers, G = cfg.num_key_value_heads, H = cfg.num_attention_heads;
+  KVStaticScales out;
+  out.k_absmax.assign(size_t(L * G), -1.0f);
+  out.v_absmax.assign(size_t(L * G), -1.0f);
+  const std::regex key_re(R"((?:^|\.)layers\.(\d+)\.self_attn\.cache([kv])_matmul\.activation_quanter(\.zero_point)?$)");
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    std::smatch m;
+    const std::string& key = it.key();
+    if (!std::regex_search(key, m, key_re)) continue;
+    if (m[1].length() > 6) fail(path, "'" + key + "': layer index out of range");
+    const int64_t layer = std::stoll(m[1].str());
+    if (layer >= L) fail(path, "'" + key + "': the model has " + std::to_string(L) + " layers");
+    const nlohmann::json& v = it.value();
+    std::vector<double> vals;
+    if (v.is_number()) vals.push_back(v.get<double>());
+    else if (v.is_array())
+      for (const auto& x : v) {
+        if (!x.is_number()) fail(path, "'" + key + "' must be a list of numbers");
+        vals.push_back(x.get<double>());
+      }
+    else fail(path, "'" + key + "' must be a list of numbers");
+    if (m[3].matched) {
+      for (double z : vals)
+        if (z != 0) fail(path, "'" + key + "' is not zero: asymmetric int8 KV cache is not supported");
+      continue;
+    }
+    if (int64_t(vals.size()) != G && int64_t(vals.size()) != H)
+      fail(path, "'" + key + "' has " + std::to_string(vals.size()) + " values; expected one per kv head (" +
+                     std::to_string(G) + ") or per attention head (" + std::to_string(H) + ")");
+    const int64_t step = int64_t(vals.size()) == G ? 1 : H / G;
+    auto& dst = m[2].str() == "k" ? out.k_absmax : out.v_absmax;
+    for (int64_t g = 0; g < G; g++) {
+      double a = vals[size_t(g * step)];
+      if (!std::isfinite(a) || a <= 0) fail(path, "'" + key + "': scales must be positive finite numbers");
+      dst[size_t(layer * G + g)] = float(a);
+    }
+  }
+  for (int64_t l = 0; l < L; l++)
+    if (out.k_absmax[size_t(l * G)] < 0 || out.v_absmax[size_t(l * G)] < 0)
+      fail(path, "no cachek/cachev scales for layer " + std::to_string(l) +
+                     " (keys like 'llama.layers." + std::to_string(l) + ".self_attn.cachek_matmul.activation_quanter')");
+  return out;
 }
 
 BlockAllocator::BlockAllocator(int64_t num_blocks) : refs_(size_t(num_blocks), 0) {

@@ -4,6 +4,7 @@
 // allocator (sharing, copy-on-write); the plain generation path simply reserves each sequence's blocks up front.
 #pragma once
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "core/tensor.h"
@@ -12,18 +13,43 @@
 
 namespace oar {
 
+// What the cache stores (PaddleNLP's --cachekv_int8_type): float32; int8 with a scale per (token, kv head)
+// computed as K/V are written ("dynamic"); int8 with calibrated scales per (layer, kv head) ("static").
+// Per (token, kv head) of head size D: float32 takes 4D bytes, dynamic int8 D + 4, static int8 D.
+enum class KVQuant { None, Int8Dynamic, Int8Static };
+
+// Static int8 calibration: the absolute maximum of K and of V per (layer, kv head), [layers * kv_heads] each.
+struct KVStaticScales {
+  std::vector<float> k_absmax, v_absmax;
+};
+
+// Reads PaddleNLP's PTQ output cachekv_scales.json: an object whose keys end in
+// "layers.<i>.self_attn.cachek_matmul.activation_quanter" / "...cachev_matmul.activation_quanter" (any prefix,
+// e.g. "llama." or "model."), each a list of absmax values, one per kv head or one per attention head (then,
+// as PaddleNLP does, the first head of each group is used). "<key>.zero_point" entries must be all zero
+// (asymmetric int8 is not supported); other keys are ignored. Every layer needs both keys.
+// Throws oar::Error naming the file.
+KVStaticScales load_cachekv_scales(const std::string& path, const LlamaConfig& cfg);
+
 class KVCache {
  public:
-  KVCache(const LlamaConfig& cfg, int64_t num_blocks, int64_t block_size);
+  // static_scales is required for Int8Static (and ignored otherwise).
+  KVCache(const LlamaConfig& cfg, int64_t num_blocks, int64_t block_size, KVQuant quant = KVQuant::None,
+          const KVStaticScales* static_scales = nullptr);
   KVLayerView layer(int64_t l);
   int64_t num_blocks() const { return num_blocks_; }
   int64_t block_size() const { return block_size_; }
+  KVQuant quant() const { return quant_; }
   size_t bytes() const;
-  static size_t bytes_per_block(const LlamaConfig& cfg, int64_t block_size);
+  static size_t bytes_per_block(const LlamaConfig& cfg, int64_t block_size, KVQuant quant = KVQuant::None);
+  // Copies block src's K and V (and their scales) into block dst in every layer: copy-on-write of a shared block.
+  void copy_block(int32_t src, int32_t dst);
 
  private:
   int64_t num_blocks_, block_size_, layers_, kv_heads_, head_dim_;
-  std::vector<Tensor> k_, v_;
+  KVQuant quant_ = KVQuant::None;
+  std::vector<Tensor> k_, v_;              // per layer: float32 or int8 values [num_blocks, G, block_size, D]
+  std::vector<Tensor> k_scale_, v_scale_;  // int8: per layer [num_blocks, G, block_size] (dynamic) or [G] (static)
 };
 
 // Free list of block ids with reference counts (a block shared by two sequences is freed when both let go).

@@ -408,31 +408,43 @@ class CpuKernels final : public Kernels {
     }
   }
 
-  // Few queries over an int8 cache: one work item per (query, kv head) serves the group's query heads, so each
-  // key and value row is dequantized once for all of them.
+  // Few queries over an int8 cache, shaped like attention_rows: one work item per (query row, kv head) serves
+  // the group's query heads; each block's keys (then values) are dequantized once into a float buffer and go
+  // through the same block-wise dot/axpy as the float32 path.
   void attention_rows_int8(const Tensor& q, const KVLayerView& c, const SeqSlice& s, Tensor& out, float scale) {
-    const int64_t H = q.dim(1), D = q.dim(2), G = c.kv_heads, rep = H / G;
+    const int64_t H = q.dim(1), D = q.dim(2), G = c.kv_heads, rep = H / G, B = c.block_size;
     const float* qp = q.data<float>();
     float* op = out.data<float>();
     parallel_ranges(s.n * G, 1, [&](int64_t b, int64_t e) {
-      std::vector<float> scores, row(static_cast<size_t>(D));
+      std::vector<float> scores, blk(static_cast<size_t>(B * D));
+      // Dequantizes the first nk rows of kv head g in `block` (values v8/k8 with their scales) into blk.
+      auto load = [&](const int8_t* vals, const float* scales, int64_t block, int64_t g, int64_t nk) {
+        for (int64_t j = 0; j < nk; j++) {
+          const int64_t cell = (block * G + g) * B + j;
+          dequantize_row(vals + cell * D, int8_scale(c, scales, cell, g), blk.data() + j * D, D);
+        }
+      };
       for (int64_t w = b; w < e; w++) {
         const int64_t i = w / G, g = w % G;
         const int64_t L = s.pos0 + i + 1;  // causal: keys 0 .. pos0+i
         scores.resize(size_t(rep * L));
         const float* qg = qp + ((s.row0 + i) * H + g * rep) * D;
-        for (int64_t j = 0; j < L; j++) {
-          int64_t cell = cell_of(c, s, g, j);
-          dequantize_row(c.k8 + cell * D, int8_scale(c, c.k_scale, cell, g), row.data(), D);
-          for (int64_t r = 0; r < rep; r++) scores[size_t(r * L + j)] = isa_.dot(qg + r * D, row.data(), D) * scale;
-        }
         float* og = op + ((s.row0 + i) * H + g * rep) * D;
-        for (int64_t r = 0; r < rep; r++) softmax_row(scores.data() + r * L, L);
+        for (int64_t j0 = 0; j0 < L; j0 += B) {
+          const int64_t nk = std::min(B, L - j0);
+          load(c.k8, c.k_scale, s.block_table[j0 / B], g, nk);
+          isa_.dot_rows(qg, rep, D, blk.data(), nk, D, scores.data() + j0, L);
+        }
+        for (int64_t a = 0; a < rep; a++) {
+          float* row = scores.data() + a * L;
+          for (int64_t j = 0; j < L; j++) row[j] *= scale;
+          softmax_row(row, L);
+        }
         std::fill(og, og + rep * D, 0.0f);
-        for (int64_t j = 0; j < L; j++) {
-          int64_t cell = cell_of(c, s, g, j);
-          dequantize_row(c.v8 + cell * D, int8_scale(c, c.v_scale, cell, g), row.data(), D);
-          for (int64_t r = 0; r < rep; r++) isa_.axpy(scores[size_t(r * L + j)], row.data(), og + r * D, D);
+        for (int64_t j0 = 0; j0 < L; j0 += B) {
+          const int64_t nk = std::min(B, L - j0);
+          load(c.v8, c.v_scale, s.block_table[j0 / B], g, nk);
+          isa_.axpy_rows(scores.data() + j0, rep, L, blk.data(), nk, D, og, D);
         }
       }
     }, (s.pos0 + s.n) * D * rep);

@@ -1,0 +1,294 @@
+#include "engine/engine.h"
+
+#include <algorithm>
+#include <chrono>
+#include <unordered_map>
+
+#include "core/error.h"
+#include "engine/block_manager.h"
+#include "engine/model_runner.h"
+#include "engine/scheduler.h"
+#include "model/kv_cache.h"
+
+namespace oar {
+namespace {
+
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+KVQuant quant_of(EngineConfig::KVDtype d) {
+  switch (d) {
+    case EngineConfig::KVDtype::F32: return KVQuant::None;
+    case EngineConfig::KVDtype::Int8Dynamic: return KVQuant::Int8Dynamic;
+    case EngineConfig::KVDtype::Int8Static: return KVQuant::Int8Static;
+  }
+  return KVQuant::None;
+}
+
+// A request's state beyond what the scheduler needs: its text so far and its timing.
+struct Request {
+  Request(uint64_t id, std::vector<int32_t> prompt, const RequestParams& p, const Tokenizer& tok)
+      : seq(id, std::move(prompt), p), decoder(tok) {}
+  Sequence seq;
+  StreamDecoder decoder;
+  std::string text;    // generated text so far
+  size_t emitted = 0;  // bytes of `text` already returned
+  double submitted = 0, first_token = 0;
+  bool aborted = false;
+};
+
+// Where the earliest stop string starts in text[from..), or npos.
+size_t find_stop(const std::string& text, size_t from, const std::vector<std::string>& stops) {
+  size_t best = std::string::npos;
+  for (const std::string& s : stops) {
+    if (s.empty()) continue;
+    size_t p = text.find(s, from);
+    if (p < best) best = p;
+  }
+  return best;
+}
+
+// Bytes at the end of text[from..) that could be the start of a stop string: held back until resolved.
+size_t stop_prefix_tail(const std::string& text, size_t from, const std::vector<std::string>& stops) {
+  size_t hold = 0;
+  const size_t avail = text.size() - from;
+  for (const std::string& s : stops)
+    for (size_t k = std::min(s.size() - (s.empty() ? 0 : 1), avail); k > hold; k--)
+      if (text.compare(text.size() - k, k, s, 0, k) == 0) {
+        hold = k;
+        break;
+      }
+  return hold;
+}
+
+}  // namespace
+
+const char* finish_reason_name(FinishReason r) {
+  switch (r) {
+    case FinishReason::Eos:
+    case FinishReason::Stop: return "stop";
+    case FinishReason::Length: return "length";
+    case FinishReason::Aborted: return "abort";
+    case FinishReason::None: break;
+  }
+  return "";
+}
+
+struct Engine::Impl {
+  Impl(LlamaModel& m, const Tokenizer& t, const EngineConfig& c) : model(m), tok(t), cfg(c) {}
+  LlamaModel& model;
+  const Tokenizer& tok;
+  EngineConfig cfg;
+  std::vector<int32_t> eos;
+  std::unique_ptr<KVCache> cache;
+  std::unique_ptr<BlockManager> blocks;
+  std::unique_ptr<Scheduler> scheduler;
+  std::unique_ptr<ModelRunner> runner;
+  std::unordered_map<uint64_t, std::unique_ptr<Request>> requests;
+  std::vector<uint64_t> pending_finish;  // max_new_tokens 0 or aborted: reported by the next step()
+  uint64_t next_id = 1;
+  EngineMetrics m;  // counters and latency samples (the gauges are filled in by metrics())
+
+  bool is_eos(int32_t t) const { return std::find(eos.begin(), eos.end(), t) != eos.end(); }
+  RequestOutput finish(Request& r, FinishReason why);
+  void emit_text(Request& r, RequestOutput& o, bool final);
+};
+
+Engine::Engine(LlamaModel& model, const Tokenizer& tokenizer, const EngineConfig& cfg)
+    : impl_(std::make_unique<Impl>(model, tokenizer, cfg)) {
+  Impl& I = *impl_;
+  const LlamaConfig& mc = model.config();
+  if (cfg.block_size <= 0) throw Error("--block_size must be positive");
+  if (cfg.max_num_seqs <= 0) throw Error("--batch_size (max_num_seqs) must be positive");
+  if (cfg.max_num_batched_tokens <= 0) throw Error("--max_num_batched_tokens must be positive");
+  if (cfg.num_blocks < 0) throw Error("engine: num_blocks must not be negative");
+  const KVQuant quant = quant_of(cfg.kv_dtype);
+  const size_t per_block = KVCache::bytes_per_block(mc, cfg.block_size, quant);
+  int64_t nb = cfg.num_blocks;
+  if (nb == 0) {
+    nb = int64_t(cfg.kv_cache_memory_bytes / per_block);
+    const int64_t useful = cfg.max_num_seqs * ((model.max_positions() + cfg.block_size - 1) / cfg.block_size);
+    nb = std::min(nb, useful);
+    if (nb == 0)
+      throw Error("--kv_cache_memory_gb: the KV cache budget of " + std::to_string(cfg.kv_cache_memory_bytes) +
+                  " bytes holds no block (one block of " + std::to_string(cfg.block_size) + " positions takes " +
+                  std::to_string(per_block) + " bytes)");
+  }
+  KVStaticScales scales;
+  if (quant == KVQuant::Int8Static) {
+    if (cfg.cachekv_scales_path.empty()) throw Error("--cachekv_int8_type static needs a cachekv_scales.json file");
+    scales = load_cachekv_scales(cfg.cachekv_scales_path, mc);
+  }
+  I.eos = tokenizer.eos_ids();
+  I.cache = std::make_unique<KVCache>(mc, nb, cfg.block_size, quant, &scales);
+  I.blocks = std::make_unique<BlockManager>(nb, cfg.block_size, cfg.enable_prefix_caching);
+  I.scheduler = std::make_unique<Scheduler>(*I.blocks, cfg.max_num_seqs, cfg.max_num_batched_tokens);
+  I.runner = std::make_unique<ModelRunner>(model, *I.cache, *I.blocks);
+  I.cfg.num_blocks = nb;
+  I.m.kv_cache_bytes = I.cache->bytes();
+  I.m.kv_bytes_per_block = per_block;
+}
+
+Engine::~Engine() = default;
+
+const EngineConfig& Engine::config() const { return impl_->cfg; }
+
+uint64_t Engine::add_request(std::vector<int32_t> prompt, const RequestParams& params) {
+  Impl& I = *impl_;
+  params.sampling.validate();
+  if (params.max_new_tokens < 0) throw Error("max_new_tokens must not be negative");
+  const int64_t ctx = I.model.max_positions();
+  const int64_t n = int64_t(prompt.size());
+  if (n == 0) throw Error("empty prompt (at least the BOS token is needed)");
+  if (n > ctx)
+    throw Error("prompt of " + std::to_string(n) + " tokens is longer than the model's context (" +
+                std::to_string(ctx) + " tokens)");
+  const int32_t V = int32_t(I.model.config().vocab_size);
+  for (int32_t t : prompt)
+    if (t < 0 || t >= V) throw Error("token id " + std::to_string(t) + " is outside the vocabulary (size " + std::to_string(V) + ")");
+  // The most positions it will ever cache (the last token chosen is never fed back) must fit the cache alone,
+  // or preemption could never make room for it.
+  const int64_t last = std::min(n + params.max_new_tokens, ctx);
+  const int64_t need = I.blocks->blocks_needed(std::max(n, last - 1));
+  if (need > I.blocks->num_blocks())
+    throw Error("prompt of " + std::to_string(n) + " tokens plus " + std::to_string(params.max_new_tokens) +
+                " new tokens needs " + std::to_string(need) + " KV blocks; the cache has " +
+                std::to_string(I.blocks->num_blocks()) + " (raise --kv_cache_memory_gb)");
+  if (int64_t(I.scheduler->waiting().size()) >= I.cfg.max_waiting) return 0;
+  const uint64_t id = I.next_id++;
+  auto r = std::make_unique<Request>(id, std::move(prompt), params, I.tok);
+  r->submitted = now_s();
+  if (params.max_new_tokens == 0) I.pending_finish.push_back(id);
+  else I.scheduler->add(&r->seq);
+  I.requests.emplace(id, std::move(r));
+  return id;
+}
+
+void Engine::abort_request(uint64_t id) {
+  Impl& I = *impl_;
+  auto it = I.requests.find(id);
+  if (it == I.requests.end() || it->second->aborted) return;
+  it->second->aborted = true;
+  I.pending_finish.push_back(id);
+}
+
+bool Engine::has_work() const {
+  const Impl& I = *impl_;
+  return !I.pending_finish.empty() || !I.scheduler->waiting().empty() || !I.scheduler->running().empty();
+}
+
+// Returns text[emitted..) that is settled: everything on the final call, else all but a possible stop-string start.
+void Engine::Impl::emit_text(Request& r, RequestOutput& o, bool final) {
+  size_t end = r.text.size();
+  if (!final) end -= stop_prefix_tail(r.text, r.emitted, r.seq.params.stop);
+  o.new_text = r.text.substr(r.emitted, end - r.emitted);
+  r.emitted = end;
+}
+
+RequestOutput Engine::Impl::finish(Request& r, FinishReason why) {
+  RequestOutput o;
+  o.request_id = r.seq.id;
+  o.finished = true;
+  o.finish_reason = why;
+  if (why != FinishReason::Aborted) {
+    if (why != FinishReason::Stop) {
+      // The bytes held back for a partial character come out now, and may complete a stop string.
+      r.text += r.decoder.flush();
+      size_t p = find_stop(r.text, r.emitted, r.seq.params.stop);
+      if (p != std::string::npos) {
+        r.text.resize(p);
+        o.finish_reason = FinishReason::Stop;
+      }
+    }
+    emit_text(r, o, true);
+  }
+  o.prompt_tokens = r.seq.prompt_len;
+  o.completion_tokens = r.seq.num_generated();
+  const double t = now_s();
+  if (why != FinishReason::Aborted && o.completion_tokens >= 2) m.tpot_seconds.push_back((t - r.first_token) / double(o.completion_tokens - 1));
+  m.finished_requests++;
+  scheduler->finish(&r.seq);
+  return o;
+}
+
+std::vector<RequestOutput> Engine::step() {
+  Impl& I = *impl_;
+  std::vector<RequestOutput> outs;
+  // Aborted requests and those asking for no tokens leave first, freeing their blocks for this step.
+  for (uint64_t id : I.pending_finish) {
+    auto it = I.requests.find(id);
+    if (it == I.requests.end()) continue;
+    Request& r = *it->second;
+    outs.push_back(I.finish(r, r.aborted ? FinishReason::Aborted : FinishReason::Length));
+    I.requests.erase(it);
+  }
+  I.pending_finish.clear();
+
+  StepPlan plan = I.scheduler->schedule();
+  I.m.preemptions += int64_t(plan.preempted.size());
+  if (plan.empty()) return outs;
+  std::vector<int32_t> sampled = I.runner->execute(plan);
+  I.scheduler->complete(plan);
+  const double t = now_s();
+  const int64_t ctx = I.model.max_positions();
+  for (size_t i = 0; i < plan.chunks.size(); i++) {
+    if (!plan.chunks[i].sample) continue;
+    Sequence& s = *plan.chunks[i].seq;
+    Request& r = *I.requests.at(s.id);
+    const int32_t tok = sampled[i];
+    s.tokens.push_back(tok);
+    I.m.generated_tokens++;
+    if (s.num_generated() == 1) {
+      r.first_token = t;
+      I.m.ttft_seconds.push_back(t - r.submitted);
+      I.m.prompt_tokens += s.prompt_len;
+    }
+    r.text += r.decoder.push(tok);
+    FinishReason why = FinishReason::None;
+    size_t stop_at = find_stop(r.text, r.emitted, s.params.stop);
+    if (stop_at != std::string::npos) {
+      r.text.resize(stop_at);
+      why = FinishReason::Stop;
+    } else if (!s.params.ignore_eos && I.is_eos(tok)) {
+      why = FinishReason::Eos;
+    } else if (s.num_generated() >= s.params.max_new_tokens || int64_t(s.tokens.size()) >= ctx) {
+      why = FinishReason::Length;  // max_new_tokens, or the context is full
+    }
+    RequestOutput o;
+    if (why != FinishReason::None) {
+      o = I.finish(r, why);
+    } else {
+      o.request_id = s.id;
+      I.emit_text(r, o, false);
+      o.prompt_tokens = s.prompt_len;
+      o.completion_tokens = s.num_generated();
+    }
+    o.new_tokens.push_back(tok);
+    outs.push_back(std::move(o));
+    if (why != FinishReason::None) I.requests.erase(s.id);
+  }
+  return outs;
+}
+
+EngineMetrics Engine::metrics() const {
+  const Impl& I = *impl_;
+  EngineMetrics m = I.m;
+  m.running = int64_t(I.scheduler->running().size());
+  m.waiting = int64_t(I.scheduler->waiting().size());
+  m.blocks_total = I.blocks->num_blocks();
+  m.blocks_free = I.blocks->num_free_blocks();
+  m.blocks_used = m.blocks_total - m.blocks_free;
+  m.prefix_cache_queries = I.blocks->prefix_queries();
+  m.prefix_cache_hits = I.blocks->prefix_hits();
+  return m;
+}
+
+void Engine::take_latency_samples(std::vector<double>& ttft_seconds, std::vector<double>& tpot_seconds) {
+  ttft_seconds = std::move(impl_->m.ttft_seconds);
+  tpot_seconds = std::move(impl_->m.tpot_seconds);
+  impl_->m.ttft_seconds.clear();
+  impl_->m.tpot_seconds.clear();
+}
+
+}  // namespace oar

@@ -1,0 +1,396 @@
+#include "server/http_server.h"
+
+#include <httplib.h>
+#include <sys/socket.h>
+
+#include <cerrno>
+#include <cstring>
+#include <nlohmann/json.hpp>
+#include <random>
+
+#include "core/error.h"
+#include "server/api.h"
+#include "server/metrics.h"
+
+namespace oar::server {
+
+using nlohmann::json;
+
+namespace {
+
+// cpp-httplib 0.11 listens with a backlog of 5, so a burst of new connections beyond that waits for SYN
+// retransmits (a second and more). Listening again on the bound socket raises the backlog (Linux allows it).
+class ListeningServer : public httplib::Server {
+ public:
+  void raise_backlog(int n) {
+    if (svr_sock_ != INVALID_SOCKET) ::listen(svr_sock_, n);
+  }
+};
+
+// Counts a generation request from its arrival until its response has been written (the guard travels into the
+// content provider, which httplib destroys after the last byte).
+class InFlight {
+ public:
+  explicit InFlight(std::atomic<int64_t>& n) : n_(n) { n_++; }
+  ~InFlight() { n_--; }
+  InFlight(const InFlight&) = delete;
+  InFlight& operator=(const InFlight&) = delete;
+
+ private:
+  std::atomic<int64_t>& n_;
+};
+
+std::string random_id(const char* prefix) {
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  static const char* hex = "0123456789abcdef";
+  std::string s = prefix;
+  for (int i = 0; i < 24; i++) s += hex[rng() & 15];
+  return s;
+}
+
+uint64_t splitmix64(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+json finish_json(FinishReason r) {
+  switch (r) {
+    case FinishReason::Eos:
+    case FinishReason::Stop: return "stop";
+    case FinishReason::Length: return "length";
+    case FinishReason::Aborted: return "abort";
+    default: return nullptr;
+  }
+}
+
+std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
+void send_error(httplib::Response& res, const ApiError& e) {
+  res.status = e.status;
+  res.set_content(error_body(e), "application/json");
+}
+
+// What a response needs between the handler and its content provider.
+struct ResponseState {
+  std::shared_ptr<RequestGroup> group;
+  std::shared_ptr<InFlight> guard;
+  bool chat = false, stream = false, include_usage = false;
+  std::string id, model;
+  int64_t created = 0;
+  std::vector<int64_t> prompt_tokens, completion_tokens;
+  std::vector<std::string> text;
+  std::vector<json> finish;
+  bool started = false;
+  std::chrono::steady_clock::time_point last_check = std::chrono::steady_clock::now();
+
+  json usage() const {
+    int64_t p = 0, c = 0;
+    for (auto v : prompt_tokens) p += v;
+    for (auto v : completion_tokens) c += v;
+    return {{"prompt_tokens", p}, {"completion_tokens", c}, {"total_tokens", p + c}};
+  }
+  json chunk(json choices) const {
+    return {{"id", id}, {"object", chat ? "chat.completion.chunk" : "text_completion"}, {"created", created},
+            {"model", model}, {"choices", std::move(choices)}};
+  }
+  json choice_delta(size_t i, const std::string& t, const json& fin) const {
+    if (chat) {
+      json delta = json::object();
+      if (!t.empty()) delta["content"] = t;
+      return {{"index", i}, {"delta", delta}, {"logprobs", nullptr}, {"finish_reason", fin}};
+    }
+    return {{"index", i}, {"text", t}, {"logprobs", nullptr}, {"finish_reason", fin}};
+  }
+  // Takes an output: counts its tokens, and returns its SSE events when streaming.
+  std::string absorb(const RequestGroup::Event& ev) {
+    const size_t i = ev.index;
+    const RequestOutput& o = ev.out;
+    completion_tokens[i] = std::max(completion_tokens[i] + int64_t(o.new_tokens.size()), o.completion_tokens);
+    std::string sse;
+    if (!o.new_text.empty()) {
+      if (stream) sse += "data: " + dump(chunk(json::array({choice_delta(i, o.new_text, nullptr)}))) + "\n\n";
+      else text[i] += o.new_text;
+    }
+    if (o.finished) {
+      finish[i] = finish_json(o.finish_reason);
+      if (stream) sse += "data: " + dump(chunk(json::array({choice_delta(i, "", finish[i])}))) + "\n\n";
+    }
+    return sse;
+  }
+  std::string final_body() const {
+    json choices = json::array();
+    for (size_t i = 0; i < text.size(); i++) {
+      if (chat)
+        choices.push_back({{"index", i}, {"message", {{"role", "assistant"}, {"content", text[i]}}},
+                           {"logprobs", nullptr}, {"finish_reason", finish[i]}});
+      else
+        choices.push_back({{"index", i}, {"text", text[i]}, {"logprobs", nullptr}, {"finish_reason", finish[i]}});
+    }
+    return dump({{"id", id}, {"object", chat ? "chat.completion" : "text_completion"}, {"created", created},
+                 {"model", model}, {"choices", choices}, {"usage", usage()}});
+  }
+  // True when it is time to look whether the client is still connected.
+  bool check_due(std::chrono::milliseconds every) {
+    auto now = std::chrono::steady_clock::now();
+    if (now - last_check < every) return false;
+    last_check = now;
+    return true;
+  }
+};
+
+}  // namespace
+
+HttpServer::HttpServer(EngineLoop& loop, const Tokenizer& tok, const ChatTemplate* chat, ServerOptions opt)
+    : loop_(loop), tok_(tok), chat_(chat), opt_(std::move(opt)), http_(std::make_unique<ListeningServer>()),
+      seed_counter_(std::random_device{}()),
+      created_(std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count()) {
+  httplib::Server& s = *http_;
+  const size_t threads = std::max<size_t>(opt_.http_threads, 2);
+  s.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  // SO_REUSEADDR only: httplib's default adds SO_REUSEPORT, which would let a second server share the port.
+  s.set_socket_options([](socket_t sock) {
+    int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+  });
+  s.set_keep_alive_max_count(1000);
+  s.set_keep_alive_timeout(2);  // idle keep-alive connections hold a pool thread and delay shutdown
+  s.set_payload_max_length(size_t(32) << 20);
+  s.set_tcp_nodelay(true);  // stream tokens as they come
+
+  s.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) {
+    handle_generate(req, res, int(Endpoint::Completions));
+  });
+  s.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) {
+    handle_generate(req, res, int(Endpoint::ChatCompletions));
+  });
+  s.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) { handle_models(res); });
+  s.Get("/health", [this](const httplib::Request&, httplib::Response& res) { handle_health(res); });
+  s.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) { handle_metrics(res); });
+
+  // Every error without a body of ours (unknown route, payload too large, unparsable HTTP) gets OpenAI's shape.
+  s.set_error_handler(httplib::Server::HandlerWithResponse([](const httplib::Request& req, httplib::Response& res) {
+    if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+    std::string msg = res.status == 404   ? "Invalid URL (" + req.method + " " + req.path + ")"
+                      : res.status == 413 ? std::string("the request body is too large")
+                                          : "HTTP error " + std::to_string(res.status);
+    res.set_content(error_body(ApiError(res.status, msg)), "application/json");
+    return httplib::Server::HandlerResponse::Handled;
+  }));
+  s.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
+    std::string what = "internal error";
+    try {
+      std::rethrow_exception(ep);
+    } catch (const std::exception& e) {
+      what = std::string("internal error: ") + e.what();
+    } catch (...) {
+    }
+    send_error(res, ApiError(500, what, "", "", "server_error"));
+  });
+  if (opt_.log_requests) {
+    s.set_logger([](const httplib::Request& req, const httplib::Response& res) {
+      std::fprintf(stderr, "oar serve: %s %s %d\n", req.method.c_str(), req.path.c_str(), res.status);
+    });
+  }
+}
+
+HttpServer::~HttpServer() { stop(); }
+
+int HttpServer::bind() {
+  errno = 0;
+  int port = opt_.port == 0 ? http_->bind_to_any_port(opt_.host) : (http_->bind_to_port(opt_.host, opt_.port) ? opt_.port : -1);
+  if (port < 0) {
+    throw Error("--host " + opt_.host + " --port " + std::to_string(opt_.port) + ": cannot listen there" +
+                (errno ? std::string(" (") + std::strerror(errno) + ")" : std::string()));
+  }
+  static_cast<ListeningServer&>(*http_).raise_backlog(opt_.listen_backlog);
+  return port;
+}
+
+void HttpServer::start() {
+  thread_ = std::thread([this] {
+    http_->listen_after_bind();
+    listen_returned_ = true;
+  });
+}
+
+void HttpServer::begin_drain() { draining_ = true; }
+
+void HttpServer::stop() {
+  if (!thread_.joinable()) return;
+  // listen_after_bind may not have started yet, and httplib's stop() only acts on a running server.
+  while (!http_->is_running() && !listen_returned_) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  http_->stop();
+  thread_.join();
+}
+
+uint64_t HttpServer::next_seed() { return splitmix64(seed_counter_.fetch_add(1)); }
+
+void HttpServer::handle_models(httplib::Response& res) {
+  json m = {{"id", opt_.served_model_name}, {"object", "model"}, {"created", created_}, {"owned_by", "oar"},
+            {"max_model_len", opt_.context_length}};
+  res.set_content(dump({{"object", "list"}, {"data", json::array({m})}}), "application/json");
+}
+
+void HttpServer::handle_health(httplib::Response& res) {
+  if (draining_) {
+    res.status = 503;
+    res.set_content(R"({"status":"draining"})", "application/json");
+  } else {
+    res.set_content(R"({"status":"ok"})", "application/json");
+  }
+}
+
+void HttpServer::handle_metrics(httplib::Response& res) {
+  HttpCounters http;
+  http.in_flight = in_flight_;
+  http.rejected_draining = rejected_draining_;
+  res.set_content(prometheus_text(loop_.metrics(), http, opt_.served_model_name), "text/plain; version=0.0.4");
+}
+
+void HttpServer::handle_generate(const httplib::Request& req, httplib::Response& res, int endpoint_int) {
+  const Endpoint endpoint = Endpoint(endpoint_int);
+  const bool chat = endpoint == Endpoint::ChatCompletions;
+  if (draining_) {
+    rejected_draining_++;
+    send_error(res, ApiError(503, "the server is shutting down", "", "shutting_down", "service_unavailable"));
+    return;
+  }
+  auto guard = std::make_shared<InFlight>(in_flight_);
+  ApiRequest r;
+  std::vector<EngineLoop::Submission> subs;
+  std::vector<int64_t> prompt_lens;
+  const char* prompt_param = chat ? "messages" : "prompt";
+  try {
+    ParseLimits lim;
+    lim.served_model_name = opt_.served_model_name;
+    lim.vocab_size = opt_.vocab_size;
+    r = parse_request(req.body, endpoint, lim);
+    std::vector<std::vector<int32_t>> prompts;
+    if (chat) {
+      if (!chat_) throw ApiError(400, "this model has no chat template", "messages");
+      try {
+        prompts.push_back(chat_->encode(tok_, r.messages, r.add_generation_prompt));
+      } catch (const jinja::TemplateRaised& e) {
+        throw ApiError(400, e.what(), "messages");  // the template's own words, e.g. roles must alternate
+      } catch (const jinja::TemplateError& e) {
+        throw ApiError(400, std::string("the chat template cannot render these messages: ") + e.what(), "messages");
+      }
+    } else {
+      for (auto& p : r.prompts) prompts.push_back(p.is_ids ? p.ids : tok_.encode(p.text, true));
+    }
+    const int64_t ctx = opt_.context_length;
+    const uint64_t seed = next_seed();
+    for (size_t i = 0; i < prompts.size(); i++) {
+      const int64_t n = int64_t(prompts[i].size());
+      if (n == 0) throw ApiError(400, "the prompt is empty", prompt_param);
+      if (n >= ctx)
+        throw ApiError(400, "This model's maximum context length is " + std::to_string(ctx) +
+                                " tokens. However, your prompt has " + std::to_string(n) +
+                                " tokens, leaving no room for the completion.",
+                       prompt_param, "context_length_exceeded");
+      int64_t max_new;
+      if (r.max_tokens) {
+        if (n + *r.max_tokens > ctx)
+          throw ApiError(400, "This model's maximum context length is " + std::to_string(ctx) +
+                                  " tokens. However, you requested " + std::to_string(n + *r.max_tokens) + " tokens (" +
+                                  std::to_string(n) + " in the prompt, " + std::to_string(*r.max_tokens) +
+                                  " for the completion). Please reduce the prompt or the completion length.",
+                         "max_tokens", "context_length_exceeded");
+        max_new = *r.max_tokens;
+      } else {
+        // OpenAI's defaults: 16 tokens for completions; for chat, as much as the context leaves.
+        max_new = chat ? ctx - n : std::min<int64_t>(16, ctx - n);
+      }
+      RequestParams p;
+      p.sampling = sampling_params(r, seed + i);
+      p.max_new_tokens = max_new;
+      p.stop = r.stop;
+      p.ignore_eos = r.ignore_eos;
+      prompt_lens.push_back(n);
+      subs.push_back({std::move(prompts[i]), p});
+    }
+  } catch (const ApiError& e) {
+    send_error(res, e);
+    return;
+  } catch (const Error& e) {  // e.g. a tokenizer refusing its input
+    send_error(res, ApiError(400, e.what(), prompt_param));
+    return;
+  }
+
+  auto group = loop_.submit(std::move(subs));
+  switch (group->wait_admission()) {
+    case RequestGroup::Admission::Accepted: break;
+    case RequestGroup::Admission::QueueFull:
+      send_error(res, ApiError(429, "the server is busy (its waiting queue is full); retry later", "", "queue_full",
+                               "rate_limit_error"));
+      return;
+    case RequestGroup::Admission::Invalid: send_error(res, ApiError(400, group->error(), prompt_param)); return;
+    default:
+      rejected_draining_++;
+      send_error(res, ApiError(503, "the server is shutting down", "", "shutting_down", "service_unavailable"));
+      return;
+  }
+
+  auto st = std::make_shared<ResponseState>();
+  st->group = group;
+  st->guard = guard;
+  st->chat = chat;
+  st->stream = r.stream;
+  st->include_usage = r.include_usage;
+  st->id = random_id(chat ? "chatcmpl-" : "cmpl-");
+  st->model = opt_.served_model_name;
+  st->created = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+  st->prompt_tokens = prompt_lens;
+  st->completion_tokens.assign(prompt_lens.size(), 0);
+  st->text.assign(prompt_lens.size(), "");
+  st->finish.assign(prompt_lens.size(), nullptr);
+  const auto poll = opt_.disconnect_poll;
+  EngineLoop* loop = &loop_;
+
+  // Both kinds of response come from a provider that waits for the engine's outputs, polling the socket
+  // meanwhile: a client that has gone away makes it return false, and the releaser aborts the requests.
+  auto provider = [st, poll](size_t, httplib::DataSink& sink) -> bool {
+    std::string out;
+    if (st->stream && !st->started && st->chat) {
+      for (size_t i = 0; i < st->text.size(); i++)  // OpenAI's first chunk: the role, empty content
+        out += "data: " + dump(st->chunk(json::array({{{"index", i}, {"delta", {{"role", "assistant"}, {"content", ""}}},
+                                                       {"logprobs", nullptr}, {"finish_reason", nullptr}}}))) + "\n\n";
+    }
+    st->started = true;
+    std::vector<RequestGroup::Event> events;
+    const bool more = st->group->wait_events(events, out.empty() ? poll : std::chrono::milliseconds(0));
+    for (auto& ev : events) out += st->absorb(ev);
+    if (!more) {
+      if (st->stream) {
+        if (st->include_usage) {  // OpenAI's last chunk with stream_options.include_usage: no choices, the usage
+          json u = st->chunk(json::array());
+          u["usage"] = st->usage();
+          out += "data: " + dump(u) + "\n\n";
+        }
+        out += "data: [DONE]\n\n";
+      } else {
+        out = st->final_body();
+      }
+    }
+    if (!out.empty() && !sink.write(out.data(), out.size())) return false;
+    if (!more) {
+      sink.done();
+      return true;
+    }
+    if (st->check_due(poll) && !sink.is_writable()) return false;
+    return true;
+  };
+  auto releaser = [st, loop](bool success) {
+    if (!success || !st->group->finished()) loop->cancel(st->group);
+  };
+  if (r.stream) {
+    res.set_header("Cache-Control", "no-cache");
+    res.set_chunked_content_provider("text/event-stream", provider, releaser);
+  } else {
+    res.set_chunked_content_provider("application/json", provider, releaser);
+  }
+}
+
+}  // namespace oar::server

@@ -1,0 +1,140 @@
+#include "train/optimizer.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/error.h"
+
+namespace oar {
+
+bool decays_weight(const std::string& name) {
+  return name.find("bias") == std::string::npos && name.find("norm") == std::string::npos;
+}
+
+AdamW::AdamW(const AdamWConfig& cfg, const std::vector<Parameter*>& params) : cfg_(cfg) {
+  for (Parameter* p : params) {
+    if (!p->trainable) continue;
+    if (p->value.dtype() != DType::F32 || !p->value.is_contiguous())
+      throw Error("AdamW: parameter " + p->name + " is not a contiguous float32 tensor");
+    if (!p->grad.defined() || p->grad.shape() != p->value.shape() || p->grad.dtype() != DType::F32)
+      throw Error("AdamW: parameter " + p->name + " has no float32 gradient of its shape");
+    params_.push_back(p);
+    m_.push_back(Tensor::empty(p->value.shape(), DType::F32));
+    v_.push_back(Tensor::empty(p->value.shape(), DType::F32));
+  }
+}
+
+void AdamW::step(double lr) {
+  t_++;
+  const double b1 = cfg_.beta1, b2 = cfg_.beta2;
+  const double bc1 = 1.0 - std::pow(b1, double(t_));
+  const double bc2_sqrt = std::sqrt(1.0 - std::pow(b2, double(t_)));
+  for (size_t i = 0; i < params_.size(); i++) {
+    Parameter* p = params_[i];
+    const double plr = p->name.find("lora_B") != std::string::npos ? lr * cfg_.lora_plus_scale : lr;
+    const float decay = decays_weight(p->name) ? float(1.0 - plr * cfg_.weight_decay) : 1.0f;
+    const float step_size = float(plr / bc1);
+    const float inv_bc2_sqrt = float(1.0 / bc2_sqrt);
+    const float eps = float(cfg_.epsilon), fb1 = float(b1), fb2 = float(b2);
+    float* w = p->value.data<float>();
+    const float* g = p->grad.data<float>();
+    float* m = m_[i].data<float>();
+    float* v = v_[i].data<float>();
+    const int64_t n = p->value.numel();
+#pragma omp parallel for schedule(static) if (n > 32768)
+    for (int64_t j = 0; j < n; j++) {
+      const float gj = g[j];
+      m[j] = fb1 * m[j] + (1.0f - fb1) * gj;
+      v[j] = fb2 * v[j] + (1.0f - fb2) * gj * gj;
+      const float denom = std::sqrt(v[j]) * inv_bc2_sqrt + eps;
+      w[j] = w[j] * decay - step_size * m[j] / denom;
+    }
+  }
+}
+
+int64_t AdamW::state_bytes() const {
+  int64_t b = 0;
+  for (const auto& t : m_) b += int64_t(t.nbytes()) * 2;
+  return b;
+}
+
+std::vector<std::pair<std::string, Tensor>> AdamW::state_tensors() const {
+  std::vector<std::pair<std::string, Tensor>> out;
+  for (size_t i = 0; i < params_.size(); i++) {
+    out.emplace_back(params_[i]->name + ".exp_avg", m_[i]);
+    out.emplace_back(params_[i]->name + ".exp_avg_sq", v_[i]);
+  }
+  return out;
+}
+
+void AdamW::load_state(const std::map<std::string, Tensor>& tensors, int64_t steps, const std::string& where) {
+  if (steps < 0) fail(where, "negative optimizer step count");
+  for (size_t i = 0; i < params_.size(); i++) {
+    for (int k = 0; k < 2; k++) {
+      const std::string name = params_[i]->name + (k == 0 ? ".exp_avg" : ".exp_avg_sq");
+      auto it = tensors.find(name);
+      if (it == tensors.end()) fail(where, "missing optimizer state '" + name + "'");
+      const Tensor& src = it->second;
+      if (src.shape() != params_[i]->value.shape())
+        fail(where, "optimizer state '" + name + "' has shape " + shape_str(src.shape()) + ", the parameter " +
+                        shape_str(params_[i]->value.shape()));
+      Tensor f = src.dtype() == DType::F32 ? src.contiguous() : src.to(DType::F32);
+      Tensor& dst = k == 0 ? m_[i] : v_[i];
+      std::copy(f.data<float>(), f.data<float>() + f.numel(), dst.data<float>());
+    }
+  }
+  t_ = steps;
+}
+
+double grad_sq_sum(const std::vector<Parameter*>& params) {
+  double total = 0;
+  for (Parameter* p : params) {
+    if (!p->trainable) continue;
+    const float* g = p->grad.data<float>();
+    const int64_t n = p->grad.numel();
+    // Fixed chunks summed in order: the same bits whatever the thread count or scheduling, so a resumed run
+    // clips exactly as the uninterrupted one did.
+    const int64_t chunk = 16384, nchunks = (n + chunk - 1) / chunk;
+    std::vector<double> part(size_t(nchunks), 0.0);
+#pragma omp parallel for schedule(static) if (nchunks > 2)
+    for (int64_t c = 0; c < nchunks; c++) {
+      double s = 0;
+      for (int64_t j = c * chunk; j < std::min(n, (c + 1) * chunk); j++) s += double(g[j]) * double(g[j]);
+      part[size_t(c)] = s;
+    }
+    for (double s : part) total += s;
+  }
+  return total;
+}
+
+void scale_grads(const std::vector<Parameter*>& params, float s) {
+  for (Parameter* p : params) {
+    if (!p->trainable) continue;
+    float* g = p->grad.data<float>();
+    const int64_t n = p->grad.numel();
+#pragma omp parallel for schedule(static) if (n > 32768)
+    for (int64_t j = 0; j < n; j++) g[j] *= s;
+  }
+}
+
+bool grads_finite(const std::vector<Parameter*>& params) {
+  for (Parameter* p : params) {
+    if (!p->trainable) continue;
+    const float* g = p->grad.data<float>();
+    const int64_t n = p->grad.numel();
+    int bad = 0;
+#pragma omp parallel for reduction(| : bad) schedule(static) if (n > 32768)
+    for (int64_t j = 0; j < n; j++) bad |= !std::isfinite(g[j]);
+    if (bad) return false;
+  }
+  return true;
+}
+
+double clip_grads(const std::vector<Parameter*>& params, double global_norm, double max_norm) {
+  if (max_norm <= 0 || !(global_norm > max_norm)) return 1.0;
+  const double f = max_norm / global_norm;
+  scale_grads(params, float(f));
+  return f;
+}
+
+}  // namespace oar

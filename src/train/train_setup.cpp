@@ -1,0 +1,413 @@
+#include "train/train_setup.h"
+
+#include <cmath>
+#include <cstring>
+
+#include <nlohmann/json.hpp>
+
+#include "chat/chat_template.h"
+#include "core/error.h"
+#include "core/fs.h"
+#include "data/sft_dataset.h"
+#include "io/safetensors.h"
+#include "model/config.h"
+#include "train/lora_io.h"
+
+namespace oar {
+
+// ---- the model ----
+
+LlamaTrainModel::LlamaTrainModel(std::unique_ptr<TrainableLlama> m, std::string base)
+    : m_(std::move(m)), base_(std::move(base)) {}
+
+double LlamaTrainModel::train_flops(const TrainBatch& b) const {
+  const LlamaConfig& c = m_->config();
+  return llama_train_flops(c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.vocab_size, c.num_attention_heads,
+                           c.num_key_value_heads, c.head_dim, b.B * b.L, b.L, m_->options().recompute, m_->has_lora());
+}
+
+void LlamaTrainModel::save(const std::string& dir) const {
+  if (m_->has_lora()) {
+    save_lora_adapter(dir, lora_adapter_from_named(m_->export_weights(true), m_->lora(), base_));
+    return;
+  }
+  LlamaConfig c = m_->config();
+  c.torch_dtype = "float32";  // the float32 master weights: a resumed run continues bit for bit
+  write_file_atomic(join_path(dir, "config.json"), to_hf_config_json(c));
+  write_safetensors(join_path(dir, "model.safetensors"), m_->export_weights(false), {{"format", "pt"}});
+}
+
+namespace {
+
+void copy_into(Parameter& p, const Tensor& t, const std::string& where) {
+  if (t.shape() != p.value.shape())
+    fail(where, "tensor '" + p.name + "' has shape " + shape_str(t.shape()) + ", the model " + shape_str(p.value.shape()));
+  Tensor f = t.dtype() == DType::F32 ? t.contiguous() : t.to(DType::F32);
+  std::memcpy(p.value.raw(), f.raw(), f.nbytes());
+}
+
+}  // namespace
+
+void LlamaTrainModel::load(const std::string& dir) {
+  if (m_->has_lora()) {
+    LoraAdapter ad = load_lora_adapter(dir);
+    for (auto& [name, t] : lora_named_tensors(ad)) {
+      Parameter* p = m_->find(name);
+      if (!p) fail(ad.where, "adapter tensor for '" + name + "' has no place in this model (other targets or rank?)");
+      copy_into(*p, t, ad.where);
+    }
+    return;
+  }
+  WeightStore ws = WeightStore::open_dir(dir);
+  for (Parameter* p : m_->parameters()) copy_into(*p, ws.get(p->name), ws.where());
+}
+
+std::unique_ptr<LlamaTrainModel> build_train_model(const TrainArgs& a, const Tokenizer& tok,
+                                                   const std::function<void(const std::string&)>& log) {
+  TrainOptions to;
+  to.compute = a.bf16 ? DType::BF16 : (a.fp16 && a.fp16_opt_level != "O0") ? DType::F16 : DType::F32;
+  to.recompute = a.recompute;
+  const std::string& src = a.model_name_or_path;
+  const int64_t needed_positions = a.is_pretrain() ? a.max_seq_length : a.max_length;
+  const std::string len_key = a.is_pretrain() ? "max_seq_length" : "max_length";
+  std::unique_ptr<TrainableLlama> m;
+  if (a.continue_training) {
+    m = TrainableLlama::from_pretrained(src, to);
+    const LlamaConfig& c = m->config();
+    if (c.max_position_embeddings < needed_positions)
+      fail(a.source.count(len_key) ? a.source.at(len_key) : "",
+           len_key + " " + std::to_string(needed_positions) +
+               " exceeds the model's max_position_embeddings " + std::to_string(c.max_position_embeddings));
+    log("Loaded " + src + ": " + std::to_string(c.num_hidden_layers) + " layers, hidden " + std::to_string(c.hidden_size) +
+        ", vocabulary " + std::to_string(c.vocab_size));
+  } else {
+    const std::string cfg_path = dir_exists(src) ? join_path(src, "config.json") : src;
+    if (!file_exists(cfg_path)) fail(src, "continue_training false needs a config.json (a model directory or the file itself)");
+    LlamaConfig c = load_hf_config(cfg_path);
+    if (a.num_hidden_layers > 0) c.num_hidden_layers = a.num_hidden_layers;
+    if (a.initializer_range > 0) c.initializer_range = a.initializer_range;
+    // run_pretrain.py for a model built from its config: room for max_seq_length positions, and a vocabulary
+    // covering the tokenizer rounded up to a multiple of 128.
+    c.max_position_embeddings = std::max(c.max_position_embeddings, needed_positions);
+    if (a.is_pretrain()) c.vocab_size = std::max<int64_t>(c.vocab_size, (int64_t(tok.vocab_size()) + 127) / 128 * 128);
+    m = TrainableLlama::random(c, to, uint64_t(a.seed));
+    log("Initialised a " + std::to_string(c.num_parameters()) + "-parameter Llama at random from " + cfg_path + " (" +
+        std::to_string(c.num_hidden_layers) + " layers, hidden " + std::to_string(c.hidden_size) + ", vocabulary " +
+        std::to_string(c.vocab_size) + ", initializer_range " + std::to_string(c.initializer_range) + ", seed " +
+        std::to_string(a.seed) + ")");
+  }
+  if (m->config().rope_layout == RopeLayout::Interleaved && !a.lora)
+    fail(src, "a llama2.c checkpoint (interleaved RoPE) cannot be written back in Hugging Face layout; fine-tune it with "
+              "lora, or convert it to a Hugging Face directory first");
+  if (tok.vocab_size() > m->config().vocab_size)
+    fail(a.tokenizer_path(), "the tokenizer has " + std::to_string(tok.vocab_size()) + " tokens but the model's vocabulary is " +
+                                 std::to_string(m->config().vocab_size));
+  if (a.lora) {
+    LoraOptions lo;
+    if (!a.lora_path.empty()) {
+      LoraAdapter ad = load_lora_adapter(a.lora_path);
+      check_lora_against_config(ad, m->config(), src);
+      lo = lora_options_of(ad);
+      lo.seed = uint64_t(a.seed);
+      m->add_lora(lo);
+      for (auto& [name, t] : lora_named_tensors(ad)) {
+        Parameter* p = m->find(name);
+        if (!p) fail(ad.where, "adapter tensor for '" + name + "' has no place in this model");
+        copy_into(*p, t, ad.where);
+      }
+      log("LoRA from " + a.lora_path + ": rank " + std::to_string(lo.rank) + ", alpha " + std::to_string(lo.alpha));
+    } else {
+      lo.rank = a.lora_rank;
+      // run_finetune.py hard-codes lora_alpha = 2 x rank (scaling 2); with rslora alpha 4 and scaling alpha/sqrt(r).
+      // The training model scales by alpha/r, so rsLoRA is expressed as the alpha giving the same scaling.
+      lo.alpha = a.rslora ? 4.0 * std::sqrt(double(a.lora_rank)) : 2.0 * double(a.lora_rank);
+      lo.seed = uint64_t(a.seed);
+      m->add_lora(lo);
+      log("LoRA: rank " + std::to_string(lo.rank) + ", scaling " + std::to_string(lo.alpha / double(lo.rank)) +
+          ", targets q/k/v/o/gate/up/down_proj; base weights frozen");
+    }
+  }
+  return std::make_unique<LlamaTrainModel>(std::move(m), src);
+}
+
+// ---- fine-tuning data ----
+
+namespace {
+
+// A permutation of [0, n) from (seed, epoch): Fisher-Yates over a counter-based generator, so the order is the
+// same on every platform and needs no saved RNG state to resume.
+std::vector<int64_t> permutation(int64_t n, uint64_t seed, int64_t epoch) {
+  auto mix = [](uint64_t z) {
+    z += 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+  };
+  std::vector<int64_t> p(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; i++) p[size_t(i)] = i;
+  uint64_t s = mix(seed ^ mix(uint64_t(epoch) + 0x5851F42D4C957F2Dull));
+  for (int64_t i = n - 1; i > 0; i--) {
+    s = mix(s);
+    const int64_t j = int64_t((unsigned __int128)s * uint64_t(i + 1) >> 64);  // unbiased enough for shuffling
+    std::swap(p[size_t(i)], p[size_t(j)]);
+  }
+  return p;
+}
+
+void check_ids(const TrainBatch& b, int64_t vocab, const char* what) {
+  for (int32_t id : b.input_ids)
+    if (id < 0 || id >= vocab)
+      throw Error(std::string(what) + ": token id " + std::to_string(id) + " is outside the model's vocabulary of " +
+                  std::to_string(vocab) + " (was the data made with another tokenizer?)");
+}
+
+}  // namespace
+
+SftTrainData::SftTrainData(std::vector<PackedRow> rows, int64_t batch_size, bool drop_last, uint64_t seed, PadOptions pad)
+    : rows_(std::move(rows)), B_(batch_size), drop_last_(drop_last), seed_(seed), pad_(pad) {}
+
+int64_t SftTrainData::batches_per_epoch() const {
+  const int64_t n = int64_t(rows_.size());
+  return drop_last_ ? n / B_ : (n + B_ - 1) / B_;
+}
+
+std::vector<int64_t> SftTrainData::epoch_order(int64_t epoch) const { return permutation(int64_t(rows_.size()), seed_, epoch); }
+
+TrainBatch SftTrainData::batch(int64_t epoch, int64_t index) const {
+  const int64_t bpe = batches_per_epoch();
+  if (index < 0 || index >= bpe) throw Error("training batch " + std::to_string(index) + " is out of range");
+  if (epoch != cached_epoch_) {
+    cached_order_ = epoch_order(epoch);
+    cached_epoch_ = epoch;
+  }
+  const std::vector<int64_t>& order = cached_order_;
+  std::vector<const PackedRow*> rows;
+  for (int64_t i = index * B_; i < std::min<int64_t>((index + 1) * B_, int64_t(order.size())); i++)
+    rows.push_back(&rows_[size_t(order[size_t(i)])]);
+  return make_batch(rows, pad_);
+}
+
+SftEvalData::SftEvalData(std::vector<PackedRow> rows, int64_t batch_size, PadOptions pad)
+    : rows_(std::move(rows)), B_(batch_size), pad_(pad) {}
+
+int64_t SftEvalData::num_batches() const { return (int64_t(rows_.size()) + B_ - 1) / B_; }
+
+TrainBatch SftEvalData::batch(int64_t index) const {
+  std::vector<const PackedRow*> rows;
+  for (int64_t i = index * B_; i < std::min<int64_t>((index + 1) * B_, int64_t(rows_.size())); i++) rows.push_back(&rows_[size_t(i)]);
+  return make_batch(rows, pad_);
+}
+
+// ---- pretraining data ----
+
+PretrainTrainData::PretrainTrainData(std::shared_ptr<PretrainSamples> s, int64_t batch_size, int64_t vocab)
+    : s_(std::move(s)), B_(batch_size), vocab_(vocab) {}
+
+int64_t PretrainTrainData::batches_per_epoch() const { return s_->size() / B_; }
+
+TrainBatch PretrainTrainData::batch(int64_t epoch, int64_t index) const {
+  // The sample count is derived from max_steps, so one pass suffices; further epochs wrap around.
+  const int64_t first = ((epoch * batches_per_epoch() + index) * B_) % (batches_per_epoch() * B_);
+  std::vector<std::vector<int32_t>> texts(static_cast<size_t>(B_));
+  for (int64_t r = 0; r < B_; r++) s_->sample(first + r, texts[size_t(r)]);
+  TrainBatch b = make_pretrain_batch(texts);
+  check_ids(b, vocab_, "pretraining data");
+  return b;
+}
+
+PretrainEvalData::PretrainEvalData(std::shared_ptr<PretrainSamples> s, int64_t batch_size, int64_t vocab)
+    : s_(std::move(s)), B_(batch_size), vocab_(vocab) {}
+
+int64_t PretrainEvalData::num_batches() const { return s_->size() / B_; }
+
+TrainBatch PretrainEvalData::batch(int64_t index) const {
+  std::vector<std::vector<int32_t>> texts(static_cast<size_t>(B_));
+  for (int64_t r = 0; r < B_; r++) s_->sample(index * B_ + r, texts[size_t(r)]);
+  TrainBatch b = make_pretrain_batch(texts);
+  check_ids(b, vocab_, "pretraining data");
+  return b;
+}
+
+namespace {
+
+std::vector<PackedRow> to_rows(const TrainArgs& a, const std::vector<SftExample>& ex, int64_t* dropped) {
+  std::vector<PackedRow> rows;
+  if (a.zero_padding) {
+    rows = a.greedy_zero_padding ? pack_greedy(ex, a.max_length) : pack_in_order(ex, a.max_length);
+    int64_t used = 0;
+    for (const auto& r : rows) used += int64_t(r.examples.size());
+    *dropped = int64_t(ex.size()) - used;
+  } else {
+    for (size_t i = 0; i < ex.size(); i++) rows.push_back(single_row(ex[i], int64_t(i)));
+    *dropped = 0;
+  }
+  return rows;
+}
+
+std::string rows_summary(const char* name, size_t examples, const std::vector<PackedRow>& rows, int64_t dropped) {
+  int64_t tokens = 0;
+  for (const auto& r : rows) tokens += r.size();
+  std::string s = std::string(name) + ": " + std::to_string(examples) + " examples";
+  if (rows.size() != examples || dropped) s += " in " + std::to_string(rows.size()) + " packs";
+  if (dropped) s += " (" + std::to_string(dropped) + " longer than max_length dropped)";
+  return s + ", " + std::to_string(tokens) + " tokens";
+}
+
+}  // namespace
+
+namespace {
+
+// "{{ name }}" -> vars[name] (PaddleNLP's legacy chat_template.json uses only such plain substitutions).
+std::string substitute(const std::string& t, const std::map<std::string, std::string>& vars, const std::string& where) {
+  std::string out;
+  size_t pos = 0;
+  while (true) {
+    const size_t open = t.find("{{", pos);
+    const size_t close = open == std::string::npos ? open : t.find("}}", open + 2);
+    if (close == std::string::npos) return out + t.substr(pos);
+    std::string name = t.substr(open + 2, close - open - 2);
+    name.erase(0, name.find_first_not_of(" \t"));
+    name.erase(name.find_last_not_of(" \t") + 1);
+    auto v = vars.find(name);
+    if (v == vars.end()) fail(where, "chat template variable '" + name + "' has no value");
+    out += t.substr(pos, open - pos) + v->second;
+    pos = close + 2;
+  }
+}
+
+// A Jinja template (Hugging Face's chat_template): each round's prompt part is what add_generation_prompt adds
+// after the previous rounds, its answer part what the assistant message adds after that; the template must render
+// conversations as prefixes of longer ones (all common templates do; others are refused, naming the record).
+ChatRenderer jinja_renderer(std::shared_ptr<ChatTemplate> t) {
+  return [t](const std::vector<std::pair<std::string, std::string>>& conv, const nlohmann::json& context) {
+    ChatSegments seg;
+    std::vector<ChatMessage> msgs;
+    if (context.contains("system") && context["system"].is_string()) msgs.push_back({"system", context["system"].get<std::string>()});
+    std::string done;
+    for (const auto& [user, bot] : conv) {
+      msgs.push_back({"user", user});
+      const std::string prompt = t->render(msgs, true);
+      msgs.push_back({"assistant", bot});
+      const std::string full = t->render(msgs, false);
+      if (prompt.compare(0, done.size(), done) != 0 || full.compare(0, prompt.size(), prompt) != 0)
+        throw Error("chat template " + t->origin() + " does not render this conversation as growing prefixes; "
+                    "it cannot be split into rounds");
+      seg.rounds.emplace_back(prompt.substr(done.size()), full.substr(prompt.size()));
+      done = full;
+    }
+    return seg;
+  };
+}
+
+}  // namespace
+
+ChatRenderer make_chat_renderer(const TrainArgs& a, const Tokenizer& tok, std::string* origin) {
+  if (a.chat_template == "none") return {};
+  std::string path = a.chat_template;
+  const std::string where = a.source.count("chat_template") ? a.source.at("chat_template") : "";
+  if (path.empty()) {
+    // PaddleNLP: a chat_template.json beside the tokenizer turns the template on.
+    const std::string dir = dir_exists(a.tokenizer_path()) ? a.tokenizer_path() : "";
+    if (dir.empty() || !file_exists(join_path(dir, "chat_template.json"))) return {};
+    path = join_path(dir, "chat_template.json");
+  } else if (dir_exists(path)) {
+    for (const char* f : {"chat_template.json", "chat_template.jinja", "tokenizer_config.json"})
+      if (file_exists(join_path(path, f))) { path = join_path(path, f); break; }
+    if (dir_exists(path)) fail(where, "chat_template: no chat_template.json, chat_template.jinja or tokenizer_config.json in " + path);
+  } else if (!file_exists(path)) {
+    fail(where, "chat_template: no such file '" + path + "'");
+  }
+  *origin = path;
+  const std::string text = read_file(path);
+  const std::string bos = tok.bos_id() >= 0 ? tok.id_to_piece(tok.bos_id()) : "";
+  const std::string eos = tok.eos_ids().empty() ? "" : tok.id_to_piece(tok.eos_ids()[0]);
+  nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
+  if (!j.is_discarded() && j.is_object() && j.contains("conversation")) {
+    // PaddleNLP's own format: {"system": ..., "conversation": [user part, bot part], "query": ...}.
+    const auto& c = j["conversation"];
+    if (!c.is_array() || c.size() != 2 || !c[0].is_string() || !c[1].is_string())
+      fail(path, "\"conversation\" must be two strings (the user part and the bot part of a round)");
+    const std::string sys = j.value("system", std::string());
+    const std::string user_t = c[0].get<std::string>(), bot_t = c[1].get<std::string>();
+    return [sys, user_t, bot_t, path](const std::vector<std::pair<std::string, std::string>>& conv, const nlohmann::json& ctx) {
+      std::map<std::string, std::string> vars;
+      for (auto it = ctx.begin(); it != ctx.end(); ++it)
+        vars[it.key()] = it.value().is_string() ? it.value().get<std::string>() : it.value().dump();
+      ChatSegments seg;
+      seg.system = substitute(sys, vars, path);
+      for (size_t i = 0; i < conv.size(); i++) {
+        vars["index"] = std::to_string(i);
+        vars["user"] = conv[i].first;
+        vars["bot"] = conv[i].second;
+        seg.rounds.emplace_back(substitute(user_t, vars, path), substitute(bot_t, vars, path));
+      }
+      return seg;
+    };
+  }
+  std::string source = text;
+  if (!j.is_discarded() && j.is_object()) {
+    if (!j.contains("chat_template") || !j["chat_template"].is_string())
+      fail(path, "no \"chat_template\" string (nor PaddleNLP's \"conversation\") in this file");
+    source = j["chat_template"].get<std::string>();
+  }
+  return jinja_renderer(std::make_shared<ChatTemplate>(source, path, bos, eos));
+}
+
+RunData build_run_data(const TrainArgs& a, const Tokenizer& tok, int64_t vocab) {
+  RunData d;
+  if (a.is_pretrain()) {
+    auto inputs = find_pretrain_inputs(a.input_dir);
+    gpt_check_data_split(a.split, a.do_train, a.do_eval, a.do_predict);
+    auto counts = pretrain_num_samples(a.per_device_train_batch_size, a.per_device_eval_batch_size, 1,
+                                       std::max<int64_t>(a.max_steps, 1), a.gradient_accumulation_steps,
+                                       a.effective_eval_steps(), a.eval_iters, 100);
+    PretrainDatasets ds = build_pretrain_datasets(inputs, a.split, counts, a.max_seq_length, uint32_t(a.seed));
+    if (a.do_train) {
+      if (!ds.train) fail(a.input_dir, "the split '" + a.split + "' leaves no training data");
+      d.train = std::make_unique<PretrainTrainData>(ds.train, a.per_device_train_batch_size, vocab);
+    }
+    if (a.do_eval && ds.valid) d.eval = std::make_unique<PretrainEvalData>(ds.valid, a.per_device_eval_batch_size, vocab);
+    if (a.do_predict && ds.test) d.test = std::make_unique<PretrainEvalData>(ds.test, a.per_device_eval_batch_size, vocab);
+    d.summary = std::to_string(inputs.size()) + " input file(s) from " + a.input_dir + "; samples of " +
+                std::to_string(a.max_seq_length + 1) + " tokens: train " + std::to_string(ds.train ? ds.train->size() : 0) +
+                ", valid " + std::to_string(ds.valid ? ds.valid->size() : 0) + ", test " +
+                std::to_string(ds.test ? ds.test->size() : 0);
+    return d;
+  }
+  SftOptions so;
+  so.src_length = a.src_length;
+  so.max_length = a.max_length;
+  std::string chat_origin;
+  so.chat = make_chat_renderer(a, tok, &chat_origin);
+  PadOptions pad;
+  pad.pad_id = tok.pad_id() >= 0 ? tok.pad_id() : 0;
+  pad.pad_to = a.pad_to_max_length ? a.max_length : 0;
+  pad.pad_to_multiple_of = a.pad_to_multiple_of;
+  std::vector<std::string> parts;
+  int64_t dropped = 0;
+  if (a.do_train) {
+    auto ex = load_sft_examples(a.dataset_name_or_path, "train", tok, so);
+    auto rows = to_rows(a, ex, &dropped);
+    if (rows.empty()) fail(sft_split_path(a.dataset_name_or_path, "train"), "no training examples (all longer than max_length?)");
+    parts.push_back(rows_summary("train", ex.size(), rows, dropped));
+    d.train = std::make_unique<SftTrainData>(std::move(rows), a.per_device_train_batch_size, a.dataloader_drop_last,
+                                              uint64_t(a.seed), pad);
+  }
+  if (a.do_eval) {
+    auto ex = load_sft_examples(a.dataset_name_or_path, "dev", tok, so);
+    auto rows = to_rows(a, ex, &dropped);
+    parts.push_back(rows_summary("dev", ex.size(), rows, dropped));
+    d.eval = std::make_unique<SftEvalData>(std::move(rows), a.per_device_eval_batch_size, pad);
+  }
+  if (a.do_predict && file_exists(join_path(a.dataset_name_or_path, "test.json"))) {
+    auto ex = load_sft_examples(a.dataset_name_or_path, "test", tok, so);
+    auto rows = to_rows(a, ex, &dropped);
+    parts.push_back(rows_summary("test", ex.size(), rows, dropped));
+    d.test = std::make_unique<SftEvalData>(std::move(rows), a.per_device_eval_batch_size, pad);
+  }
+  if (so.chat) parts.push_back("chat template " + chat_origin);
+  for (const auto& p : parts) d.summary += (d.summary.empty() ? "" : "; ") + p;
+  return d;
+}
+
+}  // namespace oar

@@ -1,0 +1,569 @@
+// TrainableLlama: the decoder composed from the layers of layers.h, with the activations each layer keeps for its
+// backward, LoRA adapters, and the compute-dtype and recompute options.
+#include "train/trainable_llama.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <map>
+
+#include "core/error.h"
+#include "core/fs.h"
+#include "io/llama2c.h"
+#include "io/safetensors.h"
+#include "kernels/kernels.h"
+#include "train/layers.h"
+
+namespace oar {
+
+using layers::Ctx;
+using layers::Linear;
+
+TrainBatch TrainBatch::causal(int64_t B, int64_t L, std::vector<int32_t> ids, std::vector<int32_t> labels) {
+  if (B <= 0 || L <= 0 || int64_t(ids.size()) != B * L || int64_t(labels.size()) != B * L)
+    throw Error("TrainBatch::causal: " + std::to_string(ids.size()) + " ids and " + std::to_string(labels.size()) +
+                " labels for " + std::to_string(B) + " rows of " + std::to_string(L));
+  TrainBatch b;
+  b.B = B;
+  b.L = L;
+  b.input_ids = std::move(ids);
+  b.labels = std::move(labels);
+  b.position_ids.resize(size_t(B * L));
+  b.segment_ids.assign(size_t(B * L), 0);
+  for (int64_t t = 0; t < B * L; t++) b.position_ids[size_t(t)] = int32_t(t % L);
+  return b;
+}
+
+namespace {
+
+// The seven projections of a decoder layer, in Hugging Face's parameter order.
+constexpr int kNumProj = 7;
+enum Proj { kQ, kK, kV, kO, kGate, kUp, kDown };
+const char* const kProjPath[kNumProj] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                                         "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"};
+const char* const kProjName[kNumProj] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+
+// Deterministic random numbers, independent of thread count and parameter order: element i of a tensor draws
+// from a hash of (seed, i).
+uint64_t mix64(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+uint64_t name_seed(const std::string& name, uint64_t seed) {
+  uint64_t h = 1469598103934665603ull;  // FNV-1a
+  for (unsigned char ch : name) h = (h ^ ch) * 1099511628211ull;
+  return mix64(h ^ mix64(seed));
+}
+double uniform01(uint64_t seed, uint64_t i) { return (double(mix64(seed + 0x9E3779B97F4A7C15ull * (i + 1)) >> 11) + 0.5) / 9007199254740992.0; }
+
+void fill_normal(Tensor& t, double std, uint64_t seed) {
+  float* p = t.data<float>();
+  const int64_t n = t.numel(), pairs = (n + 1) / 2;
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < pairs; i++) {
+    // Box-Muller: two uniforms of pair i give elements 2i and 2i+1.
+    const double u1 = uniform01(seed, uint64_t(2 * i)), u2 = uniform01(seed, uint64_t(2 * i + 1));
+    const double r = std * std::sqrt(-2.0 * std::log(u1)), a = 2.0 * M_PI * u2;
+    p[2 * i] = float(r * std::cos(a));
+    if (2 * i + 1 < n) p[2 * i + 1] = float(r * std::sin(a));
+  }
+}
+
+void fill_uniform(Tensor& t, double bound, uint64_t seed) {
+  float* p = t.data<float>();
+  const int64_t n = t.numel();
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; i++) p[i] = float((2.0 * uniform01(seed, uint64_t(i)) - 1.0) * bound);
+}
+
+void fill_value(Tensor& t, float v) {
+  float* p = t.data<float>();
+  std::fill(p, p + t.numel(), v);
+}
+
+void zero_tensor(Tensor& t) {
+  uint8_t* p = static_cast<uint8_t*>(t.raw());
+  const int64_t n = int64_t(t.nbytes()), chunk = int64_t(1) << 20;
+#pragma omp parallel for schedule(static) if (n > 4 * chunk)
+  for (int64_t b = 0; b < n; b += chunk) std::memset(p + b, 0, size_t(std::min(chunk, n - b)));
+}
+
+class StoreSource : public WeightSource {
+ public:
+  explicit StoreSource(WeightStore s) : s_(std::move(s)) {}
+  bool has(const std::string& n) const override { return s_.has(n); }
+  Tensor get(const std::string& n) const override { return s_.get(n); }
+  std::string where() const override { return s_.where(); }
+
+ private:
+  WeightStore s_;
+};
+
+}  // namespace
+
+// ---- the model's state ----
+
+struct LayerParams {
+  Parameter* input_norm = nullptr;
+  Parameter* post_norm = nullptr;
+  Linear proj[kNumProj];
+};
+
+// What one decoder layer keeps between its forward and its backward.
+struct LayerActs {
+  Tensor x_mid;         // [T, C] f32: residual stream after attention (input of the MLP norm)
+  Tensor rstd1, rstd2;  // [T]
+  Tensor h1, h2;        // [T, C] compute dtype: the norms' outputs (inputs of q/k/v and gate/up)
+  Tensor q, k, v;       // [T, H*D], [T, G*D], [T, G*D] f32, after RoPE
+  Tensor probs;         // [B, H, L, L] f32 attention probabilities
+  Tensor att;           // [T, H*D] compute dtype: attention output (input of o_proj)
+  Tensor gate, up;      // [T, F] f32
+  Tensor act;           // [T, F] compute dtype: silu(gate) * up (input of down_proj)
+  Tensor u[kNumProj];   // [T, r] compute dtype: LoRA x A^T of each adapted projection
+};
+
+// The batch as the layers want it.
+struct BatchInfo {
+  int64_t B = 0, L = 0, T = 0;
+  std::vector<int32_t> ids, labels, positions, key_begin;
+  AttentionLayout attn;
+};
+
+struct TrainableLlama::Impl {
+  LlamaConfig cfg;
+  TrainOptions opt;
+  LoraOptions lora;
+  bool lora_on = false;
+
+  std::vector<std::unique_ptr<Parameter>> owned;
+  std::vector<Parameter*> order;
+  std::map<std::string, Parameter*> by_name;
+  Parameter* embed = nullptr;
+  Parameter* final_norm = nullptr;
+  Parameter* lm_head = nullptr;  // the embedding when tied
+  std::vector<LayerParams> layer;
+  Linear head;
+
+  RopeTable rope;
+  TrainKernels* K = nullptr;
+  layers::Workspace ws;
+
+  // Activations for training (one set per layer, or one shared set with recompute) and for evaluation (one set),
+  // each allocated for one shape and reused while the shape stays.
+  struct ActsKey {
+    int64_t B = -1, L = -1, count = -1;
+    DType cdt = DType::F32;
+    int64_t rank = -1;
+    bool operator==(const ActsKey&) const = default;
+  };
+  std::vector<LayerActs> train_acts, eval_acts;
+  ActsKey train_key, eval_key;
+
+  int64_t C() const { return cfg.hidden_size; }
+  int64_t QD() const { return cfg.q_dim(); }
+  int64_t KVD() const { return cfg.kv_dim(); }
+  float eps() const { return float(cfg.rms_norm_eps); }
+
+  Parameter* add_param(const std::string& name, const Shape& shape) {
+    auto p = std::make_unique<Parameter>();
+    p->name = name;
+    p->value = Tensor::empty(shape, DType::F32);
+    p->grad = Tensor::empty(shape, DType::F32);
+    Parameter* raw = p.get();
+    by_name[name] = raw;
+    owned.push_back(std::move(p));
+    return raw;
+  }
+
+  // Creates every parameter (zeros) in Hugging Face's order and wires the layers.
+  void build() {
+    const int64_t C = this->C(), F = cfg.intermediate_size, V = cfg.vocab_size;
+    embed = add_param("model.embed_tokens.weight", {V, C});
+    layer.resize(size_t(cfg.num_hidden_layers));
+    for (int64_t l = 0; l < cfg.num_hidden_layers; l++) {
+      LayerParams& P = layer[size_t(l)];
+      const std::string pre = "model.layers." + std::to_string(l) + ".";
+      const Shape shapes[kNumProj] = {{QD(), C}, {KVD(), C}, {KVD(), C}, {C, QD()}, {F, C}, {F, C}, {C, F}};
+      for (int i = 0; i < kNumProj; i++) {
+        Linear& lin = P.proj[i];
+        lin.weight = add_param(pre + kProjPath[i] + ".weight", shapes[i]);
+        const bool biased = (i <= kV && cfg.attention_bias) || (i == kO && cfg.o_proj_bias);
+        if (biased) lin.bias = add_param(pre + kProjPath[i] + ".bias", {shapes[i][0]});
+      }
+      P.input_norm = add_param(pre + "input_layernorm.weight", {C});
+      P.post_norm = add_param(pre + "post_attention_layernorm.weight", {C});
+    }
+    final_norm = add_param("model.norm.weight", {C});
+    lm_head = cfg.tie_word_embeddings ? embed : add_param("lm_head.weight", {V, C});
+    head.weight = lm_head;
+    rebuild_order();
+    rope = make_rope_table(cfg, cfg.max_position_embeddings);
+    K = &train_kernels_for(Device::CPU);
+  }
+
+  // Hugging Face's named_parameters() order, LoRA A/B right after the weight they adapt.
+  void rebuild_order() {
+    order.clear();
+    order.push_back(embed);
+    for (LayerParams& P : layer) {
+      for (Linear& lin : P.proj)
+        for (Parameter* p : {lin.weight, lin.bias, lin.lora_a, lin.lora_b})
+          if (p) order.push_back(p);
+      order.push_back(P.input_norm);
+      order.push_back(P.post_norm);
+    }
+    order.push_back(final_norm);
+    if (!cfg.tie_word_embeddings) order.push_back(lm_head);
+  }
+
+  Ctx ctx() {
+    const DType cdt = opt.compute;
+    if (cdt != DType::F32 && cdt != DType::BF16 && cdt != DType::F16)
+      throw Error(std::string("training compute dtype ") + dtype_name(cdt) + " is not supported (float32, bfloat16, float16)");
+    return Ctx{*K, cdt, ws};
+  }
+
+  // The product operands of this pass in the compute dtype (converted from the masters, which the optimizer changed).
+  void prepare_weights(Ctx& c) {
+    for (LayerParams& P : layer)
+      for (Linear& lin : P.proj) lin.prepare(c);
+    head.prepare(c);
+  }
+
+  BatchInfo batch_info(const TrainBatch& b) const {
+    const int64_t n = b.B * b.L;
+    auto bad = [](const std::string& what) { throw Error("train batch: " + what); };
+    if (b.B <= 0 || b.L <= 0) bad("empty (B " + std::to_string(b.B) + ", L " + std::to_string(b.L) + ")");
+    if (int64_t(b.input_ids.size()) != n) bad(std::to_string(b.input_ids.size()) + " input_ids for B*L = " + std::to_string(n));
+    if (int64_t(b.labels.size()) != n) bad(std::to_string(b.labels.size()) + " labels for B*L = " + std::to_string(n));
+    if (!b.position_ids.empty() && int64_t(b.position_ids.size()) != n) bad("position_ids size differs from B*L");
+    if (!b.segment_ids.empty() && int64_t(b.segment_ids.size()) != n) bad("segment_ids size differs from B*L");
+    BatchInfo bi;
+    bi.B = b.B;
+    bi.L = b.L;
+    bi.T = n;
+    bi.ids = b.input_ids;
+    bi.labels = b.labels;
+    bi.positions.resize(size_t(n));
+    bi.key_begin.resize(size_t(n));
+    for (int64_t t = 0; t < n; t++) {
+      const int64_t i = t % b.L;
+      bi.positions[size_t(t)] = b.position_ids.empty() ? int32_t(i) : b.position_ids[size_t(t)];
+      const bool new_run = i == 0 || (!b.segment_ids.empty() && b.segment_ids[size_t(t)] != b.segment_ids[size_t(t - 1)]);
+      bi.key_begin[size_t(t)] = new_run ? int32_t(i) : bi.key_begin[size_t(t - 1)];
+    }
+    bi.attn.B = b.B;
+    bi.attn.L = b.L;
+    bi.attn.H = cfg.num_attention_heads;
+    bi.attn.G = cfg.num_key_value_heads;
+    bi.attn.D = cfg.head_dim;
+    bi.attn.scale = 1.0f / std::sqrt(float(cfg.head_dim));
+    bi.attn.compute = opt.compute;
+    bi.attn.key_begin = nullptr;  // set by the caller once bi has its final address
+    return bi;
+  }
+
+  void alloc_acts(std::vector<LayerActs>& acts, ActsKey& key, int64_t count, const BatchInfo& bi, DType cdt) {
+    ActsKey want{bi.B, bi.L, count, cdt, lora_on ? lora.rank : 0};
+    if (key == want) return;
+    acts.clear();
+    acts.resize(size_t(count));
+    const int64_t T = bi.T, C = this->C(), F = cfg.intermediate_size, H = cfg.num_attention_heads;
+    for (LayerActs& A : acts) {
+      A.x_mid = Tensor::empty({T, C}, DType::F32);
+      A.rstd1 = Tensor::empty({T}, DType::F32);
+      A.rstd2 = Tensor::empty({T}, DType::F32);
+      A.h1 = Tensor::empty({T, C}, cdt);
+      A.h2 = Tensor::empty({T, C}, cdt);
+      A.q = Tensor::empty({T, QD()}, DType::F32);
+      A.k = Tensor::empty({T, KVD()}, DType::F32);
+      A.v = Tensor::empty({T, KVD()}, DType::F32);
+      A.probs = Tensor::empty({bi.B, H, bi.L, bi.L}, DType::F32);
+      A.att = Tensor::empty({T, QD()}, cdt);
+      A.gate = Tensor::empty({T, F}, DType::F32);
+      A.up = Tensor::empty({T, F}, DType::F32);
+      A.act = Tensor::empty({T, F}, cdt);
+      if (lora_on)
+        for (int i = 0; i < kNumProj; i++) A.u[i] = Tensor::empty({T, lora.rank}, cdt);
+    }
+    key = want;
+  }
+
+  Tensor* lora_u(LayerActs& A, const LayerParams& P, int i) { return P.proj[i].has_lora() ? &A.u[i] : nullptr; }
+
+  // One decoder layer: x_out = x_mid + mlp(norm2(x_mid)), x_mid = x_in + attn(norm1(x_in)); A receives what the
+  // backward needs.
+  void layer_forward(Ctx& c, int64_t l, const BatchInfo& bi, const Tensor& x_in, Tensor& x_out, LayerActs& A) {
+    LayerParams& P = layer[size_t(l)];
+    const int64_t T = bi.T, H = cfg.num_attention_heads, G = cfg.num_key_value_heads, D = cfg.head_dim;
+    // attention block
+    layers::rmsnorm_forward(c, *P.input_norm, eps(), x_in, A.h1, A.rstd1);
+    layers::linear_forward(c, P.proj[kQ], A.h1, A.q, lora_u(A, P, kQ));
+    layers::linear_forward(c, P.proj[kK], A.h1, A.k, lora_u(A, P, kK));
+    layers::linear_forward(c, P.proj[kV], A.h1, A.v, lora_u(A, P, kV));
+    Tensor q3 = A.q.view({T, H, D}), k3 = A.k.view({T, G, D});
+    layers::rope_forward(c, q3, bi.positions, rope);
+    layers::rope_forward(c, k3, bi.positions, rope);
+    layers::attention_forward(c, bi.attn, A.q, A.k, A.v, A.att, A.probs);
+    // x_mid = x_in + o_proj(att): the product adds straight into a copy of the residual
+    std::memcpy(A.x_mid.raw(), x_in.raw(), x_in.nbytes());
+    layers::linear_forward(c, P.proj[kO], A.att, A.x_mid, lora_u(A, P, kO), true);
+    // MLP block
+    layers::rmsnorm_forward(c, *P.post_norm, eps(), A.x_mid, A.h2, A.rstd2);
+    layers::linear_forward(c, P.proj[kGate], A.h2, A.gate, lora_u(A, P, kGate));
+    layers::linear_forward(c, P.proj[kUp], A.h2, A.up, lora_u(A, P, kUp));
+    layers::swiglu_forward(c, A.gate, A.up, A.act);
+    std::memcpy(x_out.raw(), A.x_mid.raw(), A.x_mid.nbytes());
+    layers::linear_forward(c, P.proj[kDown], A.act, x_out, lora_u(A, P, kDown), true);
+  }
+
+  // The layer's backward: dres holds dL/dx_out on entry and dL/dx_in on return (unless need_dx is false, when the
+  // input's gradient is not wanted and the first block's input-gradient products are skipped). dres_c is dres in
+  // the compute dtype (dres itself in float32 mode), kept up to date by the norms' backwards.
+  void layer_backward(Ctx& c, int64_t l, const BatchInfo& bi, const Tensor& x_in, LayerActs& A, Tensor& dres,
+                      Tensor& dres_c, bool need_dx) {
+    LayerParams& P = layer[size_t(l)];
+    const int64_t T = bi.T, C = this->C(), F = cfg.intermediate_size, H = cfg.num_attention_heads;
+    const int64_t G = cfg.num_key_value_heads, D = cfg.head_dim;
+    Tensor* dres_copy = c.cdt == DType::F32 ? nullptr : &dres_c;
+    // MLP block: x_out = x_mid + down(act)
+    Tensor dact = c.ws.get("dact", {T, F}, DType::F32);
+    layers::linear_backward(c, P.proj[kDown], A.act, lora_u(A, P, kDown), dres, dres_c, &dact, false);
+    // dgate, dup straight in the compute dtype (over A.gate / A.up in float32 mode); the MLP has no bias, so the
+    // compute-dtype gradients serve as dy too.
+    Tensor dgate_c = c.cdt == DType::F32 ? A.gate : c.ws.get("dgate_c", {T, F}, c.cdt);
+    Tensor dup_c = c.cdt == DType::F32 ? A.up : c.ws.get("dup_c", {T, F}, c.cdt);
+    layers::swiglu_backward(c, dact, A.gate, A.up, dgate_c, dup_c);
+    Tensor dh = c.ws.get("dh", {T, C}, DType::F32);
+    layers::linear_backward(c, P.proj[kGate], A.h2, lora_u(A, P, kGate), dgate_c, dgate_c, &dh, false);
+    layers::linear_backward(c, P.proj[kUp], A.h2, lora_u(A, P, kUp), dup_c, dup_c, &dh, true);
+    layers::rmsnorm_backward(c, *P.post_norm, A.x_mid, A.rstd2, dh, dres, dres_copy);  // dres = dL/dx_mid
+    // attention block: x_mid = x_in + o(att)
+    Tensor datt = c.ws.get("datt", {T, QD()}, DType::F32);
+    layers::linear_backward(c, P.proj[kO], A.att, lora_u(A, P, kO), dres, dres_c, &datt, false);
+    Tensor dq = c.ws.get("dq", {T, QD()}, DType::F32);
+    Tensor dk = c.ws.get("dk", {T, KVD()}, DType::F32);
+    Tensor dv = c.ws.get("dv", {T, KVD()}, DType::F32);
+    layers::attention_backward(c, bi.attn, datt, A.q, A.k, A.v, A.probs, dq, dk, dv);
+    Tensor dq3 = dq.view({T, H, D}), dk3 = dk.view({T, G, D});
+    // dq, dk rotated back and, in 16-bit modes, written in the compute dtype in the same pass
+    Tensor dq_c = c.cdt == DType::F32 ? dq : c.ws.get("dq_c", {T, QD()}, c.cdt);
+    Tensor dk_c = c.cdt == DType::F32 ? dk : c.ws.get("dk_c", {T, KVD()}, c.cdt);
+    layers::rope_backward(c, dq3, bi.positions, rope, c.cdt == DType::F32 ? nullptr : &dq_c);
+    layers::rope_backward(c, dk3, bi.positions, rope, c.cdt == DType::F32 ? nullptr : &dk_c);
+    Tensor dv_c = c.compute_copy(dv, "dv_c");
+    const bool want_dh = need_dx || P.input_norm->trainable;
+    Tensor* dhp = want_dh ? &dh : nullptr;
+    layers::linear_backward(c, P.proj[kQ], A.h1, lora_u(A, P, kQ), dq, dq_c, dhp, false);
+    layers::linear_backward(c, P.proj[kK], A.h1, lora_u(A, P, kK), dk, dk_c, dhp, true);
+    layers::linear_backward(c, P.proj[kV], A.h1, lora_u(A, P, kV), dv, dv_c, dhp, true);
+    if (want_dh) layers::rmsnorm_backward(c, *P.input_norm, x_in, A.rstd1, dh, dres, dres_copy);  // dres = dL/dx_in
+  }
+
+  // Embedding and all layers; returns the final norm's output (compute dtype) and keeps the residual stream in
+  // `resid` ([N+1, T, C]: the input of each layer, then the last layer's output).
+  Tensor forward_trunk(Ctx& c, BatchInfo& bi, std::vector<LayerActs>& acts, bool per_layer, Tensor& resid, Tensor& rstd_f) {
+    const int64_t N = cfg.num_hidden_layers, T = bi.T, C = this->C();
+    bi.attn.key_begin = bi.key_begin.data();
+    prepare_weights(c);
+    resid = ws.get("resid", {N + 1, T, C}, DType::F32);
+    Tensor x0 = resid.slice0(0, 1).view({T, C});
+    layers::embedding_forward(c, *embed, bi.ids, x0);
+    for (int64_t l = 0; l < N; l++) {
+      Tensor x_in = resid.slice0(l, l + 1).view({T, C}), x_out = resid.slice0(l + 1, l + 2).view({T, C});
+      layer_forward(c, l, bi, x_in, x_out, acts[per_layer ? size_t(l) : 0]);
+    }
+    Tensor hf = ws.get("final_h", {T, C}, c.cdt);
+    rstd_f = ws.get("final_rstd", {T}, DType::F32);
+    layers::rmsnorm_forward(c, *final_norm, eps(), resid.slice0(N, N + 1).view({T, C}), hf, rstd_f);
+    return hf;
+  }
+};
+
+// ---- construction ----
+
+TrainableLlama::TrainableLlama() : impl_(std::make_unique<Impl>()) {}
+TrainableLlama::~TrainableLlama() = default;
+
+std::unique_ptr<TrainableLlama> TrainableLlama::random(const LlamaConfig& cfg, const TrainOptions& opt, uint64_t seed) {
+  cfg.validate("config");
+  std::unique_ptr<TrainableLlama> m(new TrainableLlama());
+  Impl& M = *m->impl_;
+  M.cfg = cfg;
+  M.opt = opt;
+  M.build();
+  for (Parameter* p : M.order) {
+    const std::string& n = p->name;
+    const bool norm = n.find("norm.weight") != std::string::npos;
+    const bool bias = n.size() > 5 && n.compare(n.size() - 5, 5, ".bias") == 0;
+    if (norm) fill_value(p->value, 1.0f);
+    else if (!bias) fill_normal(p->value, cfg.initializer_range, name_seed(n, seed));
+  }
+  return m;
+}
+
+std::unique_ptr<TrainableLlama> TrainableLlama::from_weights(const LlamaConfig& cfg, const WeightSource& src, const TrainOptions& opt) {
+  cfg.validate(src.where());
+  std::unique_ptr<TrainableLlama> m(new TrainableLlama());
+  Impl& M = *m->impl_;
+  M.cfg = cfg;
+  M.opt = opt;
+  M.build();
+  for (Parameter* p : M.order) {
+    Tensor t = src.get(p->name);
+    if (t.dtype() != DType::F32 && t.dtype() != DType::BF16 && t.dtype() != DType::F16)
+      fail(src.where(), "tensor '" + p->name + "' has dtype " + dtype_name(t.dtype()) + ", expected float32, bfloat16 or float16");
+    if (t.shape() != p->value.shape())
+      fail(src.where(), "tensor '" + p->name + "' has shape " + shape_str(t.shape()) + " but the config implies " +
+                            shape_str(p->value.shape()));
+    Tensor f = t.to(DType::F32);
+    std::memcpy(p->value.raw(), f.raw(), f.nbytes());
+  }
+  return m;
+}
+
+std::unique_ptr<TrainableLlama> TrainableLlama::from_pretrained(const std::string& path, const TrainOptions& opt) {
+  if (dir_exists(path)) {
+    const std::string cfg_path = join_path(path, "config.json");
+    if (!file_exists(cfg_path)) fail(path, "no config.json in this directory");
+    LlamaConfig cfg = load_hf_config(cfg_path);
+    StoreSource src(WeightStore::open_dir(path));
+    return from_weights(cfg, src, opt);
+  }
+  if (!file_exists(path)) fail(path, "no such file or directory");
+  Llama2cCheckpoint ck = load_llama2c_checkpoint(path);
+  return from_weights(ck.config, *ck.weights, opt);
+}
+
+const LlamaConfig& TrainableLlama::config() const { return impl_->cfg; }
+TrainOptions& TrainableLlama::options() { return impl_->opt; }
+std::vector<Parameter*> TrainableLlama::parameters() { return impl_->order; }
+
+Parameter* TrainableLlama::find(const std::string& name) {
+  auto it = impl_->by_name.find(name);
+  if (it != impl_->by_name.end()) return it->second;
+  if (name == "lm_head.weight" && impl_->cfg.tie_word_embeddings) return impl_->embed;
+  return nullptr;
+}
+
+// ---- LoRA ----
+
+void TrainableLlama::add_lora(const LoraOptions& lo) {
+  Impl& M = *impl_;
+  if (M.lora_on) throw Error("add_lora: this model already has LoRA adapters");
+  if (lo.rank <= 0) throw Error("lora_rank must be positive, got " + std::to_string(lo.rank));
+  bool wanted[kNumProj] = {};
+  for (const std::string& t : lo.targets) {
+    auto it = std::find(std::begin(kProjName), std::end(kProjName), t);
+    if (it == std::end(kProjName))
+      throw Error("LoRA target '" + t + "' is not a projection of this model (q_proj, k_proj, v_proj, o_proj, gate_proj, "
+                  "up_proj, down_proj)");
+    wanted[it - std::begin(kProjName)] = true;
+  }
+  for (int64_t l = 0; l < M.cfg.num_hidden_layers; l++) {
+    const std::string pre = "model.layers." + std::to_string(l) + ".";
+    for (int i = 0; i < kNumProj; i++) {
+      if (!wanted[i]) continue;
+      Linear& lin = M.layer[size_t(l)].proj[i];
+      const std::string base = pre + kProjPath[i];
+      lin.lora_a = M.add_param(base + ".lora_A.weight", {lo.rank, lin.in()});
+      lin.lora_b = M.add_param(base + ".lora_B.weight", {lin.out(), lo.rank});
+      // PEFT: A ~ kaiming_uniform(a = sqrt(5)) = U(-1/sqrt(in), 1/sqrt(in)); B = 0, so the adapter starts as a no-op.
+      fill_uniform(lin.lora_a->value, 1.0 / std::sqrt(double(lin.in())), name_seed(lin.lora_a->name, lo.seed));
+      lin.scaling = float(lo.alpha / double(lo.rank));
+    }
+  }
+  // Only the adapters train: the base holds no gradient memory and skips its weight-gradient products.
+  for (auto& p : M.owned) {
+    const bool adapter = p->name.find(".lora_A.") != std::string::npos || p->name.find(".lora_B.") != std::string::npos;
+    p->trainable = adapter;
+    if (!adapter) p->grad = Tensor();
+  }
+  M.lora = lo;
+  M.lora_on = true;
+  M.rebuild_order();
+  M.train_key = M.eval_key = Impl::ActsKey{};
+}
+
+bool TrainableLlama::has_lora() const { return impl_->lora_on; }
+const LoraOptions& TrainableLlama::lora() const { return impl_->lora; }
+
+// ---- passes ----
+
+double TrainableLlama::forward_backward(const TrainBatch& batch, float grad_scale, LossStats* stats) {
+  Impl& M = *impl_;
+  Ctx c = M.ctx();
+  BatchInfo bi = M.batch_info(batch);
+  const int64_t N = M.cfg.num_hidden_layers, T = bi.T, C = M.C();
+  const bool rc = M.opt.recompute;
+  M.alloc_acts(M.train_acts, M.train_key, rc ? 1 : N, bi, c.cdt);
+  Tensor resid, rstd_f;
+  Tensor hf = M.forward_trunk(c, bi, M.train_acts, !rc, resid, rstd_f);
+
+  Tensor dhf = M.ws.get("final_dh", {T, C}, DType::F32);
+  CrossEntropyResult r = layers::lm_head_loss(c, M.head, hf, bi.labels, grad_scale, &dhf);
+  Tensor dres = M.ws.get("dres", {T, C}, DType::F32);
+  Tensor dres_c = c.cdt == DType::F32 ? dres : M.ws.get("dres_c", {T, C}, c.cdt);
+  zero_tensor(dres);
+  if (r.counted > 0) {
+    layers::rmsnorm_backward(c, *M.final_norm, resid.slice0(N, N + 1).view({T, C}), rstd_f, dhf, dres,
+                             c.cdt == DType::F32 ? nullptr : &dres_c);
+    for (int64_t l = N - 1; l >= 0; l--) {
+      Tensor x_in = resid.slice0(l, l + 1).view({T, C});
+      LayerActs& A = M.train_acts[rc ? 0 : size_t(l)];
+      if (rc) {
+        // Activation checkpointing: rerun this layer's forward from its saved input, then its backward.
+        Tensor x_out = M.ws.get("recompute_out", {T, C}, DType::F32);
+        M.layer_forward(c, l, bi, x_in, x_out, A);
+      }
+      M.layer_backward(c, l, bi, x_in, A, dres, dres_c, l > 0 || M.embed->trainable);
+    }
+    layers::embedding_backward(c, *M.embed, bi.ids, dres);
+  }
+  if (stats) *stats = LossStats{r.loss_sum, r.counted, r.correct};
+  return r.counted > 0 ? r.loss_sum / double(r.counted) : 0.0;
+}
+
+double TrainableLlama::forward_loss(const TrainBatch& batch, LossStats* stats) {
+  Impl& M = *impl_;
+  Ctx c = M.ctx();
+  BatchInfo bi = M.batch_info(batch);
+  M.alloc_acts(M.eval_acts, M.eval_key, 1, bi, c.cdt);
+  Tensor resid, rstd_f;
+  Tensor hf = M.forward_trunk(c, bi, M.eval_acts, false, resid, rstd_f);
+  CrossEntropyResult r = layers::lm_head_loss(c, M.head, hf, bi.labels, 1.0f, nullptr);
+  if (stats) *stats = LossStats{r.loss_sum, r.counted, r.correct};
+  return r.counted > 0 ? r.loss_sum / double(r.counted) : 0.0;
+}
+
+Tensor TrainableLlama::forward_logits(const TrainBatch& batch) {
+  Impl& M = *impl_;
+  Ctx c = M.ctx();
+  BatchInfo bi = M.batch_info(batch);
+  M.alloc_acts(M.eval_acts, M.eval_key, 1, bi, c.cdt);
+  Tensor resid, rstd_f;
+  Tensor hf = M.forward_trunk(c, bi, M.eval_acts, false, resid, rstd_f);
+  Tensor logits = Tensor::empty({bi.T, M.cfg.vocab_size}, DType::F32);
+  layers::lm_head_logits(c, M.head, hf, logits);
+  return logits;
+}
+
+void TrainableLlama::zero_grad() {
+  for (Parameter* p : impl_->order)
+    if (p->grad.defined()) zero_tensor(p->grad);
+}
+
+std::vector<std::pair<std::string, Tensor>> TrainableLlama::export_weights(bool include_lora) const {
+  std::vector<std::pair<std::string, Tensor>> out;
+  for (Parameter* p : impl_->order) {
+    const bool adapter = p->name.find(".lora_A.") != std::string::npos || p->name.find(".lora_B.") != std::string::npos;
+    if (adapter && !include_lora) continue;
+    out.emplace_back(p->name, p->value);
+  }
+  return out;
+}
+
+}  // namespace oar

@@ -1,0 +1,116 @@
+// A Llama model for training: fp32 master parameters addressable by name, each layer's forward and backward
+// side by side (src/train/layers.*), compute in float32, bfloat16 or float16, optional per-layer recompute,
+// optional LoRA adapters on the linear layers. Parameters, gradients and optimizer state are keyed by the
+// Hugging Face names, so a later parallel layout can shard them and checkpoints can be re-laid out.
+//
+// Owner of the implementation: the training-core engineer. Users: the trainer (src/train/trainer.*), LoRA I/O
+// (src/train/lora.*), the benchmarks.
+//
+// Semantics pinned down by the implementation (the public methods are unchanged):
+//  - Segments are contiguous runs of equal segment_ids within a row: a token attends to the earlier tokens of its
+//    own run (a later run reusing an id is a new segment). Empty segment_ids: one segment per row; empty
+//    position_ids: 0 .. L-1 per row. Padding (segment -1, label -100) is just another segment, never seen by others.
+//  - A micro-batch with no counted token returns loss 0 and adds no gradient (Hugging Face would give NaN).
+//  - LossStats is overwritten, not accumulated.
+//  - Frozen parameters (after add_lora: everything but the adapters) have an undefined grad (no memory held).
+//  - Tied embeddings: parameters() lists model.embed_tokens.weight once; find("lm_head.weight") returns it;
+//    export_weights() has no lm_head.weight (as Hugging Face saves tied models).
+//  - export_weights() returns views of the live float32 masters (copy them to keep a snapshot).
+//  - Compute dtypes: F32; BF16 (GEMM operands rounded to bfloat16, oneDNN bf16 x bf16 -> f32 products, fp32
+//    accumulation, everything else fp32); F16 emulated the same way with float16 operands (stored as float16, so
+//    values beyond 65504 become inf and reach the gradients for the loss scaler to see; products computed exactly
+//    in float32 on the widened operands: no speed gain on CPUs, the numerics of fp16 storage + fp32 accumulation).
+//    The attention products take their operands (q, k, v, probabilities, gradients) in the compute dtype as well;
+//    scores, softmax, norms, SwiGLU, RoPE and the loss are float32 in every mode.
+//  - recompute keeps each layer's input only and recomputes the layer inside the backward; the kernels are
+//    deterministic, so gradients are bitwise identical to those without it.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+#include "io/weight_source.h"
+#include "model/config.h"
+
+namespace oar {
+
+// One micro-batch: B rows of L tokens. Packing (zero_padding) puts several examples in a row: attention never
+// crosses segment boundaries and positions restart per example. Padding positions have segment -1 and label -100.
+struct TrainBatch {
+  int64_t B = 0, L = 0;
+  std::vector<int32_t> input_ids;     // [B*L]
+  std::vector<int32_t> labels;        // [B*L], -100 = not counted (already shifted: label[t] is the next token)
+  std::vector<int32_t> position_ids;  // [B*L]
+  std::vector<int32_t> segment_ids;   // [B*L]; tokens attend to earlier tokens of the same segment only
+  // A plain causal batch (one example per row, no padding).
+  static TrainBatch causal(int64_t B, int64_t L, std::vector<int32_t> ids, std::vector<int32_t> labels);
+};
+
+struct LossStats {
+  double loss_sum = 0;      // sum of token losses (nats) over counted tokens
+  int64_t tokens = 0;       // counted (label != -100)
+  int64_t correct = 0;      // argmax == label among counted tokens
+};
+
+struct Parameter {
+  std::string name;   // Hugging Face name, e.g. "model.layers.0.self_attn.q_proj.weight"; LoRA adds
+                      // "model.layers.0.self_attn.q_proj.lora_A.weight" [r, in] and "...lora_B.weight" [out, r]
+  Tensor value;       // float32 master copy
+  Tensor grad;        // float32, same shape; accumulated by forward_backward; undefined while frozen
+  bool trainable = true;
+};
+
+struct LoraOptions {
+  int64_t rank = 8;
+  double alpha = 16;  // PaddleNLP: 2 * rank, so scaling alpha / rank = 2
+  std::vector<std::string> targets = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+  uint64_t seed = 42;  // A: Kaiming-uniform(a = sqrt(5)) as PEFT/PaddleNLP; B: zeros
+};
+
+struct TrainOptions {
+  DType compute = DType::F32;  // F32, BF16 (fp32 master) or F16 (fp32 master, loss scaling by the trainer)
+  bool recompute = false;      // keep only layer inputs; recompute each layer's activations in backward
+};
+
+class TrainableLlama {
+ public:
+  // Random initialisation as Hugging Face/PaddleNLP: normal(0, initializer_range) for matrices and embeddings,
+  // ones for norms, zeros for biases.
+  static std::unique_ptr<TrainableLlama> random(const LlamaConfig& cfg, const TrainOptions& opt, uint64_t seed);
+  static std::unique_ptr<TrainableLlama> from_weights(const LlamaConfig& cfg, const WeightSource& src, const TrainOptions& opt);
+  static std::unique_ptr<TrainableLlama> from_pretrained(const std::string& dir, const TrainOptions& opt);
+  ~TrainableLlama();
+
+  const LlamaConfig& config() const;
+  TrainOptions& options();
+  std::vector<Parameter*> parameters();  // in a fixed order
+  Parameter* find(const std::string& name);
+
+  // Adds LoRA A/B to the target linears; afterwards only LoRA parameters are trainable (base frozen).
+  void add_lora(const LoraOptions& lora);
+  bool has_lora() const;
+  const LoraOptions& lora() const;
+
+  // Forward and backward over one micro-batch. Returns the mean loss over counted tokens. Gradients of
+  // (mean loss x grad_scale) are ADDED to Parameter::grad (grad_scale carries 1/accumulation steps and the
+  // fp16 loss scale). Frozen parameters get no gradient (and their weight-gradient GEMMs are skipped).
+  double forward_backward(const TrainBatch& batch, float grad_scale, LossStats* stats = nullptr);
+  // Loss only (evaluation), no gradients, no saved activations.
+  double forward_loss(const TrainBatch& batch, LossStats* stats = nullptr);
+  // Logits [B*L, V] (tests, LoRA checks).
+  Tensor forward_logits(const TrainBatch& batch);
+  void zero_grad();
+
+  // The current weights as a WeightSource with Hugging Face names (LoRA kept separate, not merged), for saving
+  // checkpoints (write_safetensors) and building an inference LlamaModel.
+  std::vector<std::pair<std::string, Tensor>> export_weights(bool include_lora) const;
+
+  struct Impl;
+ private:
+  TrainableLlama();
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace oar
