@@ -13,7 +13,7 @@ PKGS=(
   libcli11-dev                   # command-line parsing
   libcpp-httplib-dev             # HTTP server and client (oar serve, oar bench-serve)
   libgtest-dev                   # unit tests
-  python3                        # fixture scripts and CLI tests (standard library only)
+  python3 python3-venv           # fixture scripts and CLI tests; venvs for the openai client and peft checks
 )
 
 missing=()

@@ -12,6 +12,8 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "core/utf8.h"
+
 namespace oar::jinja {
 
 // ------------------------------------------------------------------------------------------------ UTF-8 helpers
@@ -33,24 +35,6 @@ uint32_t u8decode(std::string_view s, size_t i, size_t n) {
   uint32_t cp = c & (0x7F >> n);
   for (size_t k = 1; k < n; k++) cp = (cp << 6) | (static_cast<unsigned char>(s[i + k]) & 0x3F);
   return cp;
-}
-
-void u8append(std::string& out, uint32_t cp) {
-  if (cp < 0x80) {
-    out += char(cp);
-  } else if (cp < 0x800) {
-    out += char(0xC0 | (cp >> 6));
-    out += char(0x80 | (cp & 0x3F));
-  } else if (cp < 0x10000) {
-    out += char(0xE0 | (cp >> 12));
-    out += char(0x80 | ((cp >> 6) & 0x3F));
-    out += char(0x80 | (cp & 0x3F));
-  } else {
-    out += char(0xF0 | (cp >> 18));
-    out += char(0x80 | ((cp >> 12) & 0x3F));
-    out += char(0x80 | ((cp >> 6) & 0x3F));
-    out += char(0x80 | (cp & 0x3F));
-  }
 }
 
 // The code points of s, each as its byte substring (Python indexes, slices and iterates strings by code point).
@@ -357,12 +341,12 @@ std::string unescape(std::string_view body, int line) {
       case 'r': out += '\r'; break;
       case 't': out += '\t'; break;
       case 'v': out += '\v'; break;
-      case 'x': u8append(out, hex(2)); break;
-      case 'u': u8append(out, hex(4)); break;
+      case 'x': utf8_append_codepoint(out, hex(2)); break;
+      case 'u': utf8_append_codepoint(out, hex(4)); break;
       case 'U': {
         uint32_t cp = hex(8);
         if (cp > 0x10FFFF) syntax_error(line, "illegal Unicode character in string");
-        u8append(out, cp);
+        utf8_append_codepoint(out, cp);
         break;
       }
       case 'N': syntax_error(line, "\\N{...} escapes are not supported");
@@ -371,7 +355,7 @@ std::string unescape(std::string_view body, int line) {
           uint32_t v = uint32_t(e - '0');
           for (int k = 0; k < 2 && i + 1 < body.size() && body[i + 1] >= '0' && body[i + 1] <= '7'; k++)
             v = v * 8 + uint32_t(body[++i] - '0');
-          u8append(out, v);
+          utf8_append_codepoint(out, v);
         } else {  // unknown escapes keep their backslash, as Python does
           out += '\\';
           out += e;

@@ -75,6 +75,17 @@ Action add_perplexity(CLI::App& app) {
     std::printf("perplexity: %.4f (mean NLL %.6f nats over %lld predicted tokens, %lld windows of %lld, %.1f tok/s)%s\n",
                 r.perplexity, r.mean_nll, (long long)r.predicted_tokens, (long long)r.windows, (long long)a->ctx,
                 double(ids.size()) / el, quant == KVQuant::None ? "" : (" with an int8 " + kv + " KV cache").c_str());
+    if (quant != KVQuant::None) {
+      // What int8 costs and saves: the same windows through a float32 KV cache, and the cache's size per block.
+      PerplexityResult ref = perplexity_with_kv(*lm.model, ids, a->ctx, KVQuant::None, nullptr, progress);
+      const LlamaConfig& cfg = lm.model->config();
+      const double b8 = double(KVCache::bytes_per_block(cfg, 64, quant));
+      const double b32 = double(KVCache::bytes_per_block(cfg, 64, KVQuant::None));
+      std::printf("float32 KV cache: perplexity %.4f; int8 %s changes it by %+.3f%% (%+.5f nats per token)\n",
+                  ref.perplexity, kv.c_str(), 100.0 * (r.perplexity / ref.perplexity - 1.0), r.mean_nll - ref.mean_nll);
+      std::printf("KV cache memory: int8 %.0f bytes per token vs float32 %.0f (%.2fx; %.2fx of a 16-bit cache)\n",
+                  b8 / 64, b32 / 64, b8 / b32, 2.0 * b8 / b32);
+    }
     return 0;
   };
 }

@@ -129,7 +129,8 @@ std::vector<GenerationOutput> Generator::run(const std::vector<GenerationRequest
 }
 
 PerplexityResult perplexity(LlamaModel& model, const std::vector<int32_t>& tokens, int64_t ctx,
-                            const std::function<void(int64_t, int64_t)>& progress) {
+                            const std::function<void(int64_t, int64_t)>& progress, KVQuant kv_quant,
+                            const KVStaticScales* static_scales) {
   if (ctx < 2) throw Error("--ctx must be at least 2");
   if (ctx > model.max_positions())
     throw Error("--ctx " + std::to_string(ctx) + " exceeds the model's context of " + std::to_string(model.max_positions()));
@@ -137,7 +138,7 @@ PerplexityResult perplexity(LlamaModel& model, const std::vector<int32_t>& token
   const int64_t V = model.config().vocab_size;
   const int64_t block = 64;
   const int64_t nblocks = (ctx + block - 1) / block;
-  KVCache cache(model.config(), nblocks, block);
+  KVCache cache(model.config(), nblocks, block, kv_quant, static_scales);
   std::vector<int32_t> table(static_cast<size_t>(nblocks), 0);
   for (int64_t b = 0; b < nblocks; b++) table[size_t(b)] = int32_t(b);
   PerplexityResult res;

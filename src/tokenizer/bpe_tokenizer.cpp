@@ -192,7 +192,7 @@ size_t prev_char_start(std::string_view s, size_t at) {
   }
   return at;
 }
-size_t char_len_at(std::string_view s, size_t at) { return std::min(tok::utf8_seq_len(uint8_t(s[at])), s.size() - at); }
+size_t char_len_at(std::string_view s, size_t at) { return std::min(utf8_seq_len(uint8_t(s[at])), s.size() - at); }
 
 // ---------------------------------------------------------------------------------------------------------------
 // GPT-2's reversible byte <-> printable-character mapping.
@@ -206,7 +206,7 @@ struct ByteMap {
     for (int b = 0; b < 256; ++b) {
       bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
       uint32_t cp = printable ? uint32_t(b) : uint32_t(256 + extra++);
-      tok::utf8_append_codepoint(to_char[size_t(b)], cp);
+      utf8_append_codepoint(to_char[size_t(b)], cp);
       to_byte[cp] = int16_t(b);
     }
   }
@@ -370,8 +370,8 @@ class BpeTokenizer final : public tok::TokenizerBase {
     std::vector<int32_t> out;
     if (add_bos && bos_ >= 0) out.push_back(bos_);
     std::string clean;
-    if (!tok::utf8_is_valid(text)) {
-      clean = tok::utf8_sanitize(text);
+    if (!utf8_is_valid(text)) {
+      clean = utf8_sanitize(text);
       text = clean;
     }
     std::vector<Segment> segs{{0, text.size(), -1}};

@@ -99,8 +99,8 @@ class SentencePieceTokenizer final : public tok::TokenizerBase {
   std::vector<int32_t> encode(std::string_view text, bool add_bos) const override {
     std::vector<int> ids;
     std::string clean;
-    if (!tok::utf8_is_valid(text)) {
-      clean = tok::utf8_sanitize(text);
+    if (!utf8_is_valid(text)) {
+      clean = utf8_sanitize(text);
       text = clean;
     }
     auto status = sp_.Encode(absl::string_view(text.data(), text.size()), &ids);
@@ -139,7 +139,7 @@ class SentencePieceTokenizer final : public tok::TokenizerBase {
     v.reserve(ids.size());
     for (int32_t id : ids)
       if (id >= 0 && id < n_) v.push_back(id);  // the library aborts on out-of-range ids
-    return tok::utf8_sanitize(sp_.DecodeIds(v));
+    return utf8_sanitize(sp_.DecodeIds(v));
   }
 
   bool strips_leading_space() const override { return dummy_prefix_; }

@@ -71,7 +71,14 @@ echo "ok: --block_attn benchmark lines"
 # perplexity through an int8 KV cache: within 1% of the float32 cache's on this text
 printf 'the quick brown fox jumps over the lazy dog. %.0s' $(seq 1 20) > text.txt
 p32=$("$OAR" perplexity --model_name_or_path "$M" --input_file text.txt --ctx 64 | sed -E 's/^perplexity: ([0-9.]+) .*/\1/')
-p8=$("$OAR" perplexity --model_name_or_path "$M" --input_file text.txt --ctx 64 --cachekv_int8 | sed -E 's/^perplexity: ([0-9.]+) .*/\1/')
+"$OAR" perplexity --model_name_or_path "$M" --input_file text.txt --ctx 64 --cachekv_int8 > int8.txt
+p8=$(sed -n -E 's/^perplexity: ([0-9.]+) .*/\1/p' int8.txt)
+# It also reports the float32 cache's perplexity (the same number as the plain run) and the memory per token.
+pref=$(sed -n -E 's/^float32 KV cache: perplexity ([0-9.]+); int8 dynamic changes it by .*/\1/p' int8.txt)
+python3 -c "import sys; sys.exit(0 if abs(float('$pref') / float('$p32') - 1) < 1e-4 else 1)" \
+  || { cat int8.txt; die "int8 run's float32 reference $pref differs from the plain perplexity $p32"; }
+grep -qE "^KV cache memory: int8 [0-9]+ bytes per token vs float32 [0-9]+ \(0\.[0-9]+x; 0\.[0-9]+x of a 16-bit cache\)" int8.txt \
+  || { cat int8.txt; die "KV memory line"; }
 "$OAR" perplexity --model_name_or_path "$M" --input_file text.txt --ctx 64 --cachekv_int8 static | grep -q "int8 static KV cache" \
   || die "static int8 perplexity"
 python3 -c "import sys; a, b = float('$p32'), float('$p8'); sys.exit(0 if abs(b / a - 1) < 0.01 else 1)" \

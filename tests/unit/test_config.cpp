@@ -7,27 +7,15 @@
 #include "core/error.h"
 #include "core/fs.h"
 #include "model/config.h"
+#include "test_errors.h"
 
 using namespace oar;
 
 namespace {
 
-const char* kWhere = "models/x/config.json";
+using oar::test::fails_with;
 
-// Passes when f throws oar::Error with a one-line message containing every part.
-template <class F>
-::testing::AssertionResult fails_with(F&& f, const std::vector<std::string>& parts) {
-  try {
-    f();
-  } catch (const Error& e) {
-    std::string msg = e.what();
-    if (msg.find('\n') != std::string::npos) return ::testing::AssertionFailure() << "not one line: " << msg;
-    for (const auto& p : parts)
-      if (msg.find(p) == std::string::npos) return ::testing::AssertionFailure() << "'" << p << "' not in: " << msg;
-    return ::testing::AssertionSuccess();
-  }
-  return ::testing::AssertionFailure() << "no oar::Error thrown";
-}
+const char* kWhere = "models/x/config.json";
 
 ::testing::AssertionResult config_fails(const std::string& json, const std::vector<std::string>& parts) {
   auto r = fails_with([&] { parse_hf_config(json, kWhere); }, parts);

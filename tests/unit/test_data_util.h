@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "test_errors.h"
 
 namespace oar::test {
 
@@ -60,16 +61,7 @@ inline void write_text(const std::string& path, const std::string& text) {
 // The call throws oar::Error whose one-line message contains every part.
 template <class F>
 ::testing::AssertionResult throws_error(F&& f, const std::vector<std::string>& parts) {
-  try {
-    f();
-  } catch (const Error& e) {
-    std::string msg = e.what();
-    if (msg.find('\n') != std::string::npos) return ::testing::AssertionFailure() << "not one line: " << msg;
-    for (const auto& p : parts)
-      if (msg.find(p) == std::string::npos) return ::testing::AssertionFailure() << "'" << p << "' not in: " << msg;
-    return ::testing::AssertionSuccess();
-  }
-  return ::testing::AssertionFailure() << "no oar::Error thrown";
+  return fails_with(std::forward<F>(f), parts);
 }
 
 }  // namespace oar::test

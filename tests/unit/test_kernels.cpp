@@ -42,6 +42,7 @@ std::vector<const cpu::IsaOps*> available_isas() {
   std::vector<const cpu::IsaOps*> v{&cpu::isa_scalar()};
   if (cpu_info().has_avx2()) v.push_back(&cpu::isa_avx2());
   if (cpu_info().has_avx512()) v.push_back(&cpu::isa_avx512());
+  if (cpu_info().has_avx512() && cpu_info().avx512_bf16) v.push_back(&cpu::isa_avx512_bf16());
   return v;
 }
 
@@ -87,6 +88,27 @@ TEST(Isa, EveryTableMatchesScalar) {
     ref.bf16_to_f32(h1.data(), f1.data(), 77);
     isa->bf16_to_f32(h1.data(), f2.data(), 77);
     EXPECT_EQ(f1, f2) << isa->name;
+  }
+}
+
+// The bf16 dot-product GEMV (AVX512_BF16) against the scalar loop on the same bf16-rounded activations.
+TEST(Isa, Bf16DotProductGemvMatchesScalar) {
+  const cpu::IsaOps& best = cpu::isa_best();
+  if (!best.gemv_bf16_bf16) GTEST_SKIP() << "this CPU (or OAR_ISA) has no bf16 dot-product GEMV";
+  const auto& ref = cpu::isa_scalar();
+  for (int64_t M : {1, 2, 3, 5, 8, 11, 16, 19, 35}) {
+    for (int64_t K : {1, 2, 7, 31, 32, 33, 64, 100, 130}) {
+      const int64_t N = 37;
+      Tensor x = rand_tensor({M, K}), wb = rand_tensor({N, K}, DType::BF16);
+      std::vector<uint16_t> xb(size_t(M * K));
+      ref.f32_to_bf16(x.data<float>(), xb.data(), M * K);
+      Tensor xr = Tensor::empty({M, K}, DType::F32);
+      ref.bf16_to_f32(xb.data(), xr.data<float>(), M * K);
+      Tensor y1 = Tensor::empty({M, N}, DType::F32), y2 = Tensor::empty({M, N}, DType::F32);
+      ref.gemv_bf16(xr.data<float>(), M, K, wb.data<uint16_t>(), K, 0, N, y1.data<float>(), N);
+      best.gemv_bf16_bf16(xb.data(), M, K, wb.data<uint16_t>(), K, 0, N, y2.data<float>(), N);
+      EXPECT_LE(max_rel(y2.data<float>(), y1.data<float>(), M * N), 1e-5) << "M=" << M << " K=" << K;
+    }
   }
 }
 

@@ -13,25 +13,14 @@
 #include "core/fs.h"
 #include "io/llama2c.h"
 #include "io/safetensors.h"
+#include "test_errors.h"
 
 using namespace oar;
 namespace fs = std::filesystem;
 
 namespace {
 
-template <class F>
-::testing::AssertionResult fails_with(F&& f, const std::vector<std::string>& parts) {
-  try {
-    f();
-  } catch (const Error& e) {
-    std::string msg = e.what();
-    if (msg.find('\n') != std::string::npos) return ::testing::AssertionFailure() << "not one line: " << msg;
-    for (const auto& p : parts)
-      if (msg.find(p) == std::string::npos) return ::testing::AssertionFailure() << "'" << p << "' not in: " << msg;
-    return ::testing::AssertionSuccess();
-  }
-  return ::testing::AssertionFailure() << "no oar::Error thrown";
-}
+using oar::test::fails_with;
 
 class TempDir {
  public:

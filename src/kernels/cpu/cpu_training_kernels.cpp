@@ -283,7 +283,7 @@ OAR_ROW_OPS(generic, )
 // The row kernels for the instruction set the ISA table chose.
 const RowOps& row_ops_for(const cpu::IsaOps& isa) {
 #if defined(__x86_64__) && defined(__GNUC__)
-  if (std::strcmp(isa.name, "avx512") == 0) return avx512_row_ops;
+  if (std::strncmp(isa.name, "avx512", 6) == 0) return avx512_row_ops;
   if (std::strcmp(isa.name, "avx2") == 0) return avx2_row_ops;
 #endif
   return generic_row_ops;

@@ -22,11 +22,20 @@ struct IsaOps {
   void (*axpy_rows)(const float* p, int64_t nq, int64_t ldp, const float* v, int64_t nk, int64_t D, float* out, int64_t ldout);
   void (*bf16_to_f32)(const uint16_t* src, float* dst, int64_t n);
   void (*f32_to_bf16)(const float* src, uint16_t* dst, int64_t n);
+  // gemv_bf16 with the activations already rounded to bfloat16 (x: M rows of K bf16 values), for CPUs with a
+  // bf16 dot-product instruction; nullptr where there is none (then gemv_bf16 is used).
+  void (*gemv_bf16_bf16)(const uint16_t* x, int64_t M, int64_t ldx, const uint16_t* w, int64_t K, int64_t n0,
+                         int64_t n1, float* y, int64_t ldy) = nullptr;
 };
+
+// src/kernels/cpu/avx512bf16: only call when the CPU has AVX512_BF16.
+void gemv_bf16_dpbf16(const uint16_t* x, int64_t M, int64_t ldx, const uint16_t* w, int64_t K, int64_t n0, int64_t n1,
+                      float* y, int64_t ldy);
 
 const IsaOps& isa_scalar();
 const IsaOps& isa_avx2();    // only call when the CPU has AVX2 and FMA
 const IsaOps& isa_avx512();  // only call when the CPU has AVX-512 F/BW/DQ/VL
+const IsaOps& isa_avx512_bf16();  // the same plus AVX512_BF16's dot product (the bf16 decode GEMV)
 // The best table this CPU supports (or the one OAR_ISA names; an unsupported choice is an oar::Error).
 const IsaOps& isa_best();
 

@@ -21,7 +21,13 @@ const IsaOps& isa_best() {
       if (!c.has_avx512()) throw Error("OAR_ISA=avx512: this CPU lacks AVX-512 F/BW/DQ/VL");
       return &isa_avx512();
     }
-    if (!want.empty()) throw Error("OAR_ISA: unknown value '" + want + "' (expected scalar, avx2 or avx512)");
+    if (want == "avx512_bf16") {
+      if (!c.has_avx512() || !c.avx512_bf16) throw Error("OAR_ISA=avx512_bf16: this CPU lacks AVX-512 F/BW/DQ/VL or AVX512_BF16");
+      return &isa_avx512_bf16();
+    }
+    if (!want.empty())
+      throw Error("OAR_ISA: unknown value '" + want + "' (expected scalar, avx2, avx512 or avx512_bf16)");
+    if (c.has_avx512() && c.avx512_bf16) return &isa_avx512_bf16();
     if (c.has_avx512()) return &isa_avx512();
     if (c.has_avx2()) return &isa_avx2();
     return &isa_scalar();

@@ -190,4 +190,14 @@ const IsaOps& isa_avx512() {
   return ops;
 }
 
+const IsaOps& isa_avx512_bf16() {
+  static const IsaOps ops = [] {
+    IsaOps o = isa_avx512();
+    o.name = "avx512_bf16";
+    o.gemv_bf16_bf16 = gemv_bf16_dpbf16;
+    return o;
+  }();
+  return ops;
+}
+
 }  // namespace oar::cpu
