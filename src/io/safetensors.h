@@ -11,6 +11,7 @@
 
 #include "core/dtype.h"
 #include "core/tensor.h"
+#include "io/weight_source.h"
 
 namespace oar {
 
@@ -61,6 +62,19 @@ class WeightStore {
   };
   std::map<std::string, Item> items_;
   std::string where_;
+};
+
+// A WeightStore as a model's WeightSource; file_of names the shard that holds a tensor (for error messages).
+class WeightStoreSource : public WeightSource {
+ public:
+  explicit WeightStoreSource(WeightStore s) : s_(std::move(s)) {}
+  bool has(const std::string& n) const override { return s_.has(n); }
+  Tensor get(const std::string& n) const override { return s_.get(n); }
+  std::string where() const override { return s_.where(); }
+  std::string file_of(const std::string& n) const { return s_.file_of(n); }
+
+ private:
+  WeightStore s_;
 };
 
 // Writes tensors to a safetensors file atomically (streamed to a temp file, fsync, rename). Tensors must be contiguous

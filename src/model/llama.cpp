@@ -11,18 +11,6 @@
 namespace oar {
 namespace {
 
-class WeightStoreSource : public WeightSource {
- public:
-  explicit WeightStoreSource(WeightStore s) : s_(std::move(s)) {}
-  bool has(const std::string& n) const override { return s_.has(n); }
-  Tensor get(const std::string& n) const override { return s_.get(n); }
-  std::string where() const override { return s_.where(); }
-  std::string file_of(const std::string& n) const { return s_.file_of(n); }
-
- private:
-  WeightStore s_;
-};
-
 bool is_float_dtype(DType d) { return d == DType::F32 || d == DType::BF16 || d == DType::F16; }
 
 // Fetches a tensor, checks it against the shape the config implies, and converts it to `want`.

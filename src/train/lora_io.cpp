@@ -270,17 +270,6 @@ bool layer_selected(const LoraAdapter& a, int64_t layer) {
   return a.layers.empty() || std::binary_search(a.layers.begin(), a.layers.end(), layer);
 }
 
-class StoreSource : public WeightSource {
- public:
-  explicit StoreSource(WeightStore s) : s_(std::move(s)) {}
-  bool has(const std::string& n) const override { return s_.has(n); }
-  Tensor get(const std::string& n) const override { return s_.get(n); }
-  std::string where() const override { return s_.where(); }
-
- private:
-  WeightStore s_;
-};
-
 }  // namespace
 
 const std::vector<std::string>& lora_projection_names() {
@@ -555,7 +544,7 @@ std::unique_ptr<LlamaModel> load_llama_with_lora(const std::string& model_path, 
     if (!file_exists(cfg_path)) fail(model_path, "no config.json in this directory");
     LlamaConfig cfg = load_hf_config(cfg_path);
     check_lora_against_config(a, cfg, model_path);
-    StoreSource base(WeightStore::open_dir(model_path));
+    WeightStoreSource base(WeightStore::open_dir(model_path));
     return LlamaModel::from_weights(cfg, LoraMergedSource(base, a), dtype);
   }
   if (!file_exists(model_path)) fail(model_path, "no such file or directory");
@@ -606,7 +595,7 @@ LoraAdapter merge_lora_checkpoint(const std::string& base_dir, const std::string
 
   // Same files, same tensors, same dtypes as the base; only the adapted weights change.
   WeightStore store = WeightStore::open_dir(base_dir);
-  StoreSource base(store);
+  WeightStoreSource base(store);
   LoraMergedSource merged(base, a, /*keep_stored_dtype=*/true);
   std::map<std::string, std::vector<std::string>> by_file;
   for (const std::string& n : store.names()) by_file[store.file_of(n)].push_back(n);

@@ -91,17 +91,6 @@ void zero_tensor(Tensor& t) {
   for (int64_t b = 0; b < n; b += chunk) std::memset(p + b, 0, size_t(std::min(chunk, n - b)));
 }
 
-class StoreSource : public WeightSource {
- public:
-  explicit StoreSource(WeightStore s) : s_(std::move(s)) {}
-  bool has(const std::string& n) const override { return s_.has(n); }
-  Tensor get(const std::string& n) const override { return s_.get(n); }
-  std::string where() const override { return s_.where(); }
-
- private:
-  WeightStore s_;
-};
-
 }  // namespace
 
 // ---- the model's state ----
@@ -430,7 +419,7 @@ std::unique_ptr<TrainableLlama> TrainableLlama::from_pretrained(const std::strin
     const std::string cfg_path = join_path(path, "config.json");
     if (!file_exists(cfg_path)) fail(path, "no config.json in this directory");
     LlamaConfig cfg = load_hf_config(cfg_path);
-    StoreSource src(WeightStore::open_dir(path));
+    WeightStoreSource src(WeightStore::open_dir(path));
     return from_weights(cfg, src, opt);
   }
   if (!file_exists(path)) fail(path, "no such file or directory");

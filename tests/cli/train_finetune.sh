@@ -80,6 +80,24 @@ grep -q 'packs' full.log || die "zero_padding did not pack"
   >/dev/null || die "oar predict cannot load the fine-tuned model"
 echo "ok: full SFT with bf16 and zero padding; the model loads in oar predict"
 
+# On a terminal (a pseudo-terminal from util-linux's `script`), disable_tqdm false draws a progress bar with the
+# elapsed time, the ETA and the rate, as PaddleNLP's tqdm bar does; without a terminal nothing is drawn.
+if command -v script >/dev/null 2>&1; then
+  script -qec "'$OAR' finetune lora.json --lora false --output_dir out_tty --max_steps 3 --save_steps 100 --load_best_model_at_end false --disable_tqdm false" \
+    /dev/null > tty.log 2>&1 || { cat tty.log; die "finetune on a terminal failed"; }
+  grep -aqE '100%\|#+\| 3/3 \[[0-9hms]+<[0-9hms]+, [0-9.]+(it/s|s/it)' tty.log || { cat -v tty.log | tail -5; die "no progress bar with ETA on a terminal"; }
+  ! grep -aq '|#' full.log || die "a progress bar was drawn without a terminal"
+  echo "ok: progress bar with ETA on a terminal, none in a log file"
+else
+  echo "note: no 'script' command (util-linux), progress bar on a terminal not checked"
+fi
+
+# Every checkpoint is a loadable Hugging Face directory with the tokenizer beside the weights.
+for f in config.json model.safetensors tokenizer.json tokenizer_config.json; do
+  ls out_full/checkpoint-*/"$f" >/dev/null 2>&1 || { ls -R out_full; die "checkpoint lacks $f"; }
+done
+echo "ok: checkpoints hold config, weights and tokenizer files"
+
 # Errors: one line on stderr, exit code 2.
 expect_error() {  # expected-substring, then arguments
   local want="$1"; shift

@@ -17,6 +17,7 @@
 #include "infer/generator.h"
 #include "model/kv_cache.h"
 #include "model/llama.h"
+#include "test_model_util.h"
 
 using namespace oar;
 
@@ -56,20 +57,6 @@ std::vector<int32_t> fixture_text(const std::string& name) {
     for (int32_t id : p["greedy_new_tokens"].get<std::vector<int32_t>>()) t.push_back(id);
   }
   return t;
-}
-
-// All-position logits of one sequence, prefilled through a cache of the given kind.
-Tensor logits_through(LlamaModel& m, const std::vector<int32_t>& ids, KVQuant q, const KVStaticScales* sc = nullptr) {
-  const int64_t n = int64_t(ids.size()), bs = 16, nb = (n + bs - 1) / bs;
-  KVCache cache(m.config(), nb, bs, q, sc);
-  std::vector<int32_t> table;
-  for (int64_t i = 0; i < nb; i++) table.push_back(int32_t(i));
-  StepBatch b;
-  b.add_sequence(ids.data(), n, 0, table);
-  for (int64_t r = 0; r < n; r++) b.logit_rows.push_back(r);
-  Tensor logits;
-  m.forward(b, cache, logits);
-  return logits;
 }
 
 // Calibration as PaddleNLP's PTQ does it for cachekv (abs_max_headwise): the absolute maximum of K (after RoPE)
@@ -291,8 +278,8 @@ TEST_P(KVInt8Model, LogitsAndPerplexityCloseToFloat32) {
   double worst = 0;
   for (int64_t b = 0; b < int64_t(text.size()); b += 64) {
     std::vector<int32_t> part(text.begin() + b, text.begin() + std::min<int64_t>(b + 64, int64_t(text.size())));
-    Tensor f = logits_through(*m, part, KVQuant::None);
-    Tensor q = logits_through(*m, part, KVQuant::Int8Dynamic);
+    Tensor f = oar::test::prompt_logits(*m, part, KVQuant::None);
+    Tensor q = oar::test::prompt_logits(*m, part, KVQuant::Int8Dynamic);
     worst = std::max(worst, rel_err(q, f));
   }
   PerplexityResult p32 = perplexity_with_kv(*m, text, 64, KVQuant::None);
@@ -368,7 +355,7 @@ TEST(KVInt8, EngineGeneratesThroughTheInt8Cache) {
     ASSERT_EQ(out.size(), 16u);
     std::vector<int32_t> seq = prompts[i];
     seq.insert(seq.end(), out.begin(), out.end() - 1);
-    Tensor l = logits_through(*m, seq, KVQuant::Int8Dynamic);
+    Tensor l = oar::test::prompt_logits(*m, seq, KVQuant::Int8Dynamic);
     for (size_t t = 0; t < 16; t++) {
       const float* row = l.data<float>() + (int64_t(prompts[i].size()) - 1 + int64_t(t)) * V;
       float mx = row[0], mabs = 0;

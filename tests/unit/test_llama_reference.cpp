@@ -11,10 +11,14 @@
 #include "infer/generator.h"
 #include "io/safetensors.h"
 #include "model/llama.h"
+#include "test_model_util.h"
 
 using namespace oar;
 
 namespace {
+
+using oar::test::prompt_logits;
+using oar::test::rel_err;
 
 const char* kModels[] = {"mha", "gqa", "tied", "llama3_rope", "attn_bias", "sharded_bf16", "f16"};
 
@@ -38,31 +42,6 @@ std::vector<Prompt> load_prompts(const std::string& name) {
     out.push_back(std::move(x));
   }
   return out;
-}
-
-// All-position logits of one prompt, prefilled in one pass.
-Tensor prompt_logits(LlamaModel& m, const std::vector<int32_t>& ids) {
-  const int64_t n = int64_t(ids.size());
-  const int64_t bs = 16, nb = (n + bs - 1) / bs;
-  KVCache cache(m.config(), nb, bs);
-  std::vector<int32_t> table(static_cast<size_t>(nb));
-  for (int64_t i = 0; i < nb; i++) table[size_t(i)] = int32_t(i);
-  StepBatch b;
-  b.add_sequence(ids.data(), n, 0, table);
-  for (int64_t r = 0; r < n; r++) b.logit_rows.push_back(r);
-  Tensor logits;
-  m.forward(b, cache, logits);
-  return logits;
-}
-
-// max |a - b| / max |b|
-double rel_err(const Tensor& a, const Tensor& b) {
-  double mx = 0, diff = 0;
-  for (int64_t i = 0; i < b.numel(); i++) {
-    mx = std::max(mx, double(std::fabs(b.item_f32(i))));
-    diff = std::max(diff, double(std::fabs(a.item_f32(i) - b.item_f32(i))));
-  }
-  return diff / mx;
 }
 
 }  // namespace

@@ -21,12 +21,16 @@
 #include "model/llama.h"
 #include "train/lora_io.h"
 #include "train/trainable_llama.h"
+#include "test_model_util.h"
 
 using namespace oar;
 namespace fs = std::filesystem;
 using nlohmann::json;
 
 namespace {
+
+using oar::test::prompt_logits;
+using oar::test::rel_err;
 
 std::string model_dir(const std::string& name) { return std::string(OAR_FIXTURES_DIR) + "/models/" + name; }
 std::string lora_dir(const std::string& name) { return std::string(OAR_FIXTURES_DIR) + "/lora/" + name; }
@@ -42,31 +46,6 @@ struct TempDir {
   ~TempDir() { fs::remove_all(path); }
   std::string operator/(const std::string& f) const { return join_path(path, f); }
 };
-
-// All-position logits of one prompt, prefilled in one pass.
-Tensor prompt_logits(LlamaModel& m, const std::vector<int32_t>& ids) {
-  const int64_t n = int64_t(ids.size());
-  const int64_t bs = 16, nb = (n + bs - 1) / bs;
-  KVCache cache(m.config(), nb, bs);
-  std::vector<int32_t> table(static_cast<size_t>(nb));
-  for (int64_t i = 0; i < nb; i++) table[size_t(i)] = int32_t(i);
-  StepBatch b;
-  b.add_sequence(ids.data(), n, 0, table);
-  for (int64_t r = 0; r < n; r++) b.logit_rows.push_back(r);
-  Tensor logits;
-  m.forward(b, cache, logits);
-  return logits;
-}
-
-// max |a - b| / max |b|
-double rel_err(const Tensor& a, const Tensor& b) {
-  double mx = 0, diff = 0;
-  for (int64_t i = 0; i < b.numel(); i++) {
-    mx = std::max(mx, double(std::fabs(b.item_f32(i))));
-    diff = std::max(diff, double(std::fabs(a.item_f32(i) - b.item_f32(i))));
-  }
-  return diff / mx;
-}
 
 bool same_values(const Tensor& a, const Tensor& b) {
   if (a.shape() != b.shape()) return false;

@@ -1,0 +1,40 @@
+// Helpers shared by the model-level tests: all-position logits of one prompt, and a relative error.
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "core/tensor.h"
+#include "model/kv_cache.h"
+#include "model/llama.h"
+
+namespace oar::test {
+
+// All-position logits of one prompt, prefilled in one pass through a KV cache of the given kind.
+inline Tensor prompt_logits(LlamaModel& m, const std::vector<int32_t>& ids, KVQuant q = KVQuant::None,
+                            const KVStaticScales* scales = nullptr) {
+  const int64_t n = int64_t(ids.size());
+  const int64_t bs = 16, nb = (n + bs - 1) / bs;
+  KVCache cache(m.config(), nb, bs, q, scales);
+  std::vector<int32_t> table(static_cast<size_t>(nb));
+  for (int64_t i = 0; i < nb; i++) table[size_t(i)] = int32_t(i);
+  StepBatch b;
+  b.add_sequence(ids.data(), n, 0, table);
+  for (int64_t r = 0; r < n; r++) b.logit_rows.push_back(r);
+  Tensor logits;
+  m.forward(b, cache, logits);
+  return logits;
+}
+
+// max |a - b| / max |b|
+inline double rel_err(const Tensor& a, const Tensor& b) {
+  double mx = 0, diff = 0;
+  for (int64_t i = 0; i < b.numel(); i++) {
+    mx = std::max(mx, double(std::fabs(b.item_f32(i))));
+    diff = std::max(diff, double(std::fabs(a.item_f32(i) - b.item_f32(i))));
+  }
+  return diff / mx;
+}
+
+}  // namespace oar::test
