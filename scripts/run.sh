@@ -7,7 +7,7 @@
 #   4. exact match of the pretrained model on held-out "largest of 3 9 1 / smallest of ..." questions;
 #   5. oar finetune configs/lora_demo.json: LoRA on that task;
 #   6. oar predict --lora_path on the same held-out questions, a few shown, and a summary with the loss curves.
-# About five minutes on a 2-core machine after the build. OAR_BENCHMARK=1 adds the previous main job, PaddleNLP's
+# About a minute on a 2-core machine after the build (61 s measured; more when the machine is shared). OAR_BENCHMARK=1 adds the previous main job, PaddleNLP's
 # predictor benchmark on a TinyLlama-1.1B-shaped random model (2.2 GB created once in build/models).
 set -euo pipefail
 cd "$(dirname "$0")/.."

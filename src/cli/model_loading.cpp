@@ -1,5 +1,7 @@
 #include "cli/model_loading.h"
 
+#include <filesystem>
+
 #include "core/error.h"
 #include "core/fs.h"
 #include "model/config.h"
@@ -38,6 +40,12 @@ LoadedModel load_model_and_tokenizer(const std::string& model_path, const std::s
     fail(tok, "tokenizer has " + std::to_string(lm.tokenizer->vocab_size()) + " tokens but the model's vocabulary is " +
                   std::to_string(lm.model->config().vocab_size));
   return lm;
+}
+
+std::string cachekv_scales_path_for(const std::string& model_path, const std::string& given) {
+  if (!given.empty()) return given;
+  return dir_exists(model_path) ? join_path(model_path, "cachekv_scales.json")
+                                : (std::filesystem::path(model_path).parent_path() / "cachekv_scales.json").string();
 }
 
 }  // namespace oar::cli

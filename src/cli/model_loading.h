@@ -17,6 +17,10 @@ struct LoadedModel {
 // model (the directory itself; for a file, tokenizer.json / tokenizer.model / tokenizer.bin in its directory).
 // dtype: "" picks bfloat16 for models stored in 16-bit, float32 otherwise. lora_path: a LoRA adapter directory
 // to merge into the weights as they load (PaddleNLP's --lora_path), or "".
+// Static int8 KV scales: the given file, else cachekv_scales.json where PaddleNLP's PTQ writes it, in the model
+// directory (beside the file for a single-file checkpoint).
+std::string cachekv_scales_path_for(const std::string& model_path, const std::string& given);
+
 LoadedModel load_model_and_tokenizer(const std::string& model_path, const std::string& tokenizer_path,
                                      const std::string& dtype, const std::string& lora_path = "");
 

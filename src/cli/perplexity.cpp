@@ -54,11 +54,7 @@ Action add_perplexity(CLI::App& app) {
     if (a->max_tokens > 0 && int64_t(ids.size()) > a->max_tokens) ids.resize(size_t(a->max_tokens));
     KVStaticScales scales;
     if (quant == KVQuant::Int8Static) {
-      std::string path = a->cachekv_scales;
-      if (path.empty())
-        path = dir_exists(a->model) ? join_path(a->model, "cachekv_scales.json")
-                                    : (std::filesystem::path(a->model).parent_path() / "cachekv_scales.json").string();
-      scales = load_cachekv_scales(path, lm.model->config());
+      scales = load_cachekv_scales(cachekv_scales_path_for(a->model, a->cachekv_scales), lm.model->config());
     }
     auto t0 = std::chrono::steady_clock::now();
     const bool tty = isatty(2);

@@ -222,11 +222,7 @@ EngineConfig engine_config_of(const PredictArgs& a, EngineConfig::KVDtype kv) {
   ec.kv_dtype = kv;
   if (kv == EngineConfig::KVDtype::Int8Static) {
     // PaddleNLP reads the PTQ output cachekv_scales.json from the model directory.
-    ec.cachekv_scales_path = a.cachekv_scales;
-    if (ec.cachekv_scales_path.empty())
-      ec.cachekv_scales_path = dir_exists(a.model)
-                                   ? join_path(a.model, "cachekv_scales.json")
-                                   : (std::filesystem::path(a.model).parent_path() / "cachekv_scales.json").string();
+    ec.cachekv_scales_path = cachekv_scales_path_for(a.model, a.cachekv_scales);
   }
   return ec;
 }

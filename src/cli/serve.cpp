@@ -134,8 +134,9 @@ Action add_serve(CLI::App& app) {
   app.add_option("--max_num_batched_tokens", a->max_num_batched_tokens, "tokens per engine step (prefill chunks + decodes)")
       ->check(CLI::PositiveNumber);
   app.add_flag("--cachekv_int8", a->cachekv_int8, "hold the KV cache in int8");
-  app.add_option("--cachekv_int8_type", a->cachekv_int8_type, "dynamic (per token and head) or static (needs --cachekv_scales_path)");
-  app.add_option("--cachekv_scales_path", a->cachekv_scales_path, "static int8 scales (cachekv_scales.json)");
+  app.add_option("--cachekv_int8_type", a->cachekv_int8_type, "dynamic (per token and head) or static (cachekv_scales.json)");
+  app.add_option("--cachekv_scales,--cachekv_scales_path", a->cachekv_scales_path,
+                 "static int8 scales (default: cachekv_scales.json in the model directory)");
   app.add_flag("--no_prefix_caching", a->no_prefix_caching, "do not share KV blocks between identical prompt prefixes");
   app.add_option("--max_waiting", a->max_waiting, "requests queued at most; more get 429")->check(CLI::NonNegativeNumber);
   app.add_option("--http_threads", a->http_threads, "connections served at once (default: max_num_seqs + max_waiting, 64..512)")
@@ -155,7 +156,7 @@ Action add_serve(CLI::App& app) {
       if (a->cachekv_int8_type == "dynamic") ec.kv_dtype = EngineConfig::KVDtype::Int8Dynamic;
       else if (a->cachekv_int8_type == "static") ec.kv_dtype = EngineConfig::KVDtype::Int8Static;
       else throw Error("--cachekv_int8_type " + a->cachekv_int8_type + ": expected dynamic or static");
-      ec.cachekv_scales_path = a->cachekv_scales_path;
+      ec.cachekv_scales_path = cachekv_scales_path_for(a->model, a->cachekv_scales_path);
     }
     check_address(a->host, a->port);
 

@@ -314,6 +314,8 @@ set +e; "$OAR" serve --model_name_or_path "$M" --port "$port" >/dev/null 2>err.t
 [ $rc -eq 2 ] && [ "$(wc -l < err.txt)" -eq 1 ] && grep -q "$port" err.txt || { cat err.txt; die "a port in use must be one error line, exit 2"; }
 set +e; "$OAR" serve --model_name_or_path "$WORK/nope" --port 0 >/dev/null 2>err.txt; rc=$?; set -e
 [ $rc -eq 2 ] && grep -q "nope" err.txt || { cat err.txt; die "a missing model must be an error naming it"; }
+set +e; "$OAR" serve --model_name_or_path "$M" --port 0 --cachekv_int8 --cachekv_int8_type static >/dev/null 2>err.txt; rc=$?; set -e
+[ $rc -eq 2 ] && grep -q "$M/cachekv_scales.json" err.txt || { cat err.txt; die "static int8 KV without scales must name the default cachekv_scales.json"; }
 
 # oar bench-serve against it: a bounded run reports throughput and latency percentiles.
 "$OAR" bench-serve --url "$URL" --concurrency 4 --requests 12 --max_tokens 8 --prompt_len 16 --duration_s 120 > bench.txt
