@@ -270,6 +270,12 @@ int run_block_attn(const PredictArgs& a, LoadedModel& lm, const SamplingParams& 
     }
   }
   if (stream) std::printf("\n");
+  const EngineMetrics m = eng.metrics();
+  std::fprintf(stderr, "oar: engine: %zu requests, at most %lld running; prefix cache %lld of %lld prompt blocks hit (%.1f%%); "
+               "%lld preemptions; %lld KV blocks of %lld positions\n",
+               inputs.size(), (long long)ec.max_num_seqs, (long long)m.prefix_cache_hits, (long long)m.prefix_cache_queries,
+               m.prefix_cache_queries ? 100.0 * double(m.prefix_cache_hits) / double(m.prefix_cache_queries) : 0.0,
+               (long long)m.preemptions, (long long)m.blocks_total, (long long)ec.block_size);
   std::string results;
   for (size_t i = 0; i < inputs.size(); i++) {
     std::string text = tok.decode(outs[i]);

@@ -69,6 +69,8 @@ std::string prometheus_text(const LoopMetrics& m, const HttpCounters& http, cons
            double(e.prefix_cache_queries));
   w.metric("oar_prefix_cache_hits_total", "counter", "Prompt blocks found in the prefix cache.",
            double(e.prefix_cache_hits));
+  w.metric("oar_prefix_cache_hit_rate", "gauge", "Prefix cache hits over lookups since start (0 before any).",
+           e.prefix_cache_queries ? double(e.prefix_cache_hits) / double(e.prefix_cache_queries) : 0.0);
   w.metric("oar_prompt_tokens_total", "counter", "Prompt tokens prefilled.", double(e.prompt_tokens));
   w.metric("oar_generation_tokens_total", "counter", "Tokens generated.", double(e.generated_tokens));
   w.metric("oar_num_preemptions_total", "counter", "Requests preempted (to be recomputed).", double(e.preemptions));

@@ -21,9 +21,19 @@ G=(--model_name_or_path "$M" --data_file in.json --max_length 24 --decode_strate
 # positions (2 KiB each) for 5 sequences of up to 84 positions: preemption by recompute
 "$OAR" predict "${G[@]}" --output_file b1.json --batch_size 2 --block_attn >/dev/null
 "$OAR" predict "${G[@]}" --output_file b2.json --batch_size 5 --block_attn --block_size 4 --max_num_batched_tokens 16 >/dev/null
-"$OAR" predict "${G[@]}" --output_file b3.json --batch_size 5 --block_attn --block_size 4 --kv_cache_memory_gb 0.00005 >/dev/null
+"$OAR" predict "${G[@]}" --output_file b3.json --batch_size 5 --block_attn --block_size 4 --kv_cache_memory_gb 0.00005 >/dev/null 2>b3.err
 for f in b1 b2 b3; do cmp -s plain.json $f.json || { diff plain.json $f.json | head; die "--block_attn output ($f) differs from the plain path"; }; done
-echo "ok: --block_attn greedy output_file equals the plain path (default, chunked, preempting)"
+p=$(sed -n -E 's/.* ([0-9]+) preemptions;.*/\1/p' b3.err)
+[ -n "$p" ] && [ "$p" -gt 0 ] || { cat b3.err; die "the small budget should have preempted"; }
+echo "ok: --block_attn greedy output_file equals the plain path (default, chunked, preempting: $p preemptions)"
+
+# The same prompt five times: after the first, its full blocks come from the prefix cache (same outputs).
+for i in 1 2 3 4 5; do echo '{"src": "once upon a time there was a little dog who liked to run in the park every single day"}'; done > same.json
+"$OAR" predict --model_name_or_path "$M" --data_file same.json --max_length 8 --decode_strategy greedy_search \
+  --output_file same_out.json --batch_size 1 --block_attn --block_size 4 >/dev/null 2>same.err
+grep -qE "prefix cache [1-9][0-9]* of [0-9]+ prompt blocks hit" same.err || { cat same.err; die "no prefix cache hits reported"; }
+[ "$(python3 -c "import json; print(len({json.loads(l)['output'] for l in open('same_out.json')}))")" = 1 ] || die "prefix hits changed outputs"
+echo "ok: repeated prompts hit the prefix cache: $(grep -oE 'prefix cache [^;]*' same.err)"
 
 # one prompt streams to stdout like the plain path; sampling with a seed matches the plain path at batch size 1
 a=$("$OAR" predict --model_name_or_path "$M" --prompt "hello" --max_length 12 --decode_strategy greedy_search)

@@ -217,9 +217,12 @@ assert m["oar_generation_tokens_total"] - base["oar_generation_tokens_total"] < 
 print("ok: a client disconnect aborts its request and frees its KV blocks (/metrics)")
 for name in ["oar_time_to_first_token_seconds_count", "oar_time_per_output_token_seconds_count",
              "oar_prompt_tokens_total", "oar_generation_tokens_total", "oar_kv_cache_blocks_free",
-             "oar_prefix_cache_queries_total", "oar_prefix_cache_hits_total", "oar_num_requests_waiting"]:
+             "oar_prefix_cache_queries_total", "oar_prefix_cache_hits_total", "oar_prefix_cache_hit_rate",
+             "oar_num_requests_waiting"]:
     assert name in m, name
 assert m["oar_time_to_first_token_seconds_count"] >= N
+if m["oar_prefix_cache_queries_total"] > 0:
+    assert abs(m["oar_prefix_cache_hit_rate"] - m["oar_prefix_cache_hits_total"] / m["oar_prefix_cache_queries_total"]) < 1e-6, m
 PY
 kill -TERM "$SERVER_PID"
 wait "$SERVER_PID" || die "oar serve exited $? after SIGTERM while idle"
