@@ -45,7 +45,7 @@ double measure_read_bandwidth(size_t bytes) {
 
 double measure_gemm_flops(DType dt, int64_t M, int64_t N, int64_t K) {
   Tensor a = Tensor::empty({M, K}, dt), b = Tensor::empty({N, K}, dt), c = Tensor::empty({M, N}, DType::F32);
-  // Ordinary values: reused heap memory can hold NaNs or denormals, which slow some GEMM paths down.
+  // Ordinary nonzero operands, as a model's, rather than the zeros of a fresh buffer.
   for (Tensor* t : {&a, &b}) {
     const int64_t n = t->numel();
     if (dt == DType::F32) std::fill_n(t->data<float>(), n, 0.01f);

@@ -229,9 +229,10 @@ class CpuKernels final : public Kernels {
   static constexpr int64_t kGemvRowsBf16Dot = 3;  // bf16 weights through gemv_bf16_bf16
   static constexpr int64_t kGemvRowsBf16 = 2;     // bf16 weights through gemv_bf16
 
-  // Decode: every weight row of every matrix streamed once for all M rows. The rows are dealt out in chunks of
-  // about 128 KiB, taken dynamically, so a core that is briefly busy elsewhere does not hold the other back at
-  // the end of the product, and each chunk is one sequential stream for the prefetcher.
+  // Decode: every weight row of every matrix streamed once for all M rows. The rows are cut in chunks of about
+  // 128 KiB and each thread takes a contiguous share of the chunks (static schedule), so that each core reads one
+  // long sequential stream per call. Handing chunks out dynamically (robust to a briefly busy core) read about
+  // 5% less on a quiet machine (bench_llama, bf16 decode: 83.7-87.1% against 89.0-90.0% of the roofline).
   void gemv_all(const float* xp, int64_t M, int64_t K, const std::vector<const Tensor*>& ws,
                 const std::vector<const Tensor*>& biases, const std::vector<Tensor*>& ys) {
     struct Chunk { int32_t mat; int64_t n0, n1; };
@@ -268,7 +269,7 @@ class CpuKernels final : public Kernels {
       for (const Chunk& c : chunks) run(c);
       return;
     }
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < nc; i++) run(chunks[size_t(i)]);
   }
   std::vector<uint16_t> scratch_bf16_;
