@@ -16,13 +16,7 @@ inline double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-inline LlamaConfig tinyllama_1_1b() {
-  LlamaConfig c;
-  c.hidden_size = 2048; c.intermediate_size = 5632; c.num_hidden_layers = 22;
-  c.num_attention_heads = 32; c.num_key_value_heads = 4; c.head_dim = 64;
-  c.vocab_size = 32000; c.max_position_embeddings = 2048; c.rms_norm_eps = 1e-5;
-  return c;
-}
+inline LlamaConfig tinyllama_1_1b() { return llama_preset("tinyllama-1.1b"); }
 
 // Uniform values in [-a, a] from a counter-based hash: fast and parallel.
 inline Tensor random_tensor(const Shape& shape, DType dt, float a, uint64_t seed) {

@@ -46,17 +46,8 @@ struct Args {
 };
 
 LlamaConfig llama_110m(int64_t layers) {
-  LlamaConfig c;
-  c.hidden_size = 768;
-  c.intermediate_size = 2048;
+  LlamaConfig c = llama_preset("llama-110m");
   c.num_hidden_layers = layers;
-  c.num_attention_heads = 12;
-  c.num_key_value_heads = 12;
-  c.head_dim = 64;
-  c.vocab_size = 32000;
-  c.max_position_embeddings = 1024;
-  c.rms_norm_eps = 1e-5;
-  c.initializer_range = 0.02;
   return c;
 }
 

@@ -18,26 +18,6 @@
 namespace oar::cli {
 namespace {
 
-LlamaConfig preset(const std::string& name) {
-  LlamaConfig c;
-  c.rms_norm_eps = 1e-5;
-  c.tie_word_embeddings = false;
-  if (name == "tinyllama-1.1b") {  // TinyLlama-1.1B's shape
-    c.hidden_size = 2048; c.intermediate_size = 5632; c.num_hidden_layers = 22;
-    c.num_attention_heads = 32; c.num_key_value_heads = 4; c.vocab_size = 32000; c.max_position_embeddings = 2048;
-  } else if (name == "llama-110m") {  // the training benchmark's shape
-    c.hidden_size = 768; c.intermediate_size = 2048; c.num_hidden_layers = 12;
-    c.num_attention_heads = 12; c.num_key_value_heads = 12; c.vocab_size = 32000; c.max_position_embeddings = 1024;
-  } else if (name == "tiny") {
-    c.hidden_size = 64; c.intermediate_size = 172; c.num_hidden_layers = 2;
-    c.num_attention_heads = 4; c.num_key_value_heads = 2; c.vocab_size = 512; c.max_position_embeddings = 512;
-  } else {
-    throw Error("--preset: unknown preset '" + name + "' (tinyllama-1.1b, llama-110m, tiny)");
-  }
-  c.head_dim = c.hidden_size / c.num_attention_heads;
-  return c;
-}
-
 // GPT-2's byte <-> printable-unicode mapping, as UTF-8 strings.
 std::vector<std::string> byte_symbols() {
   std::vector<int> cps(256, -1);
@@ -192,7 +172,7 @@ Action add_create_model(CLI::App& app) {
       ->check(CLI::PositiveNumber);
   app.add_flag("--force", a->force, "replace an existing output directory");
   return [a]() -> int {
-    LlamaConfig c = preset(a->preset);
+    LlamaConfig c = llama_preset(a->preset);
     if (a->max_position_embeddings > 0) c.max_position_embeddings = a->max_position_embeddings;
     DType dt = parse_dtype(a->dtype);
     if (dt != DType::BF16 && dt != DType::F32) throw Error("--dtype: create-model writes bfloat16 or float32");

@@ -1,6 +1,6 @@
 // `oar perplexity`: exp(mean NLL) over non-overlapping windows of --ctx tokens of a text file (one BOS at the
 // start of the text). For validating numerics now and quantization later. --cachekv_int8 [dynamic|static]
-// prefills each window through an int8 KV cache (engine/kv_perplexity.h) to measure what int8 K/V cost.
+// prefills each window through an int8 KV cache (infer/generator.h) to measure what int8 K/V cost.
 #include <unistd.h>
 
 #include <chrono>
@@ -11,7 +11,6 @@
 #include "cli/model_loading.h"
 #include "core/error.h"
 #include "core/fs.h"
-#include "engine/kv_perplexity.h"
 #include "infer/generator.h"
 
 namespace oar::cli {
@@ -65,15 +64,14 @@ Action add_perplexity(CLI::App& app) {
                    el / double(done) * double(total - done));
       if (done == total) std::fprintf(stderr, "\n");
     };
-    PerplexityResult r = quant == KVQuant::None ? perplexity(*lm.model, ids, a->ctx, progress)
-                                                : perplexity_with_kv(*lm.model, ids, a->ctx, quant, &scales, progress);
+    PerplexityResult r = perplexity(*lm.model, ids, a->ctx, progress, quant, &scales);
     double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     std::printf("perplexity: %.4f (mean NLL %.6f nats over %lld predicted tokens, %lld windows of %lld, %.1f tok/s)%s\n",
                 r.perplexity, r.mean_nll, (long long)r.predicted_tokens, (long long)r.windows, (long long)a->ctx,
                 double(ids.size()) / el, quant == KVQuant::None ? "" : (" with an int8 " + kv + " KV cache").c_str());
     if (quant != KVQuant::None) {
       // What int8 costs and saves: the same windows through a float32 KV cache, and the cache's size per block.
-      PerplexityResult ref = perplexity_with_kv(*lm.model, ids, a->ctx, KVQuant::None, nullptr, progress);
+      PerplexityResult ref = perplexity(*lm.model, ids, a->ctx, progress);
       const LlamaConfig& cfg = lm.model->config();
       const double b8 = double(KVCache::bytes_per_block(cfg, 64, quant));
       const double b32 = double(KVCache::bytes_per_block(cfg, 64, KVQuant::None));

@@ -15,12 +15,6 @@ using namespace oar::test;
 
 namespace {
 
-const Tokenizer& spm() {
-  static std::unique_ptr<Tokenizer> t =
-      load_sentencepiece(std::string(OAR_FIXTURES_DIR) + "/tokenizers/spm/tokenizer.model");
-  return *t;
-}
-
 }  // namespace
 
 TEST(PreprocessText, CollapsesRunsLongerThanTheLimit) {

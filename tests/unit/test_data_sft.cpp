@@ -15,12 +15,6 @@ using namespace oar::test;
 
 namespace {
 
-const Tokenizer& spm() {
-  static std::unique_ptr<Tokenizer> t =
-      load_sentencepiece(std::string(OAR_FIXTURES_DIR) + "/tokenizers/spm/tokenizer.model");
-  return *t;
-}
-
 // From tests/fixtures/tokenizers/spm/expected.json (sentencepiece's own ids, no BOS).
 const std::vector<int32_t> kHello = {441, 472, 576, 543, 291};  // "Hello world"
 const std::vector<int32_t> kOnce = {535, 580, 286, 321, 591, 275, 279, 519, 308, 605, 281, 371, 477, 582,

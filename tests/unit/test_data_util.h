@@ -5,6 +5,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
@@ -12,6 +13,7 @@
 
 #include "core/error.h"
 #include "test_errors.h"
+#include "tokenizer/tokenizer.h"
 
 namespace oar::test {
 
@@ -56,6 +58,13 @@ class DataTempDir {
 inline void write_text(const std::string& path, const std::string& text) {
   std::ofstream f(path, std::ios::binary);
   f.write(text.data(), std::streamsize(text.size()));
+}
+
+// The committed SentencePiece test tokenizer (tests/fixtures/tokenizers/spm), loaded once.
+inline const Tokenizer& spm() {
+  static std::unique_ptr<Tokenizer> t =
+      load_sentencepiece(std::string(OAR_FIXTURES_DIR) + "/tokenizers/spm/tokenizer.model");
+  return *t;
 }
 
 // The call throws oar::Error whose one-line message contains every part.

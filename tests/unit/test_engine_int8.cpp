@@ -13,7 +13,7 @@
 #include "core/error.h"
 #include "core/fs.h"
 #include "engine/engine.h"
-#include "engine/kv_perplexity.h"
+#include "infer/generator.h"
 #include "infer/generator.h"
 #include "model/kv_cache.h"
 #include "model/llama.h"
@@ -282,9 +282,9 @@ TEST_P(KVInt8Model, LogitsAndPerplexityCloseToFloat32) {
     Tensor q = oar::test::prompt_logits(*m, part, KVQuant::Int8Dynamic);
     worst = std::max(worst, rel_err(q, f));
   }
-  PerplexityResult p32 = perplexity_with_kv(*m, text, 64, KVQuant::None);
+  PerplexityResult p32 = perplexity(*m, text, 64, {}, KVQuant::None);
   PerplexityResult ref = perplexity(*m, text, 64);
-  PerplexityResult p8 = perplexity_with_kv(*m, text, 64, KVQuant::Int8Dynamic);
+  PerplexityResult p8 = perplexity(*m, text, 64, {}, KVQuant::Int8Dynamic);
   EXPECT_DOUBLE_EQ(p32.perplexity, ref.perplexity);  // same windows, same math as oar::perplexity
   const double change = p8.perplexity / p32.perplexity - 1;
   std::printf("  %s: int8 dynamic KV: logits within %.4f of max |logit|; perplexity %.4f -> %.4f (%+.3f%%)\n", GetParam(),
@@ -297,7 +297,7 @@ TEST_P(KVInt8Model, LogitsAndPerplexityCloseToFloat32) {
   EXPECT_EQ(p8.predicted_tokens, p32.predicted_tokens);
   if (std::string(GetParam()) == "gqa") {
     KVStaticScales sc = load_cachekv_scales(scales_fixture(), m->config());
-    PerplexityResult ps = perplexity_with_kv(*m, text, 64, KVQuant::Int8Static, &sc);
+    PerplexityResult ps = perplexity(*m, text, 64, {}, KVQuant::Int8Static, &sc);
     const double sch = ps.perplexity / p32.perplexity - 1;
     std::printf("  %s: int8 static KV (cachekv_scales.json): perplexity %.4f (%+.3f%%)\n", GetParam(), ps.perplexity, 100 * sch);
     EXPECT_LE(std::fabs(sch), 2e-2);
