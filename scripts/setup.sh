@@ -5,7 +5,8 @@ set -euo pipefail
 PKGS=(
   build-essential cmake ninja-build pkg-config git
   clang libclang-rt-dev          # libFuzzer targets and the sanitizer runtime
-  libdnnl-dev                    # oneDNN: GEMM (f32 and bf16 matmul)
+  libdnnl-dev ocl-icd-opencl-dev # oneDNN: GEMM (f32 and bf16 matmul); its CMake package config requires the OpenCL headers,
+                                 # which libdnnl-dev only recommends
   libopenblas-dev libopenblas0-openmp  # OpenBLAS: only the GEMM comparison in bench/
   libsentencepiece-dev           # SentencePiece tokenizer.model
   libpcre2-dev                   # Unicode regex of byte-level BPE pre-tokenizers
