@@ -3,11 +3,12 @@
 # nothing but apt and essential packages), copies a clean clone of HEAD into it, and runs `bash scripts/run.sh` then
 # `bash scripts/test.sh` inside it, as root, with only Debian's and PyPI's registries reachable (as on a user's
 # machine). Too slow for CI (the build and the whole test suite, ~40 min on 2 cores); run it before resolving an issue.
-#   usage: sudo bash scripts/fresh_check.sh [run|test|both]   (default both; FRESH_ROOT=DIR keeps the root there)
+#   usage: sudo bash scripts/fresh_check.sh [run|test|both|configure]   (default both; FRESH_ROOT=DIR keeps the root)
+# `configure` only installs the packages and configures the build: a quick check of scripts/setup.sh (minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what="${1:-both}"
-case "$what" in run|test|both) ;; *) echo "usage: $0 [run|test|both]" >&2; exit 2 ;; esac
+case "$what" in run|test|both|configure) ;; *) echo "usage: $0 [run|test|both|configure]" >&2; exit 2 ;; esac
 [ "$(id -u)" -eq 0 ] || { echo "fresh_check: needs root (mmdebstrap, chroot)" >&2; exit 2; }
 command -v mmdebstrap >/dev/null || { apt-get update -qq && apt-get install -y -qq mmdebstrap >/dev/null; }
 
@@ -43,13 +44,18 @@ run_in_root() {  # command line, run in the clone as a login shell would
     LANG=C.UTF-8 TERM=dumb bash -c "cd /root/oar && $1"
 }
 status=0
-if [ "$what" != test ]; then
+if [ "$what" = configure ]; then
+  log "scripts/setup.sh, then CMake configure"
+  run_in_root "bash scripts/setup.sh && cmake -S . -B build -G Ninja >/dev/null" || status=1
+  what=none
+fi
+if [ "$what" = run ] || [ "$what" = both ]; then
   t=$(date +%s)
   log "README command 1: bash scripts/run.sh"
   if run_in_root "bash scripts/run.sh"; then log "run.sh passed in $(( $(date +%s) - t )) s"
   else status=1; log "run.sh FAILED after $(( $(date +%s) - t )) s"; fi
 fi
-if [ "$what" != run ] && [ $status -eq 0 ]; then
+if { [ "$what" = test ] || [ "$what" = both ]; } && [ $status -eq 0 ]; then
   t=$(date +%s)
   log "README command 2: bash scripts/test.sh"
   if run_in_root "bash scripts/test.sh"; then log "test.sh passed in $(( $(date +%s) - t )) s"

@@ -2,12 +2,27 @@
 #include <omp.h>
 
 #include <cstdio>
+#include <cstdlib>
+#include <string>
 
 #include "cli/commands.h"
 #include "core/cpu_info.h"
 #include "kernels/kernels.h"
 
 namespace oar::cli {
+namespace {
+
+// What idle OpenMP threads do at a barrier, as libgomp was told (main() sets oar's default).
+std::string openmp_wait_policy() {
+  const char* policy = std::getenv("OMP_WAIT_POLICY");
+  const char* spin = std::getenv("GOMP_SPINCOUNT");
+  std::string s;
+  if (policy) s += std::string("OMP_WAIT_POLICY=") + policy;
+  if (spin) s += std::string(s.empty() ? "" : ", ") + "spin " + spin + " iterations, then sleep (GOMP_SPINCOUNT)";
+  return s.empty() ? "libgomp's default" : s;
+}
+
+}  // namespace
 
 Action add_env(CLI::App& app) {
   return [] {
@@ -26,6 +41,7 @@ Action add_env(CLI::App& app) {
                 yn(c.avx2), yn(c.fma), yn(c.has_avx512()), yn(c.avx512_bf16), yn(c.avx512_vnni), yn(c.amx_bf16));
     std::printf("  kernels in use   : %s (GEMM: oneDNN matmul; bf16 GEMM %s)\n", kernels_for(Device::CPU).name(),
                 c.avx512_bf16 ? "on AVX512_BF16 units" : "emulated by oneDNN or GEMV fallback");
+    std::printf("  OpenMP waiting   : %s\n", openmp_wait_policy().c_str());
     std::printf("+-----------------------------------------------------------------------------+\n");
     std::printf("  GPUs             : none (this build has no CUDA backend)\n");
     return 0;

@@ -1,5 +1,8 @@
 // oar: one binary for the life of a Llama model. Errors in input are one line on stderr and exit code 2.
+#include <unistd.h>
+
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
 #include <map>
 #include <new>
@@ -8,7 +11,27 @@
 #include "cli/commands.h"
 #include "core/error.h"
 
+namespace {
+
+// How long an idle OpenMP thread spins at a barrier before it sleeps. libgomp's default (300,000 spins, about a
+// millisecond) wastes the time slices of threads whose peers were descheduled: on a busy machine every barrier then
+// waits a whole scheduler tick, and training a small model ran 100x slower. Sleeping at once (passive) costs
+// every barrier a futex wake-up on a quiet machine. A short spin keeps most of the quiet speed and degrades
+// gracefully; bench/busy_machine.py measures the three (BENCHMARKS.md).
+constexpr const char* kDefaultSpinCount = "20000";
+
+// libgomp reads its variables once, when it is loaded, before main: to give users this default without a wrapper
+// script, set it and start again. A user's own OMP_WAIT_POLICY or GOMP_SPINCOUNT is left alone.
+void default_openmp_wait_policy(char** argv) {
+  if (std::getenv("OMP_WAIT_POLICY") || std::getenv("GOMP_SPINCOUNT")) return;
+  setenv("GOMP_SPINCOUNT", kDefaultSpinCount, 1);
+  execv("/proc/self/exe", argv);  // returns only on failure: then run on with libgomp's default
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
+  default_openmp_wait_policy(argv);
   CLI::App app{"oar: pretrain, fine-tune, quantize and serve Llama-family models (CPU)", "oar"};
   app.require_subcommand(1);
   app.set_version_flag("--version", std::string("oar ") + OAR_VERSION);
