@@ -31,7 +31,7 @@ log "root ready in $(( $(date +%s) - t0 )) s; packages: $(chroot "$root" dpkg-qu
 
 # A clean clone of what is committed: nothing from this work tree's build folders or untracked files.
 git clone --quiet --no-local . "$root/root/oar"
-git -C "$root/root/oar" checkout --quiet "$(git rev-parse HEAD)"
+git -C "$root/root/oar" -c advice.detachedHead=false checkout --quiet "$(git rev-parse HEAD)"
 cp /etc/resolv.conf "$root/etc/resolv.conf"
 [ -f /etc/pip.conf ] && cp /etc/pip.conf "$root/etc/pip.conf"
 mount -t proc proc "$root/proc"
