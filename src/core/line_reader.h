@@ -8,7 +8,7 @@
 
 namespace oar {
 
-constexpr size_t kDefaultMaxLineBytes = size_t(16) << 20;  // 16 MiB
+constexpr size_t kDefaultMaxLineBytes = size_t(4) << 20;  // 4 MiB
 
 // OAR_MAX_LINE_BYTES when set (a positive integer, bytes), else kDefaultMaxLineBytes. Throws oar::Error for a
 // malformed value.
