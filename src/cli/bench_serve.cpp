@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "cli/flags.h"
 #include "core/error.h"
 #include "server/load_gen.h"
 
@@ -15,14 +16,14 @@ Action add_bench_serve(CLI::App& app) {
   auto url = std::make_shared<std::string>("http://127.0.0.1:8000");
   auto as_json = std::make_shared<bool>(false);
   app.add_option("--url", *url, "the server, http://HOST:PORT");
-  app.add_option("--concurrency", o->concurrency, "client threads, one request in flight each")->check(CLI::PositiveNumber);
-  app.add_option("--requests", o->requests, "requests in all")->check(CLI::PositiveNumber);
-  app.add_option("--max_tokens", o->max_tokens, "new tokens per request")->check(CLI::PositiveNumber);
-  app.add_option("--prompt_len", o->prompt_len, "prompt tokens per request (random ids)")->check(CLI::PositiveNumber);
+  app.add_option("--concurrency", o->concurrency, "client threads, one request in flight each")->check(positive_int(100000));
+  app.add_option("--requests", o->requests, "requests in all")->check(positive_int());
+  app.add_option("--max_tokens", o->max_tokens, "new tokens per request")->check(positive_int());
+  app.add_option("--prompt_len", o->prompt_len, "prompt tokens per request (random ids)")->check(positive_int());
   app.add_option("--duration_s", o->duration_s, "time limit: no new requests after it, running ones are cut off")
-      ->check(CLI::PositiveNumber);
+      ->check(positive_real());
   app.add_option("--model", o->model, "model name to send (default: the first of /v1/models)");
-  app.add_option("--seed", o->seed, "seed of the random prompts");
+  app.add_option("--seed", o->seed, "seed of the random prompts")->check(non_negative_int());
   app.add_flag("--json", *as_json, "print the results as one JSON object");
   return [o, url, as_json]() -> int {
     server::parse_http_url(*url, o->host, o->port);

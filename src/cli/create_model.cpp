@@ -10,6 +10,7 @@
 #include <set>
 
 #include "cli/commands.h"
+#include "cli/flags.h"
 #include "core/error.h"
 #include "core/fs.h"
 #include "io/safetensors.h"
@@ -154,6 +155,45 @@ Tensor ones(int64_t n, DType dt) {
   return t;
 }
 
+// The model's files into `dir`: random weights, config.json, the synthetic tokenizer.
+void write_model_dir(const std::string& tmp, const LlamaConfig& c, DType dt, uint64_t seed) {
+  Rng rng(seed);
+  const float sd = float(c.initializer_range);
+  const int64_t C = c.hidden_size, F = c.intermediate_size;
+  std::vector<std::pair<std::string, Tensor>> ts;
+  ts.emplace_back("model.embed_tokens.weight", random_matrix({c.vocab_size, C}, dt, sd, rng));
+  for (int64_t l = 0; l < c.num_hidden_layers; l++) {
+    std::string p = "model.layers." + std::to_string(l) + ".";
+    ts.emplace_back(p + "input_layernorm.weight", ones(C, dt));
+    ts.emplace_back(p + "post_attention_layernorm.weight", ones(C, dt));
+    ts.emplace_back(p + "self_attn.q_proj.weight", random_matrix({c.q_dim(), C}, dt, sd, rng));
+    ts.emplace_back(p + "self_attn.k_proj.weight", random_matrix({c.kv_dim(), C}, dt, sd, rng));
+    ts.emplace_back(p + "self_attn.v_proj.weight", random_matrix({c.kv_dim(), C}, dt, sd, rng));
+    ts.emplace_back(p + "self_attn.o_proj.weight", random_matrix({C, c.q_dim()}, dt, sd, rng));
+    ts.emplace_back(p + "mlp.gate_proj.weight", random_matrix({F, C}, dt, sd, rng));
+    ts.emplace_back(p + "mlp.up_proj.weight", random_matrix({F, C}, dt, sd, rng));
+    ts.emplace_back(p + "mlp.down_proj.weight", random_matrix({C, F}, dt, sd, rng));
+  }
+  ts.emplace_back("model.norm.weight", ones(C, dt));
+  ts.emplace_back("lm_head.weight", random_matrix({c.vocab_size, C}, dt, sd, rng));
+  write_safetensors(join_path(tmp, "model.safetensors"), ts, {{"format", "pt"}});
+  write_file_atomic(join_path(tmp, "config.json"), to_hf_config_json(c));
+  write_file_atomic(join_path(tmp, "tokenizer.json"), synthetic_tokenizer_json(c.vocab_size));
+  write_file_atomic(join_path(tmp, "tokenizer_config.json"),
+                    R"({"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "add_bos_token": true, "model_max_length": )" +
+                        std::to_string(c.max_position_embeddings) + "}\n");
+}
+
+// 4.6K, 110.1M, 1.10B: a parameter count in sensible units.
+std::string count_text(int64_t n) {
+  char b[32];
+  if (n >= 1000000000) std::snprintf(b, sizeof b, "%.2fB", double(n) / 1e9);
+  else if (n >= 1000000) std::snprintf(b, sizeof b, "%.1fM", double(n) / 1e6);
+  else if (n >= 1000) std::snprintf(b, sizeof b, "%.1fK", double(n) / 1e3);
+  else std::snprintf(b, sizeof b, "%lld", (long long)n);
+  return b;
+}
+
 }  // namespace
 
 Action add_create_model(CLI::App& app) {
@@ -167,9 +207,9 @@ Action add_create_model(CLI::App& app) {
   app.add_option("--preset", a->preset, "tinyllama-1.1b, llama-110m or tiny");
   app.add_option("--output_dir", a->output_dir)->required();
   app.add_option("--dtype", a->dtype, "storage dtype: bfloat16 or float32");
-  app.add_option("--seed", a->seed);
+  app.add_option("--seed", a->seed)->check(non_negative_int());
   app.add_option("--max_position_embeddings", a->max_position_embeddings, "context length (default: the preset's)")
-      ->check(CLI::PositiveNumber);
+      ->check(positive_int());
   app.add_flag("--force", a->force, "replace an existing output directory");
   return [a]() -> int {
     LlamaConfig c = llama_preset(a->preset);
@@ -181,37 +221,25 @@ Action add_create_model(CLI::App& app) {
     if (fs::exists(a->output_dir) && !a->force) fail(a->output_dir, "already exists (pass --force to replace it)");
     // Built in a temporary directory and renamed into place, so a killed run leaves nothing half-written.
     std::string tmp = a->output_dir + ".tmp-create";
-    fs::remove_all(tmp);
-    fs::create_directories(tmp);
-    Rng rng(a->seed);
-    const float sd = float(c.initializer_range);
-    const int64_t C = c.hidden_size, F = c.intermediate_size;
-    std::vector<std::pair<std::string, Tensor>> ts;
-    ts.emplace_back("model.embed_tokens.weight", random_matrix({c.vocab_size, C}, dt, sd, rng));
-    for (int64_t l = 0; l < c.num_hidden_layers; l++) {
-      std::string p = "model.layers." + std::to_string(l) + ".";
-      ts.emplace_back(p + "input_layernorm.weight", ones(C, dt));
-      ts.emplace_back(p + "post_attention_layernorm.weight", ones(C, dt));
-      ts.emplace_back(p + "self_attn.q_proj.weight", random_matrix({c.q_dim(), C}, dt, sd, rng));
-      ts.emplace_back(p + "self_attn.k_proj.weight", random_matrix({c.kv_dim(), C}, dt, sd, rng));
-      ts.emplace_back(p + "self_attn.v_proj.weight", random_matrix({c.kv_dim(), C}, dt, sd, rng));
-      ts.emplace_back(p + "self_attn.o_proj.weight", random_matrix({C, c.q_dim()}, dt, sd, rng));
-      ts.emplace_back(p + "mlp.gate_proj.weight", random_matrix({F, C}, dt, sd, rng));
-      ts.emplace_back(p + "mlp.up_proj.weight", random_matrix({F, C}, dt, sd, rng));
-      ts.emplace_back(p + "mlp.down_proj.weight", random_matrix({C, F}, dt, sd, rng));
+    std::error_code ec;
+    fs::remove_all(tmp, ec);
+    fs::create_directories(tmp, ec);
+    if (ec) fail(tmp, "cannot create: " + ec.message());
+    try {
+      write_model_dir(tmp, c, dt, a->seed);
+    } catch (...) {
+      fs::remove_all(tmp, ec);  // a full disk (or any failure) leaves nothing behind
+      throw;
     }
-    ts.emplace_back("model.norm.weight", ones(C, dt));
-    ts.emplace_back("lm_head.weight", random_matrix({c.vocab_size, C}, dt, sd, rng));
-    write_safetensors(join_path(tmp, "model.safetensors"), ts, {{"format", "pt"}});
-    write_file_atomic(join_path(tmp, "config.json"), to_hf_config_json(c));
-    write_file_atomic(join_path(tmp, "tokenizer.json"), synthetic_tokenizer_json(c.vocab_size));
-    write_file_atomic(join_path(tmp, "tokenizer_config.json"),
-                      R"({"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "add_bos_token": true, "model_max_length": )" +
-                          std::to_string(c.max_position_embeddings) + "}\n");
-    if (fs::exists(a->output_dir)) fs::remove_all(a->output_dir);
-    fs::rename(tmp, a->output_dir);
-    std::printf("created %s: %s, %.2f B parameters, %s\n", a->output_dir.c_str(), a->preset.c_str(),
-                double(c.num_parameters()) / 1e9, dtype_name(dt));
+    if (fs::exists(a->output_dir)) fs::remove_all(a->output_dir, ec);
+    fs::rename(tmp, a->output_dir, ec);
+    if (ec) {
+      const std::string why = ec.message();
+      fs::remove_all(tmp, ec);
+      fail(a->output_dir, "cannot move the new model into place: " + why);
+    }
+    std::printf("created %s: %s, %s parameters, %s\n", a->output_dir.c_str(), a->preset.c_str(),
+                count_text(c.num_parameters()).c_str(), dtype_name(dt));
     return 0;
   };
 }

@@ -1,6 +1,7 @@
 // oar: one binary for the life of a Llama model. Errors in input are one line on stderr and exit code 2.
 #include <unistd.h>
 
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
@@ -32,7 +33,10 @@ void default_openmp_wait_policy(char** argv) {
 
 int main(int argc, char** argv) {
   default_openmp_wait_policy(argv);
-  CLI::App app{"oar: pretrain, fine-tune, quantize and serve Llama-family models (CPU)", "oar"};
+  // A write past a file-size limit (ulimit -f) then fails with EFBIG and takes the ordinary error path (temporary
+  // files removed, one line, exit 2) instead of killing the process mid-write.
+  std::signal(SIGXFSZ, SIG_IGN);
+  CLI::App app{"oar: pretrain, fine-tune and serve Llama-family models (CPU)", "oar"};
   app.require_subcommand(1);
   app.set_version_flag("--version", std::string("oar ") + OAR_VERSION);
   std::map<CLI::App*, oar::cli::Action> actions;

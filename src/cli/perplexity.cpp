@@ -8,6 +8,7 @@
 #include <filesystem>
 
 #include "cli/commands.h"
+#include "cli/flags.h"
 #include "cli/model_loading.h"
 #include "core/error.h"
 #include "core/fs.h"
@@ -27,9 +28,9 @@ Action add_perplexity(CLI::App& app) {
   app.add_option("--tokenizer_name_or_path", a->tokenizer);
   app.add_option("--lora_path", a->lora_path, "LoRA adapter directory merged into the weights at load");
   app.add_option("--input_file", a->input, "UTF-8 text")->required();
-  app.add_option("--ctx", a->ctx, "window length in tokens")->check(CLI::PositiveNumber);
+  app.add_option("--ctx", a->ctx, "window length in tokens")->check(positive_int());
   app.add_option("--dtype", a->dtype, "float32 or bfloat16");
-  app.add_option("--max_tokens", a->max_tokens, "use only the first N tokens (0: all)")->check(CLI::NonNegativeNumber);
+  app.add_option("--max_tokens", a->max_tokens, "use only the first N tokens (0: all)")->check(non_negative_int());
   CLI::Option* int8_opt = app.add_option("--cachekv_int8", a->cachekv_int8,
       "KV cache in int8: bare = dynamic (per token and kv head), or dynamic|static")->expected(0, 1);
   app.add_option("--cachekv_int8_type", a->cachekv_int8_type, "dynamic or static (as --cachekv_int8's value)");
@@ -48,9 +49,13 @@ Action add_perplexity(CLI::App& app) {
     else if (kv == "static") quant = KVQuant::Int8Static;
     else if (!kv.empty()) throw Error("--cachekv_int8: '" + kv + "' is not supported (dynamic or static)");
     std::string text = read_file(a->input);
+    if (text.empty()) fail(a->input, "is empty: perplexity needs text to predict");
     LoadedModel lm = load_model_and_tokenizer(a->model, a->tokenizer, a->dtype, a->lora_path);
     std::vector<int32_t> ids = lm.tokenizer->encode(text, true);
     if (a->max_tokens > 0 && int64_t(ids.size()) > a->max_tokens) ids.resize(size_t(a->max_tokens));
+    if (ids.size() < 2)
+      fail(a->input, "gives " + std::to_string(ids.size()) + " token" + (ids.size() == 1 ? "" : "s") +
+                         (a->max_tokens > 0 ? " (with --max_tokens)" : "") + "; perplexity needs at least 2");
     KVStaticScales scales;
     if (quant == KVQuant::Int8Static) {
       scales = load_cachekv_scales(cachekv_scales_path_for(a->model, a->cachekv_scales), lm.model->config());

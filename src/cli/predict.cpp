@@ -14,10 +14,13 @@
 #include <sstream>
 
 #include "cli/commands.h"
+#include "cli/flags.h"
 #include "cli/model_loading.h"
 #include "core/cpu_info.h"
 #include "core/error.h"
 #include "core/fs.h"
+#include "core/json_io.h"
+#include "core/line_reader.h"
 #include "engine/engine.h"
 #include "infer/generator.h"
 #include "infer/roofline.h"
@@ -31,6 +34,7 @@ struct PredictArgs {
   double top_p = 0.7, temperature = 0.95, repetition_penalty = 1.0;
   bool benchmark = false;
   bool prompt_given = false;  // --prompt "" is a valid (empty) prompt: generation from BOS alone
+  bool src_length_given = false;
   int64_t bench_warmup = 1, bench_rounds = 2;
   // --block_attn: the serving engine. PaddleNLP's flags (bools also as "--flag true|false|1|0"), then ours.
   std::string block_attn, cachekv_int8, cachekv_int8_type, cachekv_scales;
@@ -47,24 +51,18 @@ struct Input {
 std::vector<Input> read_inputs(const PredictArgs& a) {
   std::vector<Input> in;
   if (!a.data_file.empty()) {
-    std::istringstream s(read_file(a.data_file));
+    LineReader lines(a.data_file);
     std::string line;
-    int64_t n = 0;
-    while (std::getline(s, line)) {
-      n++;
+    while (lines.next(line)) {
       if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-      nlohmann::json j;
-      try {
-        j = nlohmann::json::parse(line);
-      } catch (const nlohmann::json::exception& e) {
-        fail(a.data_file + ":" + std::to_string(n), std::string("invalid JSON: ") + e.what());
-      }
-      if (!j.is_object() || !j.contains("src")) fail(a.data_file + ":" + std::to_string(n), "expected an object with \"src\"");
+      const std::string where = lines.where();
+      nlohmann::json j = parse_json(line, where);
+      if (!j.is_object() || !j.contains("src")) fail(where, "expected an object with \"src\"");
       Input x;
       if (j["src"].is_string()) x.src = j["src"].get<std::string>();
       else if (j["src"].is_array() && !j["src"].empty() && j["src"].back().is_string())
         x.src = j["src"].back().get<std::string>();  // multi-turn without a chat template: the newest turn
-      else fail(a.data_file + ":" + std::to_string(n), "\"src\" must be a string or a list of strings");
+      else fail(where, "\"src\" must be a string or a list of strings");
       if (j.contains("tgt")) { x.tgt = j["tgt"]; x.has_tgt = true; }
       in.push_back(std::move(x));
     }
@@ -72,8 +70,9 @@ std::vector<Input> read_inputs(const PredictArgs& a) {
   } else if (a.prompt_given) {
     in.push_back({a.prompt, {}, false});
   } else if (!isatty(0)) {
+    LineReader lines(stdin, "standard input");
     std::string line;
-    while (std::getline(std::cin, line))
+    while (lines.next(line))
       if (!line.empty()) in.push_back({line, {}, false});
   }
   if (in.empty()) {
@@ -100,6 +99,21 @@ SamplingParams sampling_of(const PredictArgs& a) {
   p.seed = uint64_t(a.seed);
   p.validate();
   return p;
+}
+
+// How many tokens of a prompt are kept: --src_length, and never so many that nothing can be generated (a
+// default --src_length of 1024 on a 512-position model keeps the last 511).
+int64_t prompt_limit(const PredictArgs& a, const LlamaModel& m) {
+  const int64_t room = m.max_positions() - (a.max_length > 0 ? 1 : 0);
+  return std::max<int64_t>(1, std::min(a.src_length, room));
+}
+
+// PaddleNLP asserts src_length (+ max_length) <= max_position_embeddings: an explicit --src_length beyond the
+// model's context cannot be honoured.
+void check_src_length(const PredictArgs& a, const LlamaModel& m) {
+  if (a.src_length_given && a.src_length > m.max_positions())
+    fail("--src_length", std::to_string(a.src_length) + " is larger than the model's context of " +
+                             std::to_string(m.max_positions()) + " tokens");
 }
 
 std::vector<int32_t> encode_prompt(const Tokenizer& tok, const std::string& text, int64_t src_length) {
@@ -246,11 +260,8 @@ int run_block_attn(const PredictArgs& a, LoadedModel& lm, const SamplingParams& 
   std::vector<uint64_t> ids;
   for (size_t i = 0; i < inputs.size(); i++) {
     RequestParams rp;
-    std::vector<int32_t> prompt = encode_prompt(tok, inputs[i].src, a.src_length);
+    std::vector<int32_t> prompt = encode_prompt(tok, inputs[i].src, prompt_limit(a, *lm.model));
     rp.max_new_tokens = std::min<int64_t>(a.max_length, lm.model->max_positions() - int64_t(prompt.size()));
-    if (rp.max_new_tokens < 0)
-      throw Error("prompt of " + std::to_string(prompt.size()) + " tokens is longer than the model's context (" +
-                  std::to_string(lm.model->max_positions()) + ")");
     rp.sampling = sp;
     rp.sampling.seed = uint64_t(a.seed) + i;
     ids.push_back(eng.add_request(std::move(prompt), rp));
@@ -270,6 +281,7 @@ int run_block_attn(const PredictArgs& a, LoadedModel& lm, const SamplingParams& 
     }
   }
   if (stream) std::printf("\n");
+  std::fflush(stdout);  // the text's newline before the summary on stderr (both may go to one file)
   const EngineMetrics m = eng.metrics();
   std::fprintf(stderr, "oar: engine: %zu requests, at most %lld running; prefix cache %lld of %lld prompt blocks hit (%.1f%%); "
                "%lld preemptions; %lld KV blocks of %lld positions\n",
@@ -366,35 +378,36 @@ Action add_predict(CLI::App& app) {
   app.add_option("--tokenizer_name_or_path", a->tokenizer, "tokenizer file or directory (default: beside the model)");
   app.add_option("--lora_path", a->lora_path, "LoRA adapter directory (PEFT or PaddleNLP) merged into the weights at load");
   app.add_option("--dtype", a->dtype, "float32 or bfloat16 (default: bfloat16 for 16-bit checkpoints, else float32)");
-  app.add_option("--batch_size", a->batch_size, "prompts generated together")->check(CLI::PositiveNumber);
-  app.add_option("--src_length", a->src_length, "maximum prompt tokens (longer prompts keep their end)")->check(CLI::PositiveNumber);
-  app.add_option("--max_length", a->max_length, "maximum new tokens")->check(CLI::NonNegativeNumber);
+  app.add_option("--batch_size", a->batch_size, "prompts generated together")->check(positive_int());
+  CLI::Option* src_length_opt = app.add_option("--src_length", a->src_length, "maximum prompt tokens (longer prompts keep their end)")->check(positive_int());
+  app.add_option("--max_length", a->max_length, "maximum new tokens")->check(non_negative_int());
   app.add_option("--decode_strategy", a->decode_strategy, "greedy_search or sampling");
-  app.add_option("--top_k", a->top_k, "0: off");
+  app.add_option("--top_k", a->top_k, "0: off")->check(non_negative_int());
   app.add_option("--top_p", a->top_p, "nucleus sampling mass");
   app.add_option("--temperature", a->temperature);
   app.add_option("--repetition_penalty", a->repetition_penalty);
-  app.add_option("--seed", a->seed);
+  app.add_option("--seed", a->seed)->check(ints(std::numeric_limits<int64_t>::min()));
   app.add_option("--data_file", a->data_file, "JSON lines with \"src\" (and optional \"tgt\")");
   app.add_option("--output_file", a->output_file, "JSON lines: src, tgt, output, output_ids");
   CLI::Option* prompt_opt = app.add_option("--prompt", a->prompt, "one prompt (else --data_file, else stdin lines)");
   app.add_option("--device", a->device, "cpu");
   app.add_flag("--benchmark", a->benchmark, "time generation and print PaddleNLP's benchmark line and ours");
-  app.add_option("--benchmark_warmup", a->bench_warmup, "warm-up rounds (PaddleNLP: 10)")->check(CLI::NonNegativeNumber);
-  app.add_option("--benchmark_rounds", a->bench_rounds, "timed rounds (PaddleNLP: 100)")->check(CLI::PositiveNumber);
+  app.add_option("--benchmark_warmup", a->bench_warmup, "warm-up rounds (PaddleNLP: 10)")->check(non_negative_int());
+  app.add_option("--benchmark_rounds", a->bench_rounds, "timed rounds (PaddleNLP: 100)")->check(positive_int());
   CLI::Option* block_opt = app.add_option("--block_attn", a->block_attn,
       "serve the inputs through the engine: paged KV blocks, continuous batching (--batch_size: running requests at most)")
       ->expected(0, 1);
-  app.add_option("--block_size", a->block_size, "KV positions per block (--block_attn)")->check(CLI::PositiveNumber);
+  app.add_option("--block_size", a->block_size, "KV positions per block (--block_attn)")->check(positive_int());
   CLI::Option* int8_opt = app.add_option("--cachekv_int8", a->cachekv_int8,
       "int8 KV cache (--block_attn): bare or true = dynamic scales; also dynamic|static")->expected(0, 1);
   app.add_option("--cachekv_int8_type", a->cachekv_int8_type, "dynamic (per token and head) or static (cachekv_scales.json)");
   app.add_option("--cachekv_scales", a->cachekv_scales, "static int8 scales (default: cachekv_scales.json in the model directory)");
-  app.add_option("--kv_cache_memory_gb", a->kv_cache_memory_gb, "KV cache budget in GiB (--block_attn; default 1)");
+  app.add_option("--kv_cache_memory_gb", a->kv_cache_memory_gb, "KV cache budget in GiB (--block_attn; default 1)")->check(positive_real());
   app.add_option("--max_num_batched_tokens", a->max_num_batched_tokens, "tokens per engine step: prefill chunks + decodes (--block_attn)")
-      ->check(CLI::PositiveNumber);
-  return [a, prompt_opt, block_opt, int8_opt]() -> int {
+      ->check(positive_int());
+  return [a, prompt_opt, src_length_opt, block_opt, int8_opt]() -> int {
     a->prompt_given = prompt_opt->count() > 0;
+    a->src_length_given = src_length_opt->count() > 0;
     const bool block_attn = flag_value(block_opt, a->block_attn);
     const EngineConfig::KVDtype kv = kv_dtype_of(int8_opt, *a);
     if (!block_attn && kv != EngineConfig::KVDtype::F32) throw Error("--cachekv_int8 needs --block_attn (the engine's KV cache)");
@@ -406,6 +419,7 @@ Action add_predict(CLI::App& app) {
     std::vector<Input> inputs;
     if (!a->benchmark) inputs = read_inputs(*a);
     LoadedModel lm = load_model_and_tokenizer(a->model, a->tokenizer, a->dtype, a->lora_path);
+    check_src_length(*a, *lm.model);
     if (ec && a->benchmark) return run_block_benchmark(*a, lm, sp, *ec);
     if (ec) return run_block_attn(*a, lm, sp, inputs, *ec);
     if (a->benchmark) return run_benchmark(*a, lm, sp);
@@ -418,11 +432,8 @@ Action add_predict(CLI::App& app) {
       std::vector<GenerationRequest> reqs;
       for (size_t i = b; i < e; i++) {
         GenerationRequest r;
-        r.prompt = encode_prompt(tok, inputs[i].src, a->src_length);
+        r.prompt = encode_prompt(tok, inputs[i].src, prompt_limit(*a, *lm.model));
         r.max_new_tokens = std::min<int64_t>(a->max_length, lm.model->max_positions() - int64_t(r.prompt.size()));
-        if (r.max_new_tokens < 0)
-          throw Error("prompt of " + std::to_string(r.prompt.size()) + " tokens is longer than the model's context (" +
-                      std::to_string(lm.model->max_positions()) + ")");
         r.sampling = sp;
         r.sampling.seed = uint64_t(a->seed) + i;
         reqs.push_back(std::move(r));
@@ -439,6 +450,7 @@ Action add_predict(CLI::App& app) {
         std::string s = sd.flush();
         std::fwrite(s.data(), 1, s.size(), stdout);
         std::printf("\n");
+        std::fflush(stdout);
       }
       for (size_t i = b; i < e; i++) {
         std::vector<int32_t> ids = outs[i - b].tokens;

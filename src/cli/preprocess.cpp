@@ -4,6 +4,7 @@
 #include <cstdio>
 
 #include "cli/commands.h"
+#include "cli/flags.h"
 #include "core/error.h"
 #include "data/preprocess.h"
 #include "tokenizer/tokenizer.h"
@@ -27,11 +28,11 @@ Action add_preprocess(CLI::App& app) {
   app.add_flag("--split_sentences", a->opt.split_sentences, "one sequence per line of text (with --chinese)");
   app.add_flag("--chinese", a->chinese, "split sentences on newlines");
   app.add_option("--max_repeated_len", a->opt.max_repeated_len,
-                 "runs of more identical characters collapse to one")->capture_default_str()->check(CLI::NonNegativeNumber);
-  app.add_option("--max_doc_num", a->opt.max_doc_num, "stop after this many documents")->check(CLI::PositiveNumber);
-  app.add_option("--workers", a->opt.workers, "tokenizing threads")->capture_default_str()->check(CLI::PositiveNumber);
+                 "runs of more identical characters collapse to one")->capture_default_str()->check(non_negative_int());
+  app.add_option("--max_doc_num", a->opt.max_doc_num, "stop after this many documents")->check(positive_int());
+  app.add_option("--workers", a->opt.workers, "tokenizing threads")->capture_default_str()->check(positive_int(1024));
   app.add_option("--log_interval", a->opt.log_interval, "progress every N documents")->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(positive_int());
   return [a]() -> int {
     if (a->data_format != "JSON" && a->data_format != "json")
       fail("--data_format", "'" + a->data_format + "' is not supported (JSON lines only)");

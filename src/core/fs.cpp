@@ -15,10 +15,13 @@
 namespace oar {
 
 std::string read_file(const std::string& path) {
+  // (an ifstream opens a directory and then reads nothing: say what it is instead)
+  if (dir_exists(path)) fail(path, "is a directory, not a file");
   std::ifstream f(path, std::ios::binary);
   if (!f) fail(path, std::string("cannot open: ") + std::strerror(errno));
   std::ostringstream s;
   s << f.rdbuf();
+  if (f.bad()) fail(path, "read error");
   return s.str();
 }
 

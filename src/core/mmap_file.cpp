@@ -18,7 +18,7 @@ std::shared_ptr<MappedFile> MappedFile::open(const std::string& path) {
   struct stat st {};
   if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
     ::close(fd);
-    fail(path, "not a regular file");
+    fail(path, S_ISDIR(st.st_mode) ? "is a directory, not a file" : "not a regular file");
   }
   std::shared_ptr<MappedFile> f(new MappedFile());
   f->path_ = path;

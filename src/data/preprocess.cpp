@@ -7,6 +7,8 @@
 
 #include "core/error.h"
 #include "core/fs.h"
+#include "core/json_io.h"
+#include "core/line_reader.h"
 #include "data/text_encoder.h"
 
 namespace oar {
@@ -106,12 +108,7 @@ struct Doc {
 // One input line -> the document's sequences (create_pretraining_data.py's Converter.encode).
 Doc encode_line(const std::string& line, const std::string& where, const PreprocessOptions& opt,
                 const TextEncoder& enc, int32_t eos) {
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(line);
-  } catch (const nlohmann::json::exception& e) {
-    fail(where, std::string("not valid JSON: ") + e.what());
-  }
+  const nlohmann::json j = parse_json(line, where);
   if (!j.is_object()) fail(where, "each line must be a JSON object");
   auto it = j.find(opt.json_key);
   if (it == j.end()) fail(where, "no \"" + opt.json_key + "\" key (see --json_key)");
@@ -138,6 +135,30 @@ Doc encode_line(const std::string& line, const std::string& where, const Preproc
   return doc;
 }
 
+// The directory of PREFIX.bin/.idx, created as `mkdir -p` would; unless keep() is called, the directories it
+// made are removed again (a failed run leaves nothing behind).
+class OutputDirectory {
+ public:
+  explicit OutputDirectory(const std::string& prefix) {
+    namespace fs = std::filesystem;
+    const fs::path dir = fs::path(prefix).parent_path();
+    if (dir.empty()) return;
+    std::error_code ec;
+    for (fs::path p = dir; !p.empty() && !fs::exists(p, ec); p = p.parent_path()) made_ = p;
+    fs::create_directories(dir, ec);
+    if (ec) fail(prefix, "cannot create the directory " + dir.string() + ": " + ec.message());
+  }
+  ~OutputDirectory() {
+    std::error_code ec;
+    if (!kept_ && !made_.empty()) std::filesystem::remove_all(made_, ec);
+  }
+  void keep() { kept_ = true; }
+
+ private:
+  std::filesystem::path made_;  // the outermost directory this created (empty: none)
+  bool kept_ = false;
+};
+
 }  // namespace
 
 PreprocessStats preprocess_corpus(const PreprocessOptions& opt, const Tokenizer& tok, std::FILE* progress) {
@@ -152,29 +173,31 @@ PreprocessStats preprocess_corpus(const PreprocessOptions& opt, const Tokenizer&
   PreprocessStats st;
   st.dtype = indexed_dtype_for_vocab(tok.vocab_size());
   const TextEncoder enc(tok);
+  OutputDirectory out_dir(opt.output_prefix);
   IndexedDatasetWriter writer(opt.output_prefix, st.dtype);
   using clock = std::chrono::steady_clock;
   const auto t0 = clock::now();
   auto last_report = t0;
   const size_t chunk = 1024;  // lines tokenized together (in parallel with --workers)
+  const size_t chunk_byte_budget = max_line_bytes();
   bool stop = false;
   for (const std::string& path : files) {
     if (stop) break;
-    std::ifstream in(path, std::ios::binary);
-    if (!in) fail(path, "cannot open");
+    LineReader in(path);
     st.files++;
-    int64_t lineno = 0;
     std::vector<std::string> lines;
     std::vector<int64_t> numbers;
     while (!stop) {
       lines.clear();
       numbers.clear();
       std::string line;
-      while (lines.size() < chunk && st.lines + int64_t(lines.size()) < opt.max_doc_num && std::getline(in, line)) {
-        lineno++;
+      size_t chunk_bytes = 0;  // a chunk holds at most about one line's limit of text (and 1024 lines)
+      while (lines.size() < chunk && chunk_bytes < chunk_byte_budget &&
+             st.lines + int64_t(lines.size()) < opt.max_doc_num && in.next(line)) {
         if (line.find_first_not_of(" \t\r\n") == std::string::npos) continue;  // blank lines are not documents
+        chunk_bytes += line.size();
         lines.push_back(std::move(line));
-        numbers.push_back(lineno);
+        numbers.push_back(in.line_number());
       }
       if (lines.empty()) break;
       std::vector<Doc> docs(lines.size());
@@ -207,12 +230,12 @@ PreprocessStats preprocess_corpus(const PreprocessOptions& opt, const Tokenizer&
       }
       if (st.lines >= opt.max_doc_num) stop = true;
     }
-    if (in.bad()) fail(path, "read error");
   }
   st.documents = writer.num_documents();
   st.sequences = writer.num_sequences();
   st.tokens = writer.num_tokens();
   writer.finalize();
+  out_dir.keep();
   return st;
 }
 

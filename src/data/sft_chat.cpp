@@ -5,6 +5,7 @@
 #include "chat/jinja.h"
 #include "core/error.h"
 #include "core/fs.h"
+#include "core/json_io.h"
 
 namespace oar {
 
@@ -99,7 +100,7 @@ std::string token_text(const Tokenizer& tok, int32_t id) { return id >= 0 ? tok.
 // A chat template file: PaddleNLP's JSON object, HF's {"chat_template": "..."}, or Jinja text.
 SftChatChoice load_template_file(const std::string& path, const Tokenizer& tok) {
   const std::string text = read_file(path);
-  nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  nlohmann::json j = json_or_discarded(text, path);
   SftChatChoice c;
   c.origin = path;
   if (!j.is_discarded() && j.is_object() && j.contains("chat_template")) {

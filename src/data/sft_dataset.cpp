@@ -4,6 +4,8 @@
 
 #include "core/error.h"
 #include "core/fs.h"
+#include "core/json_io.h"
+#include "core/line_reader.h"
 
 namespace oar {
 
@@ -123,21 +125,13 @@ SftExample chat_example(const TextEncoder& enc, const SftRecord& rec, const SftO
 }  // namespace
 
 std::vector<SftRecord> read_sft_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail(path, "cannot open");
+  LineReader in(path);
   std::vector<SftRecord> out;
   std::string line;
-  int64_t lineno = 0;
-  while (std::getline(in, line)) {
-    lineno++;
-    const std::string where = path + ":" + std::to_string(lineno);
+  while (in.next(line)) {
+    const std::string where = in.where();
     if (line.find_first_not_of(" \t\r\n") == std::string::npos) continue;
-    json j;
-    try {
-      j = json::parse(line);
-    } catch (const json::exception& e) {
-      fail(where, std::string("not valid JSON: ") + e.what());
-    }
+    json j = parse_json(line, where);
     if (!j.is_object()) fail(where, "each line must be a JSON object with \"src\" and \"tgt\"");
     if (!j.contains("src") || !j.contains("tgt"))
       fail(where, "missing \"src\" or \"tgt\" (each line needs both)");
@@ -154,7 +148,6 @@ std::vector<SftRecord> read_sft_file(const std::string& path) {
     }
     out.push_back(std::move(r));
   }
-  if (in.bad()) fail(path, "read error");
   return out;
 }
 

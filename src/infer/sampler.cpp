@@ -34,11 +34,14 @@ int32_t Sampler::next(float* logits, int64_t V, const std::vector<int32_t>& seen
       l = l > 0 ? float(l / p_.repetition_penalty) : float(l * p_.repetition_penalty);
     }
   }
-  if (p_.greedy) return argmax(logits, V);
+  // A temperature this small leaves all the mass on the top token (and 1/T would overflow float): greedy.
+  if (p_.greedy || p_.temperature < kGreedyTemperature) return argmax(logits, V);
   const float inv_t = float(1.0 / p_.temperature);
+  const float top = logits[argmax(logits, V)];
   cand_.clear();
   cand_.reserve(size_t(V));
-  for (int64_t i = 0; i < V; i++) cand_.emplace_back(logits[i] * inv_t, int32_t(i));
+  // Scaled relative to the top logit, so every value is <= 0 and no product overflows to +inf.
+  for (int64_t i = 0; i < V; i++) cand_.emplace_back((logits[i] - top) * inv_t, int32_t(i));
   auto by_logit = [](const auto& a, const auto& b) { return a.first > b.first || (a.first == b.first && a.second < b.second); };
   size_t keep = cand_.size();
   if (p_.top_k > 0 && size_t(p_.top_k) < keep) {

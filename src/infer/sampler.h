@@ -7,6 +7,9 @@
 
 namespace oar {
 
+// Temperatures below this sample the most likely token (as greedy); every path (predict, engine, serve) gets it.
+constexpr double kGreedyTemperature = 1e-5;
+
 struct SamplingParams {
   bool greedy = false;
   int64_t top_k = 0;      // 0: off

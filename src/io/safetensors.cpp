@@ -15,6 +15,7 @@
 
 #include "core/error.h"
 #include "core/fs.h"
+#include "core/json_io.h"
 #include "core/mmap_file.h"
 
 namespace oar {
@@ -50,17 +51,6 @@ const char* code_of(DType t) {
 std::string in_quotes(const std::string& s) {
   std::string d = json(s).dump(-1, ' ', false, json::error_handler_t::replace);
   return "'" + d.substr(1, d.size() - 2) + "'";
-}
-
-std::string json_error_detail(const json::exception& e) {
-  std::string w = e.what();
-  if (!w.empty() && w[0] == '[') {  // drop "[json.exception.parse_error.101] "
-    size_t close = w.find("] ");
-    if (close != std::string::npos) w = w.substr(close + 2);
-  }
-  for (char& ch : w)
-    if (ch == '\n' || ch == '\r') ch = ' ';
-  return w;
 }
 
 // A JSON value for a message: short scalars as written, anything else by its type.
@@ -212,18 +202,12 @@ SafetensorsHeader parse_safetensors(const uint8_t* data, size_t size, const std:
   json header;
   std::set<std::string> seen;
   std::string duplicate;
-  auto on_event = [&](int depth, json::parse_event_t event, json& parsed) {
+  auto on_event = [&](int depth, json::parse_event_t event, const json& parsed) {
     if (depth == 1 && event == json::parse_event_t::key && duplicate.empty() &&
         !seen.insert(parsed.get<std::string>()).second)
       duplicate = parsed.get<std::string>();
-    return true;
   };
-  const char* text = reinterpret_cast<const char*>(data + 8);
-  try {
-    header = json::parse(text, text + n, on_event);
-  } catch (const json::exception& e) {
-    fail(where, "header is not valid JSON: " + json_error_detail(e));
-  }
+  header = parse_json(std::string_view(reinterpret_cast<const char*>(data + 8), size_t(n)), where + ": header", on_event);
   if (!header.is_object()) fail(where, std::string("header must be a JSON object, got ") + header.type_name());
   if (!duplicate.empty()) fail(where, "tensor " + in_quotes(duplicate) + " appears twice in the header");
 
@@ -274,18 +258,15 @@ WeightStore WeightStore::open_file(const std::string& path) {
 WeightStore WeightStore::open_dir(const std::string& dir) {
   if (!dir_exists(dir)) fail(dir, "no such directory");
   const std::string index_path = join_path(dir, kIndexName);
+  if (dir_exists(index_path)) fail(index_path, "is a directory, not a file");
   if (!file_exists(index_path)) {
     const std::string single = join_path(dir, "model.safetensors");
+    if (dir_exists(single)) fail(single, "is a directory, not a file");
     if (!file_exists(single)) fail(dir, std::string("neither model.safetensors nor ") + kIndexName + " is here");
     return open_file(single);
   }
 
-  json index;
-  try {
-    index = json::parse(read_file(index_path));
-  } catch (const json::exception& e) {
-    fail(index_path, "invalid JSON: " + json_error_detail(e));
-  }
+  json index = parse_json_file(index_path);
   if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object())
     fail(index_path, "expected an object with a \"weight_map\" object");
   const json& weight_map = index["weight_map"];
@@ -305,6 +286,7 @@ WeightStore WeightStore::open_dir(const std::string& dir) {
   s.where_ = index_path;
   for (const auto& [shard, names] : by_shard) {
     const std::string path = join_path(dir, shard);
+    if (dir_exists(path)) fail(path, "is a directory, not a file");
     if (!file_exists(path)) fail(path, std::string("shard listed in ") + kIndexName + " does not exist");
     std::shared_ptr<MappedFile> file = MappedFile::open(path);
     SafetensorsHeader h = parse_safetensors(file->data(), file->size(), path);

@@ -8,7 +8,9 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/format.h"
 #include "core/fs.h"
+#include "core/json_io.h"
 
 namespace oar {
 namespace {
@@ -47,17 +49,6 @@ std::string in_quotes(const std::string& s) {
 }
 
 // nlohmann's what() starts with "[json.exception.parse_error.101] "; the rest is the useful part.
-std::string json_error_detail(const json::exception& e) {
-  std::string w = e.what();
-  if (!w.empty() && w[0] == '[') {
-    size_t close = w.find("] ");
-    if (close != std::string::npos) w = w.substr(close + 2);
-  }
-  for (char& ch : w)
-    if (ch == '\n' || ch == '\r') ch = ' ';
-  return w;
-}
-
 const FamilyNames* family_by_architecture(const std::string& a) {
   for (const auto& f : kFamilies)
     if (a == f.architecture) return &f;
@@ -226,12 +217,7 @@ RopeScaling parse_rope_scaling(const json& r, const Fields& f, const std::string
 }  // namespace
 
 LlamaConfig parse_hf_config(const std::string& json_text, const std::string& where) {
-  json j;
-  try {
-    j = json::parse(json_text);
-  } catch (const json::exception& e) {
-    fail(where, "invalid JSON: " + json_error_detail(e));
-  }
+  json j = parse_json(json_text, where);
   if (!j.is_object()) fail(where, std::string("invalid config: expected a JSON object, got ") + j.type_name());
   Fields f(j, where);
   const Family fam = detect_family(f, where);
@@ -362,21 +348,21 @@ void LlamaConfig::validate(const std::string& where) const {
                     " is not a multiple of num_key_value_heads " + std::to_string(num_key_value_heads));
   if (head_dim % 2 != 0) fail(where, "head_dim " + std::to_string(head_dim) + " must be even (rotary pairs)");
   if (!(std::isfinite(rms_norm_eps) && rms_norm_eps > 0))
-    fail(where, "rms_norm_eps must be a positive number, got " + std::to_string(rms_norm_eps));
+    fail(where, "rms_norm_eps must be a positive number, got " + number_text(rms_norm_eps));
   if (!(std::isfinite(rope_theta) && rope_theta > 0))
-    fail(where, "rope_theta must be a positive number, got " + std::to_string(rope_theta));
+    fail(where, "rope_theta must be a positive number, got " + number_text(rope_theta));
 
   const RopeScaling& s = rope_scaling;
   if (!s.type.empty()) {
     if (s.type != "linear" && s.type != "llama3")
       fail(where, "rope_scaling type '" + s.type + "' is not supported (oar implements llama3 and linear)");
     if (!(std::isfinite(s.factor) && s.factor > 0))
-      fail(where, "rope_scaling.factor must be a positive number, got " + std::to_string(s.factor));
+      fail(where, "rope_scaling.factor must be a positive number, got " + number_text(s.factor));
     if (s.type == "llama3") {
       if (!(std::isfinite(s.low_freq_factor) && std::isfinite(s.high_freq_factor) && s.low_freq_factor > 0 &&
             s.high_freq_factor > s.low_freq_factor))
         fail(where, "rope_scaling needs 0 < low_freq_factor < high_freq_factor, got " +
-                        std::to_string(s.low_freq_factor) + " and " + std::to_string(s.high_freq_factor));
+                        number_text(s.low_freq_factor) + " and " + number_text(s.high_freq_factor));
       in_range("rope_scaling.original_max_position_embeddings", s.original_max_position_embeddings, kMaxPositions);
     }
   }

@@ -7,6 +7,7 @@
 
 #include "core/error.h"
 #include "core/fs.h"
+#include "core/json_io.h"
 
 namespace oar {
 
@@ -97,12 +98,7 @@ void KVCache::copy_block(int32_t src, int32_t dst) {
 }
 
 KVStaticScales load_cachekv_scales(const std::string& path, const LlamaConfig& cfg) {
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(read_file(path));
-  } catch (const nlohmann::json::exception& e) {
-    fail(path, std::string("invalid JSON: ") + e.what());
-  }
+  const nlohmann::json j = parse_json_file(path);
   if (!j.is_object()) fail(path, "expected a JSON object of scale lists");
   const int64_t L = cfg.num_hidden_layers, G = cfg.num_key_value_heads, H = cfg.num_attention_heads;
   KVStaticScales out;

@@ -46,7 +46,7 @@ int64_t StepBatch::add_sequence(const int32_t* toks, int64_t n, int64_t pos0, co
 std::unique_ptr<LlamaModel> LlamaModel::load(const std::string& path, DType dtype) {
   if (dir_exists(path)) {
     std::string cfg_path = join_path(path, "config.json");
-    if (!file_exists(cfg_path)) fail(path, "no config.json in this directory");
+    if (!file_exists(cfg_path) && !dir_exists(cfg_path)) fail(path, "no config.json in this directory");
     LlamaConfig cfg = load_hf_config(cfg_path);
     WeightStoreSource src(WeightStore::open_dir(path));
     return from_weights(cfg, src, dtype);

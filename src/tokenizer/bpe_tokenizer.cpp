@@ -26,6 +26,7 @@
 
 #include "core/error.h"
 #include "core/fs.h"
+#include "core/json_io.h"
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/tokenizer_internal.h"
 
@@ -353,12 +354,7 @@ struct Segment {
 class BpeTokenizer final : public tok::TokenizerBase {
  public:
   BpeTokenizer(std::string_view text, const std::string& where) : where_(where) {
-    json j;
-    try {
-      j = json::parse(text);
-    } catch (const json::exception& e) {
-      fail(where, std::string("invalid JSON: ") + e.what());
-    }
+    const json j = parse_json(text, where);
     try {
       load(j);
     } catch (const json::exception& e) {  // a type surprise we did not check field by field

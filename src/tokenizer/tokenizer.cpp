@@ -7,6 +7,7 @@
 
 #include "core/error.h"
 #include "core/fs.h"
+#include "core/json_io.h"
 #include "tokenizer/tokenizer_internal.h"
 
 namespace oar {
@@ -50,14 +51,7 @@ namespace {
 
 using nlohmann::json;
 
-json read_json_file(const std::string& path) {
-  std::string text = read_file(path);
-  try {
-    return json::parse(text);
-  } catch (const json::exception& e) {
-    fail(path, std::string("invalid JSON: ") + e.what());
-  }
-}
+json read_json_file(const std::string& path) { return parse_json_file(path); }
 
 // tokenizer_config.json writes a token either as a string or as {"content": "...", ...} (AddedToken).
 std::string token_text(const json& v) {

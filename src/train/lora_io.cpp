@@ -12,6 +12,7 @@
 
 #include "core/error.h"
 #include "core/fs.h"
+#include "core/json_io.h"
 #include "io/llama2c.h"
 #include "io/safetensors.h"
 #include "model/llama.h"
@@ -173,13 +174,9 @@ class TargetMatcher {
 };
 
 json read_json(const std::string& path) {
-  try {
-    json j = json::parse(read_file(path));
-    if (!j.is_object()) fail(path, "expected a JSON object");
-    return j;
-  } catch (const json::exception& e) {
-    fail(path, std::string("invalid JSON: ") + e.what());
-  }
+  json j = parse_json_file(path);
+  if (!j.is_object()) fail(path, "expected a JSON object");
+  return j;
 }
 
 // Fields whose non-default value changes the math in a way oar does not implement.

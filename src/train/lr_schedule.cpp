@@ -5,23 +5,15 @@
 #include <cstdio>
 
 #include "core/error.h"
+#include "core/format.h"
 
 namespace oar {
-
-namespace {
-std::string describe_steps(double v) {
-  char b[32];
-  std::snprintf(b, sizeof b, "%g", v);
-  return b;
-}
-}  // namespace
 
 LrSchedule::LrSchedule(const LrScheduleConfig& c) : c_(c) {
   if (c_.pretrain_decay && c_.type != "linear" && c_.type != "cosine")
     throw Error("lr schedule: WarmupDecay is defined for linear and cosine only");
-  if (c_.pretrain_decay && c_.warmup > 0 && double(c_.total_steps) <= c_.warmup)
-    throw Error("decay_steps (" + std::to_string(c_.total_steps) + ", default max_steps) must exceed the warmup (" +
-                describe_steps(c_.warmup) + " steps from warmup_steps or warmup_ratio)");
+  // A warmup as long as the decay horizon (or longer) is fine, as in Paddle: at() warms up through step W and
+  // returns min_lr after D without ever dividing by D - W.
 }
 
 double LrSchedule::at(int64_t n) const {
@@ -46,7 +38,7 @@ double LrSchedule::at(int64_t n) const {
     return lr * std::max(0.0, 0.5 * (1.0 + std::cos(M_PI * c_.num_cycles * 2.0 * progress)));
   }
   if (c_.type == "polynomial") {
-    if (c_.lr_end > lr) throw Error("lr schedule: lr_end (" + std::to_string(c_.lr_end) + ") must be <= learning_rate");
+    if (c_.lr_end > lr) throw Error("lr schedule: lr_end (" + number_text(c_.lr_end) + ") must be <= learning_rate");
     if (n > T) return c_.lr_end;
     const double remaining = 1.0 - double(n - W) / double(std::max<int64_t>(1, T - W));
     return (lr - c_.lr_end) * std::pow(remaining, c_.power) + c_.lr_end;

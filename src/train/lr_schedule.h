@@ -16,6 +16,7 @@
 //           = min_lr + c * (max_lr - min_lr)     otherwise, r = (e - W) / (D - W),
 //                                                c = 1 - r (linear) or 0.5 (cos(pi r) + 1) (cosine)
 //    with W = warmup_steps if > 0 else warmup_ratio x max_steps (not rounded), D = decay_steps or max_steps.
+//    W >= D is allowed, as in Paddle: the whole run (steps e <= W) is warmup, and any step past both is min_lr.
 //
 // A step whose update is skipped (fp16 overflow) does not advance the scheduler, as in PaddleNLP.
 #pragma once

@@ -9,6 +9,7 @@
 
 #include "core/error.h"
 #include "core/fs.h"
+#include "core/json_io.h"
 
 namespace oar {
 
@@ -77,8 +78,9 @@ void MetricsLog::open(const std::string& path, int64_t keep_through_step) {
     std::istringstream in(read_file(path));
     std::string line;
     while (std::getline(in, line)) {
-      nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
-      if (j.is_discarded() || !j.is_object()) continue;  // a torn last line from a killed run
+      std::optional<nlohmann::json> parsed = try_parse_json(line);
+      if (!parsed || !parsed->is_object()) continue;  // a torn last line from a killed run
+      nlohmann::json& j = *parsed;
       int64_t step = j.contains("step") && j["step"].is_number() ? j["step"].get<int64_t>() : 0;
       if (step > keep_through_step) continue;
       events_.push_back(j);

@@ -6,12 +6,14 @@
 #include <cmath>
 #include <cstdlib>
 #include <functional>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
 
 #include "core/error.h"
 #include "core/fs.h"
+#include "core/json_io.h"
 
 namespace oar {
 namespace {
@@ -233,7 +235,7 @@ bool parse_float_text(const std::string& s, double* out) {
   if (s.empty()) return false;
   char* end = nullptr;
   double d = std::strtod(s.c_str(), &end);
-  if (*end != 0) return false;
+  if (*end != 0 || !std::isfinite(d)) return false;  // "1e999" is not a usable value
   *out = d;
   return true;
 }
@@ -257,11 +259,23 @@ void set_field(const Field& f, const json& v, bool from_cli, const std::string& 
       break;
     }
     case Kind::Int: {
+      // 2^63 and beyond (JSON's unsigned or float values, or digits on the command line) do not fit int64.
       int64_t i = 0;
-      if (v.is_number_integer()) i = v.get<int64_t>();
-      else if (v.is_number_float()) { double d = v.get<double>(); if (d != std::floor(d)) bad("an integer"); i = int64_t(d); }
-      else if (v.is_string()) { if (!parse_int_text(v.get<std::string>(), &i)) bad("an integer"); }
-      else bad("an integer");
+      if (v.is_number_unsigned()) {
+        if (v.get<uint64_t>() > uint64_t(std::numeric_limits<int64_t>::max())) bad("an integer in [-2^63, 2^63)");
+        i = int64_t(v.get<uint64_t>());
+      } else if (v.is_number_integer()) {
+        i = v.get<int64_t>();
+      } else if (v.is_number_float()) {
+        double d = v.get<double>();
+        if (d != std::floor(d)) bad("an integer");
+        if (!(std::fabs(d) < 9.2e18)) bad("an integer in [-2^63, 2^63)");
+        i = int64_t(d);
+      } else if (v.is_string()) {
+        if (!parse_int_text(v.get<std::string>(), &i)) bad("an integer in [-2^63, 2^63)");
+      } else {
+        bad("an integer");
+      }
       *static_cast<int64_t*>(f.ptr) = i;
       break;
     }
@@ -468,12 +482,7 @@ void validate(TrainArgs& a, ArgsReport* rep, int world_size) {
 }
 
 json read_config_json(const std::string& text, const std::string& where) {
-  json j;
-  try {
-    j = json::parse(text);
-  } catch (const json::exception& e) {
-    fail(where, std::string("invalid JSON: ") + e.what());
-  }
+  json j = parse_json(text, where);
   if (!j.is_object()) fail(where, "expected a JSON object of argument names and values");
   return j;
 }

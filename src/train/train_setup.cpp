@@ -8,6 +8,7 @@
 #include "chat/chat_template.h"
 #include "core/error.h"
 #include "core/fs.h"
+#include "core/json_io.h"
 #include "data/sft_dataset.h"
 #include "io/safetensors.h"
 #include "model/config.h"
@@ -321,7 +322,7 @@ ChatRenderer make_chat_renderer(const TrainArgs& a, const Tokenizer& tok, std::s
   const std::string text = read_file(path);
   const std::string bos = tok.bos_id() >= 0 ? tok.id_to_piece(tok.bos_id()) : "";
   const std::string eos = tok.eos_ids().empty() ? "" : tok.id_to_piece(tok.eos_ids()[0]);
-  nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
+  nlohmann::json j = json_or_discarded(text, path);
   if (!j.is_discarded() && j.is_object() && j.contains("conversation")) {
     // PaddleNLP's own format: {"system": ..., "conversation": [user part, bot part], "query": ...}.
     const auto& c = j["conversation"];

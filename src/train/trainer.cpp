@@ -10,6 +10,7 @@
 
 #include "core/error.h"
 #include "core/fs.h"
+#include "core/json_io.h"
 #include "io/safetensors.h"
 #include "train/checkpoint.h"
 #include "train/loss_scaler.h"
@@ -21,6 +22,20 @@
 namespace oar {
 
 using ojson = nlohmann::ordered_json;
+
+namespace {
+
+// What the run computes in, for the log (so that a bf16 or fp16 run says so).
+std::string precision_text(const TrainArgs& a) {
+  const char* masters = "fp32 master weights, moments and element-wise operations";
+  if (a.bf16) return std::string("bf16 (bf16 matrix operands; ") + masters + ")";
+  if (a.fp16 && a.fp16_opt_level != "O0")
+    return "fp16 " + a.fp16_opt_level + " (fp16 matrix operands, dynamic loss scaling; " + masters + ")";
+  return "float32";
+}
+
+}  // namespace
+
 using Clock = std::chrono::steady_clock;
 
 double llama_train_flops(int64_t hidden, int64_t intermediate, int64_t layers, int64_t vocab, int64_t heads,
@@ -148,12 +163,7 @@ struct Trainer::Impl {
   void load_checkpoint(const std::string& dir) {
     const std::string state_path = join_path(dir, "trainer_state.json");
     if (!file_exists(state_path)) fail(dir, "not a checkpoint (no trainer_state.json)");
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(read_file(state_path));
-    } catch (const nlohmann::json::exception& e) {
-      fail(state_path, std::string("invalid JSON: ") + e.what());
-    }
+    const nlohmann::json j = parse_json_file(state_path);
     TrainerState s = TrainerState::from_json(j, state_path);
     model.load(dir);
     if (!args.ignore_load_lr_and_optim) {
@@ -476,6 +486,7 @@ TrainResult Trainer::run() {
             "; optimizer state " + py_float(double(m.optim->state_bytes()) / 1048576.0, 1) + " MiB (float32 moments)");
     m.print("  Learning rate: " + m.sched->describe() + (m.scaler.enabled() ? "; fp16 dynamic loss scaling from " +
                                                              py_float(m.scaler.scale()) : ""));
+    m.print("  Precision: " + precision_text(a));
   }
 
   if (a.do_eval && m.eval && !a.benchmark && m.st.global_step == 0)

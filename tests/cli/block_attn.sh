@@ -43,6 +43,11 @@ s1=$("$OAR" predict --model_name_or_path "$M" --prompt "hello" --max_length 12 -
 s2=$("$OAR" predict --model_name_or_path "$M" --prompt "hello" --max_length 12 --seed 7 --top_p 0.9 --block_attn)
 [ "$s1" = "$s2" ] || die "seeded sampling differs between the paths"
 echo "ok: streaming and seeded sampling as the plain path"
+# stdout and stderr in one file: the streamed text ends its line before the engine's summary line on stderr
+"$OAR" predict --model_name_or_path "$M" --prompt "hello" --max_length 12 --decode_strategy greedy_search --block_attn \
+  > both.txt 2>&1
+grep -q '^oar: engine: ' both.txt || { cat -A both.txt; die "the text and the engine's stderr line run together"; }
+echo "ok: the streamed text and the engine's summary are separate lines"
 
 # int8 KV cache: dynamic (bare flag, or --cachekv_int8_type), static from cachekv_scales.json in the model dir
 "$OAR" predict "${G[@]}" --output_file i8.json --batch_size 5 --block_attn --cachekv_int8 >/dev/null

@@ -119,17 +119,31 @@ def safetensors_bytes(tensors, edit_header=None):
     return struct.pack("<Q", len(text)) + text + b"".join(data)
 
 
+DIRECTORY = object()  # a Cases.add file value: a directory where the file should be
+
+# JSON nested far past oar's depth limit: a tokenizer.json like this one (its "model" object is copied while
+# loading, one stack frame per level) made oar predict segfault
+DEEP = 200000
+
+
+def deep_json(depth=DEEP):
+    return b'{"model": {"a": ' + b"[" * depth + b"]" * depth + b"}}"
+
+
 class Cases:
     def __init__(self, out, tokenizer, vocab):
         self.out, self.tokenizer, self.vocab, self.lines = out, tokenizer, vocab, []
 
     def add(self, name, exit_code, expect, files):
-        """files: file name -> bytes, or a dict (written as JSON)."""
+        """files: file name -> bytes, a dict (written as JSON), or DIRECTORY (an empty directory in its place)."""
         d = os.path.join(self.out, name)
         os.makedirs(d)
         if self.tokenizer:
             shutil.copyfile(self.tokenizer, os.path.join(d, "tokenizer.model"))
         for fname, content in files.items():
+            if content is DIRECTORY:
+                os.makedirs(os.path.join(d, fname))
+                continue
             if isinstance(content, dict):
                 content = (json.dumps(content, indent=2) + "\n").encode()
             with open(os.path.join(d, fname), "wb") as f:
@@ -222,6 +236,22 @@ def main():
     ghost_index = {"weight_map": dict(index["weight_map"], **{"model.layers.0.ghost.weight": SHARD1})}
     cases.add("index_tensor_not_in_shard", 2, [SHARD1, INDEX],
               {CFG: cfg, INDEX: ghost_index, SHARD1: safetensors_bytes(first), SHARD2: safetensors_bytes(second)})
+
+    # --- JSON nested 200,000 deep, in every JSON file a model directory has ---
+    def deep_header_bytes():
+        text = deep_json()
+        text += b" " * (-len(text) % 8)
+        return struct.pack("<Q", len(text)) + text
+    cases.add("config_deep", 2, [CFG], {CFG: deep_json(), ST: good})
+    cases.add("header_deep", 2, [ST], {CFG: cfg, ST: deep_header_bytes()})
+    cases.add("index_deep", 2, [INDEX], {CFG: cfg, INDEX: deep_json(), SHARD1: safetensors_bytes(first),
+                                         SHARD2: safetensors_bytes(second)})
+    for fname in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"):
+        cases.add(fname.split(".")[0] + "_deep", 2, [fname], {CFG: cfg, ST: good, fname: deep_json()})
+
+    # --- a directory where a file should be ---
+    cases.add("safetensors_is_dir", 2, [ST], {CFG: cfg, ST: DIRECTORY})
+    cases.add("config_is_dir", 2, [CFG], {CFG: DIRECTORY, ST: good})
 
     # --- no weights at all: the directory is to blame ---
     cases.add("no_weights", 2, [os.path.join(args.out, "no_weights")], {CFG: cfg})

@@ -69,3 +69,28 @@ expect_err "context" "$OAR" predict --model_name_or_path "$M" --prompt "$(printf
 expect_err "ctx" "$OAR" perplexity --model_name_or_path "$M" --input_file text.txt --ctx 100000
 expect_err "no_such_flag" "$OAR" predict --model_name_or_path "$M" --no_such_flag 1
 echo "ok: errors are one line with exit code 2"
+
+# A prompt longer than --src_length (here the default 1024, on a 512-position model) keeps its end: two prompts
+# with different starts and the same long end give the same greedy tokens, and at least one token is generated.
+tail_words=$(for i in $(seq 1 300); do printf 'w%d ' "$i"; done)
+printf '{"src": "%s"}\n{"src": "%s"}\n' "alpha beta gamma delta $tail_words" "zeta eta theta $tail_words" > long.json
+"$OAR" predict --model_name_or_path "$M" --data_file long.json --output_file long_out.json --max_length 3 \
+  --decode_strategy greedy_search 2>long.err || { cat long.err; die "a prompt longer than the context must keep its end"; }
+python3 - long_out.json <<'PY' || die "long prompts: same end, same output"
+import json, sys
+a, b = [json.loads(l) for l in open(sys.argv[1], encoding="utf-8")]
+assert a["output_ids"] == b["output_ids"] and len(a["output_ids"]) >= 1, (a["output_ids"], b["output_ids"])
+print("ok: prompts past --src_length and the context keep their end (%d tokens generated)" % len(a["output_ids"]))
+PY
+# an explicit --src_length shorter than the prompt: the same
+"$OAR" predict --model_name_or_path "$M" --data_file long.json --output_file long16.json --max_length 3 --src_length 16 \
+  --decode_strategy greedy_search 2>/dev/null || die "--src_length 16 with long prompts"
+python3 -c 'import json,sys; a,b=[json.loads(l) for l in open("long16.json")]; assert a["output_ids"]==b["output_ids"]' \
+  || die "--src_length 16 must keep the prompts' (identical) ends"
+
+# create-model prints the parameter count in sensible units; the help lists only commands that exist.
+"$OAR" create-model --preset tiny --dtype float32 --output_dir "$WORK/tiny2" --force > created.txt
+grep -Eq ', [0-9.]+K parameters,' created.txt || { cat created.txt; die "tiny's parameter count should be in K"; }
+"$OAR" --help > help.txt
+! grep -qi quantize help.txt || die "the help promises a quantize command that does not exist"
+echo "ok: create-model's parameter count in K/M/B; no quantize in the help"

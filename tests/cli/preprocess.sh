@@ -82,7 +82,14 @@ expect_err 'bad.jsonl:2: no "text" key' "$OAR" preprocess --input_path bad.jsonl
 [ ! -e outbad.bin ] && [ ! -e outbad.idx ] || die "output left after an error"
 ls | grep -q 'outbad' && die "temporary files left after an error"
 expect_err 'missing.jsonl' "$OAR" preprocess --input_path missing.jsonl --model_name_or_path "$M" --output_prefix outbad
-expect_err 'no/such/dir/x.bin' "$OAR" preprocess --input_path bad.jsonl --model_name_or_path "$M" --output_prefix no/such/dir/x
+# the output directory is created, and removed again when the run fails
+expect_err 'bad.jsonl:2' "$OAR" preprocess --input_path bad.jsonl --model_name_or_path "$M" --output_prefix no/such/dir/x
+[ ! -e no ] || die "a failed run left its new output directory behind"
+expect_err 'cannot create the directory' "$OAR" preprocess --input_path corpus --model_name_or_path "$M" --output_prefix bad.jsonl/x
+rm -rf made
+"$OAR" preprocess --input_path corpus --model_name_or_path "$M" --output_prefix made/deeper/corpus >/dev/null \
+  || die "preprocess must create its output directory"
+[ -s made/deeper/corpus.bin ] && [ -s made/deeper/corpus.idx ] || die "no .bin/.idx in the new output directory"
 expect_err 'output_prefix' "$OAR" preprocess --input_path bad.jsonl --model_name_or_path "$M"
 expect_err 'data_impl' "$OAR" preprocess --input_path corpus --model_name_or_path "$M" --output_prefix outbad --data_impl lazy
 echo "ok: errors"

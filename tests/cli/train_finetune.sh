@@ -76,6 +76,8 @@ echo "ok: the LoRA run resumes from checkpoint-6 and continues to step 8"
 "$OAR" finetune lora.json --lora false --output_dir out_full --bf16 true --zero_padding true \
   --lr_scheduler_type cosine --load_best_model_at_end false --max_steps 4 > full.log 2>&1 || { cat full.log; die "full SFT failed"; }
 grep -q 'packs' full.log || die "zero_padding did not pack"
+grep -q '^  Precision: bf16 ' full.log || { cat full.log; die "a bf16 run must say so in its log"; }
+grep -q '^  Precision: float32$' lora.log || die "a float32 run must say so in its log"
 "$OAR" predict --model_name_or_path out_full --prompt "largest of 1 2 3" --max_length 4 --decode_strategy greedy_search \
   >/dev/null || die "oar predict cannot load the fine-tuned model"
 echo "ok: full SFT with bf16 and zero padding; the model loads in oar predict"

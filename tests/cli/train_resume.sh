@@ -69,3 +69,21 @@ ls cut | grep -q '^checkpoint-200$' || die "no final checkpoint"
   || die "oar predict cannot load the trained model"
 [ -s pred.txt ] || die "oar predict printed nothing"
 echo "ok: the trained model generates: $(head -c 60 pred.txt)"
+
+# warmup_steps >= max_steps, as Paddle's WarmupDecay schedules run it: the whole run warms up (the lr logged after
+# step k is learning_rate * (k + 1) / warmup_steps), and a step past both warmup and decay is min_learning_rate.
+for w in 10 4; do
+  "$OAR" pretrain pre.json --output_dir warm$w --max_steps 4 --warmup_steps $w --save_steps 100 > warm$w.log 2>&1 \
+    || { cat warm$w.log; die "pretrain with warmup_steps $w >= max_steps 4 failed"; }
+done
+python3 - <<'PY' || die "learning rates with warmup_steps >= max_steps"
+import json
+def lrs(p):
+    return [e["learning_rate"] for e in map(json.loads, open(p)) if e["event"] == "train"]
+for w, want in ((10, [0.003 * (k + 1) / 10 for k in range(1, 5)]),
+                (4, [0.003 * (k + 1) / 4 for k in range(1, 4)] + [1e-5])):  # PaddleNLP's min_learning_rate 1e-5
+    want = [float("%.3e" % x) for x in want]  # PaddleNLP logs the lr with 3 decimals
+    got = lrs("warm%d/metrics.jsonl" % w)
+    assert len(got) == 4 and all(abs(g - x) <= 1e-12 for g, x in zip(got, want)), (w, got, want)
+print("ok: warmup_steps >= max_steps runs with Paddle's learning rates")
+PY

@@ -105,7 +105,7 @@ TEST(Preprocess, ErrorsNameFileAndLineAndLeaveNoOutput) {
   };
   const std::vector<Case> cases = {
       {"{\"text\": \"ok\"}\n{\"txt\": \"x\"}\n", "bad.jsonl:2: no \"text\" key"},
-      {"{\"text\": \"ok\"}\n\n{oops\n", "bad.jsonl:3: not valid JSON"},
+      {"{\"text\": \"ok\"}\n\n{oops\n", "bad.jsonl:3: invalid JSON"},
       {"{\"text\": 5}\n", "bad.jsonl:1: \"text\" is not a string"},
       {"[\"text\"]\n", "bad.jsonl:1: each line must be a JSON object"},
   };

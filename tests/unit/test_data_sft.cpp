@@ -257,7 +257,7 @@ TEST(SftRead, BadLinesNameFileAndLine) {
   };
   const std::vector<Case> cases = {
       {"{\"src\": \"a\", \"tgt\": \"b\"}\n{\"src\": \"a\"}\n", ":2: missing"},
-      {"{\"src\": \"a\", \"tgt\": \"b\"}\nnot json\n", ":2: not valid JSON"},
+      {"{\"src\": \"a\", \"tgt\": \"b\"}\nnot json\n", ":2: invalid JSON"},
       {"[1, 2]\n", ":1: each line must be a JSON object"},
       {"{\"src\": 3, \"tgt\": \"b\"}\n", ":1: \"src\" must be a string"},
       {"{\"src\": [], \"tgt\": []}\n", ":1: \"src\" must be"},

@@ -205,8 +205,30 @@ TEST(LrSchedule, PaddleNLPWarmupDecayIsOneStepAhead) {
   EXPECT_NEAR(LrSchedule(c).at(249), 0.5 * (std::cos(M_PI * 0.25) + 1.0), 1e-12);
   c.warmup = 2.5;                                    // warmup_ratio x max_steps is not rounded
   EXPECT_NEAR(LrSchedule(c).at(1), 2.0 / 2.5, 1e-12);
-  c.warmup = 1000;
-  EXPECT_THROW(LrSchedule{c}, Error);  // decay_steps must exceed the warmup
+}
+
+TEST(LrSchedule, PaddleNLPWarmupAsLongAsTheDecayIsAllWarmup) {
+  // Paddle's get_lr checks the warmup branch first (e <= W) and then e > D: with W >= D nothing divides by
+  // D - W; the run warms up to max_lr at e = W and sits at min_lr past it.
+  for (const char* type : {"linear", "cosine"}) {
+    LrScheduleConfig c;
+    c.type = type;
+    c.pretrain_decay = true;
+    c.learning_rate = 1.0;
+    c.min_learning_rate = 0.1;
+    c.warmup = 1000;
+    c.total_steps = 1000;  // warmup_steps == max_steps
+    LrSchedule s(c);
+    EXPECT_NEAR(s.at(0), 0.001, 1e-12) << type;
+    EXPECT_NEAR(s.at(499), 0.5, 1e-12) << type;
+    EXPECT_NEAR(s.at(999), 1.0, 1e-12) << type;
+    EXPECT_NEAR(s.at(1000), 0.1, 1e-12) << type;
+    c.warmup = 20;
+    c.total_steps = 10;  // warmup_steps > max_steps: the run ends mid-warmup
+    EXPECT_NEAR(LrSchedule(c).at(9), 0.5, 1e-12) << type;
+    EXPECT_NEAR(LrSchedule(c).at(19), 1.0, 1e-12) << type;
+    EXPECT_NEAR(LrSchedule(c).at(20), 0.1, 1e-12) << type;
+  }
 }
 
 TEST(LossScaler, PaddleDefaultsSkipThenHalveOnTheSecondOverflow) {
