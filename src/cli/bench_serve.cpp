@@ -25,6 +25,8 @@ Action add_bench_serve(CLI::App& app) {
   app.add_option("--model", o->model, "model name to send (default: the first of /v1/models)");
   app.add_option("--seed", o->seed, "seed of the random prompts")->check(non_negative_int());
   app.add_flag("--json", *as_json, "print the results as one JSON object");
+  app.add_option("--api_key", o->api_key, "sent as 'Authorization: Bearer KEY' (oar serve --api_key)")
+      ->envname("OAR_API_KEY");
   return [o, url, as_json]() -> int {
     server::parse_http_url(*url, o->host, o->port);
     server::LoadResult r = server::run_load(*o);

@@ -9,6 +9,27 @@
 
 namespace oar::cli {
 
+EngineConfig::KVDtype parse_cachekv_int8(bool given, const std::string& value, const std::string& type) {
+  std::string kind = type;
+  if (!type.empty() && type != "dynamic" && type != "static")
+    throw Error("--cachekv_int8_type: '" + type + "' is not supported (dynamic or static)");
+  if (given) {
+    std::string v;
+    if (value.empty() || value == "true" || value == "True" || value == "1") v = "dynamic";
+    else if (value == "dynamic" || value == "static") v = value;
+    else if (value != "false" && value != "False" && value != "0")
+      throw Error("--cachekv_int8: '" + value + "' is not supported (true, false, dynamic or static)");
+    // A bare flag with an explicit type means that type; two explicit kinds must agree.
+    const bool explicit_kind = value == "dynamic" || value == "static";
+    if (explicit_kind && !kind.empty() && kind != v)
+      throw Error("--cachekv_int8 " + v + " contradicts --cachekv_int8_type " + kind);
+    if (!v.empty() && (explicit_kind || kind.empty())) kind = v;
+  }
+  if (kind == "dynamic") return EngineConfig::KVDtype::Int8Dynamic;
+  if (kind == "static") return EngineConfig::KVDtype::Int8Static;
+  return EngineConfig::KVDtype::F32;
+}
+
 LoadedModel load_model_and_tokenizer(const std::string& model_path, const std::string& tokenizer_path,
                                      const std::string& dtype_name_in, const std::string& lora_path) {
   if (model_path.empty()) throw Error("--model_name_or_path is required");

@@ -3,6 +3,7 @@
 #include <memory>
 #include <string>
 
+#include "engine/engine.h"
 #include "model/llama.h"
 #include "tokenizer/tokenizer.h"
 
@@ -20,6 +21,12 @@ struct LoadedModel {
 // Static int8 KV scales: the given file, else cachekv_scales.json where PaddleNLP's PTQ writes it, in the model
 // directory (beside the file for a single-file checkpoint).
 std::string cachekv_scales_path_for(const std::string& model_path, const std::string& given);
+
+// The KV cache format that PaddleNLP's flags name, parsed the same way by predict, perplexity and serve:
+// --cachekv_int8 bare, true or 1: int8 with dynamic scales; false or 0: float32; dynamic or static: int8 with
+// those scales. --cachekv_int8_type dynamic|static says the same and must agree. `given`: --cachekv_int8
+// appeared; `value`: its value ("" when bare). Throws oar::Error naming the flag for anything else.
+EngineConfig::KVDtype parse_cachekv_int8(bool given, const std::string& value, const std::string& type);
 
 LoadedModel load_model_and_tokenizer(const std::string& model_path, const std::string& tokenizer_path,
                                      const std::string& dtype, const std::string& lora_path = "");

@@ -37,17 +37,11 @@ Action add_perplexity(CLI::App& app) {
   app.add_option("--cachekv_scales", a->cachekv_scales, "static scales (default: cachekv_scales.json in the model directory)");
   return [a, int8_opt]() -> int {
     // The KV cache format: float32 unless --cachekv_int8 / --cachekv_int8_type name an int8 one.
-    std::string kv = a->cachekv_int8_type;
-    if (int8_opt->count() > 0) {
-      const std::string& v = a->cachekv_int8;
-      std::string t = (v.empty() || v == "true" || v == "1") ? "dynamic" : (v == "false" || v == "0") ? "" : v;
-      if (!kv.empty() && !t.empty() && kv != t) throw Error("--cachekv_int8 " + t + " contradicts --cachekv_int8_type " + kv);
-      if (!t.empty()) kv = t;
-    }
-    KVQuant quant = KVQuant::None;
-    if (kv == "dynamic") quant = KVQuant::Int8Dynamic;
-    else if (kv == "static") quant = KVQuant::Int8Static;
-    else if (!kv.empty()) throw Error("--cachekv_int8: '" + kv + "' is not supported (dynamic or static)");
+    const EngineConfig::KVDtype kvd = parse_cachekv_int8(int8_opt->count() > 0, a->cachekv_int8, a->cachekv_int8_type);
+    const KVQuant quant = kvd == EngineConfig::KVDtype::Int8Dynamic ? KVQuant::Int8Dynamic
+                          : kvd == EngineConfig::KVDtype::Int8Static ? KVQuant::Int8Static
+                                                                      : KVQuant::None;
+    const std::string kv = quant == KVQuant::Int8Static ? "static" : "dynamic";  // for the report
     std::string text = read_file(a->input);
     if (text.empty()) fail(a->input, "is empty: perplexity needs text to predict");
     LoadedModel lm = load_model_and_tokenizer(a->model, a->tokenizer, a->dtype, a->lora_path);

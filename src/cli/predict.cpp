@@ -211,19 +211,9 @@ bool flag_value(const CLI::Option* opt, const std::string& v) {
   throw Error(opt->get_name() + ": expected true or false, got '" + v + "'");
 }
 
-// --cachekv_int8 (bare or true: dynamic; also "dynamic"/"static") and --cachekv_int8_type dynamic|static.
+// --cachekv_int8 and --cachekv_int8_type: parsed as by every command (model_loading.h).
 EngineConfig::KVDtype kv_dtype_of(const CLI::Option* int8_opt, const PredictArgs& a) {
-  std::string type = a.cachekv_int8_type;
-  if (int8_opt->count() > 0 && (a.cachekv_int8 == "dynamic" || a.cachekv_int8 == "static")) {
-    if (!type.empty() && type != a.cachekv_int8) throw Error("--cachekv_int8 " + a.cachekv_int8 + " contradicts --cachekv_int8_type " + type);
-    type = a.cachekv_int8;
-  } else if (flag_value(int8_opt, a.cachekv_int8) && type.empty()) {
-    type = "dynamic";
-  }
-  if (type.empty()) return EngineConfig::KVDtype::F32;
-  if (type == "dynamic") return EngineConfig::KVDtype::Int8Dynamic;
-  if (type == "static") return EngineConfig::KVDtype::Int8Static;
-  throw Error("--cachekv_int8_type: '" + type + "' is not supported (dynamic or static)");
+  return parse_cachekv_int8(int8_opt->count() > 0, a.cachekv_int8, a.cachekv_int8_type);
 }
 
 EngineConfig engine_config_of(const PredictArgs& a, EngineConfig::KVDtype kv) {

@@ -3,6 +3,7 @@
 // aborts what is still running (finish_reason "abort"), then exits 0 as well.
 #include <netinet/in.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -35,10 +36,20 @@ struct ServeArgs {
   int port = 8000;
   int64_t block_size = 64, max_num_seqs = 16, max_num_batched_tokens = 2048, max_waiting = 1024;
   double kv_cache_memory_gb = 1.0;
-  bool cachekv_int8 = false, no_prefix_caching = false, log_requests = false;
-  std::string cachekv_int8_type = "dynamic", cachekv_scales_path;
-  int64_t http_threads = 0;
+  bool no_prefix_caching = false, log_requests = false;
+  std::string cachekv_int8, cachekv_int8_type, cachekv_scales_path;
+  int64_t http_threads = 0, max_connections = 1024;
+  double header_timeout = 10, body_timeout = 60;
+  std::string api_key;
 };
+
+// Room for --max_connections sockets: the soft limit on open files is often 1024.
+void raise_open_file_limit(int64_t want) {
+  rlimit r{};
+  if (getrlimit(RLIMIT_NOFILE, &r) != 0 || r.rlim_cur == RLIM_INFINITY || rlim_t(want) <= r.rlim_cur) return;
+  r.rlim_cur = r.rlim_max == RLIM_INFINITY ? rlim_t(want) : std::min<rlim_t>(rlim_t(want), r.rlim_max);
+  setrlimit(RLIMIT_NOFILE, &r);
+}
 
 // The name clients pass as "model": the model directory's (or file's) last path component by default.
 std::string default_model_name(std::string path) {
@@ -133,16 +144,27 @@ Action add_serve(CLI::App& app) {
   app.add_option("--max_num_seqs", a->max_num_seqs, "requests running at once")->check(CLI::PositiveNumber);
   app.add_option("--max_num_batched_tokens", a->max_num_batched_tokens, "tokens per engine step (prefill chunks + decodes)")
       ->check(CLI::PositiveNumber);
-  app.add_flag("--cachekv_int8", a->cachekv_int8, "hold the KV cache in int8");
+  CLI::Option* int8_opt = app.add_option("--cachekv_int8", a->cachekv_int8,
+      "int8 KV cache: bare or true = dynamic scales; also dynamic|static")->expected(0, 1);
   app.add_option("--cachekv_int8_type", a->cachekv_int8_type, "dynamic (per token and head) or static (cachekv_scales.json)");
   app.add_option("--cachekv_scales,--cachekv_scales_path", a->cachekv_scales_path,
                  "static int8 scales (default: cachekv_scales.json in the model directory)");
   app.add_flag("--no_prefix_caching", a->no_prefix_caching, "do not share KV blocks between identical prompt prefixes");
   app.add_option("--max_waiting", a->max_waiting, "requests queued at most; more get 429")->check(CLI::NonNegativeNumber);
-  app.add_option("--http_threads", a->http_threads, "connections served at once (default: max_num_seqs + max_waiting, 64..512)")
+  app.add_option("--http_threads", a->http_threads, "requests answered at once (default: max_num_seqs + max_waiting, 64..512)")
       ->check(CLI::NonNegativeNumber);
+  app.add_option("--max_connections", a->max_connections,
+                 "open connections at most; more get 503 (or close one that has waited 1 s on its client)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--header_timeout", a->header_timeout, "seconds a request line and headers may take to arrive (408 after)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--body_timeout", a->body_timeout, "seconds a request body may take to arrive (408 after)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--api_key", a->api_key,
+                 "require 'Authorization: Bearer KEY' on every route but /health (401 otherwise)")
+      ->envname("OAR_API_KEY");
   app.add_flag("--log_requests", a->log_requests, "log every HTTP request on stderr");
-  return [a]() -> int {
+  return [a, int8_opt]() -> int {
     SignalWatcher signals;  // first: before any thread exists
 
     EngineConfig ec;
@@ -152,12 +174,9 @@ Action add_serve(CLI::App& app) {
     ec.max_num_batched_tokens = a->max_num_batched_tokens;
     ec.enable_prefix_caching = !a->no_prefix_caching;
     ec.max_waiting = a->max_waiting;
-    if (a->cachekv_int8) {
-      if (a->cachekv_int8_type == "dynamic") ec.kv_dtype = EngineConfig::KVDtype::Int8Dynamic;
-      else if (a->cachekv_int8_type == "static") ec.kv_dtype = EngineConfig::KVDtype::Int8Static;
-      else throw Error("--cachekv_int8_type " + a->cachekv_int8_type + ": expected dynamic or static");
+    ec.kv_dtype = parse_cachekv_int8(int8_opt->count() > 0, a->cachekv_int8, a->cachekv_int8_type);
+    if (ec.kv_dtype != EngineConfig::KVDtype::F32)
       ec.cachekv_scales_path = cachekv_scales_path_for(a->model, a->cachekv_scales_path);
-    }
     check_address(a->host, a->port);
 
     LoadedModel lm = load_model_and_tokenizer(a->model, a->tokenizer, a->dtype);
@@ -177,6 +196,11 @@ Action add_serve(CLI::App& app) {
     so.http_threads = a->http_threads > 0 ? size_t(a->http_threads)
                                           : size_t(std::clamp<int64_t>(a->max_num_seqs + a->max_waiting + 8, 64, 512));
     so.log_requests = a->log_requests;
+    so.max_connections = size_t(a->max_connections);
+    so.header_timeout = std::chrono::milliseconds(int64_t(a->header_timeout * 1000));
+    so.body_timeout = std::chrono::milliseconds(int64_t(a->body_timeout * 1000));
+    so.api_key = a->api_key;
+    raise_open_file_limit(a->max_connections + int64_t(so.http_threads) + 256);
     server::HttpServer http(loop, tok, &chat, so);
     const int port = http.bind();
     http.start();
@@ -184,7 +208,8 @@ Action add_serve(CLI::App& app) {
     std::printf("oar serve: model '%s' (context %lld, %lld KV blocks of %lld positions, %s), %s\n",
                 so.served_model_name.c_str(), (long long)so.context_length, (long long)m.blocks_total,
                 (long long)engine.config().block_size, dtype_name(lm.model->dtype()), chat.origin().c_str());
-    std::printf("oar serve: listening on http://%s:%d\n", a->host.c_str(), port);
+    std::printf("oar serve: listening on http://%s:%d%s\n", a->host.c_str(), port,
+                a->api_key.empty() ? "" : " (API key required)");
     std::fflush(stdout);
 
     signals.serving();

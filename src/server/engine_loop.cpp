@@ -36,6 +36,9 @@ bool RequestGroup::finished() {
 EngineLoop::EngineLoop(EngineBackend& backend) : backend_(backend) {
   published_ = m_;
   thread_ = std::thread([this] { run(); });
+  // /metrics shows the engine's capacity (KV blocks) from the start, not zeros until the first step.
+  std::unique_lock lk(mu_);
+  cv_.wait(lk, [&] { return started_; });
 }
 
 EngineLoop::~EngineLoop() { stop(); }
@@ -166,6 +169,15 @@ void EngineLoop::deliver(std::vector<Delivery>& del) {
 
 void EngineLoop::run() {
   std::vector<double> ttft, tpot;
+  m_.engine = backend_.metrics();  // on this thread: only the loop thread calls the engine
+  m_.engine.ttft_seconds.clear();
+  m_.engine.tpot_seconds.clear();
+  {
+    std::lock_guard lk(mu_);
+    published_ = m_;
+    started_ = true;
+  }
+  cv_.notify_all();
   bool stopping = false;
   while (!stopping) {
     std::vector<std::shared_ptr<RequestGroup>> inbox, cancels;

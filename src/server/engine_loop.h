@@ -143,6 +143,7 @@ class EngineLoop {
   std::vector<std::shared_ptr<RequestGroup>> inbox_, cancels_;
   bool cancel_all_ = false;
   bool stopping_ = false;
+  bool started_ = false;  // the first metrics are published
   LoopMetrics published_;
   std::thread thread_;
 

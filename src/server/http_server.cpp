@@ -10,6 +10,7 @@
 
 #include "core/error.h"
 #include "server/api.h"
+#include "server/http_connections.h"
 #include "server/metrics.h"
 
 namespace oar::server {
@@ -18,14 +19,18 @@ using nlohmann::json;
 
 namespace {
 
-// cpp-httplib 0.11 listens with a backlog of 5, so a burst of new connections beyond that waits for SYN
-// retransmits (a second and more). Listening again on the bound socket raises the backlog (Linux allows it).
-class ListeningServer : public httplib::Server {
- public:
-  void raise_backlog(int n) {
-    if (svr_sock_ != INVALID_SOCKET) ::listen(svr_sock_, n);
-  }
-};
+ConnectionLimits connection_limits(const ServerOptions& o) {
+  ConnectionLimits l;
+  l.workers = std::max<size_t>(o.http_threads, 2);
+  l.max_connections = std::max<size_t>(o.max_connections, 1);
+  l.header_timeout = o.header_timeout;
+  l.body_timeout = o.body_timeout;
+  l.keep_alive_timeout = o.keep_alive_timeout;
+  l.evict_after = o.evict_after;
+  l.max_body_bytes = size_t(32) << 20;
+  l.api_key = o.api_key;
+  return l;
+}
 
 // Counts a generation request from its arrival until its response has been written (the guard travels into the
 // content provider, which httplib destroys after the last byte).
@@ -143,20 +148,18 @@ struct ResponseState {
 }  // namespace
 
 HttpServer::HttpServer(EngineLoop& loop, const Tokenizer& tok, const ChatTemplate* chat, ServerOptions opt)
-    : loop_(loop), tok_(tok), chat_(chat), opt_(std::move(opt)), http_(std::make_unique<ListeningServer>()),
+    : loop_(loop), tok_(tok), chat_(chat), opt_(std::move(opt)),
+      http_(std::make_unique<GuardedServer>(connection_limits(opt_))),
       seed_counter_(std::random_device{}()),
       created_(std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count()) {
   httplib::Server& s = *http_;
-  const size_t threads = std::max<size_t>(opt_.http_threads, 2);
-  s.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   // SO_REUSEADDR only: httplib's default adds SO_REUSEPORT, which would let a second server share the port.
   s.set_socket_options([](socket_t sock) {
     int yes = 1;
     setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
   });
-  s.set_keep_alive_max_count(1000);
-  s.set_keep_alive_timeout(2);  // idle keep-alive connections hold a pool thread and delay shutdown
-  s.set_payload_max_length(size_t(32) << 20);
+  // What the Keep-Alive response header announces; the connection layer enforces it.
+  s.set_keep_alive_timeout(std::max<time_t>(1, time_t(opt_.keep_alive_timeout.count() / 1000)));
   s.set_tcp_nodelay(true);  // stream tokens as they come
 
   s.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) {
@@ -204,7 +207,7 @@ int HttpServer::bind() {
     throw Error("--host " + opt_.host + " --port " + std::to_string(opt_.port) + ": cannot listen there" +
                 (errno ? std::string(" (") + std::strerror(errno) + ")" : std::string()));
   }
-  static_cast<ListeningServer&>(*http_).raise_backlog(opt_.listen_backlog);
+  http_->raise_backlog(opt_.listen_backlog);
   return port;
 }
 
@@ -246,6 +249,13 @@ void HttpServer::handle_metrics(httplib::Response& res) {
   HttpCounters http;
   http.in_flight = in_flight_;
   http.rejected_draining = rejected_draining_;
+  const ConnectionStats& cs = http_->stats();
+  http.connections_open = cs.open;
+  http.connections_rejected = cs.rejected;
+  http.connections_evicted = cs.evicted;
+  http.request_timeouts = cs.timed_out;
+  http.bad_requests = cs.bad_requests;
+  http.unauthorized = cs.unauthorized;
   res.set_content(prometheus_text(loop_.metrics(), http, opt_.served_model_name), "text/plain; version=0.0.4");
 }
 

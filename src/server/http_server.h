@@ -1,8 +1,10 @@
 // The OpenAI-compatible HTTP server over an EngineLoop (cpp-httplib: one pool thread per connection).
 //   POST /v1/completions, POST /v1/chat/completions  (streaming by server-sent events when "stream": true)
 //   GET /v1/models, GET /health, GET /metrics (Prometheus text)
-// Errors are OpenAI's {"error": {...}} bodies: 400 for bad requests, 404 for unknown routes, 429 when the
-// engine's waiting queue is full, 503 while shutting down. A client that disconnects has its requests aborted.
+// Errors are OpenAI's {"error": {...}} bodies: 400 for bad requests, 401 without the API key (when one is set),
+// 404 for unknown routes, 408 for requests that arrive too slowly, 429 when the engine's waiting queue is full,
+// 503 while shutting down or beyond the connection cap. A client that disconnects has its requests aborted.
+// Connections, timeouts and the checks on request heads: server/http_connections.h.
 #pragma once
 #include <atomic>
 #include <chrono>
@@ -23,13 +25,19 @@ struct Response;
 
 namespace oar::server {
 
+class GuardedServer;
+
 struct ServerOptions {
   std::string host = "127.0.0.1";
   int port = 8000;                  // 0: any free port (see bind())
   std::string served_model_name = "oar";
   int64_t context_length = 2048;    // the model's positions: prompt + completion must fit
   int64_t vocab_size = 0;           // for token-id prompts
-  size_t http_threads = 64;         // connections served at once (more wait for a thread)
+  size_t http_threads = 64;         // requests answered at once (more wait for a thread)
+  size_t max_connections = 1024;    // open connections; more get 503 (or close one idle for evict_after)
+  std::chrono::milliseconds header_timeout{10000}, body_timeout{60000}, keep_alive_timeout{5000};
+  std::chrono::milliseconds evict_after{1000};
+  std::string api_key;              // "": none; else "Authorization: Bearer KEY" on all but /health
   int listen_backlog = 1024;
   std::chrono::milliseconds disconnect_poll{50};  // how often a waiting response checks that its client is there
   bool log_requests = false;
@@ -64,7 +72,7 @@ class HttpServer {
   const Tokenizer& tok_;
   const ChatTemplate* chat_;
   ServerOptions opt_;
-  std::unique_ptr<httplib::Server> http_;
+  std::unique_ptr<GuardedServer> http_;
   std::thread thread_;
   std::atomic<bool> draining_{false}, listen_returned_{false};
   std::atomic<int64_t> in_flight_{0}, rejected_draining_{0};

@@ -76,6 +76,7 @@ Outcome one_request(const LoadOptions& opt, const std::string& model, uint64_t i
   req.path = "/v1/completions";
   req.body = body.dump();
   req.set_header("Content-Type", "application/json");
+  if (!opt.api_key.empty()) req.set_header("Authorization", "Bearer " + opt.api_key);
   req.content_receiver = [&](const char* data, size_t len, uint64_t, uint64_t) {
     if (Clock::now() > deadline) {
       out.cut_off = true;
@@ -139,6 +140,7 @@ Outcome one_request(const LoadOptions& opt, const std::string& model, uint64_t i
 std::string ask_model(const LoadOptions& opt) {
   httplib::Client cli(opt.host, opt.port);
   cli.set_connection_timeout(std::chrono::seconds(10));
+  if (!opt.api_key.empty()) cli.set_bearer_token_auth(opt.api_key);
   auto r = cli.Get("/v1/models");
   if (!r) throw Error("bench-serve: cannot reach http://" + opt.host + ":" + std::to_string(opt.port) + " (" + httplib::to_string(r.error()) + ")");
   json j = json::parse(r->body, nullptr, false);

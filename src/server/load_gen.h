@@ -20,6 +20,7 @@ struct LoadOptions {
   bool ignore_eos = true;     // every request generates exactly max_tokens (as PaddleNLP's benchmark)
   int32_t token_lo = 3, token_hi = 259;  // prompt ids are drawn from [lo, hi): valid in any Llama vocabulary
   uint64_t seed = 0;
+  std::string api_key;        // sent as "Authorization: Bearer KEY" when not empty
 };
 
 struct LoadResult {

@@ -81,6 +81,17 @@ std::string prometheus_text(const LoopMetrics& m, const HttpCounters& http, cons
            double(m.requests_rejected_full));
   w.metric("oar_request_rejected_draining_total", "counter", "Requests refused while shutting down (503).",
            double(http.rejected_draining));
+  w.metric("oar_http_connections_open", "gauge", "HTTP connections open.", double(http.connections_open));
+  w.metric("oar_http_connections_rejected_total", "counter", "Connections refused at the connection cap (503).",
+           double(http.connections_rejected));
+  w.metric("oar_http_connections_evicted_total", "counter",
+           "Connections waiting on their client closed to make room at the cap.", double(http.connections_evicted));
+  w.metric("oar_http_request_timeouts_total", "counter", "Requests whose head or body came too slowly (408).",
+           double(http.request_timeouts));
+  w.metric("oar_http_bad_requests_total", "counter", "Requests refused for their HTTP framing (400, 413, 431).",
+           double(http.bad_requests));
+  w.metric("oar_http_unauthorized_total", "counter", "Requests without the right API key (401).",
+           double(http.unauthorized));
   w.metric("oar_engine_steps_total", "counter", "Engine steps run.", double(m.steps));
   w.histogram("oar_time_to_first_token_seconds", "Time from a request's arrival at the engine to its first token.",
               m.ttft);

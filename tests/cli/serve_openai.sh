@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The official openai Python client against `oar serve` (tests/reference/openai_client_test.py). The client is
 # installed from PyPI, pinned, into a venv in the build tree (kept between runs); the test is skipped (77) only
-# when pip cannot reach PyPI.
+# when pip cannot reach PyPI. The server requires an API key (OAR_API_KEY): the client sends it as OpenAI does,
+# and a wrong key is the client's AuthenticationError.
 set -euo pipefail
 mkdir -p "$WORK"; cd "$WORK"
 die() { echo "FAIL: $*"; exit 1; }
@@ -24,7 +25,8 @@ fi
 
 M="$WORK/tiny"
 "$OAR" create-model --preset tiny --dtype float32 --output_dir "$M" --force >/dev/null
-"$OAR" serve --model_name_or_path "$M" --host 127.0.0.1 --port 0 --served_model_name tiny >serve.out 2>serve.err &
+export OAR_TEST_API_KEY="sk-oar-test-$$"
+OAR_API_KEY="$OAR_TEST_API_KEY" "$OAR" serve --model_name_or_path "$M" --host 127.0.0.1 --port 0 --served_model_name tiny >serve.out 2>serve.err &
 PID=$!
 trap 'kill -9 $PID 2>/dev/null || true' EXIT
 URL=""
@@ -35,6 +37,18 @@ for _ in $(seq 1 600); do
   sleep 0.1
 done
 [ -n "$URL" ] || die "oar serve did not start listening"
+grep -q "API key required" serve.out || die "oar serve did not take OAR_API_KEY"
+
+"$PY" - "$URL" <<'PY' || die "a wrong API key must be the client's AuthenticationError (401)"
+import sys, openai
+c = openai.OpenAI(base_url=sys.argv[1] + "/v1", api_key="sk-wrong", max_retries=0, timeout=30)
+try:
+    c.models.list()
+    sys.exit("a wrong key was accepted")
+except openai.AuthenticationError as e:
+    assert e.status_code == 401 and e.code == "invalid_api_key", (e.status_code, e.code)
+print("ok: a wrong API key -> AuthenticationError 401 invalid_api_key")
+PY
 
 "$PY" "$SRC/tests/reference/openai_client_test.py" "$URL" tiny || { tail -5 serve.err; die "openai client checks"; }
 kill -TERM $PID
