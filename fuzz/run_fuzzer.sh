@@ -1,6 +1,9 @@
 #!/usr/bin/env sh
-# Runs one libFuzzer target for a bounded time: run_fuzzer.sh BINARY WORK_CORPUS SEED_CORPUS
-# New inputs go to WORK_CORPUS (in the build tree); the committed seeds are only read.
+# Runs one libFuzzer target for a bounded time: run_fuzzer.sh BINARY WORK_CORPUS SEED_CORPUS [LIBFUZZER_FLAGS...]
+# New inputs go to WORK_CORPUS (in the build tree); the committed seeds are only read. Extra flags (e.g. a
+# target's -max_len, from OAR_FUZZ_ARGS_<target> in CMakeLists.txt) come before the corpora.
 set -eu
-mkdir -p "$2"
-exec "$1" -max_total_time="${OAR_FUZZ_SECONDS:-30}" -rss_limit_mb=4096 -timeout=10 -print_final_stats=1 "$2" "$3"
+bin="$1" work="$2" seeds="$3"
+shift 3
+mkdir -p "$work"
+exec "$bin" -max_total_time="${OAR_FUZZ_SECONDS:-30}" -rss_limit_mb=4096 -timeout=10 -print_final_stats=1 "$@" "$work" "$seeds"

@@ -11,6 +11,7 @@
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <type_traits>
 
 #include "core/utf8.h"
 
@@ -48,6 +49,13 @@ std::vector<std::string_view> code_points(std::string_view s) {
   return out;
 }
 
+// len() of a string: its code points, counted without listing them.
+size_t code_point_count(std::string_view s) {
+  size_t n = 0;
+  for (size_t i = 0; i < s.size(); i += u8len(s, i)) n++;
+  return n;
+}
+
 // Python's str.isspace() (the set str.strip() and regex \s use).
 bool py_space(uint32_t c) {
   return c == ' ' || (c >= 0x09 && c <= 0x0D) || (c >= 0x1C && c <= 0x1F) || c == 0x85 || c == 0xA0 ||
@@ -55,23 +63,26 @@ bool py_space(uint32_t c) {
          c == 0x205F || c == 0x3000;
 }
 
-// str.strip / lstrip / rstrip; `chars` empty means whitespace.
+// str.strip / lstrip / rstrip; `chars` empty means whitespace. One walk over the code points: the result runs
+// from the first kept one to the end of the last kept one.
 std::string py_strip(std::string_view s, bool left, bool right, const std::string* chars = nullptr) {
-  std::vector<std::string_view> cps = code_points(s);
   std::vector<std::string_view> strip_set;
   if (chars) strip_set = code_points(*chars);
   auto strip_me = [&](std::string_view cp) {
     if (chars) return std::find(strip_set.begin(), strip_set.end(), cp) != strip_set.end();
     return py_space(u8decode(cp, 0, cp.size()));
   };
-  size_t b = 0, e = cps.size();
-  if (left)
-    while (b < e && strip_me(cps[b])) b++;
-  if (right)
-    while (e > b && strip_me(cps[e - 1])) e--;
-  std::string out;
-  for (size_t i = b; i < e; i++) out += cps[i];
-  return out;
+  size_t b = std::string_view::npos, e = 0;
+  for (size_t i = 0; i < s.size();) {
+    size_t n = u8len(s, i);
+    if (!strip_me(s.substr(i, n))) {
+      if (b == std::string_view::npos) b = i;
+      e = i + n;
+    }
+    i += n;
+  }
+  if (b == std::string_view::npos) return "";  // every code point strippable: nothing is left either way
+  return std::string(s.substr(left ? b : 0, (right ? e : s.size()) - (left ? b : 0)));
 }
 
 std::string ascii_lower(std::string s) {
@@ -175,14 +186,84 @@ std::string json_str(const std::string& s) {
   return out + "\"";
 }
 
+// The budget of the render running on this thread (RenderLimits), reachable from the value helpers below;
+// null outside a render (Value::repr() called by other code is unbounded, as its values are).
+class Budget {
+ public:
+  explicit Budget(const RenderLimits& limits) : lim_(limits) {}
+
+  int line = 0;  // the statement or expression being evaluated, for error messages
+
+  void step(int64_t n = 1) {
+    steps_ += n;
+    if (steps_ > lim_.max_steps)
+      exceeded("more than " + std::to_string(lim_.max_steps) + " evaluation steps (a loop that does not end?)");
+    if (steps_ >= next_poll_) poll();
+  }
+  // Text read or written by a builtin: its time is charged as steps.
+  void bytes(size_t n) { step(int64_t(n / RenderLimits::kBytesPerStep)); }
+  void check_string(size_t n) {
+    if (n > lim_.max_string_bytes)
+      exceeded("a string of more than " + std::to_string(lim_.max_string_bytes) + " bytes");
+  }
+  void check_items(uint64_t n) {
+    if (n > lim_.max_list_items)
+      exceeded("a list of more than " + std::to_string(lim_.max_list_items) + " items");
+  }
+  size_t max_string_bytes() const { return lim_.max_string_bytes; }
+  size_t max_list_items() const { return lim_.max_list_items; }
+
+ private:
+  static constexpr int64_t kPollEvery = 4096;  // steps between two cancellation checks (well under 1 ms)
+  [[noreturn]] void exceeded(const std::string& what) const {
+    throw RenderLimitExceeded("chat template: line " + std::to_string(line) + ": render budget exceeded: " + what);
+  }
+  void poll() {
+    next_poll_ = steps_ + kPollEvery;
+    if (lim_.cancelled && lim_.cancelled()) throw RenderCancelled("chat template: the render was cancelled");
+  }
+  const RenderLimits& lim_;
+  int64_t steps_ = 0, next_poll_ = kPollEvery;
+};
+thread_local Budget* active_budget = nullptr;
+
+// Builders that loop check as they grow, so that a result far over the limit is never built.
+void check_growing_string(size_t n) {
+  if (active_budget) active_budget->check_string(n);
+}
+void check_growing_list(size_t n) {
+  if (active_budget) active_budget->check_items(n);
+}
+
+// Makes `b` this thread's budget for the lifetime of the guard.
+class ActiveBudget {
+ public:
+  explicit ActiveBudget(Budget& b) : prev_(active_budget) { active_budget = &b; }
+  ~ActiveBudget() { active_budget = prev_; }
+  ActiveBudget(const ActiveBudget&) = delete;
+  ActiveBudget& operator=(const ActiveBudget&) = delete;
+
+ private:
+  Budget* prev_;
+};
+
 // Values nest only as deep as templates build them (namespace attributes can be grown in a loop); printing,
-// comparing or serializing them recurses, so the depth is bounded.
+// comparing or serializing them recurses, so the depth is bounded. Each visit is a step of the budget: shared
+// lists make a value's tree far bigger than the memory it takes.
 class ValueDepth {
  public:
   ValueDepth() {
     if (++depth_ > 512) {
       --depth_;
       throw TemplateError("chat template: a value is nested too deeply");
+    }
+    if (active_budget) {
+      try {
+        active_budget->step();
+      } catch (...) {
+        --depth_;
+        throw;
+      }
     }
   }
   ~ValueDepth() { --depth_; }
@@ -192,9 +273,43 @@ class ValueDepth {
 };
 thread_local int ValueDepth::depth_ = 0;
 
+// Lists and dicts can nest as deep as a loop makes them ([x] wrapped 100,000 times), deeper than a recursive
+// destructor could go: a container whose last owner lets go is freed here, its nested containers queued and
+// freed one after another instead of from inside each other's destructors.
+struct Graveyard {
+  std::vector<List*> lists;
+  std::vector<Dict*> dicts;
+  bool freeing = false;
+};
+thread_local Graveyard graveyard;
+
+template <class T>
+void bury(T* p) {
+  Graveyard& g = graveyard;
+  if constexpr (std::is_same_v<T, List>) g.lists.push_back(p);
+  else g.dicts.push_back(p);
+  if (g.freeing) return;  // an outer bury() frees it
+  g.freeing = true;
+  while (!g.lists.empty() || !g.dicts.empty()) {
+    if (!g.lists.empty()) {
+      List* l = g.lists.back();
+      g.lists.pop_back();
+      delete l;
+    } else {
+      Dict* d = g.dicts.back();
+      g.dicts.pop_back();
+      delete d;
+    }
+  }
+  g.freeing = false;
+}
+
 }  // namespace
 
 // ------------------------------------------------------------------------------------------------ Value
+Value::Value(List l) : v_(ListPtr(new List(std::move(l)), bury<List>)) {}
+Value::Value(Dict d) : v_(DictPtr(new Dict(std::move(d)), bury<Dict>)) {}
+
 const Value* Dict::find(std::string_view key) const {
   for (auto& [k, v] : items)
     if (k == key) return &v;
@@ -249,25 +364,45 @@ std::string Value::str() const {
   return repr();
 }
 
-std::string Value::repr() const {
+namespace {
+
+// repr() appended to `out`, within the render's string budget (shared lists can make a short value print long).
+void repr_into(const Value& v, std::string& out) {
   ValueDepth guard;
-  if (is_undefined()) return "Undefined";
-  if (is_none()) return "None";
-  if (is_bool()) return as_bool() ? "True" : "False";
-  if (is_int()) return std::to_string(as_int());
-  if (is_float()) return py_float_repr(as_float());
-  if (is_string()) return py_str_repr(as_string());
-  if (is_list()) {
-    std::string out = "[";
-    for (size_t i = 0; i < as_list().size(); i++) out += (i ? ", " : "") + as_list()[i].repr();
-    return out + "]";
+  if (v.is_undefined()) out += "Undefined";
+  else if (v.is_none()) out += "None";
+  else if (v.is_bool()) out += v.as_bool() ? "True" : "False";
+  else if (v.is_int()) out += std::to_string(v.as_int());
+  else if (v.is_float()) out += py_float_repr(v.as_float());
+  else if (v.is_string()) out += py_str_repr(v.as_string());
+  else if (v.is_list()) {
+    out += "[";
+    const List& l = v.as_list();
+    for (size_t i = 0; i < l.size(); i++) {
+      if (i) out += ", ";
+      repr_into(l[i], out);
+    }
+    out += "]";
+  } else if (v.as_dict().is_namespace) {
+    out += "<Namespace>";
+  } else {
+    const Dict& d = v.as_dict();
+    out += "{";
+    for (size_t i = 0; i < d.items.size(); i++) {
+      out += (i ? ", " : "") + py_str_repr(d.items[i].first) + ": ";
+      repr_into(d.items[i].second, out);
+    }
+    out += "}";
   }
-  const Dict& d = as_dict();
-  if (d.is_namespace) return "<Namespace>";
-  std::string out = "{";
-  for (size_t i = 0; i < d.items.size(); i++)
-    out += (i ? ", " : "") + py_str_repr(d.items[i].first) + ": " + d.items[i].second.repr();
-  return out + "}";
+  if (active_budget) active_budget->check_string(out.size());
+}
+
+}  // namespace
+
+std::string Value::repr() const {
+  std::string out;
+  repr_into(*this, out);
+  return out;
 }
 
 std::string Value::type_name() const {
@@ -541,6 +676,7 @@ struct Expr {
   std::vector<std::pair<std::string, std::unique_ptr<Expr>>> kwargs;
   std::vector<std::string> ops;                 // Compare: the operators between args
   bool negated = false;                         // Test: `is not`
+  int height = 1;                               // levels of this tree: evaluating it recurses that deep
 };
 using ExprPtr = std::unique_ptr<Expr>;
 
@@ -598,16 +734,35 @@ class Parser {
   std::vector<Token> t_;
   size_t i_ = 0;
   int loop_depth_ = 0;
-  // Recursion depth, bounded so that no template can exhaust a thread's stack (with sanitizers too). One level
-  // of parentheses costs three, an if/for block one; real templates stay far below.
+  // Nesting: the blocks and brackets being parsed (depth_, one per statement block, three per bracket) plus the
+  // levels of the expression tree being built stay within kMaxNestingDepth, so that parsing, evaluating and
+  // freeing the tree all recurse boundedly (with sanitizers too).
   int depth_ = 0;
   struct Nest {
     Parser& p;
     explicit Nest(Parser& parser) : p(parser) {
-      if (++p.depth_ > 64) syntax_error(p.cur().line, "expressions or blocks nested too deeply");
+      if (++p.depth_ > kMaxNestingDepth) p.too_deep(p.cur().line);
     }
     ~Nest() { p.depth_--; }
   };
+  [[noreturn]] void too_deep(int line) const {
+    syntax_error(line, "nested too deeply: more than " + std::to_string(kMaxNestingDepth) +
+                           " levels of blocks, brackets, operators, filters, tests, calls and attribute or item "
+                           "accesses");
+  }
+  // Makes `child` (null for an omitted operand) an operand of `parent`, within the nesting limit.
+  void attach(Expr& parent, ExprPtr child) {
+    if (child) grow(parent, child->height + 1);
+    parent.args.push_back(std::move(child));
+  }
+  void attach_kwarg(Expr& parent, std::string key, ExprPtr child) {
+    grow(parent, child->height + 1);
+    parent.kwargs.emplace_back(std::move(key), std::move(child));
+  }
+  void grow(Expr& parent, int height) {
+    parent.height = std::max(parent.height, height);
+    if (depth_ + parent.height > kMaxNestingDepth) too_deep(parent.line);
+  }
 
   const Token& cur() const { return t_[i_]; }
   const Token& peek(size_t k = 1) const { return t_[std::min(i_ + k, t_.size() - 1)]; }
@@ -785,9 +940,9 @@ class Parser {
         i_++;
         otherwise = parse_expression();
       }
-      c->args.push_back(std::move(cond));
-      c->args.push_back(std::move(e));
-      c->args.push_back(std::move(otherwise));  // may be null: undefined
+      attach(*c, std::move(cond));
+      attach(*c, std::move(e));
+      attach(*c, std::move(otherwise));  // may be null: undefined
       e = std::move(c);
     }
     return e;
@@ -798,8 +953,8 @@ class Parser {
     while (is_name("or")) {
       auto o = make(Expr::Or, cur().line);
       i_++;
-      o->args.push_back(std::move(e));
-      o->args.push_back(parse_and());
+      attach(*o, std::move(e));
+      attach(*o, parse_and());
       e = std::move(o);
     }
     return e;
@@ -809,8 +964,8 @@ class Parser {
     while (is_name("and")) {
       auto a = make(Expr::And, cur().line);
       i_++;
-      a->args.push_back(std::move(e));
-      a->args.push_back(parse_not());
+      attach(*a, std::move(e));
+      attach(*a, parse_not());
       e = std::move(a);
     }
     return e;
@@ -820,7 +975,7 @@ class Parser {
     if (is_name("not")) {
       auto n = make(Expr::Not, cur().line);
       i_++;
-      n->args.push_back(parse_not());
+      attach(*n, parse_not());
       return n;
     }
     return parse_compare();
@@ -845,18 +1000,18 @@ class Parser {
       }
       if (!cmp) {
         cmp = make(Expr::Compare, first->line);
-        cmp->args.push_back(std::move(first));
+        attach(*cmp, std::move(first));
       }
       cmp->ops.push_back(op);
-      cmp->args.push_back(parse_math1());
+      attach(*cmp, parse_math1());
     }
     return cmp ? std::move(cmp) : std::move(first);
   }
   ExprPtr binary(const std::string& op, ExprPtr a, ExprPtr b, int line) {
     auto e = make(Expr::Binary, line);
     e->name = op;
-    e->args.push_back(std::move(a));
-    e->args.push_back(std::move(b));
+    attach(*e, std::move(a));
+    attach(*e, std::move(b));
     return e;
   }
   ExprPtr parse_math1() {
@@ -903,7 +1058,7 @@ class Parser {
     if (is_op("-") || is_op("+")) {
       e = make(is_op("-") ? Expr::Neg : Expr::Pos, cur().line);
       i_++;
-      e->args.push_back(parse_unary(false));
+      attach(*e, parse_unary(false));
     } else {
       e = parse_primary();
     }
@@ -954,11 +1109,11 @@ class Parser {
         return first;
       }
       auto e = make(Expr::ListLit, line);
-      e->args.push_back(std::move(first));
+      attach(*e, std::move(first));
       while (is_op(",")) {
         i_++;
         if (is_op(")")) break;
-        e->args.push_back(parse_expression());
+        attach(*e, parse_expression());
       }
       expect_op(")");
       return e;
@@ -971,7 +1126,7 @@ class Parser {
           expect_op(",");
           if (is_op("]")) break;
         }
-        e->args.push_back(parse_expression());
+        attach(*e, parse_expression());
       }
       i_++;
       return e;
@@ -984,9 +1139,9 @@ class Parser {
           expect_op(",");
           if (is_op("}")) break;
         }
-        e->args.push_back(parse_expression());
+        attach(*e, parse_expression());
         expect_op(":");
-        e->args.push_back(parse_expression());
+        attach(*e, parse_expression());
       }
       i_++;
       return e;
@@ -1005,11 +1160,11 @@ class Parser {
           auto k = make(Expr::Literal, line);
           k->value = Value(cur().ival);
           i_++;
-          a->args.push_back(std::move(e));
-          a->args.push_back(std::move(k));
+          attach(*a, std::move(e));
+          attach(*a, std::move(k));
         } else {
           a->name = expect_name();
-          a->args.push_back(std::move(e));
+          attach(*a, std::move(e));
         }
         e = std::move(a);
       } else if (is_op("[")) {
@@ -1027,12 +1182,12 @@ class Parser {
         }
         expect_op("]");
         auto s = make(slice ? Expr::Slice : Expr::Item, line);
-        s->args.push_back(std::move(e));
+        attach(*s, std::move(e));
         if (slice) {
-          for (auto& p : parts) s->args.push_back(std::move(p));
+          for (auto& p : parts) attach(*s, std::move(p));
         } else {
           if (!parts[0]) syntax_error(line, "expected a subscript");
-          s->args.push_back(std::move(parts[0]));
+          attach(*s, std::move(parts[0]));
         }
         e = std::move(s);
       } else if (is_op("(")) {
@@ -1054,10 +1209,10 @@ class Parser {
       if (cur().type == Tok::Name && peek().type == Tok::Op && peek().text == "=") {
         std::string key = cur().text;
         i_ += 2;
-        call.kwargs.emplace_back(key, parse_expression());
+        attach_kwarg(call, key, parse_expression());
       } else {
         if (!call.kwargs.empty()) fail_here("positional argument after keyword argument");
-        call.args.push_back(parse_expression());
+        attach(call, parse_expression());
       }
     }
     i_++;
@@ -1074,15 +1229,15 @@ class Parser {
       if (!known_methods().count(callee->name))
         syntax_error(line, "unsupported method '" + callee->name + "'");
       c->name = "." + callee->name;
-      c->args.push_back(std::move(callee->args[0]));  // the object, then the arguments
+      attach(*c, std::move(callee->args[0]));  // the object, then the arguments
     } else {
       syntax_error(line, "only functions and methods can be called");
     }
     // Arguments follow the object (for methods) in args.
     auto parsed = make(Expr::Call, line);
     parse_args(*parsed);
-    for (auto& a : parsed->args) c->args.push_back(std::move(a));
-    c->kwargs = std::move(parsed->kwargs);
+    for (auto& a : parsed->args) attach(*c, std::move(a));
+    for (auto& [key, value] : parsed->kwargs) attach_kwarg(*c, key, std::move(value));
     return c;
   }
 
@@ -1095,7 +1250,7 @@ class Parser {
         if (!known_filters().count(name)) syntax_error(line, "unsupported filter '" + name + "'");
         auto f = make(Expr::Filter, line);
         f->name = name;
-        f->args.push_back(std::move(e));
+        attach(*f, std::move(e));
         if (is_op("(")) parse_args(*f);
         e = std::move(f);
       } else if (is_name("is")) {
@@ -1109,11 +1264,11 @@ class Parser {
         std::string name = expect_name();
         if (!known_tests().count(name)) syntax_error(line, "unsupported test '" + name + "'");
         t->name = name;
-        t->args.push_back(std::move(e));
+        attach(*t, std::move(e));
         if (is_op("(")) {
           parse_args(*t);
         } else if (cur().type == Tok::String || cur().type == Tok::Int || cur().type == Tok::Float) {
-          t->args.push_back(parse_primary());  // `x is divisibleby 3`
+          attach(*t, parse_primary());  // `x is divisibleby 3`
         }
         e = std::move(t);
       } else if (is_op("(")) {
@@ -1138,7 +1293,7 @@ enum class Flow { Normal, Break, Continue };
 
 class Renderer {
  public:
-  Renderer(const Value& globals) {
+  Renderer(const Value& globals, Budget& budget) : budget_(budget) {
     frames_.emplace_back();
     if (globals.is_dict())
       for (auto& [k, v] : globals.as_dict().items) frames_.back().emplace_back(k, v);
@@ -1158,8 +1313,34 @@ class Renderer {
  private:
   using Frame = std::vector<std::pair<std::string, Value>>;
   std::vector<Frame> frames_;
-  static constexpr int64_t kMaxRange = 100000;  // jinja2's sandbox limit
-  static constexpr size_t kMaxOutput = size_t(64) << 20;
+  Budget& budget_;
+  // A loop iteration costs several steps' time (a scope, the loop variables), even with an empty body.
+  static constexpr int64_t kStepsPerIteration = 4;
+
+  Value compute(const Expr& e);
+  // An operand of a builtin: the builtin reads its text, which the budget charges.
+  Value operand(const Expr& e) {
+    Value v = eval(e);
+    if (v.is_string()) budget_.bytes(v.as_string().size());
+    return v;
+  }
+  // What a builtin built: charged, and within the size limits.
+  void charge_built(const Value& v, int line) {
+    budget_.line = line;
+    if (v.is_string()) {
+      budget_.bytes(v.as_string().size());
+      budget_.check_string(v.as_string().size());
+    } else if (v.is_list()) {
+      budget_.step(int64_t(v.as_list().size()));
+      budget_.check_items(v.as_list().size());
+    }
+  }
+  // Text appended to the rendered output (or a {% set %} block's capture).
+  void emit(std::string& out, const std::string& text) {
+    budget_.bytes(text.size());
+    budget_.check_string(out.size() + text.size());
+    out += text;
+  }
 
   Value lookup(const std::string& name) const {
     for (auto f = frames_.rbegin(); f != frames_.rend(); ++f)
@@ -1279,6 +1460,7 @@ void to_json(const Value& v, int indent, int level, std::string& out, int line) 
   } else {
     runtime_error(line, "Object of type " + v.type_name() + " is not JSON serializable");
   }
+  check_growing_string(out.size());
 }
 
 // Python slice index normalization (PySlice_AdjustIndices).
@@ -1352,6 +1534,7 @@ std::vector<std::string> py_split(const std::string& s, const Value& sep, int64_
       }
       while (k < cps.size() && !ws(k)) word += cps[k++];
       out.push_back(word);
+      check_growing_list(out.size());
     }
     return out;
   }
@@ -1365,6 +1548,7 @@ std::vector<std::string> py_split(const std::string& s, const Value& sep, int64_
     if (f == std::string::npos) break;
     out.push_back(s.substr(pos, f - pos));
     pos = f + d.size();
+    check_growing_list(out.size());
   }
   out.push_back(s.substr(pos));
   return out;
@@ -1381,6 +1565,7 @@ std::string py_replace(const std::string& s, const std::string& a, const std::st
         done++;
       }
       if (k < cps.size()) out += cps[k];
+      check_growing_string(out.size());
     }
     return out;
   }
@@ -1393,6 +1578,7 @@ std::string py_replace(const std::string& s, const std::string& a, const std::st
     out += b;
     pos = f + a.size();
     done++;
+    check_growing_string(out.size());
   }
   out.append(s, pos);
   return out;
@@ -1420,10 +1606,14 @@ Value Renderer::item(const Value& obj, const Value& key, int line) {
       if (k < 0) k += n;
       if (k >= 0 && k < n) return l[size_t(k)];
     } else {
-      std::vector<std::string_view> cps = code_points(obj.as_string());
-      int64_t n = int64_t(cps.size());
+      const std::string& str = obj.as_string();
+      int64_t n = int64_t(code_point_count(str));
       if (k < 0) k += n;
-      if (k >= 0 && k < n) return Value(std::string(cps[size_t(k)]));
+      if (k >= 0 && k < n) {
+        size_t i = 0;
+        for (int64_t j = 0; j < k; j++) i += u8len(str, i);
+        return Value(str.substr(i, u8len(str, i)));
+      }
     }
     return Value::undefined(obj.type_name() + " object has no element " + key.repr());
   }
@@ -1487,8 +1677,11 @@ Value Renderer::binary(const std::string& op, const Value& a, const Value& b, in
     if (op == "*") return __builtin_mul_overflow(x, y, &r) ? overflow() : Value(r);
     if (op == "**") {
       if (y < 0) return Value(std::pow(double(x), double(y)));
+      // 0, 1 and -1 never overflow, so their powers are computed, not looped up to y times.
+      if (x == 0 || x == 1) return Value(y == 0 ? int64_t(1) : x);
+      if (x == -1) return Value(y % 2 == 0 ? int64_t(1) : int64_t(-1));
       r = 1;
-      for (int64_t k = 0; k < y; k++)
+      for (int64_t k = 0; k < y; k++)  // |x| >= 2 overflows within 63 steps
         if (__builtin_mul_overflow(r, x, &r)) overflow();
       return Value(r);
     }
@@ -1515,9 +1708,13 @@ Value Renderer::binary(const std::string& op, const Value& a, const Value& b, in
     const Value* seq = (a.is_string() || a.is_list()) ? &a : (b.is_string() || b.is_list()) ? &b : nullptr;
     const Value* cnt = seq == &a ? &b : &a;
     if (seq && (cnt->is_int() || cnt->is_bool())) {
-      int64_t k = std::max<int64_t>(0, as_int64(*cnt));
-      size_t unit = seq->is_string() ? seq->as_string().size() : seq->as_list().size();
-      if (unit && uint64_t(k) > kMaxOutput / unit) runtime_error(line, "repetition result is too large");
+      const uint64_t unit = seq->is_string() ? seq->as_string().size() : seq->as_list().size();
+      // Empty times anything is empty (and must not loop k times); else the result's size is checked first.
+      const int64_t k = unit == 0 ? 0 : std::max<int64_t>(0, as_int64(*cnt));
+      uint64_t total = 0;
+      if (__builtin_mul_overflow(unit, uint64_t(k), &total)) total = UINT64_MAX;
+      if (seq->is_string()) budget_.check_string(total);
+      else budget_.check_items(total);
       if (seq->is_string()) {
         std::string s;
         for (int64_t j = 0; j < k; j++) s += seq->as_string();
@@ -1580,19 +1777,22 @@ bool Renderer::compare(const std::string& op, const Value& a, const Value& b, in
 }
 
 std::vector<Value> Renderer::iterate(const Value& v, int line) {
-  if (v.is_undefined()) return {};  // jinja2's Undefined iterates as empty
-  if (v.is_list()) return v.as_list();
-  if (v.is_dict() && !v.as_dict().is_namespace) {
-    std::vector<Value> keys;
-    for (auto& [k, x] : v.as_dict().items) keys.emplace_back(k);
-    return keys;
+  std::vector<Value> out;
+  if (v.is_undefined()) return out;  // jinja2's Undefined iterates as empty
+  if (v.is_list()) {
+    out = v.as_list();
+  } else if (v.is_dict() && !v.as_dict().is_namespace) {
+    for (auto& [k, x] : v.as_dict().items) out.emplace_back(k);
+  } else if (v.is_string()) {
+    // One string per code point: refused before it is built when that is too many.
+    const std::string& s = v.as_string();
+    budget_.check_items(uint64_t(std::count_if(s.begin(), s.end(), [](char c) { return (c & 0xC0) != 0x80; })));
+    for (auto cp : code_points(s)) out.emplace_back(std::string(cp));
+  } else {
+    runtime_error(line, "'" + v.type_name() + "' object is not iterable");
   }
-  if (v.is_string()) {
-    std::vector<Value> out;
-    for (auto cp : code_points(v.as_string())) out.emplace_back(std::string(cp));
-    return out;
-  }
-  runtime_error(line, "'" + v.type_name() + "' object is not iterable");
+  budget_.step(int64_t(out.size()));
+  return out;
 }
 
 Value Renderer::method(const Value& obj, const std::string& name, const std::vector<Value>& args, int line) {
@@ -1648,12 +1848,12 @@ Value Renderer::method(const Value& obj, const std::string& name, const std::vec
     if (name == "find") {
       nargs(1, 1);
       size_t f = s.find(arg_str(0, "find"));
-      return Value(f == std::string::npos ? int64_t(-1) : int64_t(code_points(s.substr(0, f)).size()));
+      return Value(f == std::string::npos ? int64_t(-1) : int64_t(code_point_count(std::string_view(s).substr(0, f))));
     }
     if (name == "count") {
       nargs(1, 1);
       const std::string& sub = arg_str(0, "count");
-      if (sub.empty()) return Value(int64_t(code_points(s).size() + 1));
+      if (sub.empty()) return Value(int64_t(code_point_count(s) + 1));
       int64_t c = 0;
       for (size_t p = s.find(sub); p != std::string::npos; p = s.find(sub, p + sub.size())) c++;
       return Value(c);
@@ -1667,6 +1867,7 @@ Value Renderer::method(const Value& obj, const std::string& name, const std::vec
         if (!first) out += s;
         out += x.as_string();
         first = false;
+        check_growing_string(out.size());
       }
       return Value(std::move(out));
     }
@@ -1704,9 +1905,9 @@ Value Renderer::method(const Value& obj, const std::string& name, const std::vec
 Value Renderer::call(const Expr& e) {
   const int line = e.line;
   if (e.name[0] == '.') {
-    Value obj = eval(*e.args[0]);
+    Value obj = operand(*e.args[0]);
     std::vector<Value> args;
-    for (size_t k = 1; k < e.args.size(); k++) args.push_back(eval(*e.args[k]));
+    for (size_t k = 1; k < e.args.size(); k++) args.push_back(operand(*e.args[k]));
     if (!e.kwargs.empty()) runtime_error(line, "keyword arguments to " + e.name.substr(1) + "() are not supported");
     return method(obj, e.name.substr(1), args, line);
   }
@@ -1737,11 +1938,14 @@ Value Renderer::call(const Expr& e) {
       if (args.size() == 3) step = as_int64(args[2]);
     }
     if (step == 0) runtime_error(line, "range() arg 3 must not be zero");
+    // The length first (in 128 bits: stop - start can overflow), so a huge range is refused, not built.
+    const __int128 span = step > 0 ? __int128(stop) - start : __int128(start) - stop;
+    const __int128 mag = step > 0 ? __int128(step) : -__int128(step);
+    const __int128 count = span <= 0 ? 0 : (span + mag - 1) / mag;
+    budget_.check_items(count > __int128(UINT64_MAX) ? UINT64_MAX : uint64_t(count));
     List l;
-    for (int64_t k = start; step > 0 ? k < stop : k > stop; k += step) {
-      if (int64_t(l.size()) >= kMaxRange) runtime_error(line, "range too big, maximum size is 100000");
-      l.emplace_back(k);
-    }
+    l.reserve(size_t(count));
+    for (int64_t k = 0; k < int64_t(count); k++) l.emplace_back(int64_t(start + __int128(k) * step));
     return Value(std::move(l));
   }
   if (e.name == "strftime_now") {
@@ -1759,9 +1963,9 @@ Value Renderer::call(const Expr& e) {
 Value Renderer::filter(const Expr& e) {
   const int line = e.line;
   const std::string& f = e.name;
-  Value x = eval(*e.args[0]);
+  Value x = operand(*e.args[0]);
   std::vector<Value> args;
-  for (size_t k = 1; k < e.args.size(); k++) args.push_back(eval(*e.args[k]));
+  for (size_t k = 1; k < e.args.size(); k++) args.push_back(operand(*e.args[k]));
   auto kwarg = [&](const char* name, size_t pos, Value dflt) -> Value {
     for (auto& [k, v] : e.kwargs)
       if (k == name) return eval(*v);
@@ -1789,7 +1993,7 @@ Value Renderer::filter(const Expr& e) {
   }
   if (f == "length" || f == "count") {
     if (x.is_undefined()) return Value(int64_t(0));
-    if (x.is_string()) return Value(int64_t(code_points(x.as_string()).size()));
+    if (x.is_string()) return Value(int64_t(code_point_count(x.as_string())));
     if (x.is_list()) return Value(int64_t(x.as_list().size()));
     if (x.is_dict()) return Value(int64_t(x.as_dict().items.size()));
     runtime_error(line, "object of type '" + x.type_name() + "' has no len()");
@@ -1819,6 +2023,7 @@ Value Renderer::filter(const Expr& e) {
       if (!first) out += sep.str();
       out += v.str();
       first = false;
+      check_growing_string(out.size());
     }
     return Value(std::move(out));
   }
@@ -1879,9 +2084,9 @@ Value Renderer::filter(const Expr& e) {
 bool Renderer::test(const Expr& e) {
   const int line = e.line;
   const std::string& t = e.name;
-  Value x = eval(*e.args[0]);
+  Value x = operand(*e.args[0]);
   std::vector<Value> args;
-  for (size_t k = 1; k < e.args.size(); k++) args.push_back(eval(*e.args[k]));
+  for (size_t k = 1; k < e.args.size(); k++) args.push_back(operand(*e.args[k]));
   auto need_arg = [&]() -> const Value& {
     if (args.empty()) runtime_error(line, "test '" + t + "' needs an argument");
     return args[0];
@@ -1919,13 +2124,28 @@ bool Renderer::test(const Expr& e) {
 }
 
 Value Renderer::eval(const Expr& e) {
+  budget_.line = e.line;
+  budget_.step();
+  Value v = compute(e);
+  switch (e.kind) {
+    case Expr::Slice:
+    case Expr::Call:
+    case Expr::Filter:
+    case Expr::Binary:
+    case Expr::ListLit: charge_built(v, e.line); break;
+    default: break;
+  }
+  return v;
+}
+
+Value Renderer::compute(const Expr& e) {
   switch (e.kind) {
     case Expr::Literal: return e.value;
     case Expr::Name: return lookup(e.name);
     case Expr::Attr: return attr(eval(*e.args[0]), e.name, e.line);
-    case Expr::Item: return item(eval(*e.args[0]), eval(*e.args[1]), e.line);
+    case Expr::Item: return item(operand(*e.args[0]), operand(*e.args[1]), e.line);
     case Expr::Slice: {
-      Value obj = eval(*e.args[0]);
+      Value obj = operand(*e.args[0]);
       Value p[3];
       for (int k = 0; k < 3; k++)
         if (e.args[size_t(k) + 1]) p[k] = eval(*e.args[size_t(k) + 1]);
@@ -1945,11 +2165,11 @@ Value Renderer::eval(const Expr& e) {
       return Value(-as_int64(x));
     }
     case Expr::Not: return Value(!eval(*e.args[0]).truthy());
-    case Expr::Binary: return binary(e.name, eval(*e.args[0]), eval(*e.args[1]), e.line);
+    case Expr::Binary: return binary(e.name, operand(*e.args[0]), operand(*e.args[1]), e.line);
     case Expr::Compare: {
-      Value left = eval(*e.args[0]);
+      Value left = operand(*e.args[0]);
       for (size_t k = 0; k < e.ops.size(); k++) {
-        Value right = eval(*e.args[k + 1]);
+        Value right = operand(*e.args[k + 1]);
         if (!compare(e.ops[k], left, right, e.line)) return Value(false);
         left = std::move(right);
       }
@@ -1985,9 +2205,11 @@ Value Renderer::eval(const Expr& e) {
 }
 
 Flow Renderer::exec(const Node& n, std::string& out) {
+  budget_.line = n.line;
+  budget_.step();
   switch (n.kind) {
-    case Node::Text: out += n.text; break;
-    case Node::Output: out += eval(*n.expr).str(); break;
+    case Node::Text: emit(out, n.text); break;
+    case Node::Output: emit(out, eval(*n.expr).str()); break;
     case Node::If:
       for (auto& [cond, body] : n.branches)
         if (eval(*cond).truthy()) return exec(body, out);
@@ -2015,7 +2237,6 @@ Flow Renderer::exec(const Node& n, std::string& out) {
     case Node::Continue: return Flow::Continue;
     case Node::Scope: return exec(n.body, out);
   }
-  if (out.size() > kMaxOutput) runtime_error(n.line, "rendered text is too large");
   return Flow::Normal;
 }
 
@@ -2050,6 +2271,7 @@ void Renderer::exec_for(const Node& n, std::string& out) {
   }
   const int64_t len = int64_t(items.size());
   for (int64_t k = 0; k < len; k++) {
+    budget_.step(kStepsPerIteration);
     // Each iteration has its own scope: `set` inside a loop does not outlive the iteration (as jinja2).
     frames_.emplace_back();
     Dict loop;
@@ -2077,8 +2299,10 @@ Template::~Template() = default;
 Template::Template(Template&&) noexcept = default;
 Template& Template::operator=(Template&&) noexcept = default;
 
-std::string Template::render(const Value& globals) const {
-  Renderer r(globals);
+std::string Template::render(const Value& globals, const RenderLimits& limits) const {
+  Budget budget(limits);
+  ActiveBudget active(budget);
+  Renderer r(globals, budget);
   std::string out;
   r.exec(body_, out);
   return out;

@@ -2,7 +2,8 @@
 //   POST /v1/completions, POST /v1/chat/completions  (streaming by server-sent events when "stream": true)
 //   GET /v1/models, GET /health, GET /metrics (Prometheus text)
 // Errors are OpenAI's {"error": {...}} bodies: 400 for bad requests, 404 for unknown routes, 429 when the
-// engine's waiting queue is full, 503 while shutting down. A client that disconnects has its requests aborted.
+// engine's waiting queue is full, 503 while shutting down. A client that disconnects has its requests aborted
+// (also while its chat template is still rendering).
 #pragma once
 #include <atomic>
 #include <chrono>
@@ -50,6 +51,9 @@ class HttpServer {
   bool draining() const { return draining_; }
   // Generation requests still being answered (admitted, or on their way to the engine).
   int64_t in_flight() const { return in_flight_; }
+  // Shutdown, after a second signal: chat templates still rendering stop (their requests get 503). stop()
+  // does this too.
+  void abort_renders() { aborting_ = true; }
   // Step 2: stop listening, close idle connections, join the server thread.
   void stop();
 
@@ -66,7 +70,7 @@ class HttpServer {
   ServerOptions opt_;
   std::unique_ptr<httplib::Server> http_;
   std::thread thread_;
-  std::atomic<bool> draining_{false}, listen_returned_{false};
+  std::atomic<bool> draining_{false}, listen_returned_{false}, aborting_{false};
   std::atomic<int64_t> in_flight_{0}, rejected_draining_{0};
   std::atomic<uint64_t> seed_counter_;
   const int64_t created_;  // start time, for /v1/models
