@@ -262,9 +262,10 @@ TEST(Jinja, ChainsWithinTheLimitRenderOnASmallStack) {
   EXPECT_EQ(jinja::Template("{{ x" + repeat("|trim", n) + " }}").render(vars), "a");
   EXPECT_EQ(jinja::Template("{{ 1" + repeat("+1", n) + " }}").render(vars), std::to_string(n + 1));
   EXPECT_EQ(jinja::Template("{{ [" + repeat("[", n / 2) + repeat("]", n / 2) + "]|length }}").render(vars), "1");
-  // The deepest trees the limit lets through parse, render and are freed within 512 KiB of stack (a thread
-  // of httplib's pool has 8 MiB): the evaluator and the destructor recurse no deeper than the limit.
-  on_small_stack(512 << 10, [&] {
+  // The deepest trees the limit lets through parse, render and are freed within 2 MiB of stack (a thread of
+  // httplib's pool has 8 MiB; a release build needs under 256 KiB, sanitizers a few times that): the
+  // evaluator and the destructor recurse no deeper than the limit.
+  on_small_stack(2 << 20, [&] {
     for (int len = jinja::kMaxNestingDepth - 8; len <= jinja::kMaxNestingDepth; len++) {
       for (auto& [what, src] : long_chains(len)) {
         try {
@@ -279,7 +280,7 @@ TEST(Jinja, ChainsWithinTheLimitRenderOnASmallStack) {
 
 TEST(Jinja, DeeplyNestedValuesAreFreedWithoutRecursion) {
   // 100,000 levels of [[[...]]] built in a loop: freed one after another, not recursively.
-  on_small_stack(256 << 10, [] {
+  on_small_stack(1 << 20, [] {  // recursively, freeing it would take tens of MiB
     jinja::Template t("{% set ns = namespace(x=[]) %}{% for i in range(100000) %}{% set ns.x = [ns.x] %}"
                       "{% endfor %}done");
     EXPECT_EQ(t.render(no_vars()), "done");
