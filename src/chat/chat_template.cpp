@@ -1,5 +1,7 @@
 #include "chat/chat_template.h"
 
+#include <algorithm>
+
 #include "core/error.h"
 
 namespace oar {
@@ -73,7 +75,17 @@ ChatTemplate ChatTemplate::for_tokenizer(const Tokenizer& tok) {
   return ChatTemplate(builtin_llama2_chat_template(), "built-in Llama-2 chat template", bos, eos);
 }
 
-std::string ChatTemplate::render(const std::vector<ChatMessage>& messages, bool add_generation_prompt) const {
+std::string ChatTemplate::render(const std::vector<ChatMessage>& messages, bool add_generation_prompt,
+                                 const std::function<bool()>& cancelled) const {
+  jinja::RenderLimits limits = limits_;
+  limits.cancelled = cancelled;
+  // The budget grows with the conversation: a template reads its text a few times and writes it once or
+  // twice, escaped at worst (tojson), whatever its length.
+  size_t text_bytes = bos_token_.size() + eos_token_.size();
+  for (const ChatMessage& m : messages) text_bytes += m.role.size() + m.content.size();
+  limits.max_steps += int64_t(text_bytes);
+  limits.max_string_bytes = std::max(limits.max_string_bytes, 8 * text_bytes);
+
   jinja::List msgs;
   for (const ChatMessage& m : messages) {
     jinja::Dict d;
@@ -90,12 +102,12 @@ std::string ChatTemplate::render(const std::vector<ChatMessage>& messages, bool 
   g.set("add_generation_prompt", jinja::Value(add_generation_prompt));
   g.set("bos_token", jinja::Value(bos_token_));
   g.set("eos_token", jinja::Value(eos_token_));
-  return tmpl_->render(jinja::Value(std::move(g)));
+  return tmpl_->render(jinja::Value(std::move(g)), limits);
 }
 
 std::vector<int32_t> ChatTemplate::encode(const Tokenizer& tok, const std::vector<ChatMessage>& messages,
-                                          bool add_generation_prompt) const {
-  const std::string text = render(messages, add_generation_prompt);
+                                          bool add_generation_prompt, const std::function<bool()>& cancelled) const {
+  const std::string text = render(messages, add_generation_prompt, cancelled);
   // tokenizer.json matches every special token in text itself; the other tokenizers do not, so the BOS and
   // EOS strings the templates write are mapped to their ids here and the text between them encoded alone.
   if (tok.kind() == "bpe") return tok.encode(text, false);

@@ -4,6 +4,7 @@
 // format chosen by the vocabulary.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -31,12 +32,19 @@ class ChatTemplate {
   static ChatTemplate for_tokenizer(const Tokenizer& tok);
 
   // The prompt text. add_generation_prompt asks the template to open the assistant's turn. Throws
-  // jinja::TemplateRaised when the template refuses the conversation (raise_exception), TemplateError otherwise.
-  std::string render(const std::vector<ChatMessage>& messages, bool add_generation_prompt) const;
+  // jinja::TemplateRaised when the template refuses the conversation (raise_exception),
+  // jinja::RenderLimitExceeded when it needs more than its budget, TemplateError otherwise, and
+  // jinja::RenderCancelled once `cancelled` (polled while rendering) returns true.
+  std::string render(const std::vector<ChatMessage>& messages, bool add_generation_prompt,
+                     const std::function<bool()>& cancelled = {}) const;
   // render() then tokenize as apply_chat_template(tokenize=True) does: no BOS added (templates write their
   // own bos_token); special-token strings in the text become their ids.
   std::vector<int32_t> encode(const Tokenizer& tok, const std::vector<ChatMessage>& messages,
-                              bool add_generation_prompt) const;
+                              bool add_generation_prompt, const std::function<bool()>& cancelled = {}) const;
+
+  // Each render's budget (jinja::RenderLimits; its `cancelled` is render()'s). Steps and the string limit
+  // grow with the conversation's size, so that a long conversation never runs out of budget.
+  void set_render_limits(const jinja::RenderLimits& limits) { limits_ = limits; }
 
   const std::string& origin() const { return origin_; }
   const std::string& source() const { return source_; }
@@ -44,6 +52,7 @@ class ChatTemplate {
  private:
   std::string source_, origin_, bos_token_, eos_token_;
   std::shared_ptr<const jinja::Template> tmpl_;  // shared: templates are immutable once parsed
+  jinja::RenderLimits limits_;
 };
 
 }  // namespace oar

@@ -222,6 +222,7 @@ Action add_serve(CLI::App& app) {
       if (signals.wait(std::chrono::milliseconds(100)) != 0 && !aborted) {
         std::fprintf(stderr, "oar serve: aborting %lld running requests\n", (long long)http.in_flight());
         loop.cancel_all();
+        http.abort_renders();
         aborted = true;
       }
     }

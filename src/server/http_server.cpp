@@ -11,6 +11,7 @@
 #include "core/error.h"
 #include "server/api.h"
 #include "server/http_connections.h"
+#include "server/client_probe.h"
 #include "server/metrics.h"
 
 namespace oar::server {
@@ -221,6 +222,7 @@ void HttpServer::start() {
 void HttpServer::begin_drain() { draining_ = true; }
 
 void HttpServer::stop() {
+  abort_renders();  // a handler still rendering a chat template would hold up the thread pool's join
   if (!thread_.joinable()) return;
   // listen_after_bind may not have started yet, and httplib's stop() only acts on a running server.
   while (!http_->is_running() && !listen_returned_) std::this_thread::sleep_for(std::chrono::milliseconds(1));
@@ -280,10 +282,18 @@ void HttpServer::handle_generate(const httplib::Request& req, httplib::Response&
     std::vector<std::vector<int32_t>> prompts;
     if (chat) {
       if (!chat_) throw ApiError(400, "this model has no chat template", "messages");
+      // The render stops when the client goes away or the server aborts (its budget bounds it otherwise).
+      ClientProbe client(req, opt_.disconnect_poll);
+      auto cancelled = [this, &client] { return aborting_.load() || client.gone(); };
       try {
-        prompts.push_back(chat_->encode(tok_, r.messages, r.add_generation_prompt));
+        prompts.push_back(chat_->encode(tok_, r.messages, r.add_generation_prompt, cancelled));
       } catch (const jinja::TemplateRaised& e) {
         throw ApiError(400, e.what(), "messages");  // the template's own words, e.g. roles must alternate
+      } catch (const jinja::RenderCancelled&) {  // only a shutting-down server has anyone to tell
+        throw ApiError(503, "the server is shutting down", "", "shutting_down", "service_unavailable");
+      } catch (const jinja::RenderLimitExceeded& e) {
+        throw ApiError(400, std::string("the chat template cannot render these messages: ") + e.what(), "messages",
+                       "chat_template_budget_exceeded");
       } catch (const jinja::TemplateError& e) {
         throw ApiError(400, std::string("the chat template cannot render these messages: ") + e.what(), "messages");
       }

@@ -3,8 +3,9 @@
 //   GET /v1/models, GET /health, GET /metrics (Prometheus text)
 // Errors are OpenAI's {"error": {...}} bodies: 400 for bad requests, 401 without the API key (when one is set),
 // 404 for unknown routes, 408 for requests that arrive too slowly, 429 when the engine's waiting queue is full,
-// 503 while shutting down or beyond the connection cap. A client that disconnects has its requests aborted.
-// Connections, timeouts and the checks on request heads: server/http_connections.h.
+// 503 while shutting down or beyond the connection cap. A client that disconnects has its requests aborted (also
+// while its chat template is still rendering). Connections, timeouts and the checks on request heads:
+// server/http_connections.h.
 #pragma once
 #include <atomic>
 #include <chrono>
@@ -58,6 +59,9 @@ class HttpServer {
   bool draining() const { return draining_; }
   // Generation requests still being answered (admitted, or on their way to the engine).
   int64_t in_flight() const { return in_flight_; }
+  // Shutdown, after a second signal: chat templates still rendering stop (their requests get 503). stop()
+  // does this too.
+  void abort_renders() { aborting_ = true; }
   // Step 2: stop listening, close idle connections, join the server thread.
   void stop();
 
@@ -74,7 +78,7 @@ class HttpServer {
   ServerOptions opt_;
   std::unique_ptr<GuardedServer> http_;
   std::thread thread_;
-  std::atomic<bool> draining_{false}, listen_returned_{false};
+  std::atomic<bool> draining_{false}, listen_returned_{false}, aborting_{false};
   std::atomic<int64_t> in_flight_{0}, rejected_draining_{0};
   std::atomic<uint64_t> seed_counter_;
   const int64_t created_;  // start time, for /v1/models

@@ -2,10 +2,17 @@
 // tests/reference/make_chat_template_fixtures.py), load-time refusal of unsupported constructs, the built-in
 // Llama-2 / Llama-3 choice by vocabulary, and tokenization of the rendered text.
 #include <gtest/gtest.h>
+#include <pthread.h>
+#include <sys/resource.h>
+#include <time.h>
 
+#include <atomic>
+#include <chrono>
 #include <fstream>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <thread>
 
 #include "chat/chat_template.h"
 #include "chat/jinja.h"
@@ -154,6 +161,271 @@ TEST(Jinja, DeepNestingIsAnErrorNotACrash) {
   EXPECT_THROW(deep.render(jinja::Value(jinja::Dict{})), jinja::TemplateError);
   // Moderate nesting is fine.
   EXPECT_EQ(jinja::Template("{{ " + std::string(15, '(') + "1" + std::string(15, ')') + " }}").render(jinja::Value(jinja::Dict{})), "1");
+}
+
+// ---- hardening: nesting limit, render budget, cancellation
+
+// CPU seconds `f` takes on this thread (not wall time: a loaded machine must not fail the test).
+double thread_cpu_seconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return double(ts.tv_sec) + double(ts.tv_nsec) * 1e-9;
+}
+template <class F>
+double seconds_of(F&& f) {
+  double t0 = thread_cpu_seconds();
+  f();
+  return thread_cpu_seconds() - t0;
+}
+
+std::string repeat(const std::string& s, int n) {
+  std::string out;
+  for (int i = 0; i < n; i++) out += s;
+  return out;
+}
+
+// `f` run on a thread with only `stack_bytes` of stack (a recursion that the limits let through would crash).
+void on_small_stack(size_t stack_bytes, std::function<void()> f) {
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setstacksize(&attr, stack_bytes);
+  pthread_t th;
+  auto body = [](void* p) -> void* {
+    (*static_cast<std::function<void()>*>(p))();
+    return nullptr;
+  };
+  ASSERT_EQ(pthread_create(&th, &attr, body, &f), 0);
+  pthread_join(th, nullptr);
+  pthread_attr_destroy(&attr);
+}
+
+jinja::Value no_vars() { return jinja::Value(jinja::Dict{}); }
+
+// Every construct that makes the syntax tree deeper, chained long: refused when parsed, by the one nesting limit.
+std::vector<std::pair<std::string, std::string>> long_chains(int n) {
+  return {
+      {"filters", "{{ x" + repeat("|trim", n) + " }}"},
+      {"binary operators", "{{ 1" + repeat("+1", n) + " }}"},
+      {"concatenation", "{{ 'a'" + repeat("~'a'", n) + " }}"},
+      {"and", "{{ x" + repeat(" and x", n) + " }}"},
+      {"attributes", "{{ a" + repeat(".b", n) + " }}"},
+      {"subscripts", "{{ m" + repeat("[0]", n) + " }}"},
+      {"method calls", "{{ s" + repeat(".strip()", n) + " }}"},
+      {"tests", "{{ x" + repeat(" is defined", n) + " }}"},
+      {"not", "{{ " + repeat("not ", n) + "x }}"},
+      {"unary minus", "{{ " + repeat("-", n) + "1 }}"},
+      {"conditional chain", "{{ 1" + repeat(" if x", n) + " }}"},
+      {"else chain", "{{ 1" + repeat(" if x else 1", n) + " }}"},
+      {"nested lists", "{{ " + repeat("[", n) + repeat("]", n) + " }}"},
+      {"nested dicts", "{{ " + repeat("{'k': ", n) + "1" + repeat("}", n) + " }}"},
+      {"nested calls", "{{ " + repeat("namespace(x=", n) + "1" + repeat(")", n) + " }}"},
+      {"parentheses", "{{ " + repeat("(", n) + "1" + repeat(")", n) + " }}"},
+      {"blocks", repeat("{% if true %}", n) + "x" + repeat("{% endif %}", n)},
+  };
+}
+
+TEST(Jinja, LongChainsAreRefusedWhenParsed) {
+  for (int n : {jinja::kMaxNestingDepth + 1, 20000, 100000}) {
+    for (auto& [what, src] : long_chains(n)) {
+      SCOPED_TRACE(what + " x" + std::to_string(n));
+      double s = seconds_of([&, &src = src] {
+        try {
+          jinja::Template t(src);
+          ADD_FAILURE() << "parsed";
+        } catch (const jinja::TemplateError& e) {
+          EXPECT_NE(std::string(e.what()).find("nested too deeply: more than " +
+                                               std::to_string(jinja::kMaxNestingDepth) + " levels"),
+                    std::string::npos)
+              << e.what();
+        }
+      });
+      EXPECT_LT(s, 2.0);
+    }
+  }
+  // Loading names the template's source and the limit.
+  try {
+    ChatTemplate t("{{ messages" + repeat("|trim", 20000) + " }}", "model/tokenizer_config.json", "", "");
+    FAIL() << "loaded";
+  } catch (const Error& e) {
+    std::string what = e.what();
+    EXPECT_EQ(what.rfind("model/tokenizer_config.json: chat template: line 1: nested too deeply: more than 200", 0), 0u)
+        << what;
+  }
+}
+
+TEST(Jinja, ChainsWithinTheLimitRenderOnASmallStack) {
+  // A quarter of the nesting limit deep: real templates stay far below; these render and evaluate right.
+  const int n = jinja::kMaxNestingDepth / 4;
+  jinja::Dict d;
+  d.set("x", jinja::Value("  a  "));
+  jinja::Value vars(std::move(d));
+  EXPECT_EQ(jinja::Template("{{ x" + repeat("|trim", n) + " }}").render(vars), "a");
+  EXPECT_EQ(jinja::Template("{{ 1" + repeat("+1", n) + " }}").render(vars), std::to_string(n + 1));
+  EXPECT_EQ(jinja::Template("{{ [" + repeat("[", n / 2) + repeat("]", n / 2) + "]|length }}").render(vars), "1");
+  // The deepest trees the limit lets through parse, render and are freed within 2 MiB of stack (a thread of
+  // httplib's pool has 8 MiB; a release build needs under 256 KiB, sanitizers a few times that): the
+  // evaluator and the destructor recurse no deeper than the limit.
+  on_small_stack(2 << 20, [&] {
+    for (int len = jinja::kMaxNestingDepth - 8; len <= jinja::kMaxNestingDepth; len++) {
+      for (auto& [what, src] : long_chains(len)) {
+        try {
+          jinja::Template t(src);
+          t.render(vars);
+        } catch (const jinja::TemplateError&) {  // over the limit, or an error of the value: either is fine
+        }
+      }
+    }
+  });
+}
+
+TEST(Jinja, DeeplyNestedValuesAreFreedWithoutRecursion) {
+  // 100,000 levels of [[[...]]] built in a loop: freed one after another, not recursively.
+  on_small_stack(1 << 20, [] {  // recursively, freeing it would take tens of MiB
+    jinja::Template t("{% set ns = namespace(x=[]) %}{% for i in range(100000) %}{% set ns.x = [ns.x] %}"
+                      "{% endfor %}done");
+    EXPECT_EQ(t.render(no_vars()), "done");
+  });
+}
+
+long peak_rss_kib() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return u.ru_maxrss;
+}
+
+TEST(Jinja, HostileTemplatesExhaustTheBudgetQuicklyAndInBoundedMemory) {
+  const std::string big = "{% set s = 'x' * 4000000 %}";  // 4 MB, within the string limit
+  const std::string doubling = "{% set ns = namespace(l=['xxxxxxxx']) %}{% for i in range(60) %}"
+                               "{% set ns.l = [ns.l, ns.l] %}{% endfor %}";  // 2^60 leaves, shared
+  const std::pair<std::string, std::string> cases[] = {
+      {"{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", "evaluation steps"},
+      {"{% for i in range(100000) %}{% for j in range(100000) %}{{ j }}{% endfor %}{% endfor %}", "evaluation steps"},
+      {"{% set ns = namespace(s='x') %}{% for i in range(100) %}{% set ns.s = ns.s + ns.s %}{% endfor %}",
+       "render budget exceeded"},
+      {"{% set ns = namespace(s='x') %}{% for i in range(100) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
+       "render budget exceeded"},
+      {"{% set ns = namespace(l=[1]) %}{% for i in range(100) %}{% set ns.l = ns.l + ns.l %}{% endfor %}",
+       "a list of more than"},
+      {"{{ 'x' * 100000000000 }}", "a string of more than"},
+      {"{{ [1, 2] * 100000000000 }}", "a list of more than"},
+      {"{{ range(1000000)|length }}", "a list of more than"},
+      {"{{ range(-9223372036854775807, 9223372036854775807)|length }}", "a list of more than"},
+      {big + "{% for c in s %}{% endfor %}", "a list of more than"},
+      {big + "{{ s.split('x')|length }}", "a list of more than"},
+      {big + "{{ s|replace('x', 'yyyyy') }}", "a string of more than"},
+      {big + "{{ s.replace('', 'yyyy') }}", "a string of more than"},
+      {big + "{{ [s, s, s, s, s]|join }}", "a string of more than"},
+      {big + "{{ [s, s, s, s, s]|tojson }}", "a string of more than"},
+      {big + "{{ [s, s, s, s, s] }}", "a string of more than"},
+      {big + "{% for i in range(100000) %}{{ s|length }}{% endfor %}", "evaluation steps"},
+      {big + "{% for i in range(100000) %}{% if 'y' in s %}{% endif %}{% endfor %}", "evaluation steps"},
+      {big + "{% for i in range(100000) %}{{ s[0] }}{% endfor %}", "evaluation steps"},
+      {big + "{% for i in range(10) %}{{ s }}{% endfor %}", "a string of more than"},
+      {doubling + "{{ ns.l }}", "render budget exceeded"},
+      {doubling + "{{ ns.l|tojson }}", "render budget exceeded"},
+      {doubling + "{{ ns.l == ns.l }}", "evaluation steps"},
+      {doubling + "{{ ns.l|string|length }}", "render budget exceeded"},
+  };
+  const long rss_before = peak_rss_kib();
+  for (auto& [src, want] : cases) {
+    SCOPED_TRACE(src);
+    jinja::Template t(src);
+    double s = seconds_of([&, &want = want] {
+      try {
+        t.render(no_vars());
+        ADD_FAILURE() << "rendered";
+      } catch (const jinja::RenderLimitExceeded& e) {
+        std::string what = e.what();
+        EXPECT_EQ(what.rfind("chat template: line 1: render budget exceeded: ", 0), 0u) << what;
+        EXPECT_NE(what.find(want), std::string::npos) << what;
+      }
+    });
+    EXPECT_LT(s, 2.0);
+  }
+  // Memory stays bounded: the peak grew by less than 512 MiB over all of them.
+  EXPECT_LT(peak_rss_kib() - rss_before, 512L << 10);
+
+  // What used to hang or copy without end now completes at once: powers of 0, 1, -1, empty sequences times
+  // anything, and a long string passed around (values share their text).
+  for (const std::pair<const char*, const char*>& ok : {
+           std::pair{"{{ 1 ** 9223372036854775807 }}", "1"},
+           {"{{ (-1) ** 9223372036854775807 }}", "-1"},
+           {"{{ 0 ** 9223372036854775807 }}", "0"},
+           {"{{ '' * 9223372036854775807 }}{{ [] * 9223372036854775807 }}", "[]"},
+           {"{% set s = 'x' * 4000000 %}{% for i in range(100000) %}{% set t = s %}{% set u = [t] %}{% endfor %}ok",
+            "ok"}}) {
+    SCOPED_TRACE(ok.first);
+    double s = seconds_of([&] { EXPECT_EQ(jinja::Template(ok.first).render(no_vars()), ok.second); });
+    EXPECT_LT(s, 2.0);
+  }
+}
+
+TEST(Jinja, RenderLimitsAreTheCallers) {
+  jinja::Template t("{% for i in range(100) %}{{ i }}{% endfor %}");
+  jinja::RenderLimits tight;
+  tight.max_steps = 50;
+  EXPECT_THROW(t.render(no_vars(), tight), jinja::RenderLimitExceeded);
+  jinja::RenderLimits short_strings;
+  short_strings.max_string_bytes = 100;
+  EXPECT_THROW(t.render(no_vars(), short_strings), jinja::RenderLimitExceeded);
+  jinja::RenderLimits short_lists;
+  short_lists.max_list_items = 99;
+  EXPECT_THROW(t.render(no_vars(), short_lists), jinja::RenderLimitExceeded);
+  std::string all;
+  for (int i = 0; i < 100; i++) all += std::to_string(i);
+  EXPECT_EQ(t.render(no_vars()), all);
+}
+
+TEST(Jinja, CancellationStopsARenderInProgress) {
+  jinja::Template t("{% for i in range(100000) %}{% for j in range(100000) %}{{ j }}{% endfor %}{% endfor %}");
+  jinja::RenderLimits unbounded;
+  unbounded.max_steps = INT64_MAX / 2;
+  unbounded.max_string_bytes = size_t(1) << 40;
+  std::atomic<bool> stop{false};
+  int64_t polls = 0;
+  unbounded.cancelled = [&] {
+    polls++;
+    return stop.load();
+  };
+  std::thread canceller([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    stop = true;
+  });
+  auto t0 = std::chrono::steady_clock::now();
+  EXPECT_THROW(t.render(no_vars(), unbounded), jinja::RenderCancelled);
+  double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  canceller.join();
+  EXPECT_GE(s, 0.09);
+  EXPECT_LT(s, 1.0);
+  EXPECT_GT(polls, 1);
+  // ChatTemplate passes its caller's hook on; a cancellation is not a template error.
+  ChatTemplate ct(builtin_llama3_chat_template(), "test", "", "");
+  try {
+    ct.render({{"user", std::string(100000, 'x')}}, true, [] { return true; });
+    FAIL() << "rendered";
+  } catch (const jinja::TemplateError&) {
+    FAIL() << "a cancellation reported as a template error";
+  } catch (const jinja::RenderCancelled& e) {
+    EXPECT_NE(std::string(e.what()).find("cancelled"), std::string::npos);
+  }
+}
+
+TEST(ChatTemplate, BudgetGrowsWithTheConversation) {
+  ChatTemplate t(builtin_llama3_chat_template(), "test", "<s>", "</s>");
+  jinja::RenderLimits small;
+  small.max_steps = 2000;
+  small.max_string_bytes = 1000;
+  t.set_render_limits(small);
+  std::vector<ChatMessage> msgs;
+  for (int i = 0; i < 100; i++) msgs.push_back({i % 2 ? "assistant" : "user", std::string(10000, 'a' + i % 26)});
+  std::string text = t.render(msgs, true);  // 1 MB: far over the small limits, which grow with it
+  EXPECT_GT(text.size(), 1000000u);
+  EXPECT_NE(text.find(std::string(10000, 'z')), std::string::npos);
+  // The template itself gets no more than its limits: a loop is still stopped.
+  ChatTemplate loop("{% for i in range(100000) %}{% for m in messages %}{{ m.content|length }}{% endfor %}{% endfor %}",
+                    "test", "", "");
+  loop.set_render_limits(small);
+  EXPECT_THROW(loop.render(msgs, true), jinja::RenderLimitExceeded);
 }
 
 TEST(Jinja, RuntimeErrorsAreTemplateErrors) {

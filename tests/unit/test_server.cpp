@@ -569,6 +569,72 @@ TEST(Server, DrainFinishesRunningRequestsAndRefusesNewOnes) {
   EXPECT_EQ(s.http->in_flight(), 0);
 }
 
+// A chat template that never ends (within a huge budget) stops when its client goes away, and when the server
+// aborts for shutdown; with the default budget it is a 400 at once. None of them reaches the engine.
+TEST(Server, ChatTemplateRenderStopsOnDisconnectAbortAndBudget) {
+  TestServer s;
+  const std::string endless = "{% for i in range(100000) %}{% for j in range(100000) %}{{ j }}{% endfor %}{% endfor %}";
+  s.chat = ChatTemplate(endless, "test template", "", "");
+  jinja::RenderLimits huge;
+  huge.max_steps = INT64_MAX / 2;
+  huge.max_string_bytes = size_t(1) << 40;
+  s.chat.set_render_limits(huge);
+  const json body = {{"messages", {{{"role", "user"}, {"content", "hi"}}}}, {"max_tokens", 2}};
+  auto wait_in_flight = [&](int64_t want, std::chrono::milliseconds timeout) {
+    auto until = std::chrono::steady_clock::now() + timeout;
+    while (s.http->in_flight() != want && std::chrono::steady_clock::now() < until) std::this_thread::sleep_for(5ms);
+    return s.http->in_flight() == want;
+  };
+
+  // The client gives up after 300 ms: the render stops soon after (the server polls every 20 ms here).
+  {
+    auto c = s.client();
+    c->set_read_timeout(0, 300000);
+    auto r = c->Post("/v1/chat/completions", body.dump(), "application/json");
+    EXPECT_FALSE(r);
+  }
+  EXPECT_TRUE(wait_in_flight(0, 5s)) << "the render goes on after its client left";
+
+  // A shutdown's abort stops a render whose client is still waiting: it gets 503.
+  int status = 0;
+  std::string error_code;
+  std::thread waiting([&] {
+    auto r = s.post("/v1/chat/completions", body);
+    status = r ? r->status : -1;
+    if (r) error_code = json::parse(r->body)["error"]["code"];
+  });
+  ASSERT_TRUE(wait_in_flight(1, 5s));
+  std::this_thread::sleep_for(100ms);
+  s.http->begin_drain();
+  EXPECT_EQ(s.http->in_flight(), 1) << "draining alone does not cut a render short";
+  auto t0 = std::chrono::steady_clock::now();
+  s.http->abort_renders();
+  waiting.join();
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 5s);
+  EXPECT_EQ(status, 503);
+  EXPECT_EQ(error_code, "shutting_down");
+  EXPECT_TRUE(wait_in_flight(0, 5s));
+  EXPECT_EQ(s.fake.added.load(), 0);
+}
+
+TEST(Server, ChatTemplateOverItsBudgetIs400) {
+  TestServer s;
+  s.chat = ChatTemplate("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+                        "test template", "", "");
+  auto t0 = std::chrono::steady_clock::now();
+  auto r = s.post("/v1/chat/completions", {{"messages", {{{"role", "user"}, {"content", "hi"}}}}});
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 10s);  // about 0.5 s of CPU; wall time on a loaded machine
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 400);
+  json e = json::parse(r->body)["error"];
+  EXPECT_EQ(e["code"], "chat_template_budget_exceeded");
+  EXPECT_EQ(e["param"], "messages");
+  // 4,000,000 steps, plus one per byte of the conversation.
+  EXPECT_NE(e["message"].get<std::string>().find("render budget exceeded: more than 40000"), std::string::npos)
+      << e["message"];
+  EXPECT_EQ(s.client()->Get("/health")->status, 200);
+}
+
 TEST(Server, TwoHundredConcurrentRequestsEachGetTheirOwnOutput) {
   TestServer s([](FakeEngine& f, ServerOptions&) {
     f.max_running = 32;
