@@ -21,6 +21,7 @@
 
 #include "chat/chat_template.h"
 #include "cli/commands.h"
+#include "cli/flags.h"
 #include "cli/model_loading.h"
 #include "core/dtype.h"
 #include "core/error.h"
@@ -137,29 +138,29 @@ Action add_serve(CLI::App& app) {
   app.add_option("--tokenizer_name_or_path", a->tokenizer, "tokenizer file or directory (default: beside the model)");
   app.add_option("--dtype", a->dtype, "float32 or bfloat16 (default: bfloat16 for 16-bit checkpoints, else float32)");
   app.add_option("--host", a->host, "address to listen on");
-  app.add_option("--port", a->port, "port to listen on (0: any free port, printed at start)")->check(CLI::Range(0, 65535));
+  app.add_option("--port", a->port, "port to listen on (0: any free port, printed at start)")->check(ints(0, 65535));
   app.add_option("--served_model_name", a->served_model_name, "the model name clients use (default: the directory's name)");
-  app.add_option("--block_size", a->block_size, "KV cache block size in positions")->check(CLI::PositiveNumber);
-  app.add_option("--kv_cache_memory_gb", a->kv_cache_memory_gb, "memory budget of the KV cache, GiB")->check(CLI::PositiveNumber);
-  app.add_option("--max_num_seqs", a->max_num_seqs, "requests running at once")->check(CLI::PositiveNumber);
+  app.add_option("--block_size", a->block_size, "KV cache block size in positions")->check(positive_int());
+  app.add_option("--kv_cache_memory_gb", a->kv_cache_memory_gb, "memory budget of the KV cache, GiB")->check(positive_real());
+  app.add_option("--max_num_seqs", a->max_num_seqs, "requests running at once")->check(positive_int());
   app.add_option("--max_num_batched_tokens", a->max_num_batched_tokens, "tokens per engine step (prefill chunks + decodes)")
-      ->check(CLI::PositiveNumber);
+      ->check(positive_int());
   CLI::Option* int8_opt = app.add_option("--cachekv_int8", a->cachekv_int8,
       "int8 KV cache: bare or true = dynamic scales; also dynamic|static")->expected(0, 1);
   app.add_option("--cachekv_int8_type", a->cachekv_int8_type, "dynamic (per token and head) or static (cachekv_scales.json)");
   app.add_option("--cachekv_scales,--cachekv_scales_path", a->cachekv_scales_path,
                  "static int8 scales (default: cachekv_scales.json in the model directory)");
   app.add_flag("--no_prefix_caching", a->no_prefix_caching, "do not share KV blocks between identical prompt prefixes");
-  app.add_option("--max_waiting", a->max_waiting, "requests queued at most; more get 429")->check(CLI::NonNegativeNumber);
+  app.add_option("--max_waiting", a->max_waiting, "requests queued at most; more get 429")->check(non_negative_int());
   app.add_option("--http_threads", a->http_threads, "requests answered at once (default: max_num_seqs + max_waiting, 64..512)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative_int());
   app.add_option("--max_connections", a->max_connections,
                  "open connections at most; more get 503 (or close one that has waited 1 s on its client)")
-      ->check(CLI::PositiveNumber);
+      ->check(positive_int());
   app.add_option("--header_timeout", a->header_timeout, "seconds a request line and headers may take to arrive (408 after)")
-      ->check(CLI::PositiveNumber);
+      ->check(positive_real());
   app.add_option("--body_timeout", a->body_timeout, "seconds a request body may take to arrive (408 after)")
-      ->check(CLI::PositiveNumber);
+      ->check(positive_real());
   app.add_option("--api_key", a->api_key,
                  "require 'Authorization: Bearer KEY' on every route but /health (401 otherwise)")
       ->envname("OAR_API_KEY");

@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "core/error.h"
+#include "core/json_io.h"
 
 namespace oar::server {
 
@@ -96,8 +97,9 @@ Outcome one_request(const LoadOptions& opt, const std::string& model, uint64_t i
         done = true;
         continue;
       }
-      json c = json::parse(payload, nullptr, false);
-      if (c.is_discarded()) continue;
+      std::optional<json> parsed = try_parse_json(payload);  // depth-limited: the server is not trusted
+      if (!parsed) continue;
+      const json& c = *parsed;
       if (c.contains("usage") && c["usage"].is_object()) out.output_tokens = c["usage"].value("completion_tokens", int64_t(0));
       if (c.contains("choices") && c["choices"].is_array() && !c["choices"].empty()) {
         const json& ch = c["choices"][0];
@@ -143,7 +145,7 @@ std::string ask_model(const LoadOptions& opt) {
   if (!opt.api_key.empty()) cli.set_bearer_token_auth(opt.api_key);
   auto r = cli.Get("/v1/models");
   if (!r) throw Error("bench-serve: cannot reach http://" + opt.host + ":" + std::to_string(opt.port) + " (" + httplib::to_string(r.error()) + ")");
-  json j = json::parse(r->body, nullptr, false);
+  json j = try_parse_json(r->body).value_or(json(json::value_t::discarded));
   if (r->status != 200 || j.is_discarded() || !j.contains("data") || !j["data"].is_array() || j["data"].empty() ||
       !j["data"][0].contains("id") || !j["data"][0]["id"].is_string())
     throw Error("bench-serve: /v1/models did not list a model (HTTP " + std::to_string(r->status) + ")");

@@ -140,6 +140,9 @@ expect_err batch_size_zero "--batch_size" "${pred[@]}" --prompt hi --batch_size 
 expect_err top_k_negative "--top_k" "${pred[@]}" --prompt hi --top_k -1
 expect_err ctx_not_integer "--ctx" "$OAR" perplexity --model_name_or_path "$valid" --input_file data.json --ctx 1e3
 expect_err pretrain_max_steps_overflow "--max_steps" "$OAR" pretrain --max_steps 99999999999999999999
+expect_err serve_max_num_seqs_overflow "--max_num_seqs" "$OAR" serve --model_name_or_path "$valid" --max_num_seqs 99999999999999999999
+expect_err serve_port_range "--port" "$OAR" serve --model_name_or_path "$valid" --port 70000
+expect_err serve_kv_memory_zero "--kv_cache_memory_gb" "$OAR" serve --model_name_or_path "$valid" --kv_cache_memory_gb 0
 expect_err src_length_past_context "--src_length" "${pred[@]}" --prompt hi --src_length 100000
 
 # A directory or an empty file where a text file should be.
