@@ -9,6 +9,8 @@
 #include <cerrno>
 #include <cstdlib>
 
+#include "server/http_connections.h"
+
 namespace oar::server {
 
 namespace {
@@ -28,7 +30,9 @@ bool host_and_port(const sockaddr_storage& a, socklen_t len, std::string& host, 
 
 ClientProbe::ClientProbe(const httplib::Request& req, std::chrono::milliseconds every)
     : remote_addr_(req.remote_addr), remote_port_(req.remote_port), local_port_(req.local_port), every_(every),
-      next_check_(std::chrono::steady_clock::now() + every) {}
+      next_check_(std::chrono::steady_clock::now() + every) {
+  if (current_request_socket() >= 0) fd_ = current_request_socket();
+}
 
 int ClientProbe::find_socket() const {
   DIR* dir = opendir("/proc/self/fd");

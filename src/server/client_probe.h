@@ -1,6 +1,7 @@
 // Whether the client of a request has gone away, for the work a handler does before its response starts
-// (rendering a chat template): httplib 0.11 hands its handlers no socket, so the connection's socket is found
-// once by its two addresses (it stays open while the handler runs), then polled.
+// (rendering a chat template): httplib 0.11 hands its handlers no socket, so the probe takes the socket that the
+// connection layer is answering on this thread (server/http_connections.h), or else finds it once by its two
+// addresses (it stays open while the handler runs), then polls it.
 #pragma once
 #include <chrono>
 #include <string>

@@ -606,6 +606,8 @@ class ConnectionPool {
 
 namespace {
 
+thread_local int t_request_socket = -1;
+
 // httplib's accept loop hands every accepted socket to its task queue; this one passes it straight to the pool.
 class PoolQueue final : public httplib::TaskQueue {
  public:
@@ -626,12 +628,17 @@ GuardedServer::GuardedServer(ConnectionLimits limits) : stats_(std::make_shared<
   set_keep_alive_max_count(limits.max_requests_per_connection);
   pool_ = std::make_unique<ConnectionPool>(std::move(limits), stats_,
                                            [this](httplib::Stream& s, bool close_connection, bool& closed) {
-                                             return process_request(s, close_connection, closed, nullptr);
+                                             t_request_socket = s.socket();
+                                             const bool ok = process_request(s, close_connection, closed, nullptr);
+                                             t_request_socket = -1;
+                                             return ok;
                                            });
   new_task_queue = [this] { return new PoolQueue(*pool_); };
 }
 
 GuardedServer::~GuardedServer() { pool_->stop(); }
+
+int current_request_socket() { return t_request_socket; }
 
 void GuardedServer::raise_backlog(int n) {
   if (svr_sock_ != INVALID_SOCKET) ::listen(svr_sock_, n);

@@ -70,6 +70,10 @@ std::optional<ApiError> check_request_head(std::string_view head, RequestHead& o
 // "Bearer KEY" with KEY equal to `key`, compared in time independent of where they differ.
 bool bearer_matches(std::string_view authorization, std::string_view key);
 
+// The socket of the request that the calling worker thread is answering, or -1 outside a request: lets a
+// handler see a client go away before its response starts (server/client_probe.h).
+int current_request_socket();
+
 class ConnectionPool;
 
 // An httplib::Server whose connections are served by a ConnectionPool.
