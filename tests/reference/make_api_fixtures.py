@@ -8,10 +8,11 @@ Writes tests/fixtures/tokenizers/
                                Llama-2's own tokenizer.json), so that tests decode with `tokenizers` alone
   api_expected.json            for the spm and bpe fixture tokenizers:
     "detok":    prompt ids, generated ids and the completion text, which is
-                decode(prompt + generated) minus decode(prompt) (HF decode, skip_special_tokens=True): the text
-                after the longest common prefix of the two decodings (they differ only where the prompt ends
-                inside a multi-byte character). Prompt/continuation splits at every token of varied texts
-                (multi-byte characters split across byte-fallback / byte-level tokens included).
+                decode(prompt + generated) minus decode(prompt) (HF decode, skip_special_tokens=True, see
+                bytes_decode for prompts ending inside a character): the text after the longest common prefix
+                of the two decodings (they differ only where the prompt ends inside a multi-byte character).
+                Prompt/continuation splits at every token of varied texts (multi-byte characters split across
+                byte-fallback / byte-level tokens included).
     "specials": ids of text spelling out special tokens, tokenizer(text, add_special_tokens=False|True)
                 (HF's default split_special_tokens=False), and the texts of those tokens as the OpenAI logprobs
                 name them.
@@ -55,14 +56,49 @@ def common_prefix_len(a, b):
     return n
 
 
+def gpt2_byte_decoder():
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1)) + list(range(ord("\xae"), 256))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(bs, cs)}
+
+
+BYTE_DECODER = gpt2_byte_decoder()
+
+
+def bytes_decode(hf, ids):
+    """HF's decoding, computed from the tokens' bytes with Python's errors="replace" (one U+FFFD per maximal
+    invalid subpart). It equals hf.decode wherever that is valid text (asserted); where the bytes are not valid
+    UTF-8, HF's SentencePiece decoder (ByteFallback) differs: it makes a whole run of byte tokens one U+FFFD per
+    byte, so a prompt ending inside a character would lose the character's earlier, complete neighbours too."""
+    spm = isinstance(hf, LlamaTokenizerFast)
+    out = b""
+    for i, t in zip(ids, hf.convert_ids_to_tokens(ids)):
+        if i in hf.all_special_ids:
+            continue
+        if spm:
+            out += bytes([int(t[3:5], 16)]) if len(t) == 6 and t.startswith("<0x") else t.replace("\u2581", " ").encode()
+        else:
+            out += bytes(BYTE_DECODER[c] for c in t)
+    if spm and out.startswith(b" "):
+        out = out[1:]  # the dummy prefix (HF's Strip decoder)
+    text = out.decode("utf-8", errors="replace")
+    ref = hf.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    assert "\ufffd" in ref or text == ref, (ids, text, ref)
+    return text
+
+
 def detok_cases(hf):
     cases = []
     for text in TEXTS:
         ids = hf(text, add_special_tokens=True)["input_ids"]
         for k in range(1, len(ids)):
             prompt, gen = ids[:k], ids[k:]
-            full = hf.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-            p = hf.decode(prompt, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+            full, p = bytes_decode(hf, ids), bytes_decode(hf, prompt)
             cases.append({"prompt": prompt, "generated": gen, "completion": full[common_prefix_len(full, p):]})
     return cases
 
