@@ -291,3 +291,40 @@ TEST(EngineSamples, SharePromptBlocksAndMatchIndependentRuns) {
 }
 
 }  // namespace
+
+namespace {
+
+// A leader that leaves before its prefill (its client went away) hands its waiting samples back to the
+// scheduler as ordinary requests; an aborted sample just leaves. Nothing leaks.
+TEST(EngineSamples, AbortedLeaderOrSampleLeavesTheOthersRunning) {
+  auto m = LlamaModel::load(fixtures("models/mha"), DType::F32);
+  LetterTokenizer tok;
+  const std::vector<int32_t> prompt = ref_prompts("mha").back().ids;
+  EngineConfig ec;
+  ec.block_size = 8;
+  ec.num_blocks = 200;
+  Engine e(*m, tok, ec);
+  std::vector<uint64_t> ids;
+  for (int j = 0; j < 4; j++) {
+    RequestParams p = greedy(3);
+    if (j > 0) p.share_prompt_with = ids[0];
+    ids.push_back(e.add_request(prompt, p));
+  }
+  e.abort_request(ids[0]);
+  e.abort_request(ids[2]);
+  auto outs = run_all(e);
+  for (int j : {0, 2}) {
+    ASSERT_EQ(outs[ids[size_t(j)]].size(), 1u);
+    EXPECT_EQ(outs[ids[size_t(j)]][0].finish_reason, FinishReason::Aborted);
+  }
+  auto want = ref_prompts("mha").back().greedy;
+  for (int j : {1, 3}) {
+    std::vector<int32_t> got;
+    for (auto& o : outs[ids[size_t(j)]]) got.insert(got.end(), o.new_tokens.begin(), o.new_tokens.end());
+    EXPECT_EQ(got, std::vector<int32_t>(want.begin(), want.begin() + 3)) << "sample " << j;
+  }
+  EXPECT_EQ(e.metrics().running, 0);
+  EXPECT_EQ(e.metrics().waiting, 0);
+}
+
+}  // namespace
