@@ -107,35 +107,8 @@ std::string ChatTemplate::render(const std::vector<ChatMessage>& messages, bool 
 
 std::vector<int32_t> ChatTemplate::encode(const Tokenizer& tok, const std::vector<ChatMessage>& messages,
                                           bool add_generation_prompt, const std::function<bool()>& cancelled) const {
-  const std::string text = render(messages, add_generation_prompt, cancelled);
-  // tokenizer.json matches every special token in text itself; the other tokenizers do not, so the BOS and
-  // EOS strings the templates write are mapped to their ids here and the text between them encoded alone.
-  if (tok.kind() == "bpe") return tok.encode(text, false);
-  std::vector<std::pair<std::string, int32_t>> specials;
-  if (!bos_token_.empty() && tok.bos_id() >= 0) specials.emplace_back(bos_token_, tok.bos_id());
-  if (!eos_token_.empty() && !tok.eos_ids().empty()) specials.emplace_back(eos_token_, tok.eos_ids()[0]);
-  std::vector<int32_t> ids;
-  size_t pos = 0;
-  while (pos < text.size()) {
-    size_t best = std::string::npos;
-    const std::pair<std::string, int32_t>* hit = nullptr;
-    for (auto& s : specials) {
-      size_t f = text.find(s.first, pos);
-      if (f < best) {
-        best = f;
-        hit = &s;
-      }
-    }
-    size_t end = hit ? best : text.size();
-    if (end > pos) {
-      std::vector<int32_t> piece = tok.encode(std::string_view(text).substr(pos, end - pos), false);
-      ids.insert(ids.end(), piece.begin(), piece.end());
-    }
-    if (!hit) break;
-    ids.push_back(hit->second);
-    pos = best + hit->first.size();
-  }
-  return ids;
+  // The BOS/EOS strings the templates write become their tokens: Tokenizer::encode's rule for special-token text.
+  return tok.encode(render(messages, add_generation_prompt, cancelled), false);
 }
 
 }  // namespace oar

@@ -200,7 +200,7 @@ Action add_create_model(CLI::App& app) {
   struct Args {
     std::string preset = "tinyllama-1.1b", output_dir, dtype = "bfloat16";
     uint64_t seed = 1;
-    int64_t max_position_embeddings = 0;
+    int64_t max_position_embeddings = 0, vocab_size = 0;
     bool force = false;
   };
   auto a = std::make_shared<Args>();
@@ -210,10 +210,13 @@ Action add_create_model(CLI::App& app) {
   app.add_option("--seed", a->seed)->check(non_negative_int());
   app.add_option("--max_position_embeddings", a->max_position_embeddings, "context length (default: the preset's)")
       ->check(positive_int());
+  app.add_option("--vocab_size", a->vocab_size, "vocabulary size (default: the preset's), e.g. to match a tokenizer")
+      ->check(ints(259, int64_t(1) << 24));
   app.add_flag("--force", a->force, "replace an existing output directory");
   return [a]() -> int {
     LlamaConfig c = llama_preset(a->preset);
     if (a->max_position_embeddings > 0) c.max_position_embeddings = a->max_position_embeddings;
+    if (a->vocab_size > 0) c.vocab_size = a->vocab_size;  // at least the 3 specials + 256 byte tokens
     DType dt = parse_dtype(a->dtype);
     if (dt != DType::BF16 && dt != DType::F32) throw Error("--dtype: create-model writes bfloat16 or float32");
     c.torch_dtype = dtype_name(dt);

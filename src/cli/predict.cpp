@@ -248,9 +248,11 @@ int run_block_attn(const PredictArgs& a, LoadedModel& lm, const SamplingParams& 
   ec.max_waiting = std::max<int64_t>(int64_t(inputs.size()), 1);
   Engine eng(*lm.model, tok, ec);
   std::vector<uint64_t> ids;
+  std::vector<std::vector<int32_t>> prompts;
   for (size_t i = 0; i < inputs.size(); i++) {
     RequestParams rp;
     std::vector<int32_t> prompt = encode_prompt(tok, inputs[i].src, prompt_limit(a, *lm.model));
+    prompts.push_back(prompt);
     rp.max_new_tokens = std::min<int64_t>(a.max_length, lm.model->max_positions() - int64_t(prompt.size()));
     rp.sampling = sp;
     rp.sampling.seed = uint64_t(a.seed) + i;
@@ -280,7 +282,7 @@ int run_block_attn(const PredictArgs& a, LoadedModel& lm, const SamplingParams& 
                (long long)m.preemptions, (long long)m.blocks_total, (long long)ec.block_size);
   std::string results;
   for (size_t i = 0; i < inputs.size(); i++) {
-    std::string text = tok.decode(outs[i]);
+    std::string text = decode_continuation(tok, prompts[i], outs[i]);  // the text the output adds to its prompt
     if (!stream && a.output_file.empty()) std::printf("%s\n", text.c_str());
     nlohmann::json j;
     j["src"] = inputs[i].src;
@@ -428,7 +430,7 @@ Action add_predict(CLI::App& app) {
         r.sampling.seed = uint64_t(a->seed) + i;
         reqs.push_back(std::move(r));
       }
-      StreamDecoder sd(tok);
+      StreamDecoder sd(tok, reqs[0].prompt);  // streams only with one input: it continues that prompt
       auto on_token = [&](size_t, int32_t t) {
         if (!stream) return;
         std::string s = sd.push(t);
@@ -444,7 +446,7 @@ Action add_predict(CLI::App& app) {
       }
       for (size_t i = b; i < e; i++) {
         std::vector<int32_t> ids = outs[i - b].tokens;
-        std::string text = tok.decode(ids);
+        std::string text = decode_continuation(tok, reqs[i - b].prompt, ids);
         if (!stream && a->output_file.empty()) std::printf("%s\n", text.c_str());
         nlohmann::json j;
         j["src"] = inputs[i].src;

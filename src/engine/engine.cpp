@@ -29,13 +29,18 @@ KVQuant quant_of(EngineConfig::KVDtype d) {
 // A request's state beyond what the scheduler needs: its text so far and its timing.
 struct Request {
   Request(uint64_t id, std::vector<int32_t> prompt, const RequestParams& p, const Tokenizer& tok)
-      : seq(id, std::move(prompt), p), decoder(tok) {}
+      : seq(id, std::move(prompt), p), decoder(tok, seq.tokens) {}
   Sequence seq;
-  StreamDecoder decoder;
+  StreamDecoder decoder;  // continues the prompt: the text is what the tokens add to it
   std::string text;    // generated text so far
   size_t emitted = 0;  // bytes of `text` already returned
   double submitted = 0, first_token = 0;
   bool aborted = false;
+  std::vector<TokenLogprob> prompt_logprobs;  // gathered over the prefill chunks, returned with the first output
+  bool prompt_logprobs_sent = false;
+  std::vector<uint64_t> followers;  // requests sharing this one's prompt, waiting for its prefill
+  bool follower = false;            // waits for a leader (not in the scheduler)
+  bool sampled = false;             // its prefill has completed once
 };
 
 // Where the earliest stop string starts in text[from..), or npos.
@@ -93,6 +98,14 @@ struct Engine::Impl {
   bool is_eos(int32_t t) const { return std::find(eos.begin(), eos.end(), t) != eos.end(); }
   RequestOutput finish(Request& r, FinishReason why);
   void emit_text(Request& r, RequestOutput& o, bool final);
+  // Appends a sampled token: text, stop/EOS/length checks, its output (finishing the request when done).
+  RequestOutput accept_token(Request& r, int32_t tok, const TokenLogprob* lp, double t);
+  // The prompt logprobs go out with a request's first output.
+  void attach_prompt_logprobs(Request& r, RequestOutput& o);
+  // The leader's prefill is done (chunk `chunk` of the last forward): its followers share its blocks now.
+  void start_followers(Request& leader, size_t chunk, double t, std::vector<RequestOutput>& outs);
+  // A leader that leaves before its prefill completed: its followers become ordinary waiting requests.
+  void release_followers(Request& leader);
 };
 
 Engine::Engine(LlamaModel& model, const Tokenizer& tokenizer, const EngineConfig& cfg)
@@ -155,12 +168,27 @@ uint64_t Engine::add_request(std::vector<int32_t> prompt, const RequestParams& p
     throw Error("prompt of " + std::to_string(n) + " tokens plus " + std::to_string(params.max_new_tokens) +
                 " new tokens needs " + std::to_string(need) + " KV blocks; the cache has " +
                 std::to_string(I.blocks->num_blocks()) + " (raise --kv_cache_memory_gb)");
+  if (params.logprobs > int32_t(I.model.config().vocab_size)) throw Error("logprobs: more top tokens than the vocabulary has");
   if (int64_t(I.scheduler->waiting().size()) >= I.cfg.max_waiting) return 0;
   const uint64_t id = I.next_id++;
   auto r = std::make_unique<Request>(id, std::move(prompt), params, I.tok);
   r->submitted = now_s();
-  if (params.max_new_tokens == 0) I.pending_finish.push_back(id);
-  else I.scheduler->add(&r->seq);
+  const bool run_prompt = params.max_new_tokens > 0 || params.prompt_logprobs;
+  Request* leader = nullptr;
+  if (auto it = I.requests.find(params.share_prompt_with); run_prompt && it != I.requests.end()) {
+    Request& l = *it->second;
+    if (!l.aborted && !l.follower && !l.sampled && l.seq.status != Sequence::Status::Finished &&
+        l.seq.tokens == r->seq.tokens)
+      leader = &l;
+  }
+  if (!run_prompt) {
+    I.pending_finish.push_back(id);
+  } else if (leader) {
+    r->follower = true;
+    leader->followers.push_back(id);
+  } else {
+    I.scheduler->add(&r->seq);
+  }
   I.requests.emplace(id, std::move(r));
   return id;
 }
@@ -203,13 +231,94 @@ RequestOutput Engine::Impl::finish(Request& r, FinishReason why) {
     }
     emit_text(r, o, true);
   }
+  if (why != FinishReason::Aborted) attach_prompt_logprobs(r, o);
   o.prompt_tokens = r.seq.prompt_len;
   o.completion_tokens = r.seq.num_generated();
+  release_followers(r);
   const double t = now_s();
   if (why != FinishReason::Aborted && o.completion_tokens >= 2) m.tpot_seconds.push_back((t - r.first_token) / double(o.completion_tokens - 1));
   m.finished_requests++;
   scheduler->finish(&r.seq);
   return o;
+}
+
+void Engine::Impl::attach_prompt_logprobs(Request& r, RequestOutput& o) {
+  if (!r.seq.params.prompt_logprobs || r.prompt_logprobs_sent) return;
+  o.prompt_logprobs = std::move(r.prompt_logprobs);
+  r.prompt_logprobs_sent = true;
+}
+
+void Engine::Impl::release_followers(Request& leader) {
+  for (uint64_t id : leader.followers) {
+    auto it = requests.find(id);
+    if (it == requests.end() || it->second->aborted) continue;
+    it->second->follower = false;
+    scheduler->add(&it->second->seq);
+  }
+  leader.followers.clear();
+}
+
+RequestOutput Engine::Impl::accept_token(Request& r, int32_t tok, const TokenLogprob* lp, double t) {
+  Sequence& s = r.seq;
+  const int64_t ctx = model.max_positions();
+  s.tokens.push_back(tok);
+  m.generated_tokens++;
+  if (s.num_generated() == 1) {
+    r.first_token = t;
+    m.ttft_seconds.push_back(t - r.submitted);
+    m.prompt_tokens += s.prompt_len;
+  }
+  r.text += r.decoder.push(tok);
+  FinishReason why = FinishReason::None;
+  size_t stop_at = find_stop(r.text, r.emitted, s.params.stop);
+  if (stop_at != std::string::npos) {
+    r.text.resize(stop_at);
+    why = FinishReason::Stop;
+  } else if (!s.params.ignore_eos && is_eos(tok)) {
+    why = FinishReason::Eos;
+  } else if (s.num_generated() >= s.params.max_new_tokens || int64_t(s.tokens.size()) >= ctx) {
+    why = FinishReason::Length;  // max_new_tokens, or the context is full
+  }
+  RequestOutput o;
+  if (why != FinishReason::None) {
+    o = finish(r, why);
+  } else {
+    o.request_id = s.id;
+    emit_text(r, o, false);
+    attach_prompt_logprobs(r, o);
+    o.prompt_tokens = s.prompt_len;
+    o.completion_tokens = s.num_generated();
+  }
+  o.new_tokens.push_back(tok);
+  if (lp) o.logprobs.push_back(*lp);
+  return o;
+}
+
+void Engine::Impl::start_followers(Request& leader, size_t chunk, double t, std::vector<RequestOutput>& outs) {
+  std::vector<uint64_t> ids;
+  ids.swap(leader.followers);
+  for (uint64_t id : ids) {
+    auto it = requests.find(id);
+    if (it == requests.end() || it->second->aborted) continue;
+    Request& f = *it->second;
+    f.follower = false;
+    f.sampled = true;
+    f.prompt_logprobs = leader.prompt_logprobs;  // the same prompt
+    if (f.seq.params.max_new_tokens == 0) {  // prompt logprobs only
+      outs.push_back(finish(f, FinishReason::Length));
+      requests.erase(it);
+      continue;
+    }
+    blocks->fork(leader.seq.id, f.seq.id);  // the prompt's blocks, shared; a partial last one is copied on write
+    f.seq.num_computed = leader.seq.num_computed;
+    scheduler->add_running(&f.seq);
+    TokenLogprob lp;
+    const bool want = f.seq.params.logprobs >= 0;
+    const int32_t tok = runner->sample_from(chunk, f.seq, want ? &lp : nullptr);
+    RequestOutput o = accept_token(f, tok, want ? &lp : nullptr, t);
+    if (o.finished) requests.erase(it);
+    outs.push_back(std::move(o));
+  }
 }
 
 std::vector<RequestOutput> Engine::step() {
@@ -230,43 +339,26 @@ std::vector<RequestOutput> Engine::step() {
   if (plan.empty()) return outs;
   std::vector<int32_t> sampled = I.runner->execute(plan);
   I.scheduler->complete(plan);
+  const std::vector<ModelRunner::ChunkLogprobs>& lps = I.runner->logprobs();
   const double t = now_s();
-  const int64_t ctx = I.model.max_positions();
   for (size_t i = 0; i < plan.chunks.size(); i++) {
-    if (!plan.chunks[i].sample) continue;
     Sequence& s = *plan.chunks[i].seq;
     Request& r = *I.requests.at(s.id);
-    const int32_t tok = sampled[i];
-    s.tokens.push_back(tok);
-    I.m.generated_tokens++;
-    if (s.num_generated() == 1) {
-      r.first_token = t;
-      I.m.ttft_seconds.push_back(t - r.submitted);
-      I.m.prompt_tokens += s.prompt_len;
-    }
-    r.text += r.decoder.push(tok);
-    FinishReason why = FinishReason::None;
-    size_t stop_at = find_stop(r.text, r.emitted, s.params.stop);
-    if (stop_at != std::string::npos) {
-      r.text.resize(stop_at);
-      why = FinishReason::Stop;
-    } else if (!s.params.ignore_eos && I.is_eos(tok)) {
-      why = FinishReason::Eos;
-    } else if (s.num_generated() >= s.params.max_new_tokens || int64_t(s.tokens.size()) >= ctx) {
-      why = FinishReason::Length;  // max_new_tokens, or the context is full
-    }
-    RequestOutput o;
-    if (why != FinishReason::None) {
-      o = I.finish(r, why);
+    for (const TokenLogprob& p : lps[i].prompt) r.prompt_logprobs.push_back(p);
+    if (!plan.chunks[i].sample) continue;
+    r.sampled = true;
+    std::vector<RequestOutput> follower_outs;
+    if (!r.followers.empty()) I.start_followers(r, i, t, follower_outs);  // before the leader may finish
+    if (s.params.max_new_tokens == 0) {  // it ran for its prompt logprobs only
+      outs.push_back(I.finish(r, FinishReason::Length));
+      I.requests.erase(s.id);
     } else {
-      o.request_id = s.id;
-      I.emit_text(r, o, false);
-      o.prompt_tokens = s.prompt_len;
-      o.completion_tokens = s.num_generated();
+      RequestOutput o = I.accept_token(r, sampled[i], lps[i].has_sampled ? &lps[i].sampled : nullptr, t);
+      if (o.finished) I.requests.erase(s.id);
+      outs.push_back(std::move(o));
     }
-    o.new_tokens.push_back(tok);
-    outs.push_back(std::move(o));
-    if (why != FinishReason::None) I.requests.erase(s.id);
+    // The leader's output first: it carries what its followers' outputs may refer to.
+    for (auto& o : follower_outs) outs.push_back(std::move(o));
   }
   return outs;
 }

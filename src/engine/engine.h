@@ -16,11 +16,16 @@
 //     new_tokens includes an EOS that ended the request (its text is ""); stop strings match the detokenized
 //     text and neither the stop string nor anything after it is returned; outputs of requests with
 //     max_new_tokens 0 and of aborted requests come from the next step().
+//   - Logprobs (RequestParams::logprobs / prompt_logprobs, RequestOutput::logprobs / prompt_logprobs) and samples
+//     sharing a prompt (RequestParams::share_prompt_with, for the API's n > 1).
+//   - new_text is the text the tokens add after the prompt (decode(prompt + generated) minus decode(prompt)):
+//     a SentencePiece first token keeps its leading space, as Hugging Face decoding in context gives it.
 #pragma once
 #include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "infer/sampler.h"
@@ -48,7 +53,27 @@ struct RequestParams {
   int64_t max_new_tokens = 16;
   std::vector<std::string> stop;       // stop strings (not included in the output)
   bool ignore_eos = false;
+  // >= 0: each generated token's TokenLogprob, with this many most likely tokens (-1: none).
+  int32_t logprobs = -1;
+  // Also the logprob of every prompt token after the first (with logprobs >= 0 top tokens). Only such a request
+  // computes logits for all its prompt positions (and it does not reuse prefix-cached blocks, whose logits were
+  // never computed). With max_new_tokens 0 the prompt is still run, for these.
+  bool prompt_logprobs = false;
+  // The id of a request added before with the same prompt (the API's n > 1). This one then waits for that one's
+  // prefill, shares its prompt KV blocks (BlockManager::fork, copy-on-write) and samples its first token from
+  // the same logits. 0, or a request that has started generating: none.
+  uint64_t share_prompt_with = 0;
 };
+
+// A token's log-probability under the model's own distribution: log-softmax of the raw logits (before
+// temperature, penalties or top-k/top-p, as vLLM reports by default), and the most likely tokens there.
+struct TokenLogprob {
+  int32_t token = -1;
+  float logprob = 0;
+  std::vector<std::pair<int32_t, float>> top;  // RequestParams::logprobs of them, most likely first (ties: lower id)
+};
+// log-softmax of one logits row, for `token` and the k most likely tokens.
+TokenLogprob token_logprob(const float* logits, int64_t vocab_size, int32_t token, int32_t k);
 
 enum class FinishReason { None, Eos, Length, Stop, Aborted };
 const char* finish_reason_name(FinishReason r);  // "stop", "length", "abort" as OpenAI names them (eos/stop -> "stop")
@@ -61,6 +86,8 @@ struct RequestOutput {
   bool finished = false;
   FinishReason finish_reason = FinishReason::None;
   int64_t prompt_tokens = 0, completion_tokens = 0;
+  std::vector<TokenLogprob> logprobs;         // one per new_tokens entry, when params.logprobs >= 0
+  std::vector<TokenLogprob> prompt_logprobs;  // params.prompt_logprobs: prompt tokens 1..n-1, in the first output
 };
 
 struct EngineMetrics {

@@ -22,6 +22,11 @@ void Scheduler::add(Sequence* s) {
   waiting_.push_back(s);
 }
 
+void Scheduler::add_running(Sequence* s) {
+  s->status = Sequence::Status::Running;
+  running_.push_back(s);
+}
+
 void Scheduler::preempt(Sequence* s) {
   // Recompute: drop its cache (full blocks stay findable in the prefix cache until evicted) and queue it first.
   bm_.free(s->id);
@@ -63,7 +68,8 @@ StepPlan Scheduler::schedule() {
   // nobody is admitted in a step that had to preempt (the blocks are evidently short).
   while (plan.preempted.empty() && !waiting_.empty() && int64_t(running_.size()) < max_num_seqs_ && budget > 0) {
     Sequence* s = waiting_.front();
-    BlockManager::PrefixMatch m = bm_.match_prefix(s->tokens);
+    // A request for prompt logprobs needs the logits of every prompt position: it computes them all.
+    BlockManager::PrefixMatch m = s->needs_prompt_logits() ? BlockManager::PrefixMatch{} : bm_.match_prefix(s->tokens);
     const int64_t n = std::min(int64_t(s->tokens.size()) - m.num_tokens, budget);
     if (!bm_.admit(s->id, s->tokens, m, m.num_tokens + n)) break;
     waiting_.pop_front();

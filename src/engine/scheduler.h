@@ -26,10 +26,13 @@ struct Sequence {
   std::vector<int32_t> tokens;  // the prompt, then each generated token
   int64_t prompt_len;
   int64_t num_computed = 0;     // leading tokens whose K/V are in the cache
+  int64_t next_prompt_logprob = 1;  // params.prompt_logprobs: the first prompt position whose logprob is not known
   RequestParams params;
   Sampler sampler;              // this request's own random stream (seeded by params.sampling.seed)
   enum class Status { Waiting, Running, Finished } status = Status::Waiting;
   int64_t num_generated() const { return int64_t(tokens.size()) - prompt_len; }
+  // Its prefill must produce logits for prompt positions (so no prefix-cache reuse).
+  bool needs_prompt_logits() const { return params.prompt_logprobs && next_prompt_logprob < prompt_len; }
 };
 
 // Compute tokens[num_computed, num_computed + n) of seq this step; `sample`: its last row's logits choose the
@@ -51,6 +54,8 @@ class Scheduler {
  public:
   Scheduler(BlockManager& blocks, int64_t max_num_seqs, int64_t max_num_batched_tokens);
   void add(Sequence* s);  // to the back of the waiting queue
+  // A sequence that already has its blocks (forked from another's) joins the running ones directly.
+  void add_running(Sequence* s);
   StepPlan schedule();
   // After the plan's forward: the chunks' tokens are in the cache (full blocks enter the prefix cache).
   void complete(const StepPlan& plan);

@@ -173,23 +173,35 @@ ApiRequest parse_request(std::string_view body, Endpoint endpoint, const ParseLi
       bad("prompt", "'prompt' must be a string, a non-empty list of strings, or token ids");
     }
     if (r.prompts.size() > lim.max_prompts) bad("prompt", "too many prompts (at most " + std::to_string(lim.max_prompts) + ")");
-    if (const json* v = field(j, "echo"); v && boolean(*v, "echo")) bad("echo", "'echo' is not supported");
+    if (const json* v = field(j, "echo")) r.echo = boolean(*v, "echo");
     if (const json* v = field(j, "suffix")) {
       if (!v->is_string()) bad("suffix", "'suffix' must be a string");
       if (!v->get<std::string>().empty()) bad("suffix", "'suffix' is not supported");
     }
-    if (const json* v = field(j, "best_of"); v && integer(*v, "best_of") != 1) bad("best_of", "only best_of=1 is supported");
   }
 
-  // max_completion_tokens is the chat API's newer name for max_tokens.
+  // max_completion_tokens is the newer name of max_tokens (both endpoints take either; both must agree).
   for (const char* name : {"max_tokens", "max_completion_tokens"}) {
-    if (!chat && std::string(name) == "max_completion_tokens") continue;
     if (const json* v = field(j, name)) {
       int64_t n = integer(*v, name);
-      if (n < 1) bad(name, std::string("'") + name + "' must be at least 1");
+      if (n < 0 || (n == 0 && !r.echo))
+        bad(name, std::string("'") + name + "' must be at least 1" + (chat ? "" : " (0 only with 'echo')"));
+      if (r.max_tokens && *r.max_tokens != n)
+        bad(name, "'max_tokens' and 'max_completion_tokens' disagree (" + std::to_string(*r.max_tokens) + " vs " +
+                      std::to_string(n) + "); give one of them");
       r.max_tokens = n;
     }
   }
+  if (const json* v = field(j, "n")) {
+    r.n = integer(*v, "n");
+    if (r.n < 1 || r.n > lim.max_n) bad("n", "'n' must be within [1, " + std::to_string(lim.max_n) + "]");
+    const size_t prompts = chat ? 1 : r.prompts.size();
+    if (prompts * size_t(r.n) > lim.max_choices)
+      bad("n", "too many choices: " + std::to_string(prompts) + " prompts times n=" + std::to_string(r.n) +
+                   " (at most " + std::to_string(lim.max_choices) + ")");
+  }
+  if (const json* v = field(j, "best_of"); v && !chat && integer(*v, "best_of") != r.n)
+    bad("best_of", "'best_of' must equal 'n' (no extra samples are drawn to pick from)");
   if (const json* v = field(j, "temperature")) {
     r.temperature = number(*v, "temperature");
     if (r.temperature < 0 || r.temperature > 2) bad("temperature", "'temperature' must be within [0, 2] (0 is greedy)");
@@ -234,7 +246,6 @@ ApiRequest parse_request(std::string_view body, Endpoint endpoint, const ParseLi
     for (auto& s : r.stop)
       if (s.empty()) bad("stop", "stop sequences must not be empty");
   }
-  if (const json* v = field(j, "n"); v && integer(*v, "n") != 1) bad("n", "only n=1 is supported");
   if (const json* v = field(j, "stream")) r.stream = boolean(*v, "stream");
   if (const json* v = field(j, "stream_options")) {
     if (!v->is_object()) bad("stream_options", "'stream_options' must be an object");
@@ -242,12 +253,29 @@ ApiRequest parse_request(std::string_view body, Endpoint endpoint, const ParseLi
     if (const json* u = field(*v, "include_usage")) r.include_usage = boolean(*u, "stream_options.include_usage");
   }
   if (const json* v = field(j, "ignore_eos")) r.ignore_eos = boolean(*v, "ignore_eos");
-  if (const json* v = field(j, "logprobs")) {
-    if (!(v->is_boolean() && !v->get<bool>()) && !(v->is_number_integer() && v->get<int64_t>() == 0))
-      bad("logprobs", "'logprobs' is not supported");
+  if (const json* v = field(j, "return_tokens_as_token_ids")) r.tokens_as_ids = boolean(*v, "return_tokens_as_token_ids");
+  const std::string top_range = "within [0, " + std::to_string(lim.max_logprobs) + "]";
+  if (chat) {
+    // OpenAI's chat form: "logprobs": true, "top_logprobs": k.
+    const json* lp = field(j, "logprobs");
+    const bool want = lp && boolean(*lp, "logprobs");
+    if (const json* v = field(j, "top_logprobs")) {
+      int64_t k = integer(*v, "top_logprobs");
+      if (k < 0 || k > lim.max_logprobs) bad("top_logprobs", "'top_logprobs' must be " + top_range);
+      if (!want && k > 0) bad("top_logprobs", "'top_logprobs' needs 'logprobs': true");
+      if (want) r.logprobs = int32_t(k);
+    } else if (want) {
+      r.logprobs = 0;
+    }
+  } else {
+    // The completions form: "logprobs": k, the number of top tokens (0: only the chosen token's logprob).
+    if (const json* v = field(j, "logprobs"); v && !(v->is_boolean() && !v->get<bool>())) {
+      int64_t k = integer(*v, "logprobs");
+      if (k < 0 || k > lim.max_logprobs) bad("logprobs", "'logprobs' must be " + top_range);
+      r.logprobs = int32_t(k);
+    }
+    if (field(j, "top_logprobs")) bad("top_logprobs", "'top_logprobs' is a chat parameter; completions take 'logprobs': k");
   }
-  if (const json* v = field(j, "top_logprobs"); v && !(v->is_number_integer() && v->get<int64_t>() == 0))
-    bad("top_logprobs", "'top_logprobs' is not supported");
   if (const json* v = field(j, "logit_bias"); v && !(v->is_object() && v->empty()))
     bad("logit_bias", "'logit_bias' is not supported");
   for (const char* name : {"tools", "functions"})
@@ -260,7 +288,7 @@ ApiRequest parse_request(std::string_view body, Endpoint endpoint, const ParseLi
   return r;
 }
 
-SamplingParams sampling_params(const ApiRequest& r, uint64_t seed) {
+SamplingParams sampling_params(const ApiRequest& r, uint64_t seed, int64_t sample) {
   SamplingParams p;
   if (r.temperature == 0) {
     p.greedy = true;  // OpenAI's temperature 0: the most likely token every time
@@ -273,7 +301,7 @@ SamplingParams sampling_params(const ApiRequest& r, uint64_t seed) {
     p.top_k = r.top_k;
   }
   p.repetition_penalty = r.repetition_penalty;
-  p.seed = r.seed ? *r.seed : seed;
+  p.seed = (r.seed ? *r.seed : seed) + uint64_t(sample);
   return p;
 }
 

@@ -45,7 +45,7 @@ EngineLoop::~EngineLoop() { stop(); }
 
 std::shared_ptr<RequestGroup> EngineLoop::submit(std::vector<Submission> subs) {
   auto g = std::make_shared<RequestGroup>();
-  for (auto& s : subs) g->subs_.push_back({std::move(s.prompt), s.params, 0, false});
+  for (auto& s : subs) g->subs_.push_back({std::move(s.prompt), s.params, s.same_prompt_as, 0, false});
   {
     std::lock_guard lk(mu_);
     if (!stopping_) {
@@ -93,6 +93,8 @@ void EngineLoop::admit(const std::shared_ptr<RequestGroup>& g) {
   // subs_ is only read here, on the loop thread, before the handler may look at it again.
   for (auto& s : G.subs_) {
     uint64_t id = 0;
+    if (s.same_prompt_as < G.subs_.size() && G.subs_[s.same_prompt_as].id != 0)
+      s.params.share_prompt_with = G.subs_[s.same_prompt_as].id;
     try {
       id = backend_.add_request(std::move(s.prompt), s.params);
     } catch (const Error& e) {

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -91,6 +92,7 @@ class RequestGroup {
   struct Sub {
     std::vector<int32_t> prompt;
     RequestParams params;
+    size_t same_prompt_as = SIZE_MAX;
     uint64_t id = 0;
     bool finished = false;
   };
@@ -113,6 +115,9 @@ class EngineLoop {
   struct Submission {
     std::vector<int32_t> prompt;
     RequestParams params;
+    // Index of an earlier submission of the group with the same prompt (n > 1): this one shares its prompt
+    // (RequestParams::share_prompt_with); SIZE_MAX: none.
+    size_t same_prompt_as = SIZE_MAX;
   };
   // Queues the requests of one HTTP request for the loop thread; all are admitted or none.
   std::shared_ptr<RequestGroup> submit(std::vector<Submission> subs);

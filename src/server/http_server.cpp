@@ -78,64 +78,196 @@ void send_error(httplib::Response& res, const ApiError& e) {
   res.set_content(error_body(e), "application/json");
 }
 
+// Code points in valid UTF-8 text (the unit of OpenAI's text_offset, as Python strings count).
+int64_t code_points(std::string_view s) {
+  int64_t n = 0;
+  for (unsigned char c : s) n += (c & 0xC0) != 0x80;
+  return n;
+}
+
+// The logprobs of a prompt (1..n-1) as the engine returns them; the first prompt token has none (null).
+using PromptLogprobs = std::vector<TokenLogprob>;
+
+// Builds the "logprobs" object of a choice (or of one stream chunk) in the endpoint's form. Completions:
+// {tokens, token_logprobs, top_logprobs, text_offset} (text_offset in code points of the choice's text). Chat:
+// {content: [{token, logprob, bytes, top_logprobs: [{token, logprob, bytes}]}]}.
+class LogprobsJson {
+ public:
+  LogprobsJson(const Tokenizer& tok, bool chat, bool ids) : tok_(tok), chat_(chat), ids_(ids) {}
+  // One token; lp null: no logprob (the first prompt token).
+  void add(int32_t token, const TokenLogprob* lp, int64_t text_offset) {
+    const std::string text = name(token);
+    if (chat_) {
+      json top = json::array();
+      if (lp)
+        for (auto& [id, v] : lp->top) top.push_back(entry(name(id), id, v));
+      json e = entry(text, token, lp ? lp->logprob : 0.0f);
+      e["top_logprobs"] = std::move(top);
+      content_.push_back(std::move(e));
+      return;
+    }
+    tokens_.push_back(text);
+    token_logprobs_.push_back(lp ? json(clamp(lp->logprob)) : json(nullptr));
+    if (lp) {
+      json top = json::object();
+      // Most likely first: where two tokens print the same, the key keeps the larger logprob.
+      for (auto& [id, v] : lp->top) {
+        std::string key = name(id);
+        if (!top.contains(key)) top[key] = clamp(v);
+      }
+      top_.push_back(std::move(top));
+    } else {
+      top_.push_back(nullptr);
+    }
+    offsets_.push_back(text_offset);
+  }
+  bool empty() const { return chat_ ? content_.empty() : tokens_.empty(); }
+  json build() const {
+    if (chat_) return {{"content", content_}};
+    return {{"tokens", tokens_}, {"token_logprobs", token_logprobs_}, {"top_logprobs", top_}, {"text_offset", offsets_}};
+  }
+
+ private:
+  std::string name(int32_t id) const { return ids_ ? "token_id:" + std::to_string(id) : openai_token_text(tok_, id); }
+  static double clamp(float v) { return std::max(double(v), -9999.0); }  // -inf is not JSON (vLLM's floor)
+  json entry(const std::string& text, int32_t id, float v) const {
+    json bytes = json::array();
+    for (unsigned char c : tok_.token_bytes(id, true)) bytes.push_back(int(c));
+    return {{"token", text}, {"logprob", clamp(v)}, {"bytes", std::move(bytes)}};
+  }
+  const Tokenizer& tok_;
+  bool chat_, ids_;
+  json tokens_ = json::array(), token_logprobs_ = json::array(), top_ = json::array(), offsets_ = json::array();
+  json content_ = json::array();
+};
+
 // What a response needs between the handler and its content provider.
 struct ResponseState {
+  struct Prompt {
+    std::vector<int32_t> ids;
+    std::string text;  // its decoding, for echo
+  };
+  struct Choice {
+    size_t prompt = 0;
+    std::string text;
+    json finish = nullptr;
+    int64_t completion_tokens = 0;
+    bool started = false;
+    std::unique_ptr<StreamDecoder> offsets;  // text_offset of the generated tokens (logprobs only)
+    int64_t offset = 0;                      // code points of text before the next token
+    std::unique_ptr<LogprobsJson> logprobs;  // non-stream: everything so far
+  };
   std::shared_ptr<RequestGroup> group;
   std::shared_ptr<InFlight> guard;
-  bool chat = false, stream = false, include_usage = false;
+  const Tokenizer* tok = nullptr;
+  bool chat = false, stream = false, include_usage = false, echo = false, logprobs = false, tokens_as_ids = false;
   std::string id, model;
   int64_t created = 0;
-  std::vector<int64_t> prompt_tokens, completion_tokens;
-  std::vector<std::string> text;
-  std::vector<json> finish;
+  std::vector<Prompt> prompts;
+  std::vector<Choice> choices;
   bool started = false;
   std::chrono::steady_clock::time_point last_check = std::chrono::steady_clock::now();
 
+  void init(std::vector<std::vector<int32_t>> prompt_ids, int64_t n) {
+    for (auto& ids : prompt_ids) {
+      Prompt p;
+      if (echo) p.text = decode_continuation(*tok, {}, ids);
+      p.ids = std::move(ids);
+      prompts.push_back(std::move(p));
+    }
+    choices.resize(prompts.size() * size_t(n));
+    for (size_t i = 0; i < choices.size(); i++) {
+      Choice& c = choices[i];
+      c.prompt = i / size_t(n);
+      if (!logprobs) continue;
+      c.offsets = std::make_unique<StreamDecoder>(*tok, prompts[c.prompt].ids);
+      if (echo) c.offset = code_points(prompts[c.prompt].text);
+      if (!stream) c.logprobs = std::make_unique<LogprobsJson>(*tok, chat, tokens_as_ids);
+    }
+  }
+
   json usage() const {
     int64_t p = 0, c = 0;
-    for (auto v : prompt_tokens) p += v;
-    for (auto v : completion_tokens) c += v;
+    for (auto& pr : prompts) p += int64_t(pr.ids.size());
+    for (auto& ch : choices) c += ch.completion_tokens;
     return {{"prompt_tokens", p}, {"completion_tokens", c}, {"total_tokens", p + c}};
   }
-  json chunk(json choices) const {
+  json chunk(json choices_json) const {
     return {{"id", id}, {"object", chat ? "chat.completion.chunk" : "text_completion"}, {"created", created},
-            {"model", model}, {"choices", std::move(choices)}};
+            {"model", model}, {"choices", std::move(choices_json)}};
   }
-  json choice_delta(size_t i, const std::string& t, const json& fin) const {
+  json choice_delta(size_t i, const std::string& t, const json& fin, json lp = nullptr) const {
     if (chat) {
       json delta = json::object();
       if (!t.empty()) delta["content"] = t;
-      return {{"index", i}, {"delta", delta}, {"logprobs", nullptr}, {"finish_reason", fin}};
+      return {{"index", i}, {"delta", delta}, {"logprobs", std::move(lp)}, {"finish_reason", fin}};
     }
-    return {{"index", i}, {"text", t}, {"logprobs", nullptr}, {"finish_reason", fin}};
+    return {{"index", i}, {"text", t}, {"logprobs", std::move(lp)}, {"finish_reason", fin}};
+  }
+  std::string event(size_t i, const std::string& t, const json& fin, json lp = nullptr) const {
+    return "data: " + dump(chunk(json::array({choice_delta(i, t, fin, std::move(lp))}))) + "\n\n";
+  }
+  // The echoed prompt: its text, and its tokens' logprobs (the first token's null) when asked for.
+  void add_prompt_logprobs(const Prompt& p, const PromptLogprobs& lps, LogprobsJson& out) const {
+    StreamDecoder d(*tok);
+    int64_t offset = 0;
+    for (size_t k = 0; k < p.ids.size(); k++) {
+      const TokenLogprob* lp = k >= 1 && k - 1 < lps.size() ? &lps[k - 1] : nullptr;
+      out.add(p.ids[k], lp, offset);
+      offset += code_points(d.push(p.ids[k]));
+    }
   }
   // Takes an output: counts its tokens, and returns its SSE events when streaming.
   std::string absorb(const RequestGroup::Event& ev) {
     const size_t i = ev.index;
+    Choice& c = choices[i];
     const RequestOutput& o = ev.out;
-    completion_tokens[i] = std::max(completion_tokens[i] + int64_t(o.new_tokens.size()), o.completion_tokens);
+    c.completion_tokens = std::max(c.completion_tokens + int64_t(o.new_tokens.size()), o.completion_tokens);
     std::string sse;
-    if (!o.new_text.empty()) {
-      if (stream) sse += "data: " + dump(chunk(json::array({choice_delta(i, o.new_text, nullptr)}))) + "\n\n";
-      else text[i] += o.new_text;
+    if (!c.started) {
+      c.started = true;
+      if (echo) {
+        const Prompt& p = prompts[c.prompt];
+        std::unique_ptr<LogprobsJson> lp;
+        if (logprobs) {
+          lp = std::make_unique<LogprobsJson>(*tok, chat, tokens_as_ids);
+          add_prompt_logprobs(p, o.prompt_logprobs, stream ? *lp : *c.logprobs);
+        }
+        if (stream) sse += event(i, p.text, nullptr, lp ? lp->build() : json(nullptr));
+        else c.text += p.text;
+      }
+    }
+    std::unique_ptr<LogprobsJson> step_lp;
+    if (logprobs && !o.new_tokens.empty()) {
+      LogprobsJson& lp = stream ? *(step_lp = std::make_unique<LogprobsJson>(*tok, chat, tokens_as_ids)) : *c.logprobs;
+      for (size_t k = 0; k < o.new_tokens.size(); k++) {
+        lp.add(o.new_tokens[k], k < o.logprobs.size() ? &o.logprobs[k] : nullptr, c.offset);
+        c.offset += code_points(c.offsets->push(o.new_tokens[k]));
+      }
+    }
+    if (!o.new_text.empty() || step_lp) {
+      if (stream) sse += event(i, o.new_text, nullptr, step_lp ? step_lp->build() : json(nullptr));
+      else c.text += o.new_text;
     }
     if (o.finished) {
-      finish[i] = finish_json(o.finish_reason);
-      if (stream) sse += "data: " + dump(chunk(json::array({choice_delta(i, "", finish[i])}))) + "\n\n";
+      c.finish = finish_json(o.finish_reason);
+      if (stream) sse += event(i, "", c.finish);
     }
     return sse;
   }
   std::string final_body() const {
-    json choices = json::array();
-    for (size_t i = 0; i < text.size(); i++) {
+    json out = json::array();
+    for (size_t i = 0; i < choices.size(); i++) {
+      const Choice& c = choices[i];
+      json lp = c.logprobs ? c.logprobs->build() : json(nullptr);
       if (chat)
-        choices.push_back({{"index", i}, {"message", {{"role", "assistant"}, {"content", text[i]}}},
-                           {"logprobs", nullptr}, {"finish_reason", finish[i]}});
+        out.push_back({{"index", i}, {"message", {{"role", "assistant"}, {"content", c.text}}},
+                       {"logprobs", std::move(lp)}, {"finish_reason", c.finish}});
       else
-        choices.push_back({{"index", i}, {"text", text[i]}, {"logprobs", nullptr}, {"finish_reason", finish[i]}});
+        out.push_back({{"index", i}, {"text", c.text}, {"logprobs", std::move(lp)}, {"finish_reason", c.finish}});
     }
     return dump({{"id", id}, {"object", chat ? "chat.completion" : "text_completion"}, {"created", created},
-                 {"model", model}, {"choices", choices}, {"usage", usage()}});
+                 {"model", model}, {"choices", out}, {"usage", usage()}});
   }
   // True when it is time to look whether the client is still connected.
   bool check_due(std::chrono::milliseconds every) {
@@ -170,6 +302,9 @@ HttpServer::HttpServer(EngineLoop& loop, const Tokenizer& tok, const ChatTemplat
     handle_generate(req, res, int(Endpoint::ChatCompletions));
   });
   s.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) { handle_models(res); });
+  s.Get(R"(/v1/models/(.+))", [this](const httplib::Request& req, httplib::Response& res) {
+    handle_model(req.matches[1].str(), res);
+  });
   s.Get("/health", [this](const httplib::Request&, httplib::Response& res) { handle_health(res); });
   s.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) { handle_metrics(res); });
 
@@ -232,10 +367,23 @@ void HttpServer::stop() {
 
 uint64_t HttpServer::next_seed() { return splitmix64(seed_counter_.fetch_add(1)); }
 
+namespace {
+json model_json(const ServerOptions& opt, int64_t created) {
+  return {{"id", opt.served_model_name}, {"object", "model"}, {"created", created}, {"owned_by", "oar"},
+          {"max_model_len", opt.context_length}};
+}
+}  // namespace
+
 void HttpServer::handle_models(httplib::Response& res) {
-  json m = {{"id", opt_.served_model_name}, {"object", "model"}, {"created", created_}, {"owned_by", "oar"},
-            {"max_model_len", opt_.context_length}};
-  res.set_content(dump({{"object", "list"}, {"data", json::array({m})}}), "application/json");
+  res.set_content(dump({{"object", "list"}, {"data", json::array({model_json(opt_, created_)})}}), "application/json");
+}
+
+void HttpServer::handle_model(const std::string& id, httplib::Response& res) {
+  if (id != opt_.served_model_name) {
+    send_error(res, ApiError(404, "The model '" + id + "' does not exist", "model", "model_not_found"));
+    return;
+  }
+  res.set_content(dump(model_json(opt_, created_)), "application/json");
 }
 
 void HttpServer::handle_health(httplib::Response& res) {
@@ -272,14 +420,13 @@ void HttpServer::handle_generate(const httplib::Request& req, httplib::Response&
   auto guard = std::make_shared<InFlight>(in_flight_);
   ApiRequest r;
   std::vector<EngineLoop::Submission> subs;
-  std::vector<int64_t> prompt_lens;
+  std::vector<std::vector<int32_t>> prompts;
   const char* prompt_param = chat ? "messages" : "prompt";
   try {
     ParseLimits lim;
     lim.served_model_name = opt_.served_model_name;
     lim.vocab_size = opt_.vocab_size;
     r = parse_request(req.body, endpoint, lim);
-    std::vector<std::vector<int32_t>> prompts;
     if (chat) {
       if (!chat_) throw ApiError(400, "this model has no chat template", "messages");
       // The render stops when the client goes away or the server aborts (its budget bounds it otherwise).
@@ -302,10 +449,11 @@ void HttpServer::handle_generate(const httplib::Request& req, httplib::Response&
     }
     const int64_t ctx = opt_.context_length;
     const uint64_t seed = next_seed();
+    const bool prompt_only = r.max_tokens && *r.max_tokens == 0;  // echo with max_tokens 0
     for (size_t i = 0; i < prompts.size(); i++) {
       const int64_t n = int64_t(prompts[i].size());
       if (n == 0) throw ApiError(400, "the prompt is empty", prompt_param);
-      if (n >= ctx)
+      if (n > ctx || (n == ctx && !prompt_only))
         throw ApiError(400, "This model's maximum context length is " + std::to_string(ctx) +
                                 " tokens. However, your prompt has " + std::to_string(n) +
                                 " tokens, leaving no room for the completion.",
@@ -324,12 +472,19 @@ void HttpServer::handle_generate(const httplib::Request& req, httplib::Response&
         max_new = chat ? ctx - n : std::min<int64_t>(16, ctx - n);
       }
       RequestParams p;
-      p.sampling = sampling_params(r, seed + i);
       p.max_new_tokens = max_new;
       p.stop = r.stop;
       p.ignore_eos = r.ignore_eos;
-      prompt_lens.push_back(n);
-      subs.push_back({std::move(prompts[i]), p});
+      p.logprobs = r.logprobs;
+      p.prompt_logprobs = r.echo && r.logprobs >= 0;
+      // The n choices of a prompt: the first runs the prompt, the others share its KV blocks.
+      const size_t first = subs.size();
+      for (int64_t j = 0; j < r.n; j++) {
+        p.sampling = sampling_params(r, seed + i, j);
+        EngineLoop::Submission sub{prompts[i], p};
+        if (j > 0) sub.same_prompt_as = first;
+        subs.push_back(std::move(sub));
+      }
     }
   } catch (const ApiError& e) {
     send_error(res, e);
@@ -362,10 +517,11 @@ void HttpServer::handle_generate(const httplib::Request& req, httplib::Response&
   st->id = random_id(chat ? "chatcmpl-" : "cmpl-");
   st->model = opt_.served_model_name;
   st->created = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
-  st->prompt_tokens = prompt_lens;
-  st->completion_tokens.assign(prompt_lens.size(), 0);
-  st->text.assign(prompt_lens.size(), "");
-  st->finish.assign(prompt_lens.size(), nullptr);
+  st->tok = &tok_;
+  st->echo = r.echo;
+  st->logprobs = r.logprobs >= 0;
+  st->tokens_as_ids = r.tokens_as_ids;
+  st->init(std::move(prompts), r.n);
   const auto poll = opt_.disconnect_poll;
   EngineLoop* loop = &loop_;
 
@@ -374,7 +530,7 @@ void HttpServer::handle_generate(const httplib::Request& req, httplib::Response&
   auto provider = [st, poll](size_t, httplib::DataSink& sink) -> bool {
     std::string out;
     if (st->stream && !st->started && st->chat) {
-      for (size_t i = 0; i < st->text.size(); i++)  // OpenAI's first chunk: the role, empty content
+      for (size_t i = 0; i < st->choices.size(); i++)  // OpenAI's first chunk: the role, empty content
         out += "data: " + dump(st->chunk(json::array({{{"index", i}, {"delta", {{"role", "assistant"}, {"content", ""}}},
                                                        {"logprobs", nullptr}, {"finish_reason", nullptr}}}))) + "\n\n";
     }

@@ -1,6 +1,6 @@
 // The OpenAI-compatible HTTP server over an EngineLoop (cpp-httplib: one pool thread per connection).
 //   POST /v1/completions, POST /v1/chat/completions  (streaming by server-sent events when "stream": true)
-//   GET /v1/models, GET /health, GET /metrics (Prometheus text)
+//   GET /v1/models, GET /v1/models/{id} (404 for another id), GET /health, GET /metrics (Prometheus text)
 // Errors are OpenAI's {"error": {...}} bodies: 400 for bad requests, 401 without the API key (when one is set),
 // 404 for unknown routes, 408 for requests that arrive too slowly, 429 when the engine's waiting queue is full,
 // 503 while shutting down or beyond the connection cap. A client that disconnects has its requests aborted (also
@@ -68,6 +68,7 @@ class HttpServer {
  private:
   void handle_generate(const httplib::Request& req, httplib::Response& res, int endpoint);
   void handle_models(httplib::Response& res);
+  void handle_model(const std::string& id, httplib::Response& res);  // GET /v1/models/{id}
   void handle_health(httplib::Response& res);
   void handle_metrics(httplib::Response& res);
   uint64_t next_seed();

@@ -48,23 +48,29 @@ class Llama2cTokenizer final : public tok::TokenizerBase {
     for (int32_t id = 0; id < int32_t(pieces_.size()); ++id) lookup_.emplace(pieces_[size_t(id)], id);  // first wins
     if (n() > kBos) bos_ = kBos;
     if (n() > kEos) eos_ = {kEos};
+    // tokenizer.bin is exported from Llama's tokenizer.model (its pieces "\n<s>\n", "\n</s>\n"): the same
+    // literal special tokens as that model's, plus the pieces as stored.
+    const char* names[] = {"<unk>", "<s>", "</s>"};
+    for (int32_t id = 0; id <= kEos && id < n(); id++) {
+      add_literal_special(names[id], id);
+      add_literal_special(pieces_[size_t(id)], id);
+    }
   }
 
   std::vector<int32_t> encode(std::string_view text, bool add_bos) const override {
-    std::vector<int32_t> ids;
-    if (add_bos && bos_ >= 0) ids.push_back(bos_);
-    size_t first = ids.size();
-    if (!text.empty()) push_or_bytes(" ", ids);
-    // Group each lead byte with up to 3 following continuation bytes, exactly as run.c does (so malformed
-    // input is split the same way), and look the group up whole.
-    for (size_t i = 0; i < text.size();) {
-      size_t j = i + 1;
-      while (j < text.size() && j - i < 4 && (uint8_t(text[j]) & 0xC0) == 0x80) ++j;
-      push_or_bytes(text.substr(i, j - i), ids);
-      i = j;
-    }
-    merge(ids, first);
-    return ids;
+    return encode_split(text, add_bos, [this](std::string_view part, std::vector<int32_t>& ids) {
+      size_t first = ids.size();
+      if (!part.empty()) push_or_bytes(" ", ids);
+      // Group each lead byte with up to 3 following continuation bytes, exactly as run.c does (so malformed
+      // input is split the same way), and look the group up whole.
+      for (size_t i = 0; i < part.size();) {
+        size_t j = i + 1;
+        while (j < part.size() && j - i < 4 && (uint8_t(part[j]) & 0xC0) == 0x80) ++j;
+        push_or_bytes(part.substr(i, j - i), ids);
+        i = j;
+      }
+      merge(ids, first);
+    });
   }
 
   std::string token_bytes(int32_t id, bool include_special) const override {

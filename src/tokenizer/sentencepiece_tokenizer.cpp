@@ -92,30 +92,29 @@ class SentencePieceTokenizer final : public tok::TokenizerBase {
     if (sp_.eos_id() >= 0) eos_.push_back(sp_.eos_id());
     pad_ = sp_.pad_id();
     unk_ = sp_.unk_id();
-    // The library decodes an unknown piece to the trainer's unk_surface (" \u2047 " by default).
-    if (unk_ >= 0 && unk_ < n_) unk_surface_ = sp_.DecodeIds(std::vector<int>{unk_});
+    for (int32_t id : {unk_, bos_, sp_.eos_id()})
+      if (id >= 0 && id < n_) add_literal_special(sp_.IdToPiece(id), id);
   }
 
   std::vector<int32_t> encode(std::string_view text, bool add_bos) const override {
-    std::vector<int> ids;
     std::string clean;
     if (!utf8_is_valid(text)) {
       clean = utf8_sanitize(text);
       text = clean;
     }
-    auto status = sp_.Encode(absl::string_view(text.data(), text.size()), &ids);
-    if (!status.ok()) throw Error("sentencepiece: encode failed: " + one_line(status.ToString()));
-    std::vector<int32_t> out;
-    out.reserve(ids.size() + 1);
-    if (add_bos && bos_ >= 0) out.push_back(bos_);
-    out.insert(out.end(), ids.begin(), ids.end());
-    return out;
+    return encode_split(text, add_bos, [this](std::string_view part, std::vector<int32_t>& out) {
+      std::vector<int> ids;
+      auto status = sp_.Encode(absl::string_view(part.data(), part.size()), &ids);
+      if (!status.ok()) throw Error("sentencepiece: encode failed: " + one_line(status.ToString()));
+      out.insert(out.end(), ids.begin(), ids.end());
+    });
   }
 
   std::string token_bytes(int32_t id, bool include_special) const override {
     if (id < 0 || id >= n_) return "";
-    if (sp_.IsControl(id)) return include_special ? sp_.IdToPiece(id) : "";
-    if (sp_.IsUnknown(id)) return unk_surface_;
+    // The unknown piece is a special token as in Hugging Face's tokenizers (skipped when decoding), not the
+    // library's " \u2047 " surface.
+    if (sp_.IsControl(id) || sp_.IsUnknown(id)) return include_special ? sp_.IdToPiece(id) : "";
     std::string piece = sp_.IdToPiece(id);
     if (sp_.IsByte(id)) {  // "<0xNN>"
       auto hex = [](char c) { return c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10; };
@@ -138,14 +137,14 @@ class SentencePieceTokenizer final : public tok::TokenizerBase {
     std::vector<int> v;
     v.reserve(ids.size());
     for (int32_t id : ids)
-      if (id >= 0 && id < n_) v.push_back(id);  // the library aborts on out-of-range ids
+      if (id >= 0 && id < n_ && id != unk_) v.push_back(id);  // the library aborts on out-of-range ids
     return utf8_sanitize(sp_.DecodeIds(v));
   }
 
   bool strips_leading_space() const override { return dummy_prefix_; }
   int32_t vocab_size() const override { return n_; }
   std::string id_to_piece(int32_t id) const override { return id >= 0 && id < n_ ? sp_.IdToPiece(id) : ""; }
-  bool is_special(int32_t id) const override { return id >= 0 && id < n_ && sp_.IsControl(id); }
+  bool is_special(int32_t id) const override { return id >= 0 && id < n_ && (sp_.IsControl(id) || id == unk_); }
   std::string kind() const override { return "sentencepiece"; }
 
   int32_t token_to_id(std::string_view text) const override {
@@ -160,7 +159,6 @@ class SentencePieceTokenizer final : public tok::TokenizerBase {
   int32_t n_ = 0;
   int32_t unk_ = -1;
   bool dummy_prefix_ = true;
-  std::string unk_surface_;
 };
 
 }  // namespace

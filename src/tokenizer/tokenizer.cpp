@@ -11,10 +11,6 @@
 #include "tokenizer/tokenizer_internal.h"
 
 namespace oar {
-namespace tok {
-
-}  // namespace tok
-
 std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {
   std::string bytes;
   bool first = true;
@@ -28,24 +24,106 @@ std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {
   return utf8_sanitize(bytes);
 }
 
+StreamDecoder::StreamDecoder(const Tokenizer& tok, const std::vector<int32_t>& context) : tok_(tok) {
+  for (int32_t id : context) {
+    std::string ignored = push(id);
+    (void)ignored;
+  }
+  held_ = pending_.size();  // an incomplete character at the end of the context
+}
+
 std::string StreamDecoder::push(int32_t id) {
   if (tok_.is_special(id)) return "";
   std::string piece = tok_.token_bytes(id);
   if (first_ && tok_.strips_leading_space() && !piece.empty() && piece[0] == ' ') piece.erase(0, 1);
   first_ = false;
   pending_ += piece;
+  return take(false);
+}
+
+std::string StreamDecoder::flush() { return take(true); }
+
+std::string StreamDecoder::take(bool final) {
   std::string out;
-  size_t used = utf8_append_valid(out, pending_, false);
+  // Whether the context's incomplete character got completed (checked before the bytes are consumed).
+  bool context_tail_completed = false;
+  if (held_ > 0) {
+    const size_t len = utf8_seq_len(static_cast<unsigned char>(pending_[0]));
+    context_tail_completed = pending_.size() >= len && utf8_is_valid(std::string_view(pending_).substr(0, len));
+  }
+  const size_t used = utf8_append_valid(out, pending_, final);
   pending_.erase(0, used);
+  if (held_ > 0 && used > 0) {
+    // Not completed: the U+FFFD it becomes (its maximal invalid subpart is the held bytes alone) is already in
+    // the context's own decoding, so it is not part of this continuation.
+    if (!context_tail_completed) out.erase(0, 3);
+    held_ = 0;
+  }
   return out;
 }
 
-std::string StreamDecoder::flush() {
+std::string decode_continuation(const Tokenizer& tok, const std::vector<int32_t>& context,
+                                const std::vector<int32_t>& ids) {
+  StreamDecoder d(tok, context);
   std::string out;
-  utf8_append_valid(out, pending_, true);
-  pending_.clear();
+  for (int32_t id : ids) out += d.push(id);
+  return out + d.flush();
+}
+
+std::string openai_token_text(const Tokenizer& tok, int32_t id) {
+  const std::string b = tok.token_bytes(id, true);
+  if (utf8_is_valid(b)) return b;
+  static const char* hex = "0123456789abcdef";
+  std::string out = "bytes:";
+  for (unsigned char c : b) {
+    out += "\\x";
+    out += hex[c >> 4];
+    out += hex[c & 15];
+  }
   return out;
 }
+
+namespace tok {
+
+void TokenizerBase::add_literal_special(std::string text, int32_t id) {
+  if (text.empty() || id < 0 || id >= vocab_size()) return;
+  for (const auto& s : literal_specials_)
+    if (s.first == text) return;  // the first registration wins
+  literal_first_[static_cast<unsigned char>(text[0])] = true;
+  literal_specials_.emplace_back(std::move(text), id);
+  std::stable_sort(literal_specials_.begin(), literal_specials_.end(),
+                   [](const auto& a, const auto& b) { return a.first.size() > b.first.size(); });
+}
+
+std::vector<int32_t> TokenizerBase::encode_split(
+    std::string_view text, bool add_bos,
+    const std::function<void(std::string_view, std::vector<int32_t>&)>& encode_part) const {
+  std::vector<int32_t> out;
+  if (add_bos && bos_ >= 0) out.push_back(bos_);
+  size_t start = 0;
+  // Leftmost match, the longest special at a position first (what HF's added-vocabulary matching does).
+  for (size_t pos = 0; pos < text.size();) {
+    const std::pair<std::string, int32_t>* hit = nullptr;
+    if (literal_first_[static_cast<unsigned char>(text[pos])])  // cheap pre-check before comparing strings
+      for (const auto& s : literal_specials_)
+        if (text.compare(pos, s.first.size(), s.first) == 0) {
+          hit = &s;
+          break;
+        }
+    if (!hit) {
+      pos++;
+      continue;
+    }
+    if (pos > start) encode_part(text.substr(start, pos - start), out);
+    out.push_back(hit->second);
+    pos += hit->first.size();
+    start = pos;
+  }
+  if (start < text.size() || text.empty()) encode_part(text.substr(start), out);
+  return out;
+}
+
+}  // namespace tok
 
 namespace {
 
@@ -137,6 +215,10 @@ void apply_configs(tok::TokenizerBase& t, const std::string& dir) {
     }
   }
   t.eos_ = eos;
+  // Configured special tokens are added tokens in HF's tokenizer too (tokenizer.json matches its own already).
+  if (t.kind() != "bpe")
+    for (const std::string* name : {&o.bos, &o.eos, &o.pad})
+      if (!name->empty()) t.add_literal_special(*name, t.token_to_id(*name));
 }
 
 bool ends_with(const std::string& s, std::string_view suffix) {

@@ -13,7 +13,10 @@ class Tokenizer {
  public:
   virtual ~Tokenizer() = default;
   // Encodes text. add_bos prepends the BOS id when the tokenizer has one. Special-token strings that appear in
-  // text (e.g. "<|eot_id|>") are matched as special tokens for tokenizer.json (as HF tokenizers does).
+  // text are encoded as those tokens, as Hugging Face tokenizers do by default (split_special_tokens=False):
+  // tokenizer.json's added tokens (e.g. "<|eot_id|>"); for tokenizer.model and tokenizer.bin the unk, bos and eos
+  // tokens ("<unk>", "<s>", "</s>", as LlamaTokenizerFast registers them), the text between them encoded part by
+  // part. Every caller (serve, predict, preprocess, chat) gets this one rule.
   // Text that is not valid UTF-8 has each invalid sequence replaced by U+FFFD first (tokenizer.json and
   // tokenizer.model; tokenizer.bin byte-falls-back on them as llama2.c does). Thread-safe.
   virtual std::vector<int32_t> encode(std::string_view text, bool add_bos) const = 0;
@@ -67,12 +70,27 @@ std::unique_ptr<Tokenizer> load_llama2c_tokenizer(const std::string& bin_path, i
 class StreamDecoder {
  public:
   explicit StreamDecoder(const Tokenizer& tok) : tok_(tok) {}
+  // Continues `context` (e.g. a prompt): what it emits is decode(context + pushed ids) minus decode(context),
+  // i.e. the text the ids add in that context. So a SentencePiece piece keeps its leading space unless the
+  // context decodes to nothing, and a character that the context leaves incomplete is completed by the pushes.
+  StreamDecoder(const Tokenizer& tok, const std::vector<int32_t>& context);
   std::string push(int32_t id);  // text that became complete with this token (may be "")
   std::string flush();           // whatever is held back, invalid bytes as U+FFFD
  private:
+  std::string take(bool final);
   const Tokenizer& tok_;
   std::string pending_;
   bool first_ = true;
+  size_t held_ = 0;  // leading bytes of pending_ that came from the context
 };
+
+// The text `ids` add after `context`: the common rule for completions (decode(context + ids) minus
+// decode(context), "incremental detokenization"), which keeps e.g. the leading space of " upon" after "Once".
+std::string decode_continuation(const Tokenizer& tok, const std::vector<int32_t>& context,
+                                const std::vector<int32_t>& ids);
+
+// A token as the logprobs of the OpenAI API name it: its bytes (special tokens by their text) when they are
+// valid UTF-8, else "bytes:\\xNN..." as OpenAI writes partial characters.
+std::string openai_token_text(const Tokenizer& tok, int32_t id);
 
 }  // namespace oar

@@ -137,7 +137,7 @@ bad = [
     ("/v1/completions", json.dumps({"prompt": "x", "top_p": 1.5}).encode(), 400, "top_p"),
     ("/v1/completions", json.dumps({"prompt": "x", "max_tokens": 0}).encode(), 400, "max_tokens"),
     ("/v1/completions", json.dumps({"prompt": "x", "max_tokens": -3}).encode(), 400, "max_tokens"),
-    ("/v1/completions", json.dumps({"prompt": "x", "n": 2}).encode(), 400, "n"),
+    ("/v1/completions", json.dumps({"prompt": "x", "n": 17}).encode(), 400, "n"),
     ("/v1/completions", json.dumps({"prompt": long_prompt}).encode(), 400, "prompt"),
     ("/v1/completions", json.dumps({"prompt": "x", "max_tokens": 100000}).encode(), 400, "max_tokens"),
     ("/v1/chat/completions", json.dumps({"messages": []}).encode(), 400, "messages"),

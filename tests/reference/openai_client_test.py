@@ -64,6 +64,28 @@ def main():
     assert usage is not None and usage.completion_tokens == r.usage.completion_tokens, (usage, r.usage)
     print("ok: chat completions (plain and streamed, usage in the last chunk)")
 
+    # n, echo + logprobs (lm-evaluation-harness's loglikelihood request) and chat logprobs, as the client parses them.
+    r = client.completions.create(model=model, prompt="Once upon a time", n=2, max_tokens=4, seed=3)
+    assert [c.index for c in r.choices] == [0, 1] and 2 <= r.usage.completion_tokens <= 8, r
+    r = client.completions.create(model=model, prompt="Once upon a time", echo=True, logprobs=2, max_tokens=0)
+    lp = r.choices[0].logprobs
+    assert r.choices[0].text.startswith("Once") and lp.token_logprobs[0] is None, r
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == r.usage.prompt_tokens
+    assert all(v <= 0 for v in lp.token_logprobs[1:]) and all(len(t) == 2 for t in lp.top_logprobs[1:]), lp
+    r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=3,
+                                       logprobs=True, top_logprobs=2)
+    content = r.choices[0].logprobs.content
+    assert len(content) == r.usage.completion_tokens and all(len(c.top_logprobs) == 2 for c in content), content
+    assert all(c.top_logprobs[0].logprob >= c.logprob - 1e-6 for c in content), content
+    m = client.models.retrieve(model)
+    assert m.id == model, m
+    try:
+        client.models.retrieve("no-such-model")
+        raise AssertionError("unknown model id accepted")
+    except openai.NotFoundError as e:
+        assert e.status_code == 404 and e.code == "model_not_found", e.body
+    print("ok: n, echo + logprobs, chat logprobs, models.retrieve")
+
     def expect_bad_request(param, code=None, **kwargs):
         try:
             kwargs.setdefault("model", model)
@@ -80,7 +102,8 @@ def main():
     expect_bad_request("temperature", temperature=-1)
     expect_bad_request("top_p", top_p=0)
     expect_bad_request("max_tokens", max_tokens=0)
-    expect_bad_request("n", n=2)
+    expect_bad_request("n", n=17)
+    expect_bad_request("logprobs", logprobs=21)
     expect_bad_request("model", code="model_not_found", model="no-such-model")
     expect_bad_request("prompt", code="context_length_exceeded", prompt=" ".join(["word"] * 700))
     try:

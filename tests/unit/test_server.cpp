@@ -48,7 +48,7 @@ class FakeEngine : public EngineBackend {
   int64_t max_running = 16, max_waiting = 1024, blocks_total = 4096, tokens_per_block = 16, context = 512;
   std::chrono::microseconds step_time{0};
   mutable std::atomic<int> wrong_thread_calls{0};
-  std::atomic<int64_t> aborts{0}, added{0};
+  std::atomic<int64_t> aborts{0}, added{0}, shared{0};
 
   uint64_t add_request(std::vector<int32_t> prompt, const RequestParams& params) override {
     check_thread();
@@ -56,6 +56,7 @@ class FakeEngine : public EngineBackend {
     if (prompt.empty()) throw Error("empty prompt");
     if (int64_t(prompt.size()) > context) throw Error("prompt longer than the context");
     if (int64_t(waiting_.size()) >= max_waiting) return 0;
+    if (auto it = reqs_.find(params.share_prompt_with); it != reqs_.end() && it->second.prompt == prompt) shared++;
     Req r;
     r.id = next_id_++;
     r.prompt = std::move(prompt);
@@ -99,6 +100,17 @@ class FakeEngine : public EngineBackend {
     std::vector<uint64_t> done;
     for (uint64_t id : running_) {
       Req& r = reqs_[id];
+      if (r.params.max_new_tokens == 0) {  // prompt logprobs only
+        RequestOutput o;
+        o.request_id = id;
+        o.finished = true;
+        o.finish_reason = FinishReason::Length;
+        o.prompt_tokens = int64_t(r.prompt.size());
+        o.prompt_logprobs = fake_prompt_logprobs(r);
+        outs.push_back(o);
+        done.push_back(id);
+        continue;
+      }
       int32_t tok = fake_token(r.prompt, r.generated);
       if (r.generated == 0) ttft_.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - r.added).count());
       r.generated++;
@@ -109,6 +121,8 @@ class FakeEngine : public EngineBackend {
       o.new_text = std::string(1, char('a' + tok));
       o.prompt_tokens = int64_t(r.prompt.size());
       o.completion_tokens = r.generated;
+      if (r.params.logprobs >= 0) o.logprobs.push_back(fake_logprob(tok, r.generated, r.params.logprobs));
+      if (r.generated == 1) o.prompt_logprobs = fake_prompt_logprobs(r);
       for (auto& s : r.params.stop)
         if (s == o.new_text) {  // single-letter stop strings are enough here: not returned, as the engine does
           o.new_text.clear();
@@ -159,6 +173,20 @@ class FakeEngine : public EngineBackend {
     bool aborted = false;
     std::chrono::steady_clock::time_point added;
   };
+  // Logprob -k/8 for the k-th token, top tokens 3, 4, ... with -0.1, -0.2, ...
+  static TokenLogprob fake_logprob(int32_t tok, int64_t k, int32_t top) {
+    TokenLogprob lp;
+    lp.token = tok;
+    lp.logprob = -float(k) / 8;
+    for (int32_t j = 0; j < top; j++) lp.top.emplace_back(3 + j, -0.1f * float(j + 1));
+    return lp;
+  }
+  static std::vector<TokenLogprob> fake_prompt_logprobs(const Req& r) {
+    std::vector<TokenLogprob> out;
+    if (!r.params.prompt_logprobs) return out;
+    for (size_t t = 1; t < r.prompt.size(); t++) out.push_back(fake_logprob(r.prompt[t], int64_t(t), r.params.logprobs));
+    return out;
+  }
   // Only the loop thread may call the engine.
   void check_thread() const {
     std::thread::id self = std::this_thread::get_id();
@@ -389,7 +417,9 @@ TEST(Server, BadRequestsGetOpenAIErrors) {
       {"/v1/completions", R"({"prompt": "x", "top_p": 2})", 400, "top_p"},
       {"/v1/completions", R"({"prompt": "x", "max_tokens": 0})", 400, "max_tokens"},
       {"/v1/completions", R"({"prompt": "x", "max_tokens": -1})", 400, "max_tokens"},
-      {"/v1/completions", R"({"prompt": "x", "n": 3})", 400, "n"},
+      {"/v1/completions", R"({"prompt": "x", "n": 17})", 400, "n"},
+      {"/v1/completions", R"({"prompt": "x", "logprobs": 21})", 400, "logprobs"},
+      {"/v1/completions", R"({"prompt": "x", "max_tokens": 2, "max_completion_tokens": 3})", 400, "max_completion_tokens"},
       {"/v1/completions", R"({"prompt": "x", "max_tokens": 600})", 400, "max_tokens"},
       {"/v1/completions", "{\"prompt\": \"" + long_prompt + "\"}", 400, "prompt"},
       {"/v1/completions", R"({"prompt": [100000]})", 400, "prompt"},
@@ -419,6 +449,106 @@ TEST(Server, BadRequestsGetOpenAIErrors) {
     EXPECT_TRUE(json::parse(r->body)["error"]["message"].is_string());
   }
   EXPECT_EQ(s.fake.added.load(), 0) << "no bad request may reach the engine";
+}
+
+// echo + logprobs + n: each choice is the prompt's text then the completion, with the prompt tokens' logprobs
+// (the first null) then the generated ones; the n choices of a prompt are requested as sharing it.
+TEST(Server, EchoLogprobsAndSamples) {
+  TestServer s;
+  const std::vector<int32_t> prompt = s.completion_prompt("hello world");
+  auto r = s.post("/v1/completions", {{"prompt", {"hello world", "hello world"}}, {"max_tokens", 3}, {"echo", true},
+                                      {"logprobs", 2}, {"n", 2}, {"temperature", 0}});
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200) << r->body;
+  json j = json::parse(r->body);
+  ASSERT_EQ(j["choices"].size(), 4u);
+  EXPECT_EQ(s.fake.shared.load(), 2) << "the second sample of each prompt shares the first's prompt";
+  for (size_t i = 0; i < 4; i++) {
+    const json& c = j["choices"][i];
+    EXPECT_EQ(c["index"], i);
+    EXPECT_EQ(c["text"], "hello world" + fake_completion(prompt, 3));
+    const json& lp = c["logprobs"];
+    ASSERT_EQ(lp["tokens"].size(), prompt.size() + 3);
+    EXPECT_TRUE(lp["token_logprobs"][0].is_null());
+    EXPECT_TRUE(lp["top_logprobs"][0].is_null());
+    for (size_t t = 1; t < prompt.size(); t++) EXPECT_FLOAT_EQ(lp["token_logprobs"][t].get<float>(), -float(t) / 8);
+    for (size_t k = 0; k < 3; k++) EXPECT_FLOAT_EQ(lp["token_logprobs"][prompt.size() + k].get<float>(), -float(k + 1) / 8);
+    for (size_t t = 1; t < lp["tokens"].size(); t++) {
+      EXPECT_EQ(lp["top_logprobs"][t].size(), 2u);
+      EXPECT_LE(lp["text_offset"][t - 1].get<int>(), lp["text_offset"][t].get<int>());
+    }
+    EXPECT_EQ(lp["text_offset"][0], 0);
+    EXPECT_EQ(lp["tokens"][0], "<|begin_of_text|>");
+  }
+  EXPECT_EQ(j["usage"]["prompt_tokens"], 2 * prompt.size());
+  EXPECT_EQ(j["usage"]["completion_tokens"], 12);
+
+  // max_tokens 0: the prompt alone, as lm-evaluation-harness asks for loglikelihoods.
+  r = s.post("/v1/completions", {{"prompt", "hello world"}, {"max_tokens", 0}, {"echo", true}, {"logprobs", 1}});
+  ASSERT_EQ(r->status, 200) << r->body;
+  j = json::parse(r->body);
+  EXPECT_EQ(j["choices"][0]["text"], "hello world");
+  EXPECT_EQ(j["choices"][0]["finish_reason"], "length");
+  EXPECT_EQ(j["choices"][0]["logprobs"]["tokens"].size(), prompt.size());
+  EXPECT_EQ(j["usage"]["completion_tokens"], 0);
+
+  // Streamed: the chunks' logprobs put together are the non-streamed ones.
+  json body = {{"prompt", "hello world"}, {"max_tokens", 4}, {"echo", true}, {"logprobs", 1}, {"temperature", 0}};
+  json whole = json::parse(s.post("/v1/completions", body)->body)["choices"][0];
+  body["stream"] = true;
+  r = s.post("/v1/completions", body);
+  ASSERT_EQ(r->status, 200) << r->body;
+  std::string text;
+  json lp = {{"tokens", json::array()}, {"token_logprobs", json::array()}, {"top_logprobs", json::array()},
+             {"text_offset", json::array()}};
+  for (auto& d : sse_data(r->body)) {
+    if (d == "[DONE]") break;
+    json c = json::parse(d)["choices"][0];
+    text += c["text"].get<std::string>();
+    if (c["logprobs"].is_null()) continue;
+    for (auto& [k, v] : lp.items())
+      for (auto& x : c["logprobs"][k]) v.push_back(x);
+  }
+  EXPECT_EQ(text, whole["text"]);
+  EXPECT_EQ(lp, whole["logprobs"]);
+}
+
+TEST(Server, ChatLogprobs) {
+  TestServer s;
+  auto r = s.post("/v1/chat/completions", {{"messages", {{{"role", "user"}, {"content", "hi"}}}}, {"max_tokens", 3},
+                                           {"logprobs", true}, {"top_logprobs", 2}});
+  ASSERT_EQ(r->status, 200) << r->body;
+  json c = json::parse(r->body)["choices"][0];
+  ASSERT_EQ(c["logprobs"]["content"].size(), 3u);
+  for (size_t k = 0; k < 3; k++) {
+    const json& e = c["logprobs"]["content"][k];
+    EXPECT_FLOAT_EQ(e["logprob"].get<float>(), -float(k + 1) / 8);
+    EXPECT_TRUE(e["token"].is_string());
+    EXPECT_TRUE(e["bytes"].is_array());
+    ASSERT_EQ(e["top_logprobs"].size(), 2u);
+    EXPECT_FLOAT_EQ(e["top_logprobs"][1]["logprob"].get<float>(), -0.2f);
+  }
+  r = s.post("/v1/chat/completions", {{"messages", {{{"role", "user"}, {"content", "hi"}}}}, {"max_tokens", 2}});
+  EXPECT_TRUE(json::parse(r->body)["choices"][0]["logprobs"].is_null());
+}
+
+TEST(Server, MaxCompletionTokensAndModelById) {
+  TestServer s;
+  auto r = s.post("/v1/completions", {{"prompt", "hello"}, {"max_completion_tokens", 3}});
+  ASSERT_EQ(r->status, 200) << r->body;
+  EXPECT_EQ(json::parse(r->body)["usage"]["completion_tokens"], 3);
+  r = s.post("/v1/completions", {{"prompt", "hello"}, {"max_completion_tokens", 3}, {"max_tokens", 4}});
+  EXPECT_EQ(r->status, 400);
+  auto m = s.client()->Get("/v1/models/tiny");
+  ASSERT_EQ(m->status, 200);
+  EXPECT_EQ(json::parse(m->body)["id"], "tiny");
+  EXPECT_EQ(json::parse(m->body)["object"], "model");
+  m = s.client()->Get("/v1/models/gpt-4");
+  ASSERT_EQ(m->status, 404);
+  json e = json::parse(m->body)["error"];
+  EXPECT_EQ(e["code"], "model_not_found");
+  EXPECT_EQ(e["type"], "invalid_request_error");
+  EXPECT_NE(e["message"].get<std::string>().find("gpt-4"), std::string::npos);
 }
 
 TEST(Server, ModelsHealthAndMetrics) {

@@ -47,6 +47,31 @@ TEST(ServerRequest, CompletionDefaultsAreOpenAIs) {
   EXPECT_NO_THROW(p.validate());
 }
 
+// n, echo, logprobs (both endpoints' forms) and max_completion_tokens as the same thing as max_tokens.
+TEST(ServerRequest, SamplesEchoLogprobsAndMaxCompletionTokens) {
+  ApiRequest r = parse(R"({"prompt": ["a", "b"], "n": 3, "best_of": 3, "echo": true, "logprobs": 5, "max_tokens": 0})");
+  EXPECT_EQ(r.n, 3);
+  EXPECT_TRUE(r.echo);
+  EXPECT_EQ(r.logprobs, 5);
+  EXPECT_EQ(*r.max_tokens, 0);
+  EXPECT_EQ(sampling_params(r, 10, 2).seed, 12u);  // sample 2 of a prompt
+  r = parse(R"({"prompt": "a", "logprobs": 0, "max_completion_tokens": 9})");
+  EXPECT_EQ(r.logprobs, 0);
+  EXPECT_EQ(*r.max_tokens, 9);
+  EXPECT_EQ(*parse(R"({"prompt": "a", "max_tokens": 9, "max_completion_tokens": 9})").max_tokens, 9);
+  EXPECT_EQ(parse(R"({"prompt": "a", "logprobs": false})").logprobs, -1);
+  EXPECT_EQ(parse(R"({"prompt": "a"})").logprobs, -1);
+  const char* chat = R"({"messages": [{"role": "user", "content": "x"}], "logprobs": true, "top_logprobs": 4, "n": 2})";
+  r = parse_request(chat, Endpoint::ChatCompletions, ParseLimits{});
+  EXPECT_EQ(r.logprobs, 4);
+  EXPECT_EQ(r.n, 2);
+  r = parse_request(R"({"messages": [{"role": "user", "content": "x"}], "logprobs": true})", Endpoint::ChatCompletions, ParseLimits{});
+  EXPECT_EQ(r.logprobs, 0);
+  r = parse_request(R"({"messages": [{"role": "user", "content": "x"}], "logprobs": false, "top_logprobs": 0})",
+                    Endpoint::ChatCompletions, ParseLimits{});
+  EXPECT_EQ(r.logprobs, -1);
+}
+
 TEST(ServerRequest, AllFieldsAreRead) {
   ApiRequest r = parse(R"({"model": "tiny", "prompt": ["a", "b"], "max_tokens": 7, "temperature": 0, "top_p": 0.5,
                           "top_k": 40, "seed": 18446744073709551615, "stop": ["x", "yz"], "stream": true,
@@ -123,9 +148,27 @@ TEST(ServerRequest, MalformedRequestsAre400WithTheParameter) {
       {R"({"prompt": "x", "max_tokens": -5})", "max_tokens"},
       {R"({"prompt": "x", "max_tokens": 2.5})", "max_tokens"},
       {R"({"prompt": "x", "max_tokens": "10"})", "max_tokens"},
-      {R"({"prompt": "x", "n": 2})", "n"},
+      {R"({"prompt": "x", "n": 17})", "n"},
       {R"({"prompt": "x", "n": 0})", "n"},
+      {R"({"prompt": ["a", "b", "c", "d", "e", "f", "g", "h", "i"], "n": 16})", "n"},  // 144 choices
       {R"({"prompt": "x", "best_of": 3})", "best_of"},
+      {R"({"prompt": "x", "n": 2, "best_of": 1})", "best_of"},
+      {R"({"prompt": "x", "max_tokens": 0, "echo": false})", "max_tokens"},
+      {R"({"prompt": "x", "max_completion_tokens": 0})", "max_completion_tokens"},
+      {R"({"prompt": "x", "max_tokens": 5, "max_completion_tokens": 6})", "max_completion_tokens"},
+      {R"({"messages": [{"role": "user", "content": "x"}], "max_tokens": 5, "max_completion_tokens": 6})",
+       "max_completion_tokens", Endpoint::ChatCompletions},
+      {R"({"messages": [{"role": "user", "content": "x"}], "max_tokens": 0})", "max_tokens", Endpoint::ChatCompletions},
+      {R"({"prompt": "x", "logprobs": 21})", "logprobs"},
+      {R"({"prompt": "x", "logprobs": -1})", "logprobs"},
+      {R"({"prompt": "x", "logprobs": true})", "logprobs"},
+      {R"({"prompt": "x", "top_logprobs": 2})", "top_logprobs"},
+      {R"({"prompt": "x", "echo": 1})", "echo"},
+      {R"({"messages": [{"role": "user", "content": "x"}], "logprobs": 3})", "logprobs", Endpoint::ChatCompletions},
+      {R"({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2})", "top_logprobs",
+       Endpoint::ChatCompletions},
+      {R"({"messages": [{"role": "user", "content": "x"}], "logprobs": true, "top_logprobs": 21})", "top_logprobs",
+       Endpoint::ChatCompletions},
       {R"({"prompt": "x", "stream": "yes"})", "stream"},
       {R"({"prompt": "x", "stream_options": {"include_usage": true}})", "stream_options"},
       {R"({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]})", "stop"},
@@ -135,8 +178,6 @@ TEST(ServerRequest, MalformedRequestsAre400WithTheParameter) {
       {R"({"prompt": "x", "repetition_penalty": 0})", "repetition_penalty"},
       {R"({"prompt": "x", "frequency_penalty": 3})", "frequency_penalty"},
       {R"({"prompt": "x", "presence_penalty": 0.5})", "presence_penalty"},
-      {R"({"prompt": "x", "logprobs": 5})", "logprobs"},
-      {R"({"prompt": "x", "echo": true})", "echo"},
       {R"({"prompt": "x", "suffix": "s"})", "suffix"},
       {R"({"prompt": "x", "logit_bias": {"5": 1}})", "logit_bias"},
       {R"({"prompt": "x", "tools": [{"type": "function"}]})", "tools"},

@@ -136,7 +136,11 @@ TEST(SentencePieceTokenizer, SpecialAndBytePieces) {
   EXPECT_EQ(tok->id_to_piece(3 + 0x0A), "<0x0A>");
   EXPECT_EQ(tok->token_bytes(3 + 0x0A), "\n");
   EXPECT_EQ(tok->token_bytes(3 + 0xF0), "\xF0");
-  EXPECT_EQ(tok->token_bytes(0), " \xE2\x81\x87 ");  // <unk> decodes to " ⁇ " like the library
+  // <unk> is a special token as in Hugging Face's tokenizers: skipped when decoding (not the library's " ⁇ ").
+  EXPECT_TRUE(tok->is_special(0));
+  EXPECT_EQ(tok->token_bytes(0), "");
+  EXPECT_EQ(tok->token_bytes(0, true), "<unk>");
+  EXPECT_EQ(tok->decode({1, 0, tok->encode("Hi", false)[0]}), tok->decode({tok->encode("Hi", false)[0]}));
   EXPECT_EQ(tok->chat_template(), "");
   // A piece with the visible-space marker: bytes have a plain space.
   auto ids = tok->encode("Hello world", false);
