@@ -14,18 +14,18 @@
 
 namespace {
 
-// How long an idle OpenMP thread spins at a barrier before it sleeps. libgomp's default (300,000 spins, about a
-// millisecond) wastes the time slices of threads whose peers were descheduled: on a busy machine every barrier then
-// waits a whole scheduler tick, and training a small model ran 100x slower. Sleeping at once (passive) costs
-// every barrier a futex wake-up on a quiet machine. A short spin keeps most of the quiet speed and degrades
-// gracefully; bench/busy_machine.py measures the three (BENCHMARKS.md).
-constexpr const char* kDefaultSpinCount = "20000";
+// What an idle OpenMP thread does at a barrier. libgomp's default spins 300,000 times before it sleeps, which on a
+// busy machine wastes the time slices of threads whose peers were descheduled: every barrier then waits for the
+// scheduler, and users saw a small model train 100x slower (1.6-3.3 s per step) and decode 13x slower. Threads
+// that sleep at once give their core back; the cost on a quiet machine, a futex wake-up per barrier, is measured
+// by bench/busy_machine.py (BENCHMARKS.md).
+constexpr const char* kDefaultWaitPolicy = "passive";
 
 // libgomp reads its variables once, when it is loaded, before main: to give users this default without a wrapper
 // script, set it and start again. A user's own OMP_WAIT_POLICY or GOMP_SPINCOUNT is left alone.
 void default_openmp_wait_policy(char** argv) {
   if (std::getenv("OMP_WAIT_POLICY") || std::getenv("GOMP_SPINCOUNT")) return;
-  setenv("GOMP_SPINCOUNT", kDefaultSpinCount, 1);
+  setenv("OMP_WAIT_POLICY", kDefaultWaitPolicy, 1);
   execv("/proc/self/exe", argv);  // returns only on failure: then run on with libgomp's default
 }
 

@@ -9,10 +9,15 @@ set -euo pipefail
 mkdir -p "$WORK"; cd "$WORK"
 die() { echo "FAIL: $*"; exit 1; }
 REQ="$SRC/tests/reference/lm_eval_requirements.txt"
-VENV="$WORK/venv-lm-eval"
+# One venv for every build tree (release, ASan), like .venv-peft; one creator at a time.
+VENV="${OAR_LM_EVAL_VENV:-$SRC/.venv-lm-eval}"
 PY="$VENV/bin/python"
+mkdir -p "$VENV"
+[ -f "$VENV/.gitignore" ] || printf '*\n' > "$VENV/.gitignore"
+exec 9>"$VENV/.lock"
+flock 9
 if ! cmp -s "$REQ" "$VENV/requirements.installed" 2>/dev/null; then
-  rm -rf "$VENV"
+  find "$VENV" -mindepth 1 -maxdepth 1 ! -name .gitignore ! -name .lock -exec rm -rf {} +
   python3 -m venv "$VENV" || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
   if ! "$PY" -m pip install -q --disable-pip-version-check -r "$REQ" > pip.log 2>&1; then
     if ! "$PY" -m pip index versions lm-eval --disable-pip-version-check >/dev/null 2>&1; then
@@ -24,6 +29,7 @@ if ! cmp -s "$REQ" "$VENV/requirements.installed" 2>/dev/null; then
   fi
   cp "$REQ" "$VENV/requirements.installed"
 fi
+flock -u 9
 
 M="$WORK/tiny"
 "$OAR" create-model --preset tiny --dtype float32 --output_dir "$M" --force >/dev/null
