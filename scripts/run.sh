@@ -16,9 +16,6 @@ if [ "${OAR_SKIP_BUILD:-0}" != 1 ]; then  # OAR_SKIP_BUILD=1 OAR=path/to/oar: re
   bash scripts/build.sh release
 fi
 OAR="${OAR:-./build/oar}"
-# Idle OpenMP threads sleep instead of spinning: on a busy machine spinning threads make every barrier wait for
-# a descheduled peer (8x slower here under load); on an idle one the cost is small.
-export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-passive}"
 J="${OAR_JOB_DIR:-build/job}"  # the configs name build/job; another directory is passed as overrides
 PRE_ARGS=() FT_ARGS=()
 if [ "$J" != build/job ]; then
