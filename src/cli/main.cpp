@@ -14,18 +14,18 @@
 
 namespace {
 
-// What an idle OpenMP thread does at a barrier. libgomp's default spins 300,000 times before it sleeps, which on a
-// busy machine wastes the time slices of threads whose peers were descheduled: every barrier then waits for the
-// scheduler, and users saw a small model train 100x slower (1.6-3.3 s per step) and decode 13x slower. Threads
-// that sleep at once give their core back; the cost on a quiet machine, a futex wake-up per barrier, is measured
-// by bench/busy_machine.py (BENCHMARKS.md).
-constexpr const char* kDefaultWaitPolicy = "passive";
+// How long an idle OpenMP thread spins at a barrier before it sleeps. libgomp's default, 300,000 spins, wastes the
+// time slices of threads whose peers were descheduled on a busy machine: users saw a small model train 100x
+// slower and the 110M model decode 4x slower with two busy processes. Sleeping at once (passive) costs a futex
+// wake-up per barrier on a quiet machine (+35% per decode step here). 10,000 spins kept the loaded slowdown under
+// 2.5x and cost 4-9% on a quiet machine (bench/busy_machine.py, BENCHMARKS.md).
+constexpr const char* kDefaultSpinCount = "10000";
 
 // libgomp reads its variables once, when it is loaded, before main: to give users this default without a wrapper
 // script, set it and start again. A user's own OMP_WAIT_POLICY or GOMP_SPINCOUNT is left alone.
 void default_openmp_wait_policy(char** argv) {
   if (std::getenv("OMP_WAIT_POLICY") || std::getenv("GOMP_SPINCOUNT")) return;
-  setenv("OMP_WAIT_POLICY", kDefaultWaitPolicy, 1);
+  setenv("GOMP_SPINCOUNT", kDefaultSpinCount, 1);
   execv("/proc/self/exe", argv);  // returns only on failure: then run on with libgomp's default
 }
 
