@@ -183,8 +183,14 @@ std::string json_str(const std::string& s) {
   return out + "\"";
 }
 
-thread_local Budget* active_budget = nullptr;
-thread_local int ValueDepth::depth_ = 0;
+Budget*& active_budget() {
+  static thread_local Budget* budget = nullptr;
+  return budget;
+}
+int& ValueDepth::depth() {
+  static thread_local int depth = 0;
+  return depth;
+}
 
 }  // namespace detail
 
@@ -313,7 +319,7 @@ void repr_into(const Value& v, std::string& out) {
     }
     out += "}";
   }
-  if (active_budget) active_budget->check_string(out.size());
+  if (active_budget()) active_budget()->check_string(out.size());
 }
 
 }  // namespace
