@@ -13,8 +13,8 @@
 #include "cli/flags.h"
 #include "core/error.h"
 #include "core/fs.h"
+#include "core/model_config.h"
 #include "io/safetensors.h"
-#include "model/config.h"
 
 namespace oar::cli {
 namespace {

@@ -4,7 +4,7 @@
 
 #include "core/error.h"
 #include "core/fs.h"
-#include "model/config.h"
+#include "core/model_config.h"
 #include "train/lora_io.h"
 
 namespace oar::cli {

@@ -5,7 +5,7 @@
 #include <vector>
 
 #include "data/sft_dataset.h"
-#include "train/trainable_llama.h"
+#include "data/train_batch.h"
 
 namespace oar {
 

@@ -8,8 +8,8 @@
 #include <memory>
 #include <string>
 
+#include "core/model_config.h"
 #include "io/weight_source.h"
-#include "model/config.h"
 
 namespace oar {
 

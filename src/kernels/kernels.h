@@ -9,8 +9,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "core/model_config.h"
 #include "core/tensor.h"
-#include "model/config.h"
 
 namespace oar {
 
@@ -90,5 +90,10 @@ class Kernels {
 
 // The implementation for a device (throws oar::Error for a device this build cannot run).
 Kernels& kernels_for(Device device);
+
+// The CPU's dense GEMM, the one linear() runs for many tokens (oneDNN): C[M,N] (float32) = A[M,K] · B[N,K]^T, with
+// A and B contiguous in `dt` (F32 or BF16). Returns false where this CPU has no kernel for dt. For code that times
+// the GEMM itself (infer/roofline) without reaching into kernels/cpu.
+bool cpu_gemm_nt(int64_t M, int64_t N, int64_t K, DType dt, const void* A, const void* B, float* C);
 
 }  // namespace oar

@@ -7,9 +7,9 @@
 #include <string>
 #include <vector>
 
+#include "core/model_config.h"
 #include "core/tensor.h"
 #include "kernels/kernels.h"
-#include "model/config.h"
 
 namespace oar {
 

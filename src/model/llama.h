@@ -7,10 +7,10 @@
 #include <string>
 #include <vector>
 
+#include "core/model_config.h"
 #include "core/tensor.h"
 #include "io/weight_source.h"
 #include "kernels/kernels.h"
-#include "model/config.h"
 #include "model/kv_cache.h"
 
 namespace oar {

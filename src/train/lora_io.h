@@ -26,9 +26,9 @@
 #include <utility>
 #include <vector>
 
+#include "core/model_config.h"
 #include "core/tensor.h"
 #include "io/weight_source.h"
-#include "model/config.h"
 #include "train/trainable_llama.h"
 
 namespace oar {

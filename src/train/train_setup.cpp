@@ -9,9 +9,9 @@
 #include "core/error.h"
 #include "core/fs.h"
 #include "core/json_io.h"
+#include "core/model_config.h"
 #include "data/sft_dataset.h"
 #include "io/safetensors.h"
-#include "model/config.h"
 #include "train/lora_io.h"
 
 namespace oar {

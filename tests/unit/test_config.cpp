@@ -6,7 +6,7 @@
 
 #include "core/error.h"
 #include "core/fs.h"
-#include "model/config.h"
+#include "core/model_config.h"
 #include "test_errors.h"
 
 using namespace oar;

@@ -13,8 +13,8 @@
 #include "core/error.h"
 #include "core/fs.h"
 #include "core/mmap_file.h"
+#include "core/model_config.h"
 #include "io/safetensors.h"
-#include "model/config.h"
 #include "test_errors.h"
 
 using namespace oar;

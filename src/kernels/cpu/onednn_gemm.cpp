@@ -5,6 +5,8 @@
 #include <oneapi/dnnl/dnnl.hpp>
 #include <tuple>
 
+#include "kernels/kernels.h"
+
 namespace oar::cpu {
 namespace {
 
@@ -80,3 +82,11 @@ bool onednn_gemm(int64_t M, int64_t N, int64_t K, DType dt, const void* A, int64
 }
 
 }  // namespace oar::cpu
+
+namespace oar {
+
+bool cpu_gemm_nt(int64_t M, int64_t N, int64_t K, DType dt, const void* A, const void* B, float* C) {
+  return cpu::onednn_gemm(M, N, K, dt, A, K, B, K, /*b_transposed=*/true, C, N, nullptr);
+}
+
+}  // namespace oar

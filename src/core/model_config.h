@@ -55,7 +55,7 @@ struct LlamaConfig {
 
 // Parses DIR/config.json. Every field that would change the math and that oar does not implement is an error
 // naming the file and the field (never a silent wrong answer). Throws oar::Error. Accepts LlamaForCausalLM, and
-// Qwen2ForCausalLM / MistralForCausalLM where their math is Llama's (see config.cpp); absent fields take the
+// Qwen2ForCausalLM / MistralForCausalLM where their math is Llama's (see model_config.cpp); absent fields take the
 // defaults of that architecture's transformers config class.
 LlamaConfig load_hf_config(const std::string& config_json_path);
 LlamaConfig parse_hf_config(const std::string& json_text, const std::string& where);

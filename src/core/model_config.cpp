@@ -1,7 +1,7 @@
 // Hugging Face config.json <-> LlamaConfig. The rule: every field that changes the math is either implemented or
 // refused with an error naming the file and the field; missing fields take the defaults of transformers' config
 // class for that architecture (4.46), so that oar and transformers read the same file the same way.
-#include "model/config.h"
+#include "core/model_config.h"
 
 #include <cmath>
 #include <limits>
@@ -267,7 +267,7 @@ LlamaConfig parse_hf_config(const std::string& json_text, const std::string& whe
   const std::string act = f.string("hidden_act", "silu");
   if (act != "silu") fail(where, "hidden_act " + in_quotes(act) + " is not supported (oar implements silu)");
 
-  // Biases (see the comment in config.h). Qwen2 and Mistral fix them by architecture; transformers ignores the keys.
+  // Biases (see the comment in model_config.h). Qwen2 and Mistral fix them by architecture; transformers ignores the keys.
   const bool attention_bias = f.boolean("attention_bias", false);
   const bool mlp_bias = f.boolean("mlp_bias", false);
   switch (fam) {
