@@ -1,0 +1,68 @@
+# Fails when a file under src/ includes a header its layer may not: one line per violation naming the file, the
+# include and the rule, then a nonzero exit. CMake script, so that the build needs nothing beyond CMake.
+#   cmake -DOAR_SRC=<repo>/src -DOAR_LAYER_RULES=<build>/oar_layers.cmake -P scripts/check_layers.cmake
+# The rules file (written by CMakeLists.txt from its oar_layer() declarations) sets OAR_LAYERS, lowest first, and
+# OAR_LAYER_ALLOWED_<layer>: the layers that <layer>'s DEPS reach. The rules:
+#  - every file under src/ sits in a declared layer folder;
+#  - a quoted include names its header from src/ ("layer/file.h"), never with "..";
+#  - a file may include headers of its own layer and of the layers in OAR_LAYER_ALLOWED_<its layer>;
+#  - another layer's subfolders (kernels/cpu/...) are private to it: only its top-level headers are its interface.
+cmake_minimum_required(VERSION 3.25)
+if(NOT OAR_SRC OR NOT OAR_LAYER_RULES)
+  message(FATAL_ERROR "usage: cmake -DOAR_SRC=<src dir> -DOAR_LAYER_RULES=<rules file> -P check_layers.cmake")
+endif()
+include(${OAR_LAYER_RULES})
+string(REPLACE ";" " -> " order "${OAR_LAYERS}")
+
+set(violations 0)
+macro(violation text)
+  message("layer check: ${text}")
+  math(EXPR violations "${violations} + 1")
+endmacro()
+
+file(GLOB_RECURSE files RELATIVE ${OAR_SRC} ${OAR_SRC}/*)
+list(SORT files)
+foreach(file ${files})
+  if(NOT file MATCHES "\\.(h|hpp|cpp|cc|cu|cuh|inc)$")
+    continue()
+  endif()
+  string(REGEX MATCH "^[^/]+/" layer "${file}")
+  string(REGEX REPLACE "/$" "" layer "${layer}")
+  if(NOT layer OR NOT layer IN_LIST OAR_LAYERS)
+    violation("src/${file}: not in a layer folder (the layers: ${order}; a new one is declared with oar_layer() in CMakeLists.txt)")
+    continue()
+  endif()
+  file(STRINGS ${OAR_SRC}/${file} lines REGEX "^[ \t]*#[ \t]*include[ \t]*\"")
+  foreach(line IN LISTS lines)
+    string(REGEX REPLACE "^[ \t]*#[ \t]*include[ \t]*\"([^\"]*)\".*$" "\\1" inc "${line}")
+    if(inc MATCHES "(^|/)\\.\\.(/|$)")
+      violation("src/${file}: #include \"${inc}\": name headers from src/ (\"layer/file.h\"), not with \"..\"")
+      continue()
+    endif()
+    if(NOT inc MATCHES "/")
+      continue()  # not a layer's header (a third-party one in quotes)
+    endif()
+    string(REGEX REPLACE "/.*$" "" target "${inc}")
+    if(target STREQUAL layer OR NOT target IN_LIST OAR_LAYERS)
+      continue()
+    endif()
+    list(FIND OAR_LAYERS ${layer} layer_index)
+    list(FIND OAR_LAYERS ${target} target_index)
+    set(allowed ${OAR_LAYER_ALLOWED_${layer}})
+    string(REPLACE ";" ", " allowed_text "${allowed}")
+    if(NOT allowed_text)
+      set(allowed_text "nothing")
+    endif()
+    if(target_index GREATER layer_index)
+      violation("src/${file}: #include \"${inc}\" runs up the layers: ${target} is above ${layer} (order: ${order}); ${layer} may include ${allowed_text}")
+    elseif(NOT target IN_LIST allowed)
+      violation("src/${file}: #include \"${inc}\": ${layer} does not depend on ${target}; ${layer} may include ${allowed_text} (add ${target} to the DEPS of oar_layer(${layer}) in CMakeLists.txt if it should)")
+    elseif(inc MATCHES "^[^/]+/[^/]+/")
+      violation("src/${file}: #include \"${inc}\": ${target}'s subfolders are private to ${target}; use its interface (${target}/*.h)")
+    endif()
+  endforeach()
+endforeach()
+
+if(violations GREATER 0)
+  message(FATAL_ERROR "layer check: ${violations} include(s) against the layers (docs/ARCHITECTURE.md, \"Layers\")")
+endif()
