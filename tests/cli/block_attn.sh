@@ -4,8 +4,7 @@
 # the int8 KV cache flags; the --benchmark lines; `oar perplexity --cachekv_int8`; clear errors.
 # Environment (set by ctest): OAR = the oar binary, WORK = a scratch directory.
 set -euo pipefail
-mkdir -p "$WORK"; cd "$WORK"
-die() { echo "FAIL: $*"; exit 1; }
+source "$SRC/tests/cli/lib/common.sh"
 M="$WORK/tiny"
 "$OAR" create-model --preset tiny --dtype float32 --output_dir "$M" --force >/dev/null
 

@@ -3,8 +3,7 @@
 # cli/model_loading.h): "static" is accepted by all three (they then look for cachekv_scales.json), bad values
 # and contradictions are one error line naming the flag, exit 2, before any model loads.
 set -euo pipefail
-mkdir -p "$WORK"; cd "$WORK"
-die() { echo "FAIL: $*"; exit 1; }
+source "$SRC/tests/cli/lib/common.sh"
 M="$WORK/tiny"
 "$OAR" create-model --preset tiny --dtype float32 --output_dir "$M" --force >/dev/null
 rm -f "$M/cachekv_scales.json"

@@ -4,11 +4,7 @@
 # nesting limit) instead of crashing the server at the first request; two nested range(100000) loops get a 400
 # (chat_template_budget_exceeded) in seconds, the server stays healthy and SIGTERM still stops it.
 set -euo pipefail
-mkdir -p "$WORK"; cd "$WORK"
-die() { echo "FAIL: $*"; exit 1; }
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
+source "$SRC/tests/cli/lib/common.sh"
 
 "$OAR" create-model --preset tiny --dtype float32 --output_dir base --force >/dev/null
 
@@ -39,17 +35,7 @@ echo "ok: a 20,000-filter chain is refused at start: $(cat chain.err)"
 
 # 2. Over budget at render time: 400, quickly; the server goes on.
 with_template loops '{% for i in range(100000) %}{% for j in range(100000) %}{{ j }}{% endfor %}{% endfor %}'
-"$OAR" serve --model_name_or_path loops --host 127.0.0.1 --port 0 >loops.out 2>loops.err &
-SERVER_PID=$!
-PIDS+=("$SERVER_PID")
-URL=""
-for _ in $(seq 1 600); do
-  URL=$(grep -o 'listening on http://[0-9.]*:[0-9]*' loops.out 2>/dev/null | sed 's/listening on //' || true)
-  [ -n "$URL" ] && break
-  kill -0 "$SERVER_PID" 2>/dev/null || { cat loops.err; die "oar serve exited before listening"; }
-  sleep 0.1
-done
-[ -n "$URL" ] || die "oar serve did not start listening in 60 s"
+start_server loops --model_name_or_path loops
 python3 - "$URL" <<'PY' || die "budget checks"
 import http.client, json, re, sys, time, urllib.parse
 u = urllib.parse.urlparse(sys.argv[1])
@@ -74,6 +60,5 @@ for attempt in range(2):
 status, data = request("GET", "/health")
 assert status == 200, (status, data)
 PY
-kill -TERM "$SERVER_PID"
-wait "$SERVER_PID" || die "oar serve exit code after SIGTERM"
+stop_server loops
 echo "ok: SIGTERM stopped it"

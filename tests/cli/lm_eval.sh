@@ -6,8 +6,7 @@
 # lm-eval and its dependencies come from PyPI, all pinned (tests/reference/lm_eval_requirements.txt; no torch),
 # into a venv kept in the build tree; skipped (77) only when PyPI cannot be reached.
 set -euo pipefail
-mkdir -p "$WORK"; cd "$WORK"
-die() { echo "FAIL: $*"; exit 1; }
+source "$SRC/tests/cli/lib/common.sh"
 REQ="$SRC/tests/reference/lm_eval_requirements.txt"
 # One venv for every build tree (release, ASan), like .venv-peft; one creator at a time.
 VENV="${OAR_LM_EVAL_VENV:-$SRC/.venv-lm-eval}"
@@ -33,17 +32,7 @@ flock -u 9
 
 M="$WORK/tiny"
 "$OAR" create-model --preset tiny --dtype float32 --output_dir "$M" --force >/dev/null
-"$OAR" serve --model_name_or_path "$M" --host 127.0.0.1 --port 0 --served_model_name tiny >serve.out 2>serve.err &
-PID=$!
-trap 'kill -9 $PID 2>/dev/null || true' EXIT
-URL=""
-for _ in $(seq 1 600); do
-  URL=$(grep -o 'http://127.0.0.1:[0-9]*' serve.out 2>/dev/null || true)
-  [ -n "$URL" ] && break
-  kill -0 $PID 2>/dev/null || { cat serve.err; die "oar serve exited before listening"; }
-  sleep 0.1
-done
-[ -n "$URL" ] || die "oar serve did not start listening"
+start_server serve --model_name_or_path "$M" --served_model_name tiny
 
 rm -rf tasks out && mkdir -p tasks
 for f in oar_mc oar_gen; do sed "s|@DATA@|$SRC/tests/fixtures/lm_eval|" "$SRC/tests/fixtures/lm_eval/$f.yaml" > "tasks/$f.yaml"; done
@@ -55,5 +44,4 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HOME="$W
   > lm_eval.log 2>&1 || { tail -40 lm_eval.log; tail -5 serve.err; die "lm_eval failed"; }
 grep -A8 '| *Tasks' lm_eval.log || true
 "$PY" "$SRC/tests/reference/lm_eval_check.py" "$M" out || die "lm-eval's results differ from the reference"
-kill -TERM $PID
-wait $PID || die "oar serve exited $? after SIGTERM"
+stop_server serve

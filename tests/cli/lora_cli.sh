@@ -3,8 +3,7 @@
 # (as PaddleNLP's predictor does) and give exactly what the checkpoint written by `oar merge-lora` gives; the
 # merged directory is complete (tokenizer copied) and written atomically; bad adapters are one-line errors.
 set -euo pipefail
-mkdir -p "$WORK"; cd "$WORK"
-die() { echo "FAIL: $*"; exit 1; }
+source "$SRC/tests/cli/lib/common.sh"
 UNIT="$(dirname "$OAR")/oar_unit_tests"
 [ -x "$UNIT" ] || die "no oar_unit_tests beside $OAR"
 rm -rf tiny ours merged

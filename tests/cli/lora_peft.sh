@@ -6,8 +6,7 @@
 # tests/reference/peft_venv.sh on first use, in $OAR_PEFT_VENV or <repo>/.venv-peft; without PyPI the test
 # is skipped (exit 77).
 set -euo pipefail
-mkdir -p "$WORK"; cd "$WORK"
-die() { echo "FAIL: $*"; exit 1; }
+source "$SRC/tests/cli/lib/common.sh"
 BASE="$SRC/tests/fixtures/models/gqa"
 UNIT="$(dirname "$OAR")/oar_unit_tests"
 [ -x "$UNIT" ] || die "no oar_unit_tests beside $OAR"

@@ -2,8 +2,7 @@
 # oar predict / perplexity / env / create-model end to end on a tiny random model: PaddleNLP's flags and
 # defaults, the JSON-lines output, the benchmark lines, and clear errors for bad flags and data.
 set -euo pipefail
-mkdir -p "$WORK"; cd "$WORK"
-die() { echo "FAIL: $*"; exit 1; }
+source "$SRC/tests/cli/lib/common.sh"
 M="$WORK/tiny"
 "$OAR" create-model --preset tiny --dtype float32 --output_dir "$M" --force >/dev/null
 [ -f "$M/config.json" ] && [ -f "$M/model.safetensors" ] && [ -f "$M/tokenizer.json" ] || die "create-model wrote no model"

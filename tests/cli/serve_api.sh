@@ -7,25 +7,11 @@
 # each over a tiny random model of the tokenizer's vocabulary size. `tokenizers` comes from PyPI, pinned, in a venv
 # kept in the build tree; skipped (77) only when PyPI cannot be reached.
 set -euo pipefail
-mkdir -p "$WORK"; cd "$WORK"
-die() { echo "FAIL: $*"; exit 1; }
-PINS=(tokenizers==0.20.3)
+source "$SRC/tests/cli/lib/common.sh"
 VENV="$WORK/venv-tokenizers"
 PY="$VENV/bin/python"
-if ! "$PY" -c 'import tokenizers, sys; sys.exit(tokenizers.__version__ != "0.20.3")' 2>/dev/null; then
-  python3 -m venv "$VENV" || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
-  if ! "$PY" -m pip install -q --disable-pip-version-check "${PINS[@]}" > pip.log 2>&1; then
-    if ! "$PY" -m pip index versions tokenizers --disable-pip-version-check >/dev/null 2>&1; then
-      echo "SKIP: pip cannot reach PyPI, so Hugging Face tokenizers cannot be installed"
-      exit 77
-    fi
-    cat pip.log
-    die "pip install ${PINS[*]} failed although PyPI is reachable"
-  fi
-fi
+pip_venv "$VENV" tokenizers tokenizers==0.20.3
 
-PID=""
-trap '[ -n "$PID" ] && kill -9 $PID 2>/dev/null || true' EXIT
 TOK="$SRC/tests/fixtures/tokenizers"
 PROMPT='<s>Once upon</s> a <|eot_id|> time'
 
@@ -38,22 +24,10 @@ run() {
   cp "$@" "$M/"
   "$OAR" predict --model_name_or_path "$M" --prompt "$PROMPT" --decode_strategy greedy_search --max_length 8 \
     --output_file "predict_$kind.json" >/dev/null 2>predict_$kind.err || { cat predict_$kind.err; die "oar predict ($kind)"; }
-  "$OAR" serve --model_name_or_path "$M" --host 127.0.0.1 --port 0 --served_model_name tiny \
-    >"serve_$kind.out" 2>"serve_$kind.err" &
-  PID=$!
-  local url=""
-  for _ in $(seq 1 600); do
-    url=$(grep -o 'http://127.0.0.1:[0-9]*' "serve_$kind.out" 2>/dev/null || true)
-    [ -n "$url" ] && break
-    kill -0 $PID 2>/dev/null || { cat "serve_$kind.err"; die "oar serve ($kind) exited before listening"; }
-    sleep 0.1
-  done
-  [ -n "$url" ] || die "oar serve ($kind) did not start listening"
-  "$PY" "$SRC/tests/reference/serve_api_check.py" "$url" tiny "$ref" "predict_$kind.json" "$PROMPT" 8 ||
+  start_server "serve_$kind" --model_name_or_path "$M" --served_model_name tiny
+  "$PY" "$SRC/tests/reference/serve_api_check.py" "$URL" tiny "$ref" "predict_$kind.json" "$PROMPT" 8 ||
     { tail -5 "serve_$kind.err"; die "API checks ($kind)"; }
-  kill -TERM $PID
-  wait $PID || die "oar serve ($kind) exited $? after SIGTERM"
-  PID=""
+  stop_server "serve_$kind"
 }
 
 run spm 700 "$TOK/spm_hf/tokenizer.json" "$TOK/spm/tokenizer.model"

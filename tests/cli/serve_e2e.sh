@@ -6,36 +6,17 @@
 # SIGTERM draining (running requests finish, new ones get 503, exit 0). Servers listen on 127.0.0.1 on a port
 # the OS picks and are always stopped.
 set -euo pipefail
-mkdir -p "$WORK"; cd "$WORK"
-die() { echo "FAIL: $*"; exit 1; }
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
+source "$SRC/tests/cli/lib/common.sh"
 
 M="$WORK/tiny"
 "$OAR" create-model --preset tiny --dtype float32 --output_dir "$M" --force >/dev/null
-
-# start_server NAME ARGS...: starts `oar serve` on a free port; sets URL and SERVER_PID.
-start_server() {
-  local name="$1"; shift
-  "$OAR" serve --model_name_or_path "$M" --host 127.0.0.1 --port 0 "$@" >"$name.out" 2>"$name.err" &
-  SERVER_PID=$!
-  PIDS+=("$SERVER_PID")
-  for _ in $(seq 1 600); do
-    URL=$(grep -o 'listening on http://[0-9.]*:[0-9]*' "$name.out" 2>/dev/null | sed 's/listening on //' || true)
-    [ -n "$URL" ] && return 0
-    kill -0 "$SERVER_PID" 2>/dev/null || { cat "$name.err"; die "oar serve ($name) exited before listening"; }
-    sleep 0.1
-  done
-  die "oar serve ($name) did not start listening in 60 s"
-}
 
 # Expected greedy completions from the plain generation path.
 printf '%s\n' '{"src": "Once upon a time"}' '{"src": "The quick brown fox"}' '{"src": "hello"}' '{"src": "1 2 3 4"}' > prompts.json
 "$OAR" predict --model_name_or_path "$M" --data_file prompts.json --output_file expected.json --max_length 16 \
   --decode_strategy greedy_search --batch_size 1 >/dev/null
 
-start_server main --max_num_seqs 16 --max_waiting 512 --served_model_name tiny
+start_server main --model_name_or_path "$M" --max_num_seqs 16 --max_waiting 512 --served_model_name tiny
 python3 - "$URL" <<'PY' || die "main server checks"
 import concurrent.futures, http.client, json, socket, sys, time, urllib.parse
 
@@ -224,14 +205,13 @@ assert m["oar_time_to_first_token_seconds_count"] >= N
 if m["oar_prefix_cache_queries_total"] > 0:
     assert abs(m["oar_prefix_cache_hit_rate"] - m["oar_prefix_cache_hits_total"] / m["oar_prefix_cache_queries_total"]) < 1e-6, m
 PY
-kill -TERM "$SERVER_PID"
-wait "$SERVER_PID" || die "oar serve exited $? after SIGTERM while idle"
+stop_server main  # idle: exits at once
 
 # A queue of one: 429 when full. Then SIGTERM while requests run and wait: both finish, new ones get 503,
 # and the server exits 0. A long context, so the two requests outlast the checks made while they run.
 M="$WORK/tiny-long"
 "$OAR" create-model --preset tiny --dtype float32 --max_position_embeddings 8192 --output_dir "$M" --force >/dev/null
-start_server small --max_num_seqs 1 --max_waiting 1 --served_model_name tiny
+start_server small --model_name_or_path "$M" --max_num_seqs 1 --max_waiting 1 --served_model_name tiny
 python3 - "$URL" "$SERVER_PID" <<'PY' || die "full queue / drain checks"
 import http.client, json, os, signal, socket, sys, time, urllib.parse
 
@@ -311,7 +291,7 @@ grep -q "draining" small.err || die "no draining message on stderr"
 echo "ok: SIGTERM drained and exited 0"
 
 # Bad flags fail before the model loads: one line, exit 2.
-start_server busy --served_model_name tiny
+start_server busy --model_name_or_path "$M" --served_model_name tiny
 port=${URL##*:}
 set +e; "$OAR" serve --model_name_or_path "$M" --port "$port" >/dev/null 2>err.txt; rc=$?; set -e
 [ $rc -eq 2 ] && [ "$(wc -l < err.txt)" -eq 1 ] && grep -q "$port" err.txt || { cat err.txt; die "a port in use must be one error line, exit 2"; }
@@ -334,5 +314,5 @@ assert j["requests_ok"] == 4 and j["output_tokens"] == 16 and j["ttft_p99_s"] >=
 set +e; "$OAR" bench-serve --url "http://127.0.0.1:1" --requests 1 >/dev/null 2>err.txt; rc=$?; set -e
 [ $rc -eq 2 ] || { cat err.txt; die "bench-serve against nothing must exit 2"; }
 echo "ok: bench-serve reports throughput, TTFT and TPOT"
-kill -TERM "$SERVER_PID"; wait "$SERVER_PID" || die "busy server exit code"
+stop_server busy
 echo "serve_e2e: all checks passed"

@@ -1,0 +1,53 @@
+# What the tests/cli scripts share; each sources it first (`source "$SRC/tests/cli/lib/common.sh"`). It is not a
+# test itself: ctest registers only tests/cli/*.sh. Enters $WORK, defines die, and stops every server it started
+# when the script exits, however it exits.
+mkdir -p "$WORK"; cd "$WORK"
+die() { echo "FAIL: $*"; exit 1; }
+
+OAR_SERVER_PIDS=()
+stop_all_servers() { for p in "${OAR_SERVER_PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done; }
+trap stop_all_servers EXIT
+
+# start_server NAME ARGS...: runs `oar serve ARGS --host 127.0.0.1 --port 0` (a port the OS picks), output in
+# NAME.out and NAME.err; returns once it listens, with URL (http://127.0.0.1:PORT) and SERVER_PID set. Fails the
+# test if the server exits first or does not listen within 60 s. Environment variables pass through as usual.
+start_server() {
+  local name="$1"; shift
+  "$OAR" serve "$@" --host 127.0.0.1 --port 0 >"$name.out" 2>"$name.err" &
+  SERVER_PID=$!
+  OAR_SERVER_PIDS+=("$SERVER_PID")
+  URL=""
+  for _ in $(seq 1 600); do
+    URL=$(grep -o 'listening on http://[0-9.]*:[0-9]*' "$name.out" 2>/dev/null | sed 's/listening on //' || true)
+    [ -n "$URL" ] && return 0
+    kill -0 "$SERVER_PID" 2>/dev/null || { cat "$name.err"; die "oar serve ($name) exited before listening"; }
+    sleep 0.1
+  done
+  die "oar serve ($name) did not start listening in 60 s"
+}
+
+# stop_server NAME: SIGTERM to the server last started; it must drain and exit 0.
+stop_server() {
+  kill -TERM "$SERVER_PID"
+  local rc=0
+  wait "$SERVER_PID" || rc=$?
+  [ "$rc" = 0 ] || { tail -5 "$1.err"; die "oar serve ($1) exited $rc after SIGTERM"; }
+}
+
+# pip_venv VENV CHECK_MODULE PACKAGE==VERSION...: a venv at VENV holding the pinned packages (created once; kept
+# while PACKAGE's installed version matches). Skips the test (exit 77) only when PyPI cannot be reached; any
+# other install failure fails it.
+pip_venv() {
+  local venv="$1" module="$2"; shift 2
+  local pin="$1" py="$venv/bin/python"
+  "$py" -c "import $module, sys; sys.exit($module.__version__ != '${pin#*==}')" 2>/dev/null && return 0
+  python3 -m venv "$venv" || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
+  if ! "$py" -m pip install -q --disable-pip-version-check "$@" > "$venv.pip.log" 2>&1; then
+    if ! "$py" -m pip index versions "${pin%%==*}" --disable-pip-version-check >/dev/null 2>&1; then
+      echo "SKIP: pip cannot reach PyPI, so ${pin%%==*} cannot be installed"
+      exit 77
+    fi
+    cat "$venv.pip.log"
+    die "pip install $* failed although PyPI is reachable"
+  fi
+}
