@@ -44,7 +44,7 @@ struct Run {
 // Submits n requests together; the first step prefills them all (n * prompt <= the step budget) and picks their
 // first tokens; every later step decodes one token per stream. Decode throughput = tokens of the later steps
 // over their time.
-Run run_streams(LlamaModel& model, int64_t n, int64_t prompt, int64_t decode, EngineConfig::KVDtype kv) {
+Run run_streams(LlamaModel& model, int64_t n, int64_t prompt, int64_t decode, KVCacheDType kv) {
   NullTokenizer tok;
   EngineConfig cfg;
   cfg.block_size = 64;
@@ -115,13 +115,13 @@ int main(int argc, char** argv) {
   std::stringstream ss(streams_arg);
   for (std::string t; std::getline(ss, t, ',');) streams.push_back(std::stoll(t));
   const DType dt = dts == "f32" ? DType::F32 : DType::BF16;
-  const EngineConfig::KVDtype kv = kvs == "int8" ? EngineConfig::KVDtype::Int8Dynamic : EngineConfig::KVDtype::F32;
+  const KVCacheDType kv = kvs == "int8" ? KVCacheDType::Int8Dynamic : KVCacheDType::F32;
 
   const CpuInfo& ci = cpu_info();
   std::printf("machine: %s, %d threads, kernels %s\n", ci.model_name.c_str(), omp_get_max_threads(),
               kernels_for(Device::CPU).name());
   std::printf("model: TinyLlama-1.1B shape, random %s weights; KV cache %s, blocks of 64\n", dtype_name(dt),
-              kv == EngineConfig::KVDtype::F32 ? "float32" : "int8 dynamic");
+              kv == KVCacheDType::F32 ? "float32" : "int8 dynamic");
   std::printf("workload: per stream a %lld-token prompt, then %lld greedy tokens; all streams submitted together\n\n",
               (long long)prompt, (long long)decode);
   auto model = random_model(tinyllama_1_1b(), dt);

@@ -9,7 +9,7 @@
 
 namespace oar::cli {
 
-EngineConfig::KVDtype parse_cachekv_int8(bool given, const std::string& value, const std::string& type) {
+KVCacheDType parse_cachekv_int8(bool given, const std::string& value, const std::string& type) {
   std::string kind = type;
   if (!type.empty() && type != "dynamic" && type != "static")
     throw Error("--cachekv_int8_type: '" + type + "' is not supported (dynamic or static)");
@@ -25,9 +25,9 @@ EngineConfig::KVDtype parse_cachekv_int8(bool given, const std::string& value, c
       throw Error("--cachekv_int8 " + v + " contradicts --cachekv_int8_type " + kind);
     if (!v.empty() && (explicit_kind || kind.empty())) kind = v;
   }
-  if (kind == "dynamic") return EngineConfig::KVDtype::Int8Dynamic;
-  if (kind == "static") return EngineConfig::KVDtype::Int8Static;
-  return EngineConfig::KVDtype::F32;
+  if (kind == "dynamic") return KVCacheDType::Int8Dynamic;
+  if (kind == "static") return KVCacheDType::Int8Static;
+  return KVCacheDType::F32;
 }
 
 LoadedModel load_model_and_tokenizer(const std::string& model_path, const std::string& tokenizer_path,

@@ -26,7 +26,7 @@ std::string cachekv_scales_path_for(const std::string& model_path, const std::st
 // --cachekv_int8 bare, true or 1: int8 with dynamic scales; false or 0: float32; dynamic or static: int8 with
 // those scales. --cachekv_int8_type dynamic|static says the same and must agree. `given`: --cachekv_int8
 // appeared; `value`: its value ("" when bare). Throws oar::Error naming the flag for anything else.
-EngineConfig::KVDtype parse_cachekv_int8(bool given, const std::string& value, const std::string& type);
+KVCacheDType parse_cachekv_int8(bool given, const std::string& value, const std::string& type);
 
 LoadedModel load_model_and_tokenizer(const std::string& model_path, const std::string& tokenizer_path,
                                      const std::string& dtype, const std::string& lora_path = "");

@@ -37,11 +37,8 @@ Action add_perplexity(CLI::App& app) {
   app.add_option("--cachekv_scales", a->cachekv_scales, "static scales (default: cachekv_scales.json in the model directory)");
   return [a, int8_opt]() -> int {
     // The KV cache format: float32 unless --cachekv_int8 / --cachekv_int8_type name an int8 one.
-    const EngineConfig::KVDtype kvd = parse_cachekv_int8(int8_opt->count() > 0, a->cachekv_int8, a->cachekv_int8_type);
-    const KVQuant quant = kvd == EngineConfig::KVDtype::Int8Dynamic ? KVQuant::Int8Dynamic
-                          : kvd == EngineConfig::KVDtype::Int8Static ? KVQuant::Int8Static
-                                                                      : KVQuant::None;
-    const std::string kv = quant == KVQuant::Int8Static ? "static" : "dynamic";  // for the report
+    const KVCacheDType quant = parse_cachekv_int8(int8_opt->count() > 0, a->cachekv_int8, a->cachekv_int8_type);
+    const std::string kv = quant == KVCacheDType::Int8Static ? "static" : "dynamic";  // for the report
     std::string text = read_file(a->input);
     if (text.empty()) fail(a->input, "is empty: perplexity needs text to predict");
     LoadedModel lm = load_model_and_tokenizer(a->model, a->tokenizer, a->dtype, a->lora_path);
@@ -51,7 +48,7 @@ Action add_perplexity(CLI::App& app) {
       fail(a->input, "gives " + std::to_string(ids.size()) + " token" + (ids.size() == 1 ? "" : "s") +
                          (a->max_tokens > 0 ? " (with --max_tokens)" : "") + "; perplexity needs at least 2");
     KVStaticScales scales;
-    if (quant == KVQuant::Int8Static) {
+    if (quant == KVCacheDType::Int8Static) {
       scales = load_cachekv_scales(cachekv_scales_path_for(a->model, a->cachekv_scales), lm.model->config());
     }
     auto t0 = std::chrono::steady_clock::now();
@@ -67,13 +64,13 @@ Action add_perplexity(CLI::App& app) {
     double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     std::printf("perplexity: %.4f (mean NLL %.6f nats over %lld predicted tokens, %lld windows of %lld, %.1f tok/s)%s\n",
                 r.perplexity, r.mean_nll, (long long)r.predicted_tokens, (long long)r.windows, (long long)a->ctx,
-                double(ids.size()) / el, quant == KVQuant::None ? "" : (" with an int8 " + kv + " KV cache").c_str());
-    if (quant != KVQuant::None) {
+                double(ids.size()) / el, quant == KVCacheDType::F32 ? "" : (" with an int8 " + kv + " KV cache").c_str());
+    if (quant != KVCacheDType::F32) {
       // What int8 costs and saves: the same windows through a float32 KV cache, and the cache's size per block.
       PerplexityResult ref = perplexity(*lm.model, ids, a->ctx, progress);
       const LlamaConfig& cfg = lm.model->config();
       const double b8 = double(KVCache::bytes_per_block(cfg, 64, quant));
-      const double b32 = double(KVCache::bytes_per_block(cfg, 64, KVQuant::None));
+      const double b32 = double(KVCache::bytes_per_block(cfg, 64, KVCacheDType::F32));
       std::printf("float32 KV cache: perplexity %.4f; int8 %s changes it by %+.3f%% (%+.5f nats per token)\n",
                   ref.perplexity, kv.c_str(), 100.0 * (r.perplexity / ref.perplexity - 1.0), r.mean_nll - ref.mean_nll);
       std::printf("KV cache memory: int8 %.0f bytes per token vs float32 %.0f (%.2fx; %.2fx of a 16-bit cache)\n",

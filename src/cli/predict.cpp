@@ -212,11 +212,11 @@ bool flag_value(const CLI::Option* opt, const std::string& v) {
 }
 
 // --cachekv_int8 and --cachekv_int8_type: parsed as by every command (model_loading.h).
-EngineConfig::KVDtype kv_dtype_of(const CLI::Option* int8_opt, const PredictArgs& a) {
+KVCacheDType kv_dtype_of(const CLI::Option* int8_opt, const PredictArgs& a) {
   return parse_cachekv_int8(int8_opt->count() > 0, a.cachekv_int8, a.cachekv_int8_type);
 }
 
-EngineConfig engine_config_of(const PredictArgs& a, EngineConfig::KVDtype kv) {
+EngineConfig engine_config_of(const PredictArgs& a, KVCacheDType kv) {
   if (!(a.kv_cache_memory_gb > 0) || !std::isfinite(a.kv_cache_memory_gb)) throw Error("--kv_cache_memory_gb must be positive");
   EngineConfig ec;
   ec.block_size = a.block_size;
@@ -224,21 +224,13 @@ EngineConfig engine_config_of(const PredictArgs& a, EngineConfig::KVDtype kv) {
   ec.max_num_batched_tokens = a.max_num_batched_tokens;
   ec.kv_cache_memory_bytes = size_t(a.kv_cache_memory_gb * double(size_t(1) << 30));
   ec.kv_dtype = kv;
-  if (kv == EngineConfig::KVDtype::Int8Static) {
+  if (kv == KVCacheDType::Int8Static) {
     // PaddleNLP reads the PTQ output cachekv_scales.json from the model directory.
     ec.cachekv_scales_path = cachekv_scales_path_for(a.model, a.cachekv_scales);
   }
   return ec;
 }
 
-const char* kv_dtype_name(EngineConfig::KVDtype d) {
-  switch (d) {
-    case EngineConfig::KVDtype::F32: return "float32";
-    case EngineConfig::KVDtype::Int8Dynamic: return "int8 dynamic";
-    case EngineConfig::KVDtype::Int8Static: return "int8 static";
-  }
-  return "";
-}
 
 // Every input goes to the engine at once; --batch_size bounds how many run together. Same outputs and output
 // file as the plain path (per-request seeds seed + i).
@@ -355,7 +347,7 @@ int run_block_benchmark(const PredictArgs& a, LoadedModel& lm, const SamplingPar
   std::printf("oar: time to first token p50 %.4f s, p99 %.4f s\n", percentile(ttft, 50), percentile(ttft, 99));
   std::printf("oar: time per output token p50 %.5f s, p99 %.5f s\n", percentile(tpot, 50), percentile(tpot, 99));
   std::printf("oar: KV cache %s, %lld blocks of %lld positions, %.1f MiB (%zu bytes per block), %lld preemptions\n",
-              kv_dtype_name(ec.kv_dtype), (long long)m.blocks_total, (long long)ec.block_size,
+              kv_cache_dtype_name(ec.kv_dtype), (long long)m.blocks_total, (long long)ec.block_size,
               double(m.kv_cache_bytes) / (1 << 20), m.kv_bytes_per_block, (long long)m.preemptions);
   std::printf("oar: dtype %s, kernels %s, threads %d, peak memory %.2f GiB\n", dtype_name(lm.model->dtype()),
               kernels_for(Device::CPU).name(), cpu_info().logical_cpus, double(peak_rss_bytes()) / (1 << 30));
@@ -401,8 +393,8 @@ Action add_predict(CLI::App& app) {
     a->prompt_given = prompt_opt->count() > 0;
     a->src_length_given = src_length_opt->count() > 0;
     const bool block_attn = flag_value(block_opt, a->block_attn);
-    const EngineConfig::KVDtype kv = kv_dtype_of(int8_opt, *a);
-    if (!block_attn && kv != EngineConfig::KVDtype::F32) throw Error("--cachekv_int8 needs --block_attn (the engine's KV cache)");
+    const KVCacheDType kv = kv_dtype_of(int8_opt, *a);
+    if (!block_attn && kv != KVCacheDType::F32) throw Error("--cachekv_int8 needs --block_attn (the engine's KV cache)");
     std::optional<EngineConfig> ec;
     if (block_attn) ec = engine_config_of(*a, kv);
     if (a->device != "cpu") throw Error("--device " + a->device + ": this build runs on cpu only");

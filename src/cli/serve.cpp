@@ -176,7 +176,7 @@ Action add_serve(CLI::App& app) {
     ec.enable_prefix_caching = !a->no_prefix_caching;
     ec.max_waiting = a->max_waiting;
     ec.kv_dtype = parse_cachekv_int8(int8_opt->count() > 0, a->cachekv_int8, a->cachekv_int8_type);
-    if (ec.kv_dtype != EngineConfig::KVDtype::F32)
+    if (ec.kv_dtype != KVCacheDType::F32)
       ec.cachekv_scales_path = cachekv_scales_path_for(a->model, a->cachekv_scales_path);
     check_address(a->host, a->port);
 

@@ -17,15 +17,6 @@ double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-KVQuant quant_of(EngineConfig::KVDtype d) {
-  switch (d) {
-    case EngineConfig::KVDtype::F32: return KVQuant::None;
-    case EngineConfig::KVDtype::Int8Dynamic: return KVQuant::Int8Dynamic;
-    case EngineConfig::KVDtype::Int8Static: return KVQuant::Int8Static;
-  }
-  return KVQuant::None;
-}
-
 // A request's state beyond what the scheduler needs: its text so far and its timing.
 struct Request {
   Request(uint64_t id, std::vector<int32_t> prompt, const RequestParams& p, const Tokenizer& tok)
@@ -116,7 +107,7 @@ Engine::Engine(LlamaModel& model, const Tokenizer& tokenizer, const EngineConfig
   if (cfg.max_num_seqs <= 0) throw Error("--batch_size (max_num_seqs) must be positive");
   if (cfg.max_num_batched_tokens <= 0) throw Error("--max_num_batched_tokens must be positive");
   if (cfg.num_blocks < 0) throw Error("engine: num_blocks must not be negative");
-  const KVQuant quant = quant_of(cfg.kv_dtype);
+  const KVCacheDType quant = cfg.kv_dtype;
   const size_t per_block = KVCache::bytes_per_block(mc, cfg.block_size, quant);
   int64_t nb = cfg.num_blocks;
   if (nb == 0) {
@@ -129,7 +120,7 @@ Engine::Engine(LlamaModel& model, const Tokenizer& tokenizer, const EngineConfig
                   std::to_string(per_block) + " bytes)");
   }
   KVStaticScales scales;
-  if (quant == KVQuant::Int8Static) {
+  if (quant == KVCacheDType::Int8Static) {
     if (cfg.cachekv_scales_path.empty()) throw Error("--cachekv_int8_type static needs a cachekv_scales.json file");
     scales = load_cachekv_scales(cfg.cachekv_scales_path, mc);
   }

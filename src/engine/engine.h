@@ -43,7 +43,7 @@ struct EngineConfig {
   int64_t max_num_seqs = 16;             // running sequences at most (--batch_size in predict)
   int64_t max_num_batched_tokens = 2048; // tokens per forward step (prefill chunks + decodes)
   bool enable_prefix_caching = true;
-  enum class KVDtype { F32, Int8Dynamic, Int8Static } kv_dtype = KVDtype::F32;  // --cachekv_int8
+  KVCacheDType kv_dtype = KVCacheDType::F32;  // --cachekv_int8
   std::string cachekv_scales_path;       // static int8 scales (cachekv_scales.json), for Int8Static
   int64_t max_waiting = 1024;            // queue bound: add_request refuses beyond it (server answers 429)
 };

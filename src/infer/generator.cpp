@@ -129,7 +129,7 @@ std::vector<GenerationOutput> Generator::run(const std::vector<GenerationRequest
 }
 
 PerplexityResult perplexity(LlamaModel& model, const std::vector<int32_t>& tokens, int64_t ctx,
-                            const std::function<void(int64_t, int64_t)>& progress, KVQuant kv_quant,
+                            const std::function<void(int64_t, int64_t)>& progress, KVCacheDType kv_quant,
                             const KVStaticScales* static_scales) {
   if (ctx < 2) throw Error("--ctx must be at least 2");
   if (ctx > model.max_positions())

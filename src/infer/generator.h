@@ -48,10 +48,10 @@ struct PerplexityResult {
   double perplexity = 0, mean_nll = 0;
   int64_t predicted_tokens = 0, windows = 0;
 };
-// Each window is prefilled through a KV cache in `kv_quant`'s format (static_scales for KVQuant::Int8Static), so
+// Each window is prefilled through a KV cache in `kv_quant`'s format (static_scales for KVCacheDType::Int8Static), so
 // every attention read goes through it: what an int8 cache costs in accuracy (`oar perplexity --cachekv_int8`).
 PerplexityResult perplexity(LlamaModel& model, const std::vector<int32_t>& tokens, int64_t ctx,
                             const std::function<void(int64_t done, int64_t total)>& progress = {},
-                            KVQuant kv_quant = KVQuant::None, const KVStaticScales* static_scales = nullptr);
+                            KVCacheDType kv_quant = KVCacheDType::F32, const KVStaticScales* static_scales = nullptr);
 
 }  // namespace oar

@@ -24,8 +24,16 @@ struct RopeTable {
 RopeTable make_rope_table(const LlamaConfig& cfg, int64_t max_positions);
 std::vector<double> rope_inv_freq(const LlamaConfig& cfg);  // D/2 inverse frequencies after scaling
 
-// How the KV cache holds K and V: float32, or int8 values with a float scale (value = q * scale).
-enum class KVCacheDType { F32, Int8 };
+// How the paged KV cache holds K and V (--cachekv_int8): the one enum for it, from the command line through the
+// engine's settings and the cache to the attention kernels. Int8 stores values with a float scale (value = q * scale).
+enum class KVCacheDType {
+  F32,
+  Int8Dynamic,  // one absmax/127 scale per (token, kv head), computed as the values are written
+  Int8Static,   // one calibrated absmax/127 scale per (layer, kv head), from PaddleNLP's cachekv_int8 scales
+};
+inline const char* kv_cache_dtype_name(KVCacheDType d) {
+  return d == KVCacheDType::F32 ? "float32" : d == KVCacheDType::Int8Dynamic ? "int8 dynamic" : "int8 static";
+}
 
 // Paged key/value storage for one layer: K and V each [num_blocks, G, block_size, D].
 // Attention reaches a sequence's tokens only through its block table (position p lives in block
@@ -35,16 +43,15 @@ struct KVLayerView {
   float* v = nullptr;
   int64_t num_blocks = 0, block_size = 0, kv_heads = 0, head_dim = 0;
   // Int8: k8/v8 hold the values; kv_write quantizes, attention dequantizes on read.
-  //   dynamic (static_scales false): k_scale/v_scale [num_blocks, G, block_size], one absmax/127 scale per
-  //     (token, kv head), computed by kv_write and stored beside the block;
-  //   static (static_scales true): k_scale/v_scale [G], this layer's calibrated absmax/127 per kv head
+  //   Int8Dynamic: k_scale/v_scale [num_blocks, G, block_size], one absmax/127 scale per (token, kv head),
+  //     computed by kv_write and stored beside the block;
+  //   Int8Static: k_scale/v_scale [G], this layer's calibrated absmax/127 per kv head
   //     (values beyond the calibrated range are clamped to +-127).
   KVCacheDType dtype = KVCacheDType::F32;
   int8_t* k8 = nullptr;
   int8_t* v8 = nullptr;
   float* k_scale = nullptr;
   float* v_scale = nullptr;
-  bool static_scales = false;
 };
 
 // One sequence's part of a step: rows [row0, row0 + n) of the step's tensors, its first new token at

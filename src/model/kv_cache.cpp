@@ -11,24 +11,24 @@
 
 namespace oar {
 
-KVCache::KVCache(const LlamaConfig& cfg, int64_t num_blocks, int64_t block_size, KVQuant quant,
+KVCache::KVCache(const LlamaConfig& cfg, int64_t num_blocks, int64_t block_size, KVCacheDType quant,
                  const KVStaticScales* static_scales)
     : num_blocks_(num_blocks), block_size_(block_size), layers_(cfg.num_hidden_layers),
       kv_heads_(cfg.num_key_value_heads), head_dim_(cfg.head_dim), quant_(quant) {
   if (num_blocks <= 0 || block_size <= 0) throw Error("kv cache: need at least one block of at least one position");
-  if (quant == KVQuant::Int8Static) {
+  if (quant == KVCacheDType::Int8Static) {
     const size_t n = size_t(layers_ * kv_heads_);
     if (!static_scales || static_scales->k_absmax.size() != n || static_scales->v_absmax.size() != n)
       throw Error("kv cache: static int8 needs one K and one V scale per layer and kv head");
   }
-  const DType vt = quant == KVQuant::None ? DType::F32 : DType::I8;
+  const DType vt = quant == KVCacheDType::F32 ? DType::F32 : DType::I8;
   for (int64_t l = 0; l < layers_; l++) {
     k_.push_back(Tensor::empty({num_blocks, kv_heads_, block_size, head_dim_}, vt));
     v_.push_back(Tensor::empty({num_blocks, kv_heads_, block_size, head_dim_}, vt));
-    if (quant == KVQuant::Int8Dynamic) {
+    if (quant == KVCacheDType::Int8Dynamic) {
       k_scale_.push_back(Tensor::empty({num_blocks, kv_heads_, block_size}, DType::F32));
       v_scale_.push_back(Tensor::empty({num_blocks, kv_heads_, block_size}, DType::F32));
-    } else if (quant == KVQuant::Int8Static) {
+    } else if (quant == KVCacheDType::Int8Static) {
       // The kernels take the dequantization step absmax / 127.
       Tensor ks = Tensor::empty({kv_heads_}, DType::F32), vs = Tensor::empty({kv_heads_}, DType::F32);
       for (int64_t g = 0; g < kv_heads_; g++) {
@@ -47,26 +47,25 @@ KVLayerView KVCache::layer(int64_t l) {
   v.block_size = block_size_;
   v.kv_heads = kv_heads_;
   v.head_dim = head_dim_;
-  if (quant_ == KVQuant::None) {
+  if (quant_ == KVCacheDType::F32) {
     v.k = k_[size_t(l)].data<float>();
     v.v = v_[size_t(l)].data<float>();
     return v;
   }
-  v.dtype = KVCacheDType::Int8;
+  v.dtype = quant_;
   v.k8 = k_[size_t(l)].data<int8_t>();
   v.v8 = v_[size_t(l)].data<int8_t>();
   v.k_scale = k_scale_[size_t(l)].data<float>();
   v.v_scale = v_scale_[size_t(l)].data<float>();
-  v.static_scales = quant_ == KVQuant::Int8Static;
   return v;
 }
 
-size_t KVCache::bytes_per_block(const LlamaConfig& cfg, int64_t block_size, KVQuant quant) {
+size_t KVCache::bytes_per_block(const LlamaConfig& cfg, int64_t block_size, KVCacheDType quant) {
   const size_t cells = size_t(2 * cfg.num_hidden_layers * cfg.num_key_value_heads * block_size);  // K and V rows
   switch (quant) {
-    case KVQuant::None: return cells * size_t(cfg.head_dim) * sizeof(float);
-    case KVQuant::Int8Dynamic: return cells * (size_t(cfg.head_dim) + sizeof(float));  // values + one scale
-    case KVQuant::Int8Static: return cells * size_t(cfg.head_dim);
+    case KVCacheDType::F32: return cells * size_t(cfg.head_dim) * sizeof(float);
+    case KVCacheDType::Int8Dynamic: return cells * (size_t(cfg.head_dim) + sizeof(float));  // values + one scale
+    case KVCacheDType::Int8Static: return cells * size_t(cfg.head_dim);
   }
   return 0;
 }
@@ -81,7 +80,7 @@ size_t KVCache::bytes() const {
 void KVCache::copy_block(int32_t src, int32_t dst) {
   if (src < 0 || dst < 0 || src >= num_blocks_ || dst >= num_blocks_) throw Error("kv cache: block id out of range");
   if (src == dst) return;
-  const size_t elem = quant_ == KVQuant::None ? sizeof(float) : 1;
+  const size_t elem = quant_ == KVCacheDType::F32 ? sizeof(float) : 1;
   const size_t vals = size_t(kv_heads_ * block_size_ * head_dim_) * elem;
   const size_t scales = size_t(kv_heads_ * block_size_) * sizeof(float);
   for (int64_t l = 0; l < layers_; l++) {
@@ -89,7 +88,7 @@ void KVCache::copy_block(int32_t src, int32_t dst) {
       auto* p = static_cast<uint8_t*>(t->raw());
       std::memcpy(p + size_t(dst) * vals, p + size_t(src) * vals, vals);
     }
-    if (quant_ == KVQuant::Int8Dynamic)
+    if (quant_ == KVCacheDType::Int8Dynamic)
       for (Tensor* t : {&k_scale_[size_t(l)], &v_scale_[size_t(l)]}) {
         auto* p = static_cast<uint8_t*>(t->raw());
         std::memcpy(p + size_t(dst) * scales, p + size_t(src) * scales, scales);

@@ -16,7 +16,6 @@ namespace oar {
 // What the cache stores (PaddleNLP's --cachekv_int8_type): float32; int8 with a scale per (token, kv head)
 // computed as K/V are written ("dynamic"); int8 with calibrated scales per (layer, kv head) ("static").
 // Per (token, kv head) of head size D: float32 takes 4D bytes, dynamic int8 D + 4, static int8 D.
-enum class KVQuant { None, Int8Dynamic, Int8Static };
 
 // Static int8 calibration: the absolute maximum of K and of V per (layer, kv head), [layers * kv_heads] each.
 struct KVStaticScales {
@@ -34,20 +33,20 @@ KVStaticScales load_cachekv_scales(const std::string& path, const LlamaConfig& c
 class KVCache {
  public:
   // static_scales is required for Int8Static (and ignored otherwise).
-  KVCache(const LlamaConfig& cfg, int64_t num_blocks, int64_t block_size, KVQuant quant = KVQuant::None,
+  KVCache(const LlamaConfig& cfg, int64_t num_blocks, int64_t block_size, KVCacheDType quant = KVCacheDType::F32,
           const KVStaticScales* static_scales = nullptr);
   KVLayerView layer(int64_t l);
   int64_t num_blocks() const { return num_blocks_; }
   int64_t block_size() const { return block_size_; }
-  KVQuant quant() const { return quant_; }
+  KVCacheDType quant() const { return quant_; }
   size_t bytes() const;
-  static size_t bytes_per_block(const LlamaConfig& cfg, int64_t block_size, KVQuant quant = KVQuant::None);
+  static size_t bytes_per_block(const LlamaConfig& cfg, int64_t block_size, KVCacheDType quant = KVCacheDType::F32);
   // Copies block src's K and V (and their scales) into block dst in every layer: copy-on-write of a shared block.
   void copy_block(int32_t src, int32_t dst);
 
  private:
   int64_t num_blocks_, block_size_, layers_, kv_heads_, head_dim_;
-  KVQuant quant_ = KVQuant::None;
+  KVCacheDType quant_ = KVCacheDType::F32;
   std::vector<Tensor> k_, v_;              // per layer: float32 or int8 values [num_blocks, G, block_size, D]
   std::vector<Tensor> k_scale_, v_scale_;  // int8: per layer [num_blocks, G, block_size] (dynamic) or [G] (static)
 };

@@ -318,6 +318,15 @@ struct Trainer::Impl {
     interval_tokens = interval_samples = 0;
   }
 
+  // Data parallelism: each trainable gradient (and the step's loss, for the log) becomes its mean over the ranks.
+  void average_over_ranks(double& step_loss) {
+    Communicator& c = *opt.data_parallel;
+    for (Parameter* p : params) c.all_reduce(p->grad.data<float>(), p->grad.numel());
+    scale_grads(params, 1.0f / float(c.size()));
+    c.all_reduce(&step_loss, 1);
+    step_loss /= double(c.size());
+  }
+
   TrainResult train_loop() {
     TrainResult res;
     const int64_t accum = args.gradient_accumulation_steps;
@@ -346,6 +355,7 @@ struct Trainer::Impl {
         interval_flops += model.train_flops(b);
         st.micro_batches++;
       }
+      if (opt.data_parallel && opt.data_parallel->size() > 1) average_over_ranks(step_loss);
       bool skipped = false;
       double grad_norm = NAN;
       if (scaler.enabled()) {

@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "core/communicator.h"
 #include "train/train_args.h"
 #include "train/trainable_llama.h"
 
@@ -84,6 +85,10 @@ struct TrainerOptions {
   std::function<void(int64_t global_step)> after_step;
   // Where log lines go (default stdout).
   std::function<void(const std::string& line)> print;
+  // The data-parallel group this trainer is one rank of (null: a single process). Each rank trains on its own
+  // micro-batches; the gradients (and the logged loss) are averaged over the ranks before the loss-scale check,
+  // the norm, the clip and the optimizer step, so every rank takes the same step.
+  Communicator* data_parallel = nullptr;
 };
 
 class Trainer {

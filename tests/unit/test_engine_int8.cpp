@@ -98,7 +98,7 @@ TEST(KVInt8, DynamicQuantizationRoundTripsWithinHalfAStep) {
   c.num_key_value_heads = 2;
   c.head_dim = 16;
   const int64_t G = 2, D = 16, B = 4, T = 7;
-  KVCache cache(c, 3, B, KVQuant::Int8Dynamic);
+  KVCache cache(c, 3, B, KVCacheDType::Int8Dynamic);
   Tensor k = rand_tensor({T, G, D}, rng, 3.0f), v = rand_tensor({T, G, D}, rng, 0.5f);
   k.data<float>()[5] = 0;  // a zero row must not divide by zero
   for (int64_t i = 0; i < G * D; i++) k.data<float>()[2 * G * D + i] = 0;
@@ -106,7 +106,7 @@ TEST(KVInt8, DynamicQuantizationRoundTripsWithinHalfAStep) {
   SeqSlice s{0, T, 0, table.data(), 2};
   kernels_for(Device::CPU).kv_write(cache.layer(0), k, v, {s});
   KVLayerView lv = cache.layer(0);
-  ASSERT_EQ(lv.dtype, KVCacheDType::Int8);
+  ASSERT_EQ(lv.dtype, KVCacheDType::Int8Dynamic);
   for (int64_t t = 0; t < T; t++)
     for (int64_t g = 0; g < G; g++) {
       int64_t cell = (table[size_t(t / B)] * G + g) * B + t % B;
@@ -132,21 +132,21 @@ TEST(KVInt8, StaticScalesClampBeyondTheCalibratedRange) {
   c.num_key_value_heads = 1;
   c.head_dim = 4;
   KVStaticScales sc{{2.0f}, {1.0f}};
-  KVCache cache(c, 1, 4, KVQuant::Int8Static, &sc);
+  KVCache cache(c, 1, 4, KVCacheDType::Int8Static, &sc);
   Tensor k = Tensor::empty({1, 1, 4}, DType::F32), v = Tensor::empty({1, 1, 4}, DType::F32);
   float kv[4] = {1.0f, -2.0f, 5.0f, 0.01f};
   for (int i = 0; i < 4; i++) k.data<float>()[i] = v.data<float>()[i] = kv[i];
   std::vector<int32_t> table = {0};
   kernels_for(Device::CPU).kv_write(cache.layer(0), k, v, {SeqSlice{0, 1, 0, table.data(), 1}});
   KVLayerView lv = cache.layer(0);
-  EXPECT_TRUE(lv.static_scales);
+  EXPECT_EQ(lv.dtype, KVCacheDType::Int8Static);
   EXPECT_EQ(lv.k8[0], 64);  // 1 / (2/127) = 63.5 -> 64
   EXPECT_EQ(lv.k8[1], -127);
   EXPECT_EQ(lv.k8[2], 127);  // clamped
   EXPECT_EQ(lv.k8[3], 1);
   EXPECT_EQ(lv.v8[0], 127);
   EXPECT_EQ(lv.v8[1], -127);
-  EXPECT_THROW(KVCache(c, 1, 4, KVQuant::Int8Static, nullptr), Error);
+  EXPECT_THROW(KVCache(c, 1, 4, KVCacheDType::Int8Static, nullptr), Error);
 }
 
 // Both attention paths (few rows: decode; >= 16 rows: the GEMM path) over an int8 cache against the same
@@ -166,7 +166,7 @@ TEST(KVInt8, AttentionCloseToFloat32InBothPaths) {
     for (int64_t i = 0; i < nb; i++) table.push_back(int32_t(nb - 1 - i));
     Tensor kk = rand_tensor({L, G, D}, rng, 2.0f), vv = rand_tensor({L, G, D}, rng), q = rand_tensor({n_new, H, D}, rng);
     SeqSlice all{0, L, 0, table.data(), nb}, s{0, n_new, past, table.data(), nb};
-    KVCache f32(c, nb, B), i8(c, nb, B, KVQuant::Int8Dynamic);
+    KVCache f32(c, nb, B), i8(c, nb, B, KVCacheDType::Int8Dynamic);
     K.kv_write(f32.layer(0), kk, vv, {all});
     K.kv_write(i8.layer(0), kk, vv, {all});
     Tensor want = Tensor::empty({n_new, H, D}, DType::F32), got = Tensor::empty({n_new, H, D}, DType::F32);
@@ -184,14 +184,14 @@ TEST(KVInt8, MemoryPerBlockIsAQuarterOfFloat32AtHeadSize64) {
   c.num_attention_heads = 32;
   c.num_key_value_heads = 4;
   c.head_dim = 64;
-  const size_t f32 = KVCache::bytes_per_block(c, 64), dyn = KVCache::bytes_per_block(c, 64, KVQuant::Int8Dynamic),
-               sta = KVCache::bytes_per_block(c, 64, KVQuant::Int8Static);
+  const size_t f32 = KVCache::bytes_per_block(c, 64), dyn = KVCache::bytes_per_block(c, 64, KVCacheDType::Int8Dynamic),
+               sta = KVCache::bytes_per_block(c, 64, KVCacheDType::Int8Static);
   std::printf("  block of 64 positions: float32 %zu bytes, int8 dynamic %zu (values + scales, %.3f x), int8 static %zu (%.3f x)\n",
               f32, dyn, double(dyn) / double(f32), sta, double(sta) / double(f32));
   EXPECT_EQ(f32, size_t(2 * 22 * 4 * 64 * 64 * 4));
   EXPECT_EQ(dyn, size_t(2 * 22 * 4 * 64 * (64 + 4)));
   EXPECT_EQ(sta, size_t(2 * 22 * 4 * 64 * 64));
-  KVCache cache(c, 2, 64, KVQuant::Int8Dynamic);
+  KVCache cache(c, 2, 64, KVCacheDType::Int8Dynamic);
   EXPECT_EQ(cache.bytes(), 2 * dyn);
 }
 
@@ -202,7 +202,7 @@ TEST(KVInt8, CopyBlockCopiesValuesAndScales) {
   c.num_attention_heads = 2;
   c.num_key_value_heads = 2;
   c.head_dim = 8;
-  for (KVQuant q : {KVQuant::None, KVQuant::Int8Dynamic}) {
+  for (KVCacheDType q : {KVCacheDType::F32, KVCacheDType::Int8Dynamic}) {
     KVCache cache(c, 3, 4, q);
     Tensor k = rand_tensor({4, 2, 8}, rng), v = rand_tensor({4, 2, 8}, rng);
     std::vector<int32_t> t1 = {1}, t2 = {2};
@@ -278,13 +278,13 @@ TEST_P(KVInt8Model, LogitsAndPerplexityCloseToFloat32) {
   double worst = 0;
   for (int64_t b = 0; b < int64_t(text.size()); b += 64) {
     std::vector<int32_t> part(text.begin() + b, text.begin() + std::min<int64_t>(b + 64, int64_t(text.size())));
-    Tensor f = oar::test::prompt_logits(*m, part, KVQuant::None);
-    Tensor q = oar::test::prompt_logits(*m, part, KVQuant::Int8Dynamic);
+    Tensor f = oar::test::prompt_logits(*m, part, KVCacheDType::F32);
+    Tensor q = oar::test::prompt_logits(*m, part, KVCacheDType::Int8Dynamic);
     worst = std::max(worst, rel_err(q, f));
   }
-  PerplexityResult p32 = perplexity(*m, text, 64, {}, KVQuant::None);
+  PerplexityResult p32 = perplexity(*m, text, 64, {}, KVCacheDType::F32);
   PerplexityResult ref = perplexity(*m, text, 64);
-  PerplexityResult p8 = perplexity(*m, text, 64, {}, KVQuant::Int8Dynamic);
+  PerplexityResult p8 = perplexity(*m, text, 64, {}, KVCacheDType::Int8Dynamic);
   EXPECT_DOUBLE_EQ(p32.perplexity, ref.perplexity);  // same windows, same math as oar::perplexity
   const double change = p8.perplexity / p32.perplexity - 1;
   std::printf("  %s: int8 dynamic KV: logits within %.4f of max |logit|; perplexity %.4f -> %.4f (%+.3f%%)\n", GetParam(),
@@ -297,7 +297,7 @@ TEST_P(KVInt8Model, LogitsAndPerplexityCloseToFloat32) {
   EXPECT_EQ(p8.predicted_tokens, p32.predicted_tokens);
   if (std::string(GetParam()) == "gqa") {
     KVStaticScales sc = load_cachekv_scales(scales_fixture(), m->config());
-    PerplexityResult ps = perplexity(*m, text, 64, {}, KVQuant::Int8Static, &sc);
+    PerplexityResult ps = perplexity(*m, text, 64, {}, KVCacheDType::Int8Static, &sc);
     const double sch = ps.perplexity / p32.perplexity - 1;
     std::printf("  %s: int8 static KV (cachekv_scales.json): perplexity %.4f (%+.3f%%)\n", GetParam(), ps.perplexity, 100 * sch);
     EXPECT_LE(std::fabs(sch), 2e-2);
@@ -330,9 +330,9 @@ TEST(KVInt8, EngineGeneratesThroughTheInt8Cache) {
   cfg.block_size = 8;
   cfg.num_blocks = 14;  // 112 positions for 4 sequences of up to 76: preemption
   cfg.max_num_batched_tokens = 32;
-  cfg.kv_dtype = EngineConfig::KVDtype::Int8Dynamic;
+  cfg.kv_dtype = KVCacheDType::Int8Dynamic;
   Engine e(*m, tok, cfg);
-  EXPECT_EQ(e.metrics().kv_bytes_per_block, KVCache::bytes_per_block(m->config(), 8, KVQuant::Int8Dynamic));
+  EXPECT_EQ(e.metrics().kv_bytes_per_block, KVCache::bytes_per_block(m->config(), 8, KVCacheDType::Int8Dynamic));
   std::vector<uint64_t> ids;
   std::vector<std::vector<int32_t>> prompts, hf;
   for (auto& p : j["prompts"]) {
@@ -355,7 +355,7 @@ TEST(KVInt8, EngineGeneratesThroughTheInt8Cache) {
     ASSERT_EQ(out.size(), 16u);
     std::vector<int32_t> seq = prompts[i];
     seq.insert(seq.end(), out.begin(), out.end() - 1);
-    Tensor l = oar::test::prompt_logits(*m, seq, KVQuant::Int8Dynamic);
+    Tensor l = oar::test::prompt_logits(*m, seq, KVCacheDType::Int8Dynamic);
     for (size_t t = 0; t < 16; t++) {
       const float* row = l.data<float>() + (int64_t(prompts[i].size()) - 1 + int64_t(t)) * V;
       float mx = row[0], mabs = 0;

@@ -12,7 +12,7 @@
 namespace oar::test {
 
 // All-position logits of one prompt, prefilled in one pass through a KV cache of the given kind.
-inline Tensor prompt_logits(LlamaModel& m, const std::vector<int32_t>& ids, KVQuant q = KVQuant::None,
+inline Tensor prompt_logits(LlamaModel& m, const std::vector<int32_t>& ids, KVCacheDType q = KVCacheDType::F32,
                             const KVStaticScales* scales = nullptr) {
   const int64_t n = int64_t(ids.size());
   const int64_t bs = 16, nb = (n + bs - 1) / bs;

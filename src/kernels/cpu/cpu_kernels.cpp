@@ -150,9 +150,11 @@ class CpuKernels final : public Kernels {
     const float* g = gate.data<float>();
     const float* u = up.data<float>();
     float* o = out.data<float>();
+    // An exp costs some 16 multiply-adds: serial, a decode step's 2,048 of them (110M model) took ~35 us, long
+    // enough for the other threads to fall asleep between the GEMVs around it (GOMP_SPINCOUNT=10000).
     parallel_ranges(n, 1024, [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; i++) o[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
-    });
+    }, 16);
   }
 
   void softmax(Tensor& x) override {
@@ -191,7 +193,7 @@ class CpuKernels final : public Kernels {
   }
 
   void kv_write(const KVLayerView& c, const Tensor& k, const Tensor& v, const std::vector<SeqSlice>& seqs) override {
-    if (c.dtype == KVCacheDType::Int8) return kv_write_int8(c, k, v, seqs);
+    if (c.dtype != KVCacheDType::F32) return kv_write_int8(c, k, v, seqs);
     const int64_t G = c.kv_heads, D = c.head_dim, B = c.block_size;
     const float* kp = k.data<float>();
     const float* vp = v.data<float>();
@@ -218,7 +220,7 @@ class CpuKernels final : public Kernels {
     const float scale = 1.0f / std::sqrt(float(D));
     for (const SeqSlice& s : seqs) {
       if (s.n >= 16) attention_gemm(q, c, s, out, scale);
-      else if (c.dtype == KVCacheDType::Int8) attention_rows_int8(q, c, s, out, scale);
+      else if (c.dtype != KVCacheDType::F32) attention_rows_int8(q, c, s, out, scale);
       else attention_rows(q, c, s, out, scale);
     }
   }
@@ -269,7 +271,11 @@ class CpuKernels final : public Kernels {
       for (const Chunk& c : chunks) run(c);
       return;
     }
-#pragma omp parallel for schedule(static)
+    // Dynamic: threads take 128 KiB chunks as they go, so they finish within one chunk of each other (~5 us)
+    // instead of one waiting out the other's static share. On a quiet machine that wait outlasted libgomp's spin
+    // (GOMP_SPINCOUNT=10000 is ~30 us here) and cost a sleep and a wake per GEMV; on a busy one, a descheduled
+    // thread's share is taken over by the others. Each chunk writes whole rows, so results do not change.
+#pragma omp parallel for schedule(dynamic, 1)
     for (int64_t i = 0; i < nc; i++) run(chunks[size_t(i)]);
   }
   std::vector<uint16_t> scratch_bf16_;
@@ -338,7 +344,7 @@ class CpuKernels final : public Kernels {
     vbuf_.resize(size_t(L * D));
     sbuf_.resize(size_t(s.n * L));
     for (int64_t g = 0; g < G; g++) {
-      if (c.dtype == KVCacheDType::Int8) {
+      if (c.dtype != KVCacheDType::F32) {
         for (int64_t j = 0; j < L; j++) {
           int64_t cell = cell_of(c, s, g, j);
           dequantize_row(c.k8 + cell * D, int8_scale(c, c.k_scale, cell, g), kbuf_.data() + j * D, D);
@@ -354,7 +360,7 @@ class CpuKernels final : public Kernels {
         const float* qh = qp + (s.row0 * H + h) * D;
         // S[n, L] = Q_h[n, D] · K^T
         if (!cpu::onednn_gemm(s.n, L, D, DType::F32, qh, H * D, kbuf_.data(), D, true, sbuf_.data(), L, nullptr)) {
-          if (c.dtype == KVCacheDType::Int8) attention_rows_int8(q, c, s, out, scale);
+          if (c.dtype != KVCacheDType::F32) attention_rows_int8(q, c, s, out, scale);
           else attention_rows(q, c, s, out, scale);
           return;
         }
@@ -384,7 +390,7 @@ class CpuKernels final : public Kernels {
     return (int64_t(s.block_table[pos / c.block_size]) * c.kv_heads + g) * c.block_size + pos % c.block_size;
   }
   static float int8_scale(const KVLayerView& c, const float* scales, int64_t cell, int64_t g) {
-    return c.static_scales ? scales[g] : scales[cell];
+    return c.dtype == KVCacheDType::Int8Static ? scales[g] : scales[cell];
   }
   static void dequantize_row(const int8_t* q, float step, float* out, int64_t D) {
     for (int64_t i = 0; i < D; i++) out[i] = float(q[i]) * step;
@@ -407,7 +413,7 @@ class CpuKernels final : public Kernels {
     require(c.k8 && c.v8 && c.k_scale && c.v_scale, "kv cache: int8 view without values or scales");
     const float* kp = k.data<float>();
     const float* vp = v.data<float>();
-    const bool dyn = !c.static_scales;
+    const bool dyn = c.dtype == KVCacheDType::Int8Dynamic;
     for (const SeqSlice& s : seqs) {
       for (int64_t i = 0; i < s.n; i++) {
         int64_t pos = s.pos0 + i;

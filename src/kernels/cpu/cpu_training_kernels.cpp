@@ -14,7 +14,6 @@
 #include <map>
 #include <memory>
 #include <mutex>
-#include <oneapi/dnnl/dnnl.hpp>
 #include <string>
 #include <tuple>
 #include <unordered_map>
@@ -22,6 +21,7 @@
 
 #include "core/error.h"
 #include "kernels/cpu/isa.h"
+#include "kernels/cpu/onednn_gemm.h"
 #include "kernels/training_kernels.h"
 
 // clang (the fuzzing build) may decline some `omp simd` requests (the max reductions); that only costs speed there.
@@ -307,95 +307,6 @@ bool is_compute_dtype(DType d) { return d == DType::F32 || d == DType::BF16 || d
 
 // ---- matrix products through oneDNN ----
 
-struct GemmKey {
-  int64_t M, N, K, lda, ldb, ldc;
-  int dt, nthr;
-  bool ta, tb;
-  float alpha, beta;
-  bool operator<(const GemmKey& o) const {
-    return std::tie(M, N, K, lda, ldb, ldc, dt, nthr, ta, tb, alpha, beta) <
-           std::tie(o.M, o.N, o.K, o.lda, o.ldb, o.ldc, o.dt, o.nthr, o.ta, o.tb, o.alpha, o.beta);
-  }
-};
-
-struct GemmPrim {
-  bool ok = false;
-  dnnl::matmul prim;
-  dnnl::memory::desc a, b, c, scratch;
-};
-
-// Primitives are created once per shape, operand layout and thread count (a product called inside a parallel
-// region is built for, and runs on, one thread). Scratchpads are the caller's (per thread), so one primitive may
-// run on two threads at once.
-class OneDnnGemm {
- public:
-  // C = alpha * op(A) op(B) + beta * C; dt F32 or BF16. Returns false when oneDNN has no kernel for this.
-  bool run(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const void* A, int64_t lda, const void* B,
-           int64_t ldb, float beta, float* C, int64_t ldc, DType dt) {
-    using namespace dnnl;
-    const int nthr = omp_get_max_threads();
-    GemmKey key{M, N, K, lda, ldb, ldc, int(dt), nthr, ta, tb, alpha, beta};
-    std::shared_ptr<GemmPrim> p;
-    {
-      std::lock_guard lock(mu_);
-      auto it = cache_.find(key);
-      if (it == cache_.end()) it = cache_.emplace(key, create(key, dt)).first;
-      p = it->second;
-    }
-    if (!p->ok) return false;
-    thread_local stream strm(eng_);
-    thread_local std::vector<uint8_t> scratch;
-    std::unordered_map<int, memory> args;
-    args.emplace(DNNL_ARG_SRC, memory(p->a, eng_, const_cast<void*>(A)));
-    args.emplace(DNNL_ARG_WEIGHTS, memory(p->b, eng_, const_cast<void*>(B)));
-    args.emplace(DNNL_ARG_DST, memory(p->c, eng_, C));
-    if (size_t need = p->scratch.get_size()) {
-      if (scratch.size() < need) scratch.resize(need);
-      args.emplace(DNNL_ARG_SCRATCHPAD, memory(p->scratch, eng_, scratch.data()));
-    }
-    p->prim.execute(strm, args);
-    strm.wait();
-    return true;
-  }
-
- private:
-  std::shared_ptr<GemmPrim> create(const GemmKey& k, DType dt) {
-    using namespace dnnl;
-    auto p = std::make_shared<GemmPrim>();
-    const auto mdt = dt == DType::BF16 ? memory::data_type::bf16 : memory::data_type::f32;
-    p->a = k.ta ? memory::desc({k.M, k.K}, mdt, memory::dims{1, k.lda}) : memory::desc({k.M, k.K}, mdt, memory::dims{k.lda, 1});
-    p->b = k.tb ? memory::desc({k.K, k.N}, mdt, memory::dims{1, k.ldb}) : memory::desc({k.K, k.N}, mdt, memory::dims{k.ldb, 1});
-    p->c = memory::desc({k.M, k.N}, memory::data_type::f32, memory::dims{k.ldc, 1});
-    try {
-      primitive_attr attr;
-      attr.set_scratchpad_mode(scratchpad_mode::user);
-      if (k.alpha != 1.0f) attr.set_output_scales(0, {k.alpha});
-      if (k.beta != 0.0f) {
-        post_ops po;
-        po.append_sum(k.beta);
-        attr.set_post_ops(po);
-      }
-      matmul::desc d(p->a, p->b, p->c);
-      matmul::primitive_desc pd(d, attr, eng_);
-      p->scratch = pd.scratchpad_desc();
-      p->prim = matmul(pd);
-      p->ok = true;
-    } catch (const dnnl::error&) {
-      p->ok = false;
-    }
-    return p;
-  }
-
-  dnnl::engine eng_{dnnl::engine::kind::cpu, 0};
-  std::map<GemmKey, std::shared_ptr<GemmPrim>> cache_;
-  std::mutex mu_;
-};
-
-OneDnnGemm& onednn() {
-  static OneDnnGemm g;
-  return g;
-}
-
 // The same product in plain loops: the fallback when oneDNN declines a shape (never expected on x86-64).
 void naive_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
                 const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
@@ -620,7 +531,10 @@ void gemm_impl(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, c
   const bool small = M * N * K < (int64_t(1) << 17) && !omp_in_parallel() && omp_get_max_threads() > 1;
   const int threads = omp_get_max_threads();
   if (small) omp_set_num_threads(1);
-  const bool done = onednn().run(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, dt);
+  cpu::GemmDesc g;
+  g.M = M, g.N = N, g.K = K, g.dtype = dt, g.alpha = alpha, g.beta = beta;
+  g.A = A, g.lda = lda, g.a_transposed = ta, g.B = B, g.ldb = ldb, g.b_transposed = tb, g.C = C, g.ldc = ldc;
+  const bool done = cpu::onednn_gemm(g);
   if (small) omp_set_num_threads(threads);
   if (done) return;
   if (dt == DType::BF16) {

@@ -1,9 +1,14 @@
 #include "kernels/cpu/onednn_gemm.h"
 
+#include <omp.h>
+
 #include <map>
+#include <memory>
 #include <mutex>
 #include <oneapi/dnnl/dnnl.hpp>
 #include <tuple>
+#include <unordered_map>
+#include <vector>
 
 #include "kernels/kernels.h"
 
@@ -12,72 +17,93 @@ namespace {
 
 struct Key {
   int64_t M, N, K, lda, ldb, ldc;
-  int dt;
-  bool bt, bias;
+  int dt, nthr;
+  bool ta, tb, bias;
+  float alpha, beta;
   bool operator<(const Key& o) const {
-    return std::tie(M, N, K, lda, ldb, ldc, dt, bt, bias) < std::tie(o.M, o.N, o.K, o.lda, o.ldb, o.ldc, o.dt, o.bt, o.bias);
+    return std::tie(M, N, K, lda, ldb, ldc, dt, nthr, ta, tb, bias, alpha, beta) <
+           std::tie(o.M, o.N, o.K, o.lda, o.ldb, o.ldc, o.dt, o.nthr, o.ta, o.tb, o.bias, o.alpha, o.beta);
   }
 };
 
-struct Cached {
-  dnnl::matmul prim;
-  dnnl::memory::desc a, b, c, bias;
+struct Prim {
   bool ok = false;
+  dnnl::matmul prim;
+  dnnl::memory::desc a, b, c, bias, scratch;
 };
 
-struct Ctx {
-  dnnl::engine eng{dnnl::engine::kind::cpu, 0};
-  dnnl::stream strm{eng};
-  std::map<Key, Cached> cache;
-  std::mutex mu;
+class OneDnn {
+ public:
+  std::shared_ptr<Prim> get(const Key& k) {
+    std::lock_guard lock(mu_);
+    auto it = cache_.find(k);
+    if (it == cache_.end()) it = cache_.emplace(k, create(k)).first;
+    return it->second;
+  }
+  const dnnl::engine& engine() const { return eng_; }
+
+ private:
+  std::shared_ptr<Prim> create(const Key& k) const {
+    using namespace dnnl;
+    auto p = std::make_shared<Prim>();
+    const auto mdt = k.dt == int(DType::BF16) ? memory::data_type::bf16 : memory::data_type::f32;
+    p->a = k.ta ? memory::desc({k.M, k.K}, mdt, memory::dims{1, k.lda}) : memory::desc({k.M, k.K}, mdt, memory::dims{k.lda, 1});
+    p->b = k.tb ? memory::desc({k.K, k.N}, mdt, memory::dims{1, k.ldb}) : memory::desc({k.K, k.N}, mdt, memory::dims{k.ldb, 1});
+    p->c = memory::desc({k.M, k.N}, memory::data_type::f32, memory::dims{k.ldc, 1});
+    try {
+      primitive_attr attr;
+      attr.set_scratchpad_mode(scratchpad_mode::user);
+      if (k.alpha != 1.0f) attr.set_output_scales(0, {k.alpha});
+      if (k.beta != 0.0f) {
+        post_ops po;
+        po.append_sum(k.beta);
+        attr.set_post_ops(po);
+      }
+      if (k.bias) p->bias = memory::desc({1, k.N}, memory::data_type::f32, memory::dims{k.N, 1});
+      matmul::desc d = k.bias ? matmul::desc(p->a, p->b, p->bias, p->c) : matmul::desc(p->a, p->b, p->c);
+      matmul::primitive_desc pd(d, attr, eng_);
+      p->scratch = pd.scratchpad_desc();
+      p->prim = matmul(pd);
+      p->ok = true;
+    } catch (const dnnl::error&) {
+      p->ok = false;
+    }
+    return p;
+  }
+
+  dnnl::engine eng_{dnnl::engine::kind::cpu, 0};
+  std::map<Key, std::shared_ptr<Prim>> cache_;
+  std::mutex mu_;
 };
 
-Ctx& ctx() {
-  static Ctx c;
-  return c;
+OneDnn& onednn() {
+  static OneDnn o;
+  return o;
 }
 
 }  // namespace
 
-bool onednn_gemm(int64_t M, int64_t N, int64_t K, DType dt, const void* A, int64_t lda, const void* B, int64_t ldb,
-                 bool b_transposed, float* C, int64_t ldc, const float* bias) {
+bool onednn_gemm(const GemmDesc& g) {
   using namespace dnnl;
-  if (dt != DType::F32 && dt != DType::BF16) return false;
-  Ctx& cx = ctx();
-  Key key{M, N, K, lda, ldb, ldc, int(dt), b_transposed, bias != nullptr};
-  std::unique_lock lock(cx.mu);
-  auto it = cx.cache.find(key);
-  if (it == cx.cache.end()) {
-    Cached c;
-    auto mdt = dt == DType::BF16 ? memory::data_type::bf16 : memory::data_type::f32;
-    c.a = memory::desc({M, K}, mdt, memory::dims{lda, 1});
-    c.b = b_transposed ? memory::desc({K, N}, mdt, memory::dims{1, ldb}) : memory::desc({K, N}, mdt, memory::dims{ldb, 1});
-    c.c = memory::desc({M, N}, memory::data_type::f32, memory::dims{ldc, 1});
-    try {
-      if (bias) {
-        c.bias = memory::desc({1, N}, memory::data_type::f32, memory::dims{N, 1});
-        matmul::desc d(c.a, c.b, c.bias, c.c);
-        c.prim = matmul(matmul::primitive_desc(d, cx.eng));
-      } else {
-        matmul::desc d(c.a, c.b, c.c);
-        c.prim = matmul(matmul::primitive_desc(d, cx.eng));
-      }
-      c.ok = true;
-    } catch (const dnnl::error&) {
-      c.ok = false;
-    }
-    it = cx.cache.emplace(key, std::move(c)).first;
+  if (g.dtype != DType::F32 && g.dtype != DType::BF16) return false;
+  OneDnn& o = onednn();
+  const Key key{g.M, g.N, g.K, g.lda, g.ldb, g.ldc, int(g.dtype), omp_get_max_threads(), g.a_transposed,
+                g.b_transposed, g.bias != nullptr, g.alpha, g.beta};
+  std::shared_ptr<Prim> p = o.get(key);
+  if (!p->ok) return false;
+  thread_local stream strm(o.engine());
+  thread_local std::vector<uint8_t> scratch;
+  std::unordered_map<int, memory> args;
+  args.emplace(DNNL_ARG_SRC, memory(p->a, o.engine(), const_cast<void*>(g.A)));
+  args.emplace(DNNL_ARG_WEIGHTS, memory(p->b, o.engine(), const_cast<void*>(g.B)));
+  args.emplace(DNNL_ARG_DST, memory(p->c, o.engine(), g.C));
+  if (g.bias) args.emplace(DNNL_ARG_BIAS, memory(p->bias, o.engine(), const_cast<float*>(g.bias)));
+  if (size_t need = p->scratch.get_size()) {
+    if (scratch.size() < need) scratch.resize(need);
+    args.emplace(DNNL_ARG_SCRATCHPAD, memory(p->scratch, o.engine(), scratch.data()));
   }
-  Cached& c = it->second;
-  if (!c.ok) return false;
-  memory ma(c.a, cx.eng, const_cast<void*>(A));
-  memory mb(c.b, cx.eng, const_cast<void*>(B));
-  memory mc(c.c, cx.eng, C);
-  std::unordered_map<int, memory> args{{DNNL_ARG_SRC, ma}, {DNNL_ARG_WEIGHTS, mb}, {DNNL_ARG_DST, mc}};
-  if (bias) args.emplace(DNNL_ARG_BIAS, memory(c.bias, cx.eng, const_cast<float*>(bias)));
-  lock.unlock();  // primitives are safe to execute concurrently
-  c.prim.execute(cx.strm, args);
-  cx.strm.wait();
+  p->prim.execute(strm, args);
+  strm.wait();
   return true;
 }
 

@@ -1,0 +1,170 @@
+#include "core/communicator.h"
+
+#include <algorithm>
+#include <condition_variable>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <string>
+#include <utility>
+
+#include "core/error.h"
+
+namespace oar {
+namespace {
+
+void check_root(int root, int size) {
+  if (root < 0 || root >= size) throw Error("communicator: root rank " + std::to_string(root) + " of " + std::to_string(size));
+}
+
+template <class T>
+void reduce_into(T* acc, const T* x, int64_t n, ReduceOp op) {
+  if (op == ReduceOp::Sum) {
+    for (int64_t i = 0; i < n; i++) acc[i] += x[i];
+  } else {
+    for (int64_t i = 0; i < n; i++) acc[i] = std::max(acc[i], x[i]);
+  }
+}
+
+class SingleProcess final : public Communicator {
+ public:
+  int rank() const override { return 0; }
+  int size() const override { return 1; }
+  void all_reduce(float*, int64_t, ReduceOp) override {}
+  void all_reduce(double*, int64_t, ReduceOp) override {}
+  void reduce_scatter(const float* in, float* out, int64_t n, ReduceOp) override { copy(in, out, n); }
+  void all_gather(const float* in, float* out, int64_t n) override { copy(in, out, n); }
+  void broadcast(void*, int64_t, int root) override { check_root(root, 1); }
+  void send(const void*, int64_t, int peer) override { no_peer(peer); }
+  void recv(void*, int64_t, int peer) override { no_peer(peer); }
+  void barrier() override {}
+
+ private:
+  static void copy(const float* in, float* out, int64_t n) {
+    if (in != out) std::memmove(out, in, size_t(n) * sizeof(float));
+  }
+  [[noreturn]] static void no_peer(int peer) {
+    throw Error("communicator: rank " + std::to_string(peer) + " does not exist in a single-process run");
+  }
+};
+
+// The state the threads of one group share. A collective is two barriers: every rank posts its buffer, then each
+// computes its own result from all posted buffers; the second barrier keeps the buffers alive until all have read.
+struct Shared {
+  explicit Shared(int n) : size(n), posted(size_t(n)) {}
+  const int size;
+  std::mutex mu;
+  std::condition_variable cv;
+  int arrived = 0;
+  uint64_t generation = 0;
+  std::vector<const void*> posted;
+  std::map<std::pair<int, int>, std::vector<std::vector<uint8_t>>> mailboxes;  // (from, to) -> messages in order
+
+  void wait_all() {
+    std::unique_lock lock(mu);
+    const uint64_t gen = generation;
+    if (++arrived == size) {
+      arrived = 0;
+      generation++;
+      cv.notify_all();
+    } else {
+      cv.wait(lock, [&] { return generation != gen; });
+    }
+  }
+};
+
+class ThreadRank final : public Communicator {
+ public:
+  ThreadRank(std::shared_ptr<Shared> s, int rank) : s_(std::move(s)), rank_(rank) {}
+  int rank() const override { return rank_; }
+  int size() const override { return s_->size; }
+
+  void all_reduce(float* data, int64_t n, ReduceOp op) override { all_reduce_t(data, n, op); }
+  void all_reduce(double* data, int64_t n, ReduceOp op) override { all_reduce_t(data, n, op); }
+
+  void reduce_scatter(const float* in, float* out, int64_t n, ReduceOp op) override {
+    exchange(in, [&] {
+      std::vector<float> acc(static_cast<const float*>(s_->posted[0]) + rank_ * n,
+                             static_cast<const float*>(s_->posted[0]) + (rank_ + 1) * n);
+      for (int r = 1; r < s_->size; r++) reduce_into(acc.data(), static_cast<const float*>(s_->posted[size_t(r)]) + rank_ * n, n, op);
+      return acc;
+    }, out, n);
+  }
+
+  void all_gather(const float* in, float* out, int64_t n) override {
+    exchange(in, [&] {
+      std::vector<float> all(size_t(s_->size * n));
+      for (int r = 0; r < s_->size; r++)
+        std::memcpy(all.data() + r * n, s_->posted[size_t(r)], size_t(n) * sizeof(float));
+      return all;
+    }, out, s_->size * n);
+  }
+
+  void broadcast(void* data, int64_t bytes, int root) override {
+    check_root(root, s_->size);
+    s_->posted[size_t(rank_)] = data;
+    s_->wait_all();
+    if (rank_ != root) std::memcpy(data, s_->posted[size_t(root)], size_t(bytes));
+    s_->wait_all();
+  }
+
+  void send(const void* data, int64_t bytes, int peer) override {
+    check_root(peer, s_->size);
+    const auto* p = static_cast<const uint8_t*>(data);
+    std::lock_guard lock(s_->mu);
+    s_->mailboxes[{rank_, peer}].emplace_back(p, p + bytes);
+    s_->cv.notify_all();
+  }
+
+  void recv(void* data, int64_t bytes, int peer) override {
+    check_root(peer, s_->size);
+    std::unique_lock lock(s_->mu);
+    auto& box = s_->mailboxes[{peer, rank_}];
+    s_->cv.wait(lock, [&] { return !box.empty(); });
+    if (int64_t(box.front().size()) != bytes)
+      throw Error("communicator: rank " + std::to_string(rank_) + " expected " + std::to_string(bytes) +
+                  " bytes from rank " + std::to_string(peer) + ", got " + std::to_string(box.front().size()));
+    std::memcpy(data, box.front().data(), size_t(bytes));
+    box.erase(box.begin());
+  }
+
+  void barrier() override { s_->wait_all(); }
+
+ private:
+  template <class T>
+  void all_reduce_t(T* data, int64_t n, ReduceOp op) {
+    s_->posted[size_t(rank_)] = data;
+    s_->wait_all();
+    std::vector<T> acc(static_cast<const T*>(s_->posted[0]), static_cast<const T*>(s_->posted[0]) + n);
+    for (int r = 1; r < s_->size; r++) reduce_into(acc.data(), static_cast<const T*>(s_->posted[size_t(r)]), n, op);
+    s_->wait_all();  // every rank has read every buffer: now each may overwrite its own
+    std::memcpy(data, acc.data(), size_t(n) * sizeof(T));
+  }
+
+  // Posts `in`, lets `compute` build this rank's result from all posted buffers, then writes it to out[0, n).
+  template <class F>
+  void exchange(const float* in, F compute, float* out, int64_t n) {
+    s_->posted[size_t(rank_)] = in;
+    s_->wait_all();
+    std::vector<float> result = compute();
+    s_->wait_all();
+    std::memcpy(out, result.data(), size_t(n) * sizeof(float));
+  }
+
+  std::shared_ptr<Shared> s_;
+  int rank_;
+};
+
+}  // namespace
+
+std::unique_ptr<Communicator> make_single_process_communicator() { return std::make_unique<SingleProcess>(); }
+
+std::vector<std::unique_ptr<Communicator>> make_thread_group(int size) {
+  if (size < 1) throw Error("communicator: a group needs at least one rank, got " + std::to_string(size));
+  auto shared = std::make_shared<Shared>(size);
+  std::vector<std::unique_ptr<Communicator>> group;
+  for (int r = 0; r < size; r++) group.push_back(std::make_unique<ThreadRank>(shared, r));
+  return group;
+}
+
+}  // namespace oar

@@ -1,0 +1,46 @@
+// Collective communication between the ranks of one job: the data-parallel gradient sum today; the tensor-,
+// pipeline- and sharding-parallel groups of the distributed-training issue build on the same calls.
+//
+// A Communicator is one rank's handle on one group of `size()` ranks. Every rank of the group must make the same
+// calls in the same order with the same counts (as with MPI and NCCL); a call returns when this rank's part is
+// done. Buffers are host memory. Two implementations live here: the single-process group (size 1, what every run
+// uses until MPI arrives) and an in-process group of threads, which gives tests and the distributed work a
+// reference with the same semantics as a multi-process one.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+namespace oar {
+
+enum class ReduceOp { Sum, Max };
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+
+  // In place: every rank's data[0, n) becomes the elementwise reduction over the ranks.
+  virtual void all_reduce(float* data, int64_t n, ReduceOp op = ReduceOp::Sum) = 0;
+  virtual void all_reduce(double* data, int64_t n, ReduceOp op = ReduceOp::Sum) = 0;
+  // in[0, size() * n): rank r receives in out[0, n) the reduction over the ranks of block r (in[r*n, (r+1)*n)).
+  virtual void reduce_scatter(const float* in, float* out, int64_t n, ReduceOp op = ReduceOp::Sum) = 0;
+  // Each rank gives in[0, n); every rank receives out[0, size() * n), the ranks' blocks in rank order.
+  virtual void all_gather(const float* in, float* out, int64_t n) = 0;
+  // data[0, bytes) of rank `root` is copied to every rank.
+  virtual void broadcast(void* data, int64_t bytes, int root) = 0;
+  // Point to point (pipeline stages): a send to `peer` is matched by that peer's recv from this rank.
+  virtual void send(const void* data, int64_t bytes, int peer) = 0;
+  virtual void recv(void* data, int64_t bytes, int peer) = 0;
+  virtual void barrier() = 0;
+};
+
+// The group of one: collectives copy or return at once; send and recv have no peer and throw.
+std::unique_ptr<Communicator> make_single_process_communicator();
+
+// `size` communicators over shared memory, one per thread; rank i is element i. Each must be used by its own
+// thread. Reductions add in rank order, so every rank gets the same bits.
+std::vector<std::unique_ptr<Communicator>> make_thread_group(int size);
+
+}  // namespace oar

@@ -1,0 +1,111 @@
+// The Communicator's collectives: the single-process group, and the in-process thread group (the reference
+// semantics for multi-process ones) with 2, 3 and 4 ranks, each rank on its own thread.
+#include <gtest/gtest.h>
+
+#include <functional>
+#include <thread>
+
+#include "core/communicator.h"
+#include "core/error.h"
+
+namespace oar {
+namespace {
+
+// Runs body(comm) on one thread per rank of a thread group of `size`, and rethrows the first failure.
+void on_ranks(int size, const std::function<void(Communicator&)>& body) {
+  auto group = make_thread_group(size);
+  std::vector<std::thread> threads;
+  for (auto& c : group) threads.emplace_back([&body, &c] { body(*c); });
+  for (auto& t : threads) t.join();
+}
+
+TEST(Communicator, SingleProcessIsTheIdentityAndHasNoPeers) {
+  auto c = make_single_process_communicator();
+  EXPECT_EQ(c->rank(), 0);
+  EXPECT_EQ(c->size(), 1);
+  std::vector<float> x = {1.5f, -2.0f, 3.25f};
+  c->all_reduce(x.data(), 3);
+  EXPECT_EQ(x, (std::vector<float>{1.5f, -2.0f, 3.25f}));
+  std::vector<float> out(3);
+  c->all_gather(x.data(), out.data(), 3);
+  EXPECT_EQ(out, x);
+  c->reduce_scatter(x.data(), out.data(), 3, ReduceOp::Max);
+  EXPECT_EQ(out, x);
+  c->broadcast(x.data(), 12, 0);
+  EXPECT_THROW(c->broadcast(x.data(), 12, 1), Error);
+  EXPECT_THROW(c->send(x.data(), 12, 1), Error);
+  EXPECT_THROW(c->recv(x.data(), 12, 0), Error);
+  c->barrier();
+}
+
+TEST(Communicator, AllReduceGivesEveryRankTheSameSumAndMax) {
+  for (int size : {2, 3, 4}) {
+    on_ranks(size, [size](Communicator& c) {
+      const int r = c.rank();
+      std::vector<float> x = {float(r), float(r * r), 0.1f * float(r + 1)};
+      c.all_reduce(x.data(), 3);
+      float s0 = 0, s1 = 0, s2 = 0;
+      for (int k = 0; k < size; k++) s0 += float(k), s1 += float(k * k), s2 += 0.1f * float(k + 1);  // rank order
+      EXPECT_EQ(x[0], s0);
+      EXPECT_EQ(x[1], s1);
+      EXPECT_EQ(x[2], s2);
+      double d[2] = {double(r), -double(r)};
+      c.all_reduce(d, 2, ReduceOp::Max);
+      EXPECT_EQ(d[0], double(size - 1));
+      EXPECT_EQ(d[1], 0.0);
+    });
+  }
+}
+
+TEST(Communicator, ReduceScatterAndAllGatherAreInverseHalvesOfAnAllReduce) {
+  const int size = 3;
+  const int64_t n = 2;
+  on_ranks(size, [&](Communicator& c) {
+    const int r = c.rank();
+    std::vector<float> in(size_t(size * n));
+    for (int64_t i = 0; i < size * n; i++) in[size_t(i)] = float(100 * r + i);
+    std::vector<float> mine(static_cast<size_t>(n));
+    c.reduce_scatter(in.data(), mine.data(), n);
+    for (int64_t i = 0; i < n; i++) {
+      float want = 0;
+      for (int k = 0; k < size; k++) want += float(100 * k + r * n + i);
+      EXPECT_EQ(mine[size_t(i)], want) << "rank " << r << " element " << i;
+    }
+    std::vector<float> all(size_t(size * n));
+    c.all_gather(mine.data(), all.data(), n);
+    std::vector<float> reduced = in;
+    c.all_reduce(reduced.data(), size * n);
+    EXPECT_EQ(all, reduced);
+  });
+}
+
+TEST(Communicator, BroadcastAndPointToPoint) {
+  on_ranks(4, [](Communicator& c) {
+    const int r = c.rank();
+    int64_t v[2] = {r == 2 ? 42 : -1, r == 2 ? 7 : -1};
+    c.broadcast(v, sizeof v, 2);
+    EXPECT_EQ(v[0], 42);
+    EXPECT_EQ(v[1], 7);
+    // A ring, as pipeline stages pass activations: each rank sends to the next and receives from the previous.
+    const int next = (r + 1) % c.size(), prev = (r + c.size() - 1) % c.size();
+    float out[2] = {float(r), float(r) + 0.5f}, got[2] = {0, 0};
+    c.send(out, sizeof out, next);
+    c.recv(got, sizeof got, prev);
+    EXPECT_EQ(got[0], float(prev));
+    EXPECT_EQ(got[1], float(prev) + 0.5f);
+    EXPECT_THROW(c.recv(got, 4, 9), Error);
+    c.barrier();
+  });
+}
+
+TEST(Communicator, AMismatchedMessageIsAnError) {
+  on_ranks(2, [](Communicator& c) {
+    float x[2] = {1, 2};
+    if (c.rank() == 0) c.send(x, sizeof x, 1);
+    else EXPECT_THROW(c.recv(x, 4, 0), Error);
+  });
+  EXPECT_THROW(make_thread_group(0), Error);
+}
+
+}  // namespace
+}  // namespace oar
