@@ -81,6 +81,10 @@ class Kernels {
   virtual void rope(Tensor& x, const int32_t* positions, const RopeTable& table) = 0;
   // out[T,F] = silu(gate) * up; out may alias gate.
   virtual void swiglu(const Tensor& gate, const Tensor& up, Tensor& out) = 0;
+  // The MLP's first half: gate = silu(x · w_gate^T) * (x · w_up^T), with `up` [T,F] as scratch. At decode sizes
+  // one thread team computes both products and the activation chunk by chunk: no serial pass and no extra
+  // synchronisation between them (on a busy machine each synchronisation may wait for a descheduled thread).
+  virtual void linear_swiglu(const Tensor& x, const Tensor& w_gate, const Tensor& w_up, Tensor& gate, Tensor& up) = 0;
   // In-place softmax over the last dimension of a [rows, n] float32 tensor.
   virtual void softmax(Tensor& x) = 0;
   // out[T,C] = table[ids[t]] (table f32/bf16/f16 [V,C]); ids checked against V.

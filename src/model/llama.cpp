@@ -152,8 +152,7 @@ void LlamaModel::forward(const StepBatch& batch, KVCache& cache, Tensor& logits)
     K.add_inplace(x, h);
     // MLP block
     K.rmsnorm(x, L.post_attn_norm, float(cfg_.rms_norm_eps), h);
-    K.linear_multi(h, {&L.gate_proj, &L.up_proj}, {nullptr, nullptr}, {&gate, &up});
-    K.swiglu(gate, up, gate);
+    K.linear_swiglu(h, L.gate_proj, L.up_proj, gate, up);
     K.linear(gate, L.down_proj, nullptr, h);
     K.add_inplace(x, h);
   }

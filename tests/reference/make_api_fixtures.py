@@ -26,6 +26,8 @@ import sys
 from tokenizers import Tokenizer
 from transformers import LlamaTokenizerFast, PreTrainedTokenizerFast
 
+from gpt2_bytes import BYTE_DECODER  # beside this script
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOK = os.path.join(REPO, "tests", "fixtures", "tokenizers")
 
@@ -55,19 +57,6 @@ def common_prefix_len(a, b):
         n += 1
     return n
 
-
-def gpt2_byte_decoder():
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1)) + list(range(ord("\xae"), 256))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return {chr(c): b for b, c in zip(bs, cs)}
-
-
-BYTE_DECODER = gpt2_byte_decoder()
 
 
 def bytes_decode(hf, ids):

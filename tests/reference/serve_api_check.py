@@ -17,6 +17,8 @@ import sys
 import urllib.error
 import urllib.request
 
+from gpt2_bytes import BYTE_DECODER  # beside this script
+
 from tokenizers import Tokenizer
 
 URL, MODEL, TOK_JSON = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -68,19 +70,6 @@ ID_TO_TOKEN.update({t["id"]: t["content"] for t in SPEC["added_tokens"]})
 SPECIAL_IDS = {t["id"] for t in SPEC["added_tokens"] if t["special"]}
 BYTE_LEVEL = "ByteLevel" in json.dumps(SPEC["decoder"])
 
-
-def gpt2_byte_decoder():
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1)) + list(range(ord("\xae"), 256))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return {chr(c): b for b, c in zip(bs, cs)}
-
-
-BYTE_DECODER = gpt2_byte_decoder()
 
 
 def token_bytes(i):

@@ -129,6 +129,33 @@ TEST(Kernels, LinearGemmPathEqualsGemvPath) {
   }
 }
 
+TEST(Kernels, FusedLinearSwigluEqualsProductsThenActivation) {
+  // The fused form (decode sizes: products and activation chunk by chunk; larger: GEMMs then swiglu) must give
+  // exactly what the two products followed by swiglu give, for both weight dtypes and on both paths. F = 3000
+  // is not a multiple of any chunk size, and big enough that the work is split over the threads.
+  Kernels& k = kernels_for(Device::CPU);
+  for (DType dt : {DType::F32, DType::BF16}) {
+    for (int64_t M : {1, 2, 3, 12}) {
+      const int64_t K = 64, F = 3000;
+      Tensor x = rand_tensor({M, K}), wg = rand_tensor({F, K}, dt), wu = rand_tensor({F, K}, dt);
+      Tensor g1 = Tensor::empty({M, F}, DType::F32), u1 = Tensor::empty({M, F}, DType::F32);
+      Tensor g2 = Tensor::empty({M, F}, DType::F32), u2 = Tensor::empty({M, F}, DType::F32);
+      k.linear_multi(x, {&wg, &wu}, {nullptr, nullptr}, {&g1, &u1});
+      k.swiglu(g1, u1, g1);
+      k.linear_swiglu(x, wg, wu, g2, u2);
+      for (int64_t i = 0; i < M * F; i++)
+        ASSERT_EQ(g2.data<float>()[i], g1.data<float>()[i]) << dtype_name(dt) << " M=" << M << " i=" << i;
+      // and it is the activation of the products: silu(gate) * up (u2 holds up; gate from a plain linear)
+      Tensor pg = Tensor::empty({M, F}, DType::F32);
+      k.linear(x, wg, nullptr, pg);
+      for (int64_t i = 0; i < M * F; i += 97) {
+        const float gv = pg.data<float>()[i];
+        EXPECT_FLOAT_EQ(g2.data<float>()[i], gv / (1.0f + std::exp(-gv)) * u2.data<float>()[i]) << i;
+      }
+    }
+  }
+}
+
 TEST(Kernels, RopeInterleavedEqualsRotateHalfAfterPermutation) {
   // Interleaved RoPE on x equals rotate-half RoPE on x with each head's pairs (2i, 2i+1) moved to (i, i+D/2):
   // exactly the q/k permutation Hugging Face's conversion script applies to Meta checkpoints.

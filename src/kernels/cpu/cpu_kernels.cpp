@@ -53,26 +53,15 @@ class CpuKernels final : public Kernels {
 
   void linear_multi(const Tensor& x, const std::vector<const Tensor*>& ws, const std::vector<const Tensor*>& biases,
                     const std::vector<Tensor*>& ys) override {
-    require(x.dtype() == DType::F32 && x.is_contiguous(), "linear expects contiguous float32 activations");
-    require(ws.size() == ys.size() && biases.size() == ws.size(), "linear_multi: one output and bias slot per weight");
+    check_linear(x, ws, biases, ys);
     const int64_t K = ws[0]->dim(1);
     const int64_t M = x.numel() / K;
-    for (size_t i = 0; i < ws.size(); i++) {
-      const Tensor& w = *ws[i];
-      require(w.ndim() == 2 && w.is_contiguous() && w.dim(1) == K, "linear weights must be contiguous [out, in]");
-      require(ys[i]->dtype() == DType::F32 && ys[i]->is_contiguous() && ys[i]->numel() == M * w.dim(0), "linear output shape mismatch");
-      require(w.dtype() == DType::F32 || w.dtype() == DType::BF16,
-              (std::string("linear weights of dtype ") + dtype_name(w.dtype()) + " are not supported").c_str());
-    }
-    require(x.numel() == M * K, "linear input shape mismatch");
     const float* xp = x.data<float>();
     // Prefill and larger batches: the GEMM library, one product at a time. Where the GEMV stops paying off was
     // measured with bench_engine (TinyLlama shape, 2 Zen 4 cores): with bf16 weights the GEMV's work per weight
     // grows with the rows until oneDNN's GEMM is faster from 4 rows (plain AVX-512: from 3; 8 rows: 150 ms per
     // step against 215 and 293 ms).
-    const bool all_bf16 = std::all_of(ws.begin(), ws.end(), [](const Tensor* w) { return w->dtype() == DType::BF16; });
-    const int64_t gemv_rows = !all_bf16 ? kGemvRows : isa_.gemv_bf16_bf16 ? kGemvRowsBf16Dot : kGemvRowsBf16;
-    if (M > gemv_rows) {
+    if (M > gemv_row_limit(ws)) {
       bool converted = false;
       for (size_t i = 0; i < ws.size(); i++) {
         const Tensor& w = *ws[i];
@@ -97,6 +86,20 @@ class CpuKernels final : public Kernels {
     }
     gemv_all(xp, M, K, ws, biases, ys);
   }
+  void linear_swiglu(const Tensor& x, const Tensor& w_gate, const Tensor& w_up, Tensor& gate, Tensor& up) override {
+    const int64_t K = w_gate.dim(1);
+    const int64_t M = x.numel() / K;
+    const std::vector<const Tensor*> ws = {&w_gate, &w_up};
+    const std::vector<Tensor*> ys = {&gate, &up};
+    if (M > gemv_row_limit(ws) || w_up.dim(0) != w_gate.dim(0)) {
+      linear_multi(x, ws, {nullptr, nullptr}, ys);
+      swiglu(gate, up, gate);
+      return;
+    }
+    check_linear(x, ws, {nullptr, nullptr}, ys);
+    gemv_all(x.data<float>(), M, K, ws, {nullptr, nullptr}, ys, /*swiglu_pairs=*/true);
+  }
+
   void rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& y) override {
     const int64_t C = w.numel();
     const int64_t R = x.numel() / C;
@@ -145,6 +148,8 @@ class CpuKernels final : public Kernels {
     }, heads * D);
   }
 
+  static float silu_times(float g, float u) { return g / (1.0f + std::exp(-g)) * u; }
+
   void swiglu(const Tensor& gate, const Tensor& up, Tensor& out) override {
     const int64_t n = gate.numel();
     const float* g = gate.data<float>();
@@ -153,7 +158,7 @@ class CpuKernels final : public Kernels {
     // An exp costs some 16 multiply-adds: serial, a decode step's 2,048 of them (110M model) took ~35 us, long
     // enough for the other threads to fall asleep between the GEMVs around it (GOMP_SPINCOUNT=10000).
     parallel_ranges(n, 1024, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; i++) o[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+      for (int64_t i = b; i < e; i++) o[i] = silu_times(g[i], u[i]);
     }, 16);
   }
 
@@ -235,16 +240,40 @@ class CpuKernels final : public Kernels {
   // 128 KiB and each thread takes a contiguous share of the chunks (static schedule), so that each core reads one
   // long sequential stream per call. Handing chunks out dynamically (robust to a briefly busy core) read about
   // 5% less on a quiet machine (bench_llama, bf16 decode: 83.7-87.1% against 89.0-90.0% of the roofline).
+  static void check_linear(const Tensor& x, const std::vector<const Tensor*>& ws,
+                           const std::vector<const Tensor*>& biases, const std::vector<Tensor*>& ys) {
+    require(x.dtype() == DType::F32 && x.is_contiguous(), "linear expects contiguous float32 activations");
+    require(ws.size() == ys.size() && biases.size() == ws.size(), "linear_multi: one output and bias slot per weight");
+    const int64_t K = ws[0]->dim(1);
+    const int64_t M = x.numel() / K;
+    for (size_t i = 0; i < ws.size(); i++) {
+      const Tensor& w = *ws[i];
+      require(w.ndim() == 2 && w.is_contiguous() && w.dim(1) == K, "linear weights must be contiguous [out, in]");
+      require(ys[i]->dtype() == DType::F32 && ys[i]->is_contiguous() && ys[i]->numel() == M * w.dim(0), "linear output shape mismatch");
+      require(w.dtype() == DType::F32 || w.dtype() == DType::BF16,
+              (std::string("linear weights of dtype ") + dtype_name(w.dtype()) + " are not supported").c_str());
+    }
+    require(x.numel() == M * K, "linear input shape mismatch");
+  }
+
+  // The most rows a product runs as a GEMV before the GEMM library is faster.
+  int64_t gemv_row_limit(const std::vector<const Tensor*>& ws) const {
+    const bool all_bf16 = std::all_of(ws.begin(), ws.end(), [](const Tensor* w) { return w->dtype() == DType::BF16; });
+    return !all_bf16 ? kGemvRows : isa_.gemv_bf16_bf16 ? kGemvRowsBf16Dot : kGemvRowsBf16;
+  }
+
+  // ys[i] = x · ws[i]^T (+ biases[i]) as GEMVs in 128 KiB chunks of weight rows. swiglu_pairs: ws = {gate, up}
+  // of one shape; each chunk covers the same rows of both and ends with ys[0] = silu(ys[0]) * ys[1] on them.
   void gemv_all(const float* xp, int64_t M, int64_t K, const std::vector<const Tensor*>& ws,
-                const std::vector<const Tensor*>& biases, const std::vector<Tensor*>& ys) {
+                const std::vector<const Tensor*>& biases, const std::vector<Tensor*>& ys, bool swiglu_pairs = false) {
     struct Chunk { int32_t mat; int64_t n0, n1; };
     std::vector<Chunk> chunks;
     int64_t total = 0;
-    for (size_t i = 0; i < ws.size(); i++) {
+    for (size_t i = 0; i < (swiglu_pairs ? 1 : ws.size()); i++) {
       const int64_t N = ws[i]->dim(0);
       const int64_t rows = std::max<int64_t>(16, (int64_t(128) << 10) / (K * int64_t(dtype_size(ws[i]->dtype()))));
       for (int64_t n = 0; n < N; n += rows) chunks.push_back({int32_t(i), n, std::min(N, n + rows)});
-      total += N * K * M;
+      total += N * K * M * (swiglu_pairs ? 2 : 1);
     }
     // With a bf16 dot-product instruction, the activations are rounded to bf16 once here, not per weight row.
     thread_local std::vector<uint16_t> xb;
@@ -255,16 +284,26 @@ class CpuKernels final : public Kernels {
       isa_.f32_to_bf16(xp, xb.data(), M * K);
     }
     const uint16_t* xbp = xb.data();  // a pointer: inside the parallel loop, `xb` would name each thread's own copy
-    auto run = [&](const Chunk& c) {
-      const Tensor& w = *ws[size_t(c.mat)];
-      float* yp = ys[size_t(c.mat)]->data<float>();
+    auto product = [&](size_t mat, int64_t n0, int64_t n1) {
+      const Tensor& w = *ws[mat];
+      float* yp = ys[mat]->data<float>();
       const int64_t N = w.dim(0);
-      if (w.dtype() == DType::F32) isa_.gemv_f32(xp, M, K, w.data<float>(), K, c.n0, c.n1, yp, N);
-      else if (dp) isa_.gemv_bf16_bf16(xbp, M, K, w.data<uint16_t>(), K, c.n0, c.n1, yp, N);
-      else isa_.gemv_bf16(xp, M, K, w.data<uint16_t>(), K, c.n0, c.n1, yp, N);
-      if (const Tensor* b = biases[size_t(c.mat)])
+      if (w.dtype() == DType::F32) isa_.gemv_f32(xp, M, K, w.data<float>(), K, n0, n1, yp, N);
+      else if (dp) isa_.gemv_bf16_bf16(xbp, M, K, w.data<uint16_t>(), K, n0, n1, yp, N);
+      else isa_.gemv_bf16(xp, M, K, w.data<uint16_t>(), K, n0, n1, yp, N);
+      if (const Tensor* b = biases[mat])
         for (int64_t m = 0; m < M; m++)
-          for (int64_t n = c.n0; n < c.n1; n++) yp[m * N + n] += b->data<float>()[n];
+          for (int64_t n = n0; n < n1; n++) yp[m * N + n] += b->data<float>()[n];
+    };
+    auto run = [&](const Chunk& c) {
+      if (!swiglu_pairs) return product(size_t(c.mat), c.n0, c.n1);
+      product(0, c.n0, c.n1);
+      product(1, c.n0, c.n1);
+      const int64_t N = ws[0]->dim(0);
+      float* g = ys[0]->data<float>();
+      const float* u = ys[1]->data<float>();
+      for (int64_t m = 0; m < M; m++)
+        for (int64_t n = c.n0; n < c.n1; n++) g[m * N + n] = silu_times(g[m * N + n], u[m * N + n]);
     };
     const int64_t nc = int64_t(chunks.size());
     if (total < (int64_t(1) << 15) || omp_get_max_threads() == 1 || omp_in_parallel()) {
