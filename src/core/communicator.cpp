@@ -13,8 +13,9 @@
 namespace oar {
 namespace {
 
-void check_root(int root, int size) {
-  if (root < 0 || root >= size) throw Error("communicator: root rank " + std::to_string(root) + " of " + std::to_string(size));
+void check_rank(int r, int size) {
+  if (r < 0 || r >= size)
+    throw Error("communicator: rank " + std::to_string(r) + " does not exist in a group of " + std::to_string(size));
 }
 
 template <class T>
@@ -34,7 +35,7 @@ class SingleProcess final : public Communicator {
   void all_reduce(double*, int64_t, ReduceOp) override {}
   void reduce_scatter(const float* in, float* out, int64_t n, ReduceOp) override { copy(in, out, n); }
   void all_gather(const float* in, float* out, int64_t n) override { copy(in, out, n); }
-  void broadcast(void*, int64_t, int root) override { check_root(root, 1); }
+  void broadcast(void*, int64_t, int root) override { check_rank(root, 1); }
   void send(const void*, int64_t, int peer) override { no_peer(peer); }
   void recv(void*, int64_t, int peer) override { no_peer(peer); }
   void barrier() override {}
@@ -101,7 +102,7 @@ class ThreadRank final : public Communicator {
   }
 
   void broadcast(void* data, int64_t bytes, int root) override {
-    check_root(root, s_->size);
+    check_rank(root, s_->size);
     s_->posted[size_t(rank_)] = data;
     s_->wait_all();
     if (rank_ != root) std::memcpy(data, s_->posted[size_t(root)], size_t(bytes));
@@ -109,7 +110,7 @@ class ThreadRank final : public Communicator {
   }
 
   void send(const void* data, int64_t bytes, int peer) override {
-    check_root(peer, s_->size);
+    check_rank(peer, s_->size);
     const auto* p = static_cast<const uint8_t*>(data);
     std::lock_guard lock(s_->mu);
     s_->mailboxes[{rank_, peer}].emplace_back(p, p + bytes);
@@ -117,7 +118,7 @@ class ThreadRank final : public Communicator {
   }
 
   void recv(void* data, int64_t bytes, int peer) override {
-    check_root(peer, s_->size);
+    check_rank(peer, s_->size);
     std::unique_lock lock(s_->mu);
     auto& box = s_->mailboxes[{peer, rank_}];
     s_->cv.wait(lock, [&] { return !box.empty(); });

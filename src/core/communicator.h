@@ -40,7 +40,9 @@ class Communicator {
 std::unique_ptr<Communicator> make_single_process_communicator();
 
 // `size` communicators over shared memory, one per thread; rank i is element i. Each must be used by its own
-// thread. Reductions add in rank order, so every rank gets the same bits.
+// thread. Reductions add in rank order, so every rank gets the same bits. The ranks share the process: models
+// that run on the CPU kernels (which keep scratch buffers in one instance per process) must not run on two
+// ranks at once until scratch belongs to a backend instance; nothing broadcasts initial weights either.
 std::vector<std::unique_ptr<Communicator>> make_thread_group(int size);
 
 }  // namespace oar

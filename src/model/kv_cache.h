@@ -13,8 +13,8 @@
 
 namespace oar {
 
-// What the cache stores (PaddleNLP's --cachekv_int8_type): float32; int8 with a scale per (token, kv head)
-// computed as K/V are written ("dynamic"); int8 with calibrated scales per (layer, kv head) ("static").
+// What the cache stores is a KVCacheDType (kernels/kernels.h; PaddleNLP's --cachekv_int8_type): F32; Int8Dynamic,
+// a scale per (token, kv head) computed as K/V are written; Int8Static, calibrated scales per (layer, kv head).
 // Per (token, kv head) of head size D: float32 takes 4D bytes, dynamic int8 D + 4, static int8 D.
 
 // Static int8 calibration: the absolute maximum of K and of V per (layer, kv head), [layers * kv_heads] each.

@@ -11,7 +11,7 @@
 namespace oar {
 namespace {
 
-// Runs body(comm) on one thread per rank of a thread group of `size`, and rethrows the first failure.
+// Runs body(comm) on one thread per rank of a thread group of `size` (gtest records failures from any thread).
 void on_ranks(int size, const std::function<void(Communicator&)>& body) {
   auto group = make_thread_group(size);
   std::vector<std::thread> threads;
