@@ -30,10 +30,18 @@ mmdebstrap --quiet --variant=apt --include=ca-certificates bookworm "$root" \
 log "root ready in $(( $(date +%s) - t0 )) s; packages: $(chroot "$root" dpkg-query -W | wc -l)"
 
 # A clean clone of what is committed: nothing from this work tree's build folders or untracked files.
+commit=$(git rev-parse HEAD)
 git clone --quiet --no-local . "$root/root/oar"
-git -C "$root/root/oar" -c advice.detachedHead=false checkout --quiet "$(git rev-parse HEAD)"
+git -C "$root/root/oar" -c advice.detachedHead=false checkout --quiet "$commit"
 cp /etc/resolv.conf "$root/etc/resolv.conf"
 [ -f /etc/pip.conf ] && cp /etc/pip.conf "$root/etc/pip.conf"
+# This machine's own certificate authorities (a TLS-inspecting proxy's, say), so that the root reaches PyPI as
+# this machine does; a user's machine has its own network setup.
+if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
+  mkdir -p "$root/usr/local/share/ca-certificates"
+  cp /usr/local/share/ca-certificates/*.crt "$root/usr/local/share/ca-certificates/"
+  chroot "$root" update-ca-certificates >/dev/null
+fi
 mount -t proc proc "$root/proc"
 mount --rbind /sys "$root/sys"
 mount --bind /dev "$root/dev"
@@ -61,5 +69,5 @@ if { [ "$what" = test ] || [ "$what" = both ]; } && [ $status -eq 0 ]; then
   if run_in_root "bash scripts/test.sh"; then log "test.sh passed in $(( $(date +%s) - t )) s"
   else status=1; log "test.sh FAILED after $(( $(date +%s) - t )) s"; fi
 fi
-log "commit $(git rev-parse --short HEAD): $([ $status -eq 0 ] && echo PASSED || echo FAILED) in $(( $(date +%s) - t0 )) s"
+log "commit ${commit:0:7}: $([ $status -eq 0 ] && echo PASSED || echo FAILED) in $(( $(date +%s) - t0 )) s"
 exit $status

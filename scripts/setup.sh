@@ -5,6 +5,7 @@ set -euo pipefail
 PKGS=(
   build-essential cmake ninja-build pkg-config git
   clang libclang-rt-dev          # libFuzzer targets and the sanitizer runtime
+  libomp-dev                     # OpenMP for clang (the fuzz build); gcc's libgomp comes with build-essential
   libdnnl-dev ocl-icd-opencl-dev # oneDNN: GEMM (f32 and bf16 matmul); its CMake package config requires the OpenCL headers,
                                  # which libdnnl-dev only recommends
   libopenblas-dev libopenblas0-openmp  # OpenBLAS: only the GEMM comparison in bench/
