@@ -236,12 +236,6 @@ class CpuKernels final : public Kernels {
   static constexpr int64_t kGemvRowsBf16Dot = 3;  // bf16 weights through gemv_bf16_bf16
   static constexpr int64_t kGemvRowsBf16 = 2;     // bf16 weights through gemv_bf16
 
-  // Decode: every weight row of every matrix streamed once for all M rows, in chunks of about 128 KiB handed out
-  // dynamically (see gemv_all). History: with libgomp's default spin (300,000) a static schedule, one contiguous
-  // share per thread, read about 5% more than dynamic on a quiet AVX-512 machine (bench_llama, bf16 decode:
-  // 89.0-90.0% against 83.7-87.1% of the roofline). With oar's 10,000 spins the static shares' imbalance made
-  // threads sleep and wake in every GEMV; dynamic was measured equal or faster for float32 decode on AVX2, quiet
-  // and busy (BENCHMARKS.md), but bf16 decode on AVX-512 has not been re-measured under it.
   static void check_linear(const Tensor& x, const std::vector<const Tensor*>& ws,
                            const std::vector<const Tensor*>& biases, const std::vector<Tensor*>& ys) {
     require(x.dtype() == DType::F32 && x.is_contiguous(), "linear expects contiguous float32 activations");
@@ -264,6 +258,12 @@ class CpuKernels final : public Kernels {
     return !all_bf16 ? kGemvRows : isa_.gemv_bf16_bf16 ? kGemvRowsBf16Dot : kGemvRowsBf16;
   }
 
+  // Decode: every weight row of every matrix streamed once for all M rows, in chunks of about 128 KiB handed out
+  // dynamically (see gemv_all). History: with libgomp's default spin (300,000) a static schedule, one contiguous
+  // share per thread, read about 5% more than dynamic on a quiet AVX-512 machine (bench_llama, bf16 decode:
+  // 89.0-90.0% against 83.7-87.1% of the roofline). With oar's 10,000 spins the static shares' imbalance made
+  // threads sleep and wake in every GEMV; dynamic was measured equal or faster for float32 decode on AVX2, quiet
+  // and busy (BENCHMARKS.md), but bf16 decode on AVX-512 has not been re-measured under it.
   // ys[i] = x · ws[i]^T (+ biases[i]) as GEMVs in 128 KiB chunks of weight rows. swiglu_pairs: ws = {gate, up}
   // of one shape; each chunk covers the same rows of both and ends with ys[0] = silu(ys[0]) * ys[1] on them.
   void gemv_all(const float* xp, int64_t M, int64_t K, const std::vector<const Tensor*>& ws,
