@@ -10,10 +10,18 @@
 
 namespace oar {
 
-const char* device_name(Device d) { return d == Device::CPU ? "cpu" : "cuda"; }
+const char* device_name(Device d) {
+  switch (d) {
+    case Device::CPU: return "cpu";
+    case Device::CUDA: return "cuda";
+    case Device::Sim: return "sim";
+  }
+  return "?";
+}
 
 std::shared_ptr<Storage> Storage::allocate(size_t bytes, Device device) {
-  if (device != Device::CPU) throw Error("storage: only the cpu device is built in this binary");
+  if (device != Device::CPU)
+    throw Error(std::string("storage: ") + device_name(device) + " memory comes from its backend (Backend::empty)");
   std::shared_ptr<Storage> s(new Storage());
   size_t rounded = (bytes + 63) / 64 * 64;
   if (rounded == 0) rounded = 64;
@@ -38,8 +46,19 @@ std::shared_ptr<Storage> Storage::view(std::shared_ptr<const MappedFile> file, s
   return s;
 }
 
+std::shared_ptr<Storage> Storage::adopt(void* data, size_t bytes, Device device, std::function<void(void*)> release) {
+  std::shared_ptr<Storage> s(new Storage());
+  s->data_ = data;
+  s->bytes_ = bytes;
+  s->device_ = device;
+  s->owned_ = true;
+  s->release_ = std::move(release);
+  return s;
+}
+
 Storage::~Storage() {
-  if (owned_) std::free(data_);
+  if (release_) release_(data_);
+  else if (owned_) std::free(data_);
 }
 
 std::string shape_str(const Shape& s) {
@@ -119,7 +138,14 @@ Tensor Tensor::transpose(int a, int b) const {
   return t;
 }
 
+static void require_host(const Tensor& t, const char* what) {
+  if (t.device() != Device::CPU)
+    throw Error(std::string("tensor: ") + what + " reads values on the host, but this tensor is on " +
+                device_name(t.device()) + " (download it through its backend first)");
+}
+
 float Tensor::item_f32(int64_t flat) const {
+  require_host(*this, "item_f32");
   // flat index in logical (row-major) order
   int64_t off = 0;
   for (size_t i = shape_.size(); i-- > 0;) {
@@ -142,7 +168,8 @@ float Tensor::item_f32(int64_t flat) const {
 Tensor Tensor::contiguous() const { return to(dtype_); }
 
 Tensor Tensor::to(DType dt) const {
-  Tensor out = Tensor::empty(shape_, dt, device());
+  require_host(*this, "to/contiguous");
+  Tensor out = Tensor::empty(shape_, dt);
   const int64_t n = numel();
   if (dt == dtype_ && is_contiguous()) {
     std::memcpy(out.raw(), raw(), nbytes());

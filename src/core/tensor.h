@@ -3,6 +3,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <initializer_list>
 #include <memory>
 #include <string>
@@ -14,13 +15,17 @@ namespace oar {
 
 class MappedFile;
 
-enum class Device : uint8_t { CPU, CUDA };
+// Where a tensor's memory lives. Host code may read only CPU memory; the rest is reached through its device's
+// Backend (kernels/backend.h). Sim is the test device whose memory faults when host code touches it.
+enum class Device : uint8_t { CPU, CUDA, Sim };
 const char* device_name(Device d);
 
 class Storage {
  public:
   // Owned, zero-initialised, 64-byte aligned (one cache line, one AVX-512 register).
   static std::shared_ptr<Storage> allocate(size_t bytes, Device device = Device::CPU);
+  // Memory a backend allocated on its device; `release` frees it when the last tensor lets go.
+  static std::shared_ptr<Storage> adopt(void* data, size_t bytes, Device device, std::function<void(void*)> release);
   // A read-only view of [offset, offset+bytes) of a mapped file.
   static std::shared_ptr<Storage> view(std::shared_ptr<const MappedFile> file, size_t offset, size_t bytes);
   ~Storage();
@@ -41,6 +46,7 @@ class Storage {
   Device device_ = Device::CPU;
   bool owned_ = false;
   std::shared_ptr<const MappedFile> file_;  // keeps the mapping alive for views
+  std::function<void(void*)> release_;      // adopted device memory
 };
 
 using Shape = std::vector<int64_t>;
@@ -49,7 +55,7 @@ std::string shape_str(const Shape& s);  // "[2, 3]"
 class Tensor {
  public:
   Tensor() = default;
-  // New owned, contiguous, zero-filled tensor.
+  // New owned, contiguous, zero-filled host tensor (other devices: Backend::empty).
   static Tensor empty(const Shape& shape, DType dtype, Device device = Device::CPU);
   // Contiguous tensor over existing storage (e.g. a file view); checks that it fits.
   static Tensor from_storage(std::shared_ptr<Storage> storage, const Shape& shape, DType dtype, size_t byte_offset = 0);
@@ -76,7 +82,8 @@ class Tensor {
   Tensor slice0(int64_t begin, int64_t end) const;  // rows [begin, end) of the first dimension
   Tensor transpose(int a, int b) const;          // swaps two dims' shape and strides (no copy)
 
-  // Copy to a new contiguous tensor of another dtype (float types only, and same-type copies).
+  // Copy to a new contiguous host tensor of another dtype (float types only, and same-type copies). These three
+  // read the values on the host: for another device they throw (Backend::download first).
   Tensor to(DType dtype) const;
   Tensor contiguous() const;
   // Element as float (for tests and small reductions; slow).

@@ -125,7 +125,7 @@ Engine::Engine(LlamaModel& model, const Tokenizer& tokenizer, const EngineConfig
     scales = load_cachekv_scales(cfg.cachekv_scales_path, mc);
   }
   I.eos = tokenizer.eos_ids();
-  I.cache = std::make_unique<KVCache>(mc, nb, cfg.block_size, quant, &scales);
+  I.cache = std::make_unique<KVCache>(mc, nb, cfg.block_size, quant, &scales, model.backend());
   I.blocks = std::make_unique<BlockManager>(nb, cfg.block_size, cfg.enable_prefix_caching);
   I.scheduler = std::make_unique<Scheduler>(*I.blocks, cfg.max_num_seqs, cfg.max_num_batched_tokens);
   I.runner = std::make_unique<ModelRunner>(model, *I.cache, *I.blocks);

@@ -57,7 +57,8 @@ std::vector<int32_t> ModelRunner::execute(const StepPlan& plan) {
       batch.logit_rows.push_back(row0 + c.n - 1);
     }
   }
-  model_.forward(batch, cache_, logits_);
+  model_.forward(batch, cache_, device_logits_);
+  logits_ = model_.backend().download(device_logits_);
   const int64_t V = model_.config().vocab_size;
   const float* L = logits_.data<float>();
   for (size_t i = 0; i < plan.chunks.size(); i++) {

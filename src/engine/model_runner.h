@@ -33,13 +33,14 @@ class ModelRunner {
 
   // The logits of the sampling chunks from the last execute(), [rows, V] in plan order (tests). With prompt
   // logprobs requested the prompt rows come before their chunk's sampling row.
-  const Tensor& last_logits() const { return logits_; }
+  const Tensor& last_logits() const { return logits_; }  // host memory
 
  private:
   LlamaModel& model_;
   KVCache& cache_;
   BlockManager& bm_;
-  Tensor logits_;
+  Tensor device_logits_;  // the forward's output, on the model's backend
+  Tensor logits_;         // the same values in host memory (on the CPU backend: the same tensor)
   std::vector<float> row_;
   std::vector<int64_t> sample_row_;  // per chunk: its sampling row in logits_, or -1
   std::vector<ChunkLogprobs> lps_;

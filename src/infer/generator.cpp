@@ -40,7 +40,7 @@ std::vector<GenerationOutput> Generator::run(const std::vector<GenerationRequest
                   " new tokens exceeds the model's context of " + std::to_string(model_.max_positions()) + " tokens");
     blocks += (total + block_size_ - 1) / block_size_;
   }
-  KVCache cache(cfg, blocks, block_size_);
+  KVCache cache(cfg, blocks, block_size_, KVCacheDType::F32, nullptr, model_.backend());
   BlockAllocator alloc(blocks);
   std::vector<SeqState> seqs(B);
   std::vector<Sampler> samplers;
@@ -96,7 +96,8 @@ std::vector<GenerationOutput> Generator::run(const std::vector<GenerationRequest
       if (batch.tokens.empty()) break;
       model_.forward(batch, cache, logits);
       st.prompt_tokens += int64_t(batch.tokens.size());
-      for (size_t r = 0; r < owners.size(); r++) emit(owners[r], logits.data<float>() + int64_t(r) * V);
+      Tensor host = model_.backend().download(logits);
+      for (size_t r = 0; r < owners.size(); r++) emit(owners[r], host.data<float>() + int64_t(r) * V);
     }
   }
   const double t1 = now_s();
@@ -117,9 +118,10 @@ std::vector<GenerationOutput> Generator::run(const std::vector<GenerationRequest
     if (owners.empty()) break;
     model_.forward(batch, cache, logits);
     st.decode_steps++;
+    Tensor host = model_.backend().download(logits);
     for (size_t r = 0; r < owners.size(); r++) {
       seqs[owners[r]].cached++;
-      emit(owners[r], logits.data<float>() + int64_t(r) * V);
+      emit(owners[r], host.data<float>() + int64_t(r) * V);
     }
   }
   st.decode_seconds = now_s() - t1;
@@ -138,7 +140,7 @@ PerplexityResult perplexity(LlamaModel& model, const std::vector<int32_t>& token
   const int64_t V = model.config().vocab_size;
   const int64_t block = 64;
   const int64_t nblocks = (ctx + block - 1) / block;
-  KVCache cache(model.config(), nblocks, block, kv_quant, static_scales);
+  KVCache cache(model.config(), nblocks, block, kv_quant, static_scales, model.backend());
   std::vector<int32_t> table(static_cast<size_t>(nblocks), 0);
   for (int64_t b = 0; b < nblocks; b++) table[size_t(b)] = int32_t(b);
   PerplexityResult res;
@@ -153,8 +155,9 @@ PerplexityResult perplexity(LlamaModel& model, const std::vector<int32_t>& token
     batch.add_sequence(tokens.data() + b, n, 0, table);
     for (int64_t r = 0; r < n - 1; r++) batch.logit_rows.push_back(r);
     model.forward(batch, cache, logits);
+    const Tensor host = model.backend().download(logits);
     for (int64_t r = 0; r < n - 1; r++) {
-      const float* row = logits.data<float>() + r * V;
+      const float* row = host.data<float>() + r * V;
       float mx = row[0];
       for (int64_t i = 1; i < V; i++) mx = std::max(mx, row[i]);
       double s = 0;

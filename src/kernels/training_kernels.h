@@ -35,6 +35,14 @@ struct CrossEntropyResult {
   int64_t correct = 0;  // argmax == label (first maximum on ties, as torch.argmax)
 };
 
+// One AdamW update of a parameter: m = b1 m + (1 - b1) g, v = b2 v + (1 - b2) g^2,
+// w = w * decay - step_size * m / (sqrt(v) * inv_bc2_sqrt + eps) (the optimizer folds the bias corrections, the
+// learning rate and the decoupled weight decay into these numbers).
+struct AdamWUpdate {
+  float beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f;
+  float decay = 1.0f, step_size = 0.0f, inv_bc2_sqrt = 1.0f;
+};
+
 class TrainKernels {
  public:
   virtual ~TrainKernels() = default;
@@ -97,6 +105,22 @@ class TrainKernels {
   // in [0, V), else oar::Error). With want_grad, logits are replaced by dloss/dlogits x grad_scale, i.e.
   // (softmax - onehot) * grad_scale on counted rows and 0 on the others; without, logits are left as they are.
   virtual CrossEntropyResult cross_entropy(Tensor& logits, const int32_t* labels, float grad_scale, bool want_grad) = 0;
+
+  // ---- whole tensors and rows (contiguous operands) ----
+  // x = 0, any dtype.
+  virtual void zero(Tensor& x) = 0;
+  // dst[i] = x[rows[i]] for i < n: x [R, C] and dst [n, C] of one dtype.
+  virtual void gather_rows(const Tensor& x, const int64_t* rows, int64_t n, Tensor& dst) = 0;
+  // dst[rows[i]] = src[i] for i < n: src [n, C] and dst [R, C] of one dtype; other rows of dst are left alone.
+  virtual void scatter_rows(const Tensor& src, const int64_t* rows, int64_t n, Tensor& dst) = 0;
+
+  // ---- the optimizer's ops, on float32 parameters, gradients and moments ----
+  virtual void adamw(Tensor& w, const Tensor& g, Tensor& m, Tensor& v, const AdamWUpdate& u) = 0;
+  // total + the sum of x^2, in double: the sums of fixed chunks of 16384 elements are added to total in order, so
+  // the bits are the same whatever the thread count (a resumed run clips exactly as the uninterrupted one did).
+  virtual double sum_squares(const Tensor& x, double total) = 0;
+  virtual void scale(Tensor& x, float s) = 0;
+  virtual bool all_finite(const Tensor& x) = 0;
 };
 
 // The implementation for a device (throws oar::Error for a device this build cannot run).

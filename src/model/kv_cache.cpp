@@ -1,7 +1,6 @@
 #include "model/kv_cache.h"
 
 #include <cmath>
-#include <cstring>
 #include <nlohmann/json.hpp>
 #include <regex>
 
@@ -12,8 +11,8 @@
 namespace oar {
 
 KVCache::KVCache(const LlamaConfig& cfg, int64_t num_blocks, int64_t block_size, KVCacheDType quant,
-                 const KVStaticScales* static_scales)
-    : num_blocks_(num_blocks), block_size_(block_size), layers_(cfg.num_hidden_layers),
+                 const KVStaticScales* static_scales, Backend& backend)
+    : be_(backend), num_blocks_(num_blocks), block_size_(block_size), layers_(cfg.num_hidden_layers),
       kv_heads_(cfg.num_key_value_heads), head_dim_(cfg.head_dim), quant_(quant) {
   if (num_blocks <= 0 || block_size <= 0) throw Error("kv cache: need at least one block of at least one position");
   if (quant == KVCacheDType::Int8Static) {
@@ -23,11 +22,11 @@ KVCache::KVCache(const LlamaConfig& cfg, int64_t num_blocks, int64_t block_size,
   }
   const DType vt = quant == KVCacheDType::F32 ? DType::F32 : DType::I8;
   for (int64_t l = 0; l < layers_; l++) {
-    k_.push_back(Tensor::empty({num_blocks, kv_heads_, block_size, head_dim_}, vt));
-    v_.push_back(Tensor::empty({num_blocks, kv_heads_, block_size, head_dim_}, vt));
+    k_.push_back(be_.empty({num_blocks, kv_heads_, block_size, head_dim_}, vt));
+    v_.push_back(be_.empty({num_blocks, kv_heads_, block_size, head_dim_}, vt));
     if (quant == KVCacheDType::Int8Dynamic) {
-      k_scale_.push_back(Tensor::empty({num_blocks, kv_heads_, block_size}, DType::F32));
-      v_scale_.push_back(Tensor::empty({num_blocks, kv_heads_, block_size}, DType::F32));
+      k_scale_.push_back(be_.empty({num_blocks, kv_heads_, block_size}, DType::F32));
+      v_scale_.push_back(be_.empty({num_blocks, kv_heads_, block_size}, DType::F32));
     } else if (quant == KVCacheDType::Int8Static) {
       // The kernels take the dequantization step absmax / 127.
       Tensor ks = Tensor::empty({kv_heads_}, DType::F32), vs = Tensor::empty({kv_heads_}, DType::F32);
@@ -35,8 +34,8 @@ KVCache::KVCache(const LlamaConfig& cfg, int64_t num_blocks, int64_t block_size,
         ks.data<float>()[g] = static_scales->k_absmax[size_t(l * kv_heads_ + g)] / 127.0f;
         vs.data<float>()[g] = static_scales->v_absmax[size_t(l * kv_heads_ + g)] / 127.0f;
       }
-      k_scale_.push_back(ks);
-      v_scale_.push_back(vs);
+      k_scale_.push_back(be_.upload(ks));
+      v_scale_.push_back(be_.upload(vs));
     }
   }
 }
@@ -80,19 +79,13 @@ size_t KVCache::bytes() const {
 void KVCache::copy_block(int32_t src, int32_t dst) {
   if (src < 0 || dst < 0 || src >= num_blocks_ || dst >= num_blocks_) throw Error("kv cache: block id out of range");
   if (src == dst) return;
-  const size_t elem = quant_ == KVCacheDType::F32 ? sizeof(float) : 1;
-  const size_t vals = size_t(kv_heads_ * block_size_ * head_dim_) * elem;
-  const size_t scales = size_t(kv_heads_ * block_size_) * sizeof(float);
   for (int64_t l = 0; l < layers_; l++) {
-    for (Tensor* t : {&k_[size_t(l)], &v_[size_t(l)]}) {
-      auto* p = static_cast<uint8_t*>(t->raw());
-      std::memcpy(p + size_t(dst) * vals, p + size_t(src) * vals, vals);
+    std::vector<Tensor*> per_block{&k_[size_t(l)], &v_[size_t(l)]};  // [num_blocks, ...]: one block is a row
+    if (quant_ == KVCacheDType::Int8Dynamic) per_block.insert(per_block.end(), {&k_scale_[size_t(l)], &v_scale_[size_t(l)]});
+    for (Tensor* t : per_block) {
+      Tensor dst_block = t->slice0(dst, dst + 1);
+      be_.copy(t->slice0(src, src + 1), dst_block);
     }
-    if (quant_ == KVCacheDType::Int8Dynamic)
-      for (Tensor* t : {&k_scale_[size_t(l)], &v_scale_[size_t(l)]}) {
-        auto* p = static_cast<uint8_t*>(t->raw());
-        std::memcpy(p + size_t(dst) * scales, p + size_t(src) * scales, scales);
-      }
   }
 }
 

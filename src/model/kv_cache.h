@@ -9,6 +9,7 @@
 
 #include "core/model_config.h"
 #include "core/tensor.h"
+#include "kernels/backend.h"
 #include "kernels/kernels.h"
 
 namespace oar {
@@ -32,19 +33,21 @@ KVStaticScales load_cachekv_scales(const std::string& path, const LlamaConfig& c
 
 class KVCache {
  public:
-  // static_scales is required for Int8Static (and ignored otherwise).
+  // static_scales is required for Int8Static (and ignored otherwise). The blocks live on `backend`, the model's.
   KVCache(const LlamaConfig& cfg, int64_t num_blocks, int64_t block_size, KVCacheDType quant = KVCacheDType::F32,
-          const KVStaticScales* static_scales = nullptr);
+          const KVStaticScales* static_scales = nullptr, Backend& backend = cpu_backend());
   KVLayerView layer(int64_t l);
   int64_t num_blocks() const { return num_blocks_; }
   int64_t block_size() const { return block_size_; }
   KVCacheDType quant() const { return quant_; }
+  Backend& backend() const { return be_; }
   size_t bytes() const;
   static size_t bytes_per_block(const LlamaConfig& cfg, int64_t block_size, KVCacheDType quant = KVCacheDType::F32);
   // Copies block src's K and V (and their scales) into block dst in every layer: copy-on-write of a shared block.
   void copy_block(int32_t src, int32_t dst);
 
  private:
+  Backend& be_;
   int64_t num_blocks_, block_size_, layers_, kv_heads_, head_dim_;
   KVCacheDType quant_ = KVCacheDType::F32;
   std::vector<Tensor> k_, v_;              // per layer: float32 or int8 values [num_blocks, G, block_size, D]

@@ -1,7 +1,6 @@
 #include "model/llama.h"
 
 #include <algorithm>
-#include <cstring>
 
 #include "core/error.h"
 #include "core/fs.h"
@@ -43,27 +42,28 @@ int64_t StepBatch::add_sequence(const int32_t* toks, int64_t n, int64_t pos0, co
   return s.row0;
 }
 
-std::unique_ptr<LlamaModel> LlamaModel::load(const std::string& path, DType dtype) {
+std::unique_ptr<LlamaModel> LlamaModel::load(const std::string& path, DType dtype, Backend& backend) {
   if (dir_exists(path)) {
     std::string cfg_path = join_path(path, "config.json");
     if (!file_exists(cfg_path) && !dir_exists(cfg_path)) fail(path, "no config.json in this directory");
     LlamaConfig cfg = load_hf_config(cfg_path);
     WeightStoreSource src(WeightStore::open_dir(path));
-    return from_weights(cfg, src, dtype);
+    return from_weights(cfg, src, dtype, backend);
   }
   if (!file_exists(path)) fail(path, "no such file or directory");
   Llama2cCheckpoint ck = load_llama2c_checkpoint(path);
-  return from_weights(ck.config, *ck.weights, dtype);
+  return from_weights(ck.config, *ck.weights, dtype, backend);
 }
 
-std::unique_ptr<LlamaModel> LlamaModel::from_weights(const LlamaConfig& cfg, const WeightSource& src, DType dtype) {
+std::unique_ptr<LlamaModel> LlamaModel::from_weights(const LlamaConfig& cfg, const WeightSource& src, DType dtype,
+                                                     Backend& backend) {
   if (dtype != DType::F32 && dtype != DType::BF16)
     throw Error(std::string("--dtype ") + dtype_name(dtype) + " is not supported for compute (use float32 or bfloat16)");
   cfg.validate(src.where());
   std::unique_ptr<LlamaModel> m(new LlamaModel());
   m->cfg_ = cfg;
   m->dtype_ = dtype;
-  m->k_ = &kernels_for(Device::CPU);
+  m->be_ = &backend;
   const int64_t C = cfg.hidden_size, V = cfg.vocab_size, F = cfg.intermediate_size;
   const int64_t QD = cfg.q_dim(), KVD = cfg.kv_dim();
   LlamaWeights& w = m->w_;
@@ -98,8 +98,19 @@ std::unique_ptr<LlamaModel> LlamaModel::from_weights(const LlamaConfig& cfg, con
   } else {
     w.lm_head = fetch(src, "lm_head.weight", {V, C}, dtype);
   }
+  for (Tensor* t : m->weight_tensors()) *t = backend.upload(*t);
+  if (cfg.tie_word_embeddings && w.lm_head.dtype() == w.embed_tokens.dtype()) w.lm_head = w.embed_tokens;  // one copy
   m->rope_ = make_rope_table(cfg, cfg.max_position_embeddings);
   return m;
+}
+
+std::vector<Tensor*> LlamaModel::weight_tensors() {
+  std::vector<Tensor*> ts{&w_.embed_tokens, &w_.final_norm, &w_.lm_head};
+  for (auto& L : w_.layers)
+    for (Tensor* t : {&L.input_norm, &L.post_attn_norm, &L.q_proj, &L.k_proj, &L.v_proj, &L.o_proj, &L.q_bias,
+                      &L.k_bias, &L.v_bias, &L.o_bias, &L.gate_proj, &L.up_proj, &L.down_proj})
+      if (t->defined()) ts.push_back(t);
+  return ts;
 }
 
 size_t LlamaModel::decode_weight_bytes() const {
@@ -114,24 +125,28 @@ size_t LlamaModel::decode_weight_bytes() const {
 }
 
 void LlamaModel::forward(const StepBatch& batch, KVCache& cache, Tensor& logits) {
-  Kernels& K = *k_;
+  Backend& be = *be_;
+  Kernels& K = be.ops();
   const int64_t T = int64_t(batch.tokens.size());
   const int64_t C = cfg_.hidden_size, H = cfg_.num_attention_heads, G = cfg_.num_key_value_heads, D = cfg_.head_dim;
   const int64_t F = cfg_.intermediate_size, V = cfg_.vocab_size;
   if (T == 0) throw Error("forward: empty batch");
+  if (cache.backend().device() != be.device())
+    throw Error(std::string("forward: the KV cache is on ") + device_name(cache.backend().device()) +
+                ", the model on " + device_name(be.device()));
   for (const SeqSlice& s : batch.seqs)
     if (s.pos0 + s.n > rope_.max_positions)
       throw Error("sequence of " + std::to_string(s.pos0 + s.n) + " tokens exceeds the model's context (" +
                   std::to_string(rope_.max_positions) + ", max_position_embeddings)");
 
-  Tensor x = Tensor::empty({T, C}, DType::F32);
-  Tensor h = Tensor::empty({T, C}, DType::F32);
-  Tensor q = Tensor::empty({T, H, D}, DType::F32);
-  Tensor k = Tensor::empty({T, G, D}, DType::F32);
-  Tensor v = Tensor::empty({T, G, D}, DType::F32);
-  Tensor att = Tensor::empty({T, H, D}, DType::F32);
-  Tensor gate = Tensor::empty({T, F}, DType::F32);
-  Tensor up = Tensor::empty({T, F}, DType::F32);
+  Tensor x = be.empty({T, C}, DType::F32);
+  Tensor h = be.empty({T, C}, DType::F32);
+  Tensor q = be.empty({T, H, D}, DType::F32);
+  Tensor k = be.empty({T, G, D}, DType::F32);
+  Tensor v = be.empty({T, G, D}, DType::F32);
+  Tensor att = be.empty({T, H, D}, DType::F32);
+  Tensor gate = be.empty({T, F}, DType::F32);
+  Tensor up = be.empty({T, F}, DType::F32);
 
   K.embedding(w_.embed_tokens, batch.tokens.data(), T, x);
   for (int64_t l = 0; l < cfg_.num_hidden_layers; l++) {
@@ -158,14 +173,17 @@ void LlamaModel::forward(const StepBatch& batch, KVCache& cache, Tensor& logits)
   }
   // Only the rows whose logits are wanted go through the final norm and the (large) LM head.
   const int64_t R = int64_t(batch.logit_rows.size());
-  Tensor sel = Tensor::empty({R, C}, DType::F32);
+  std::vector<int32_t> rows(static_cast<size_t>(R));
   for (int64_t r = 0; r < R; r++) {
-    int64_t row = batch.logit_rows[size_t(r)];
+    const int64_t row = batch.logit_rows[size_t(r)];
     if (row < 0 || row >= T) throw Error("forward: logit row out of range");
-    std::memcpy(sel.data<float>() + r * C, x.data<float>() + row * C, size_t(C) * 4);
+    rows[size_t(r)] = int32_t(row);
   }
+  Tensor sel = be.empty({R, C}, DType::F32);
+  K.embedding(x, rows.data(), R, sel);  // a row gather: x is a [T, C] table
   K.rmsnorm(sel, w_.final_norm, float(cfg_.rms_norm_eps), sel);
-  if (!logits.defined() || logits.numel() != R * V || logits.dtype() != DType::F32) logits = Tensor::empty({R, V}, DType::F32);
+  if (!logits.defined() || logits.numel() != R * V || logits.dtype() != DType::F32 || logits.device() != be.device())
+    logits = be.empty({R, V}, DType::F32);
   else logits = logits.view({R, V});
   K.linear(sel, w_.lm_head, nullptr, logits);
 }

@@ -10,6 +10,7 @@
 #include "core/model_config.h"
 #include "core/tensor.h"
 #include "io/weight_source.h"
+#include "kernels/backend.h"
 #include "kernels/kernels.h"
 #include "model/kv_cache.h"
 
@@ -42,27 +43,32 @@ struct StepBatch {
 class LlamaModel {
  public:
   // Loads a Hugging Face directory (config.json + safetensors) or a llama2.c checkpoint file. Weights are
-  // converted to `dtype` (float32 or bfloat16) for the matrix products; norms and biases stay float32.
-  static std::unique_ptr<LlamaModel> load(const std::string& path, DType dtype);
-  static std::unique_ptr<LlamaModel> from_weights(const LlamaConfig& cfg, const WeightSource& src, DType dtype);
+  // converted to `dtype` (float32 or bfloat16) for the matrix products; norms and biases stay float32. They are
+  // uploaded to `backend`, which runs the forward (on the CPU: zero-copy views of the mapped files).
+  static std::unique_ptr<LlamaModel> load(const std::string& path, DType dtype, Backend& backend = cpu_backend());
+  static std::unique_ptr<LlamaModel> from_weights(const LlamaConfig& cfg, const WeightSource& src, DType dtype,
+                                                  Backend& backend = cpu_backend());
 
   const LlamaConfig& config() const { return cfg_; }
+  Backend& backend() const { return *be_; }
   DType dtype() const { return dtype_; }
   const LlamaWeights& weights() const { return w_; }
   // Bytes of weights read by one decode step (all matrices once, plus one embedding row).
   size_t decode_weight_bytes() const;
   int64_t max_positions() const { return rope_.max_positions; }
 
-  // Runs one step. logits: [logit_rows.size(), V] float32, resized as needed.
+  // Runs one step. logits: [logit_rows.size(), V] float32 on the model's backend (download them to read them on
+  // the host), resized as needed. The cache must be on the same backend.
   void forward(const StepBatch& batch, KVCache& cache, Tensor& logits);
 
  private:
   LlamaModel() = default;
+  std::vector<Tensor*> weight_tensors();  // every defined weight (the tied LM head too)
   LlamaConfig cfg_;
   DType dtype_ = DType::F32;
   LlamaWeights w_;
   RopeTable rope_;
-  Kernels* k_ = nullptr;
+  Backend* be_ = nullptr;
 };
 
 }  // namespace oar

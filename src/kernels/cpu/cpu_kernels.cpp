@@ -5,10 +5,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "core/error.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/isa.h"
 #include "kernels/cpu/onednn_gemm.h"
 #include "kernels/kernels.h"
@@ -518,12 +520,6 @@ class CpuKernels final : public Kernels {
 
 }  // namespace
 
-Kernels& kernels_for(Device device) {
-  if (device == Device::CPU) {
-    static CpuKernels k;
-    return k;
-  }
-  throw Error("this build of oar has no CUDA backend (device cuda requested)");
-}
+std::unique_ptr<Kernels> make_cpu_kernels() { return std::make_unique<CpuKernels>(); }
 
 }  // namespace oar

@@ -20,6 +20,8 @@
 #include <vector>
 
 #include "core/error.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/cpu_tensor_ops.h"
 #include "kernels/cpu/isa.h"
 #include "kernels/cpu/onednn_gemm.h"
 #include "kernels/training_kernels.h"
@@ -921,6 +923,18 @@ class CpuTrainKernels final : public TrainKernels {
     }
   }
 
+  void zero(Tensor& x) override { cpu::zero(x); }
+  void gather_rows(const Tensor& x, const int64_t* rows, int64_t n, Tensor& dst) override {
+    cpu::gather_rows(x, rows, n, dst);
+  }
+  void scatter_rows(const Tensor& src, const int64_t* rows, int64_t n, Tensor& dst) override {
+    cpu::scatter_rows(src, rows, n, dst);
+  }
+  void adamw(Tensor& w, const Tensor& g, Tensor& m, Tensor& v, const AdamWUpdate& u) override { cpu::adamw(w, g, m, v, u); }
+  double sum_squares(const Tensor& x, double total) override { return cpu::sum_squares(x, total); }
+  void scale(Tensor& x, float s) override { cpu::scale(x, s); }
+  bool all_finite(const Tensor& x) override { return cpu::all_finite(x); }
+
   CrossEntropyResult cross_entropy(Tensor& logits, const int32_t* labels, float grad_scale, bool want_grad) override {
     require(logits.dtype() == DType::F32 && logits.ndim() == 2 && logits.is_contiguous(), "cross_entropy: float32 [R, V] logits");
     const int64_t R = logits.dim(0), V = logits.dim(1);
@@ -1023,12 +1037,6 @@ class CpuTrainKernels final : public TrainKernels {
 
 }  // namespace
 
-TrainKernels& train_kernels_for(Device device) {
-  if (device == Device::CPU) {
-    static CpuTrainKernels k;
-    return k;
-  }
-  throw Error("this build of oar has no CUDA backend (device cuda requested for training)");
-}
+std::unique_ptr<TrainKernels> make_cpu_train_kernels() { return std::make_unique<CpuTrainKernels>(); }
 
 }  // namespace oar
