@@ -18,6 +18,7 @@
 #include "core/tensor.h"
 #include "kernels/kernels.h"
 #include "kernels/training_kernels.h"
+#include "kernels/weight.h"
 
 namespace oar {
 
@@ -36,6 +37,10 @@ class Backend {
   virtual Tensor download(const Tensor& t) = 0;
   // dst = src: both contiguous, on this device, of one dtype and element count.
   virtual void copy(const Tensor& src, Tensor& dst) = 0;
+  // A [out, in] host matrix (float32, bfloat16 or float16) as a weight of `format` on this device, ready for
+  // Kernels::linear. The default converts on the host and uploads (on the CPU a matrix already in the format
+  // stays a zero-copy view of its file).
+  virtual Weight pack_weight(const Tensor& host, WeightFormat format);
 
   virtual Kernels& ops() = 0;
   virtual TrainKernels& train_ops() = 0;
@@ -50,6 +55,8 @@ std::unique_ptr<Backend> make_backend(const std::string& name, std::shared_ptr<C
 // The process's shared instance of a backend (made on first use).
 Backend& backend(const std::string& name);
 Backend& cpu_backend();
+// The shared instance for a device (a tensor's device names the backend whose ops may touch it).
+Backend& backend_for(Device device);
 std::vector<std::string> backend_names();
 
 // The registry's entries: one line per backend in kernels/backend_registry.cpp.

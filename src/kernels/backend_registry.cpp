@@ -50,6 +50,12 @@ Backend& cpu_backend() {
   return b;
 }
 
+Backend& backend_for(Device device) {
+  if (device == Device::CPU) return cpu_backend();
+  if (device == Device::Sim) return backend("sim");
+  throw Error(std::string("this build of oar has no backend for device ") + device_name(device));
+}
+
 Kernels& kernels_for(Device device) {
   if (device == Device::CPU) return cpu_backend().ops();
   throw Error(std::string("this build of oar has no kernels for device ") + device_name(device) +

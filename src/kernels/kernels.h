@@ -1,7 +1,7 @@
 // The kernel interface. The model and the engine call these operations and nothing lower: no layer uses an
 // intrinsic or a CUDA API. Each device has one implementation (CPU now; a CUDA one plugs in behind the same
-// interface). Activations are float32; weights may be float32 or bfloat16 (stored as Hugging Face lays them out,
-// [out_features, in_features]).
+// interface). Activations are float32; the linear ops take a Weight (kernels/weight.h: float32 or bfloat16 today,
+// logically [out_features, in_features] as Hugging Face lays them out).
 //
 // Shapes use T for the number of tokens in a step (all sequences of a batch flattened), H query heads,
 // G key/value heads, D head size.
@@ -11,6 +11,7 @@
 
 #include "core/model_config.h"
 #include "core/tensor.h"
+#include "kernels/weight.h"
 
 namespace oar {
 
@@ -69,11 +70,12 @@ class Kernels {
   virtual ~Kernels() = default;
   virtual const char* name() const = 0;
 
-  // y[T,N] = x[T,K] · w[N,K]^T (+ bias[N]). Small T runs as a bandwidth-bound GEMV, large T as a GEMM.
-  virtual void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y) = 0;
+  // y[T,N] = x[T,K] · w[N,K]^T (+ bias[N]), w in any format this device runs (kernels/weight.h). Small T runs as a
+  // bandwidth-bound GEMV, large T as a GEMM.
+  virtual void linear(const Tensor& x, const Weight& w, const Tensor* bias, Tensor& y) = 0;
   // Several products of one input (q/k/v, gate/up): ys[i] = x · ws[i]^T (+ biases[i], which may be null).
   // One thread team serves all of them, so a decode step pays one synchronisation instead of several.
-  virtual void linear_multi(const Tensor& x, const std::vector<const Tensor*>& ws,
+  virtual void linear_multi(const Tensor& x, const std::vector<const Weight*>& ws,
                             const std::vector<const Tensor*>& biases, const std::vector<Tensor*>& ys) = 0;
   // y = x / rms(x) * w per row; y may alias x.
   virtual void rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& y) = 0;
@@ -84,7 +86,7 @@ class Kernels {
   // The MLP's first half: gate = silu(x · w_gate^T) * (x · w_up^T), with `up` [T,F] as scratch. At decode sizes
   // one thread team computes both products and the activation chunk by chunk: no serial pass and no extra
   // synchronisation between them (on a busy machine each synchronisation may wait for a descheduled thread).
-  virtual void linear_swiglu(const Tensor& x, const Tensor& w_gate, const Tensor& w_up, Tensor& gate, Tensor& up) = 0;
+  virtual void linear_swiglu(const Tensor& x, const Weight& w_gate, const Weight& w_up, Tensor& gate, Tensor& up) = 0;
   // In-place softmax over the last dimension of a [rows, n] float32 tensor.
   virtual void softmax(Tensor& x) = 0;
   // out[T,C] = table[ids[t]] (table f32/bf16/f16 [V,C]); ids checked against V.

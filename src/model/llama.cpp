@@ -12,7 +12,7 @@ namespace {
 
 bool is_float_dtype(DType d) { return d == DType::F32 || d == DType::BF16 || d == DType::F16; }
 
-// Fetches a tensor, checks it against the shape the config implies, and converts it to `want`.
+// Fetches a tensor (in host memory), checks it against the shape the config implies, and converts it to `want`.
 Tensor fetch(const WeightSource& src, const std::string& name, const Shape& shape, DType want) {
   Tensor t = src.get(name);
   std::string where = src.where();
@@ -64,6 +64,7 @@ std::unique_ptr<LlamaModel> LlamaModel::from_weights(const LlamaConfig& cfg, con
   m->cfg_ = cfg;
   m->dtype_ = dtype;
   m->be_ = &backend;
+  const WeightFormat format = dense_format(dtype);
   const int64_t C = cfg.hidden_size, V = cfg.vocab_size, F = cfg.intermediate_size;
   const int64_t QD = cfg.q_dim(), KVD = cfg.kv_dim();
   LlamaWeights& w = m->w_;
@@ -76,10 +77,10 @@ std::unique_ptr<LlamaModel> LlamaModel::from_weights(const LlamaConfig& cfg, con
     LlamaLayerWeights L;
     L.input_norm = fetch(src, p + "input_layernorm.weight", {C}, DType::F32);
     L.post_attn_norm = fetch(src, p + "post_attention_layernorm.weight", {C}, DType::F32);
-    L.q_proj = fetch(src, p + "self_attn.q_proj.weight", {QD, C}, dtype);
-    L.k_proj = fetch(src, p + "self_attn.k_proj.weight", {KVD, C}, dtype);
-    L.v_proj = fetch(src, p + "self_attn.v_proj.weight", {KVD, C}, dtype);
-    L.o_proj = fetch(src, p + "self_attn.o_proj.weight", {C, QD}, dtype);
+    L.q_proj = backend.pack_weight(fetch(src, p + "self_attn.q_proj.weight", {QD, C}, dtype), format);
+    L.k_proj = backend.pack_weight(fetch(src, p + "self_attn.k_proj.weight", {KVD, C}, dtype), format);
+    L.v_proj = backend.pack_weight(fetch(src, p + "self_attn.v_proj.weight", {KVD, C}, dtype), format);
+    L.o_proj = backend.pack_weight(fetch(src, p + "self_attn.o_proj.weight", {C, QD}, dtype), format);
     if (cfg.attention_bias) {
       L.q_bias = fetch(src, p + "self_attn.q_proj.bias", {QD}, DType::F32);
       L.k_bias = fetch(src, p + "self_attn.k_proj.bias", {KVD}, DType::F32);
@@ -87,39 +88,40 @@ std::unique_ptr<LlamaModel> LlamaModel::from_weights(const LlamaConfig& cfg, con
     }
     // Llama's attention_bias also puts a bias on o_proj; Qwen2 has none there (config.o_proj_bias says which).
     if (cfg.o_proj_bias) L.o_bias = fetch(src, p + "self_attn.o_proj.bias", {C}, DType::F32);
-    L.gate_proj = fetch(src, p + "mlp.gate_proj.weight", {F, C}, dtype);
-    L.up_proj = fetch(src, p + "mlp.up_proj.weight", {F, C}, dtype);
-    L.down_proj = fetch(src, p + "mlp.down_proj.weight", {C, F}, dtype);
+    L.gate_proj = backend.pack_weight(fetch(src, p + "mlp.gate_proj.weight", {F, C}, dtype), format);
+    L.up_proj = backend.pack_weight(fetch(src, p + "mlp.up_proj.weight", {F, C}, dtype), format);
+    L.down_proj = backend.pack_weight(fetch(src, p + "mlp.down_proj.weight", {C, F}, dtype), format);
     w.layers.push_back(std::move(L));
   }
   w.final_norm = fetch(src, "model.norm.weight", {C}, DType::F32);
+  for (Tensor* t : m->vector_tensors()) *t = backend.upload(*t);
   if (cfg.tie_word_embeddings) {
-    w.lm_head = w.embed_tokens.dtype() == dtype ? w.embed_tokens : w.embed_tokens.to(dtype);
+    // The embedding already on the device serves as the LM head when it has the compute dtype (one copy).
+    w.lm_head = w.embed_tokens.dtype() == dtype ? Weight::dense(w.embed_tokens)
+                                                : backend.pack_weight(fetch(src, "model.embed_tokens.weight", {V, C}, dtype), format);
   } else {
-    w.lm_head = fetch(src, "lm_head.weight", {V, C}, dtype);
+    w.lm_head = backend.pack_weight(fetch(src, "lm_head.weight", {V, C}, dtype), format);
   }
-  for (Tensor* t : m->weight_tensors()) *t = backend.upload(*t);
-  if (cfg.tie_word_embeddings && w.lm_head.dtype() == w.embed_tokens.dtype()) w.lm_head = w.embed_tokens;  // one copy
   m->rope_ = make_rope_table(cfg, cfg.max_position_embeddings);
   return m;
 }
 
-std::vector<Tensor*> LlamaModel::weight_tensors() {
-  std::vector<Tensor*> ts{&w_.embed_tokens, &w_.final_norm, &w_.lm_head};
+std::vector<Tensor*> LlamaModel::vector_tensors() {
+  std::vector<Tensor*> ts{&w_.embed_tokens, &w_.final_norm};
   for (auto& L : w_.layers)
-    for (Tensor* t : {&L.input_norm, &L.post_attn_norm, &L.q_proj, &L.k_proj, &L.v_proj, &L.o_proj, &L.q_bias,
-                      &L.k_bias, &L.v_bias, &L.o_bias, &L.gate_proj, &L.up_proj, &L.down_proj})
+    for (Tensor* t : {&L.input_norm, &L.post_attn_norm, &L.q_bias, &L.k_bias, &L.v_bias, &L.o_bias})
       if (t->defined()) ts.push_back(t);
   return ts;
 }
 
 size_t LlamaModel::decode_weight_bytes() const {
   size_t b = 0;
-  for (const auto& L : w_.layers)
-    for (const Tensor* t : {&L.q_proj, &L.k_proj, &L.v_proj, &L.o_proj, &L.gate_proj, &L.up_proj, &L.down_proj,
-                            &L.input_norm, &L.post_attn_norm})
-      b += t->nbytes();
-  b += w_.lm_head.nbytes() + w_.final_norm.nbytes();
+  for (const auto& L : w_.layers) {
+    for (const Weight* m : {&L.q_proj, &L.k_proj, &L.v_proj, &L.o_proj, &L.gate_proj, &L.up_proj, &L.down_proj})
+      b += m->bytes();
+    b += L.input_norm.nbytes() + L.post_attn_norm.nbytes();
+  }
+  b += w_.lm_head.bytes() + w_.final_norm.nbytes();
   b += size_t(cfg_.hidden_size) * dtype_size(w_.embed_tokens.dtype());
   return b;
 }

@@ -18,16 +18,16 @@ namespace oar {
 
 struct LlamaLayerWeights {
   Tensor input_norm, post_attn_norm;         // [C] float32
-  Tensor q_proj, k_proj, v_proj, o_proj;     // [out, in], compute dtype
+  Weight q_proj, k_proj, v_proj, o_proj;     // [out, in], in the load's weight format
   Tensor q_bias, k_bias, v_bias, o_bias;     // [out] float32, when the config has attention_bias
-  Tensor gate_proj, up_proj, down_proj;      // [out, in], compute dtype
+  Weight gate_proj, up_proj, down_proj;      // [out, in], in the load's weight format
 };
 
 struct LlamaWeights {
   Tensor embed_tokens;  // [V, C]
   std::vector<LlamaLayerWeights> layers;
   Tensor final_norm;  // [C] float32
-  Tensor lm_head;     // [V, C]; the embedding itself when tied
+  Weight lm_head;     // [V, C]; shares the embedding's memory when tied and of the same dtype
 };
 
 // The rows of one forward step.
@@ -63,7 +63,7 @@ class LlamaModel {
 
  private:
   LlamaModel() = default;
-  std::vector<Tensor*> weight_tensors();  // every defined weight (the tied LM head too)
+  std::vector<Tensor*> vector_tensors();  // the embedding, norms and biases (what is not a Weight)
   LlamaConfig cfg_;
   DType dtype_ = DType::F32;
   LlamaWeights w_;

@@ -48,7 +48,7 @@ Tensor Workspace::get(const std::string& name, const Shape& shape, DType dtype) 
   for (int64_t d : shape) n *= d;
   const size_t bytes = std::max<size_t>(size_t(n) * dtype_size(dtype), 64);
   auto& s = bufs_[name];
-  if (!s || s->bytes() < bytes) s = Storage::allocate(bytes);
+  if (!s || s->bytes() < bytes) s = be_->empty({int64_t(bytes)}, DType::U8).storage();
   return Tensor::from_storage(s, shape, dtype);
 }
 
@@ -90,15 +90,15 @@ void rmsnorm_backward(Ctx& c, Parameter& w, const Tensor& x, const Tensor& rstd,
 void Linear::prepare(Ctx& c) {
   Timed t_("prepare_weights");
   auto to_compute = [&](const Tensor& src, Tensor& dst) {
-    if (!dst.defined() || dst.dtype() != c.cdt || dst.shape() != src.shape()) dst = Tensor::empty(src.shape(), c.cdt);
+    if (!dst.defined() || dst.dtype() != c.cdt || dst.shape() != src.shape()) dst = c.be.empty(src.shape(), c.cdt);
     c.K.convert(src, dst);
   };
   if (has_lora()) {
     // The products use the merged weight W + s B A: the forward then costs one product, as without the adapter,
     // and dy (W + s B A) is the whole input gradient (the adapter's part included). Only u = x A^T (for dB) and the
     // adapter's own gradients remain as extra work.
-    if (!merged.defined() || merged.shape() != weight->value.shape()) merged = Tensor::empty(weight->value.shape(), DType::F32);
-    std::memcpy(merged.raw(), weight->value.raw(), merged.nbytes());
+    if (!merged.defined() || merged.shape() != weight->value.shape()) merged = c.be.empty(weight->value.shape(), DType::F32);
+    c.be.copy(weight->value, merged);
     c.K.matmul(lora_b->value, lora_a->value, merged, scaling, 1.0f);
   }
   const Tensor& base = has_lora() ? merged : weight->value;
@@ -200,13 +200,6 @@ int64_t head_chunk() {
   return n;
 }
 
-// Copies rows `rows[0..n)` of x (any dtype) into dst.
-void gather_rows(const Tensor& x, const int64_t* rows, int64_t n, Tensor& dst) {
-  const size_t row_bytes = size_t(x.dim(1)) * dtype_size(x.dtype());
-  const auto* src = static_cast<const uint8_t*>(x.raw());
-  auto* d = static_cast<uint8_t*>(dst.raw());
-  for (int64_t i = 0; i < n; i++) std::memcpy(d + size_t(i) * row_bytes, src + size_t(rows[i]) * row_bytes, row_bytes);
-}
 }  // namespace
 
 CrossEntropyResult lm_head_loss(Ctx& c, Linear& head, const Tensor& x, const std::vector<int32_t>& labels,
@@ -218,7 +211,7 @@ CrossEntropyResult lm_head_loss(Ctx& c, Linear& head, const Tensor& x, const std
   for (int64_t t = 0; t < T; t++)
     if (labels[size_t(t)] != -100) rows.push_back(t);
   const int64_t counted = int64_t(rows.size());
-  if (dx) std::memset(dx->raw(), 0, dx->nbytes());
+  if (dx) c.K.zero(*dx);
   CrossEntropyResult total;
   if (counted == 0) return total;
   // d(mean loss)/dlogit = (softmax - onehot) / counted; the caller's scale (accumulation, loss scaling) rides along.
@@ -228,7 +221,7 @@ CrossEntropyResult lm_head_loss(Ctx& c, Linear& head, const Tensor& x, const std
   for (int64_t r0 = 0; r0 < counted; r0 += chunk) {
     const int64_t n = std::min(chunk, counted - r0);
     Tensor xs = c.ws.get("head_x", {n, C}, x.dtype());
-    gather_rows(x, rows.data() + r0, n, xs);
+    c.K.gather_rows(x, rows.data() + r0, n, xs);
     lab.resize(size_t(n));
     for (int64_t i = 0; i < n; i++) lab[size_t(i)] = labels[size_t(rows[size_t(r0 + i)])];
     Tensor logits = c.ws.get("head_logits", {n, V}, DType::F32);
@@ -242,8 +235,7 @@ CrossEntropyResult lm_head_loss(Ctx& c, Linear& head, const Tensor& x, const std
     Tensor dxs = c.ws.get("head_dx", {n, C}, DType::F32);
     c.K.matmul(dl, head.w, dxs);
     if (head.weight->trainable) c.K.matmul(dl.transpose(0, 1), xs, head.weight->grad, 1.0f, 1.0f);
-    float* d = dx->data<float>();
-    for (int64_t i = 0; i < n; i++) std::memcpy(d + rows[size_t(r0 + i)] * C, dxs.data<float>() + i * C, size_t(C) * 4);
+    c.K.scatter_rows(dxs, rows.data() + r0, n, *dx);
   }
   return total;
 }

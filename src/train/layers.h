@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/backend.h"
 #include "kernels/training_kernels.h"
 #include "train/trainable_llama.h"
 
@@ -20,16 +21,20 @@ namespace oar::layers {
 
 // Reusable scratch tensors by name: a buffer grows when a larger shape is asked for and is never freed, so steps of
 // one shape allocate nothing. Views it returns stay valid until the same name is asked for with a larger size.
+// The buffers live on the backend's device.
 class Workspace {
  public:
+  explicit Workspace(Backend& backend) : be_(&backend) {}
   Tensor get(const std::string& name, const Shape& shape, DType dtype);
 
  private:
+  Backend* be_;
   std::map<std::string, std::shared_ptr<Storage>> bufs_;
 };
 
-// What every layer needs: the kernels, the compute dtype and scratch space.
+// What every layer needs: the backend (memory) and its training ops, the compute dtype and scratch space.
 struct Ctx {
+  Backend& be;
   TrainKernels& K;
   DType cdt;
   Workspace& ws;

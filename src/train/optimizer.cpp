@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "kernels/backend.h"
 
 namespace oar {
 
@@ -19,8 +20,9 @@ AdamW::AdamW(const AdamWConfig& cfg, const std::vector<Parameter*>& params) : cf
     if (!p->grad.defined() || p->grad.shape() != p->value.shape() || p->grad.dtype() != DType::F32)
       throw Error("AdamW: parameter " + p->name + " has no float32 gradient of its shape");
     params_.push_back(p);
-    m_.push_back(Tensor::empty(p->value.shape(), DType::F32));
-    v_.push_back(Tensor::empty(p->value.shape(), DType::F32));
+    Backend& be = backend_for(p->value.device());
+    m_.push_back(be.empty(p->value.shape(), DType::F32));
+    v_.push_back(be.empty(p->value.shape(), DType::F32));
   }
 }
 
@@ -34,21 +36,14 @@ void AdamW::step(double lr) {
     const double plr = p->name.find("lora_B") != std::string::npos ? lr * cfg_.lora_plus_scale : lr;
     const float decay = decays_weight(p->name) ? float(1.0 - plr * cfg_.weight_decay) : 1.0f;
     const float step_size = float(plr / bc1);
-    const float inv_bc2_sqrt = float(1.0 / bc2_sqrt);
-    const float eps = float(cfg_.epsilon), fb1 = float(b1), fb2 = float(b2);
-    float* w = p->value.data<float>();
-    const float* g = p->grad.data<float>();
-    float* m = m_[i].data<float>();
-    float* v = v_[i].data<float>();
-    const int64_t n = p->value.numel();
-#pragma omp parallel for schedule(static) if (n > 32768)
-    for (int64_t j = 0; j < n; j++) {
-      const float gj = g[j];
-      m[j] = fb1 * m[j] + (1.0f - fb1) * gj;
-      v[j] = fb2 * v[j] + (1.0f - fb2) * gj * gj;
-      const float denom = std::sqrt(v[j]) * inv_bc2_sqrt + eps;
-      w[j] = w[j] * decay - step_size * m[j] / denom;
-    }
+    AdamWUpdate u;
+    u.beta1 = float(b1);
+    u.beta2 = float(b2);
+    u.eps = float(cfg_.epsilon);
+    u.decay = decay;
+    u.step_size = step_size;
+    u.inv_bc2_sqrt = float(1.0 / bc2_sqrt);
+    backend_for(p->value.device()).train_ops().adamw(p->value, p->grad, m_[i], v_[i], u);
   }
 }
 
@@ -61,8 +56,9 @@ int64_t AdamW::state_bytes() const {
 std::vector<std::pair<std::string, Tensor>> AdamW::state_tensors() const {
   std::vector<std::pair<std::string, Tensor>> out;
   for (size_t i = 0; i < params_.size(); i++) {
-    out.emplace_back(params_[i]->name + ".exp_avg", m_[i]);
-    out.emplace_back(params_[i]->name + ".exp_avg_sq", v_[i]);
+    Backend& be = backend_for(m_[i].device());
+    out.emplace_back(params_[i]->name + ".exp_avg", be.download(m_[i]));
+    out.emplace_back(params_[i]->name + ".exp_avg_sq", be.download(v_[i]));
   }
   return out;
 }
@@ -80,53 +76,32 @@ void AdamW::load_state(const std::map<std::string, Tensor>& tensors, int64_t ste
                         shape_str(params_[i]->value.shape()));
       Tensor f = src.dtype() == DType::F32 ? src.contiguous() : src.to(DType::F32);
       Tensor& dst = k == 0 ? m_[i] : v_[i];
-      std::copy(f.data<float>(), f.data<float>() + f.numel(), dst.data<float>());
+      Backend& be = backend_for(dst.device());
+      be.copy(be.upload(f), dst);
     }
   }
   t_ = steps;
 }
 
+namespace {
+TrainKernels& ops_of(const Tensor& t) { return backend_for(t.device()).train_ops(); }
+}  // namespace
+
 double grad_sq_sum(const std::vector<Parameter*>& params) {
   double total = 0;
-  for (Parameter* p : params) {
-    if (!p->trainable) continue;
-    const float* g = p->grad.data<float>();
-    const int64_t n = p->grad.numel();
-    // Fixed chunks summed in order: the same bits whatever the thread count or scheduling, so a resumed run
-    // clips exactly as the uninterrupted one did.
-    const int64_t chunk = 16384, nchunks = (n + chunk - 1) / chunk;
-    std::vector<double> part(size_t(nchunks), 0.0);
-#pragma omp parallel for schedule(static) if (nchunks > 2)
-    for (int64_t c = 0; c < nchunks; c++) {
-      double s = 0;
-      for (int64_t j = c * chunk; j < std::min(n, (c + 1) * chunk); j++) s += double(g[j]) * double(g[j]);
-      part[size_t(c)] = s;
-    }
-    for (double s : part) total += s;
-  }
+  for (Parameter* p : params)
+    if (p->trainable) total = ops_of(p->grad).sum_squares(p->grad, total);
   return total;
 }
 
 void scale_grads(const std::vector<Parameter*>& params, float s) {
-  for (Parameter* p : params) {
-    if (!p->trainable) continue;
-    float* g = p->grad.data<float>();
-    const int64_t n = p->grad.numel();
-#pragma omp parallel for schedule(static) if (n > 32768)
-    for (int64_t j = 0; j < n; j++) g[j] *= s;
-  }
+  for (Parameter* p : params)
+    if (p->trainable) ops_of(p->grad).scale(p->grad, s);
 }
 
 bool grads_finite(const std::vector<Parameter*>& params) {
-  for (Parameter* p : params) {
-    if (!p->trainable) continue;
-    const float* g = p->grad.data<float>();
-    const int64_t n = p->grad.numel();
-    int bad = 0;
-#pragma omp parallel for reduction(| : bad) schedule(static) if (n > 32768)
-    for (int64_t j = 0; j < n; j++) bad |= !std::isfinite(g[j]);
-    if (bad) return false;
-  }
+  for (Parameter* p : params)
+    if (p->trainable && !ops_of(p->grad).all_finite(p->grad)) return false;
   return true;
 }
 

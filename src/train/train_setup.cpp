@@ -40,11 +40,10 @@ void LlamaTrainModel::save(const std::string& dir) const {
 
 namespace {
 
-void copy_into(Parameter& p, const Tensor& t, const std::string& where) {
+void copy_into(TrainableLlama& m, Parameter& p, const Tensor& t, const std::string& where) {
   if (t.shape() != p.value.shape())
     fail(where, "tensor '" + p.name + "' has shape " + shape_str(t.shape()) + ", the model " + shape_str(p.value.shape()));
-  Tensor f = t.dtype() == DType::F32 ? t.contiguous() : t.to(DType::F32);
-  std::memcpy(p.value.raw(), f.raw(), f.nbytes());
+  m.set_value(p, t);
 }
 
 }  // namespace
@@ -55,12 +54,12 @@ void LlamaTrainModel::load(const std::string& dir) {
     for (auto& [name, t] : lora_named_tensors(ad)) {
       Parameter* p = m_->find(name);
       if (!p) fail(ad.where, "adapter tensor for '" + name + "' has no place in this model (other targets or rank?)");
-      copy_into(*p, t, ad.where);
+      copy_into(*m_, *p, t, ad.where);
     }
     return;
   }
   WeightStore ws = WeightStore::open_dir(dir);
-  for (Parameter* p : m_->parameters()) copy_into(*p, ws.get(p->name), ws.where());
+  for (Parameter* p : m_->parameters()) copy_into(*m_, *p, ws.get(p->name), ws.where());
 }
 
 std::unique_ptr<LlamaTrainModel> build_train_model(const TrainArgs& a, const Tokenizer& tok,
@@ -114,7 +113,7 @@ std::unique_ptr<LlamaTrainModel> build_train_model(const TrainArgs& a, const Tok
       for (auto& [name, t] : lora_named_tensors(ad)) {
         Parameter* p = m->find(name);
         if (!p) fail(ad.where, "adapter tensor for '" + name + "' has no place in this model");
-        copy_into(*p, t, ad.where);
+        copy_into(*m, *p, t, ad.where);
       }
       log("LoRA from " + a.lora_path + ": rank " + std::to_string(lo.rank) + ", alpha " + std::to_string(lo.alpha));
     } else {

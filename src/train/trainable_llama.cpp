@@ -13,6 +13,7 @@
 #include "core/fs.h"
 #include "io/llama2c.h"
 #include "io/safetensors.h"
+#include "kernels/backend.h"
 #include "kernels/kernels.h"
 #include "train/layers.h"
 
@@ -69,12 +70,6 @@ void fill_value(Tensor& t, float v) {
   std::fill(p, p + t.numel(), v);
 }
 
-void zero_tensor(Tensor& t) {
-  uint8_t* p = static_cast<uint8_t*>(t.raw());
-  const int64_t n = int64_t(t.nbytes()), chunk = int64_t(1) << 20;
-#pragma omp parallel for schedule(static) if (n > 4 * chunk)
-  for (int64_t b = 0; b < n; b += chunk) std::memset(p + b, 0, size_t(std::min(chunk, n - b)));
-}
 
 }  // namespace
 
@@ -122,8 +117,8 @@ struct TrainableLlama::Impl {
   Linear head;
 
   RopeTable rope;
-  TrainKernels* K = nullptr;
-  layers::Workspace ws;
+  Backend* be = &cpu_backend();  // where parameters, gradients, activations and scratch live
+  layers::Workspace ws{*be};
 
   // Activations for training (one set per layer, or one shared set with recompute) and for evaluation (one set),
   // each allocated for one shape and reused while the shape stays.
@@ -144,16 +139,21 @@ struct TrainableLlama::Impl {
   Parameter* add_param(const std::string& name, const Shape& shape) {
     auto p = std::make_unique<Parameter>();
     p->name = name;
-    p->value = Tensor::empty(shape, DType::F32);
-    p->grad = Tensor::empty(shape, DType::F32);
+    p->value = be->empty(shape, DType::F32);
+    p->grad = be->empty(shape, DType::F32);
     Parameter* raw = p.get();
     by_name[name] = raw;
     owned.push_back(std::move(p));
     return raw;
   }
 
-  // Creates every parameter (zeros) in Hugging Face's order and wires the layers.
-  void build() {
+  // p's values from a host tensor of its shape (float32, contiguous).
+  void set_value(Parameter& p, const Tensor& host) { be->copy(be->upload(host), p.value); }
+
+  // Creates every parameter (zeros) on `backend` in Hugging Face's order and wires the layers.
+  void build(Backend& backend) {
+    be = &backend;
+    ws = layers::Workspace(backend);
     const int64_t C = this->C(), F = cfg.intermediate_size, V = cfg.vocab_size;
     embed = add_param("model.embed_tokens.weight", {V, C});
     layer.resize(size_t(cfg.num_hidden_layers));
@@ -175,7 +175,6 @@ struct TrainableLlama::Impl {
     head.weight = lm_head;
     rebuild_order();
     rope = make_rope_table(cfg, cfg.max_position_embeddings);
-    K = &train_kernels_for(Device::CPU);
   }
 
   // Hugging Face's named_parameters() order, LoRA A/B right after the weight they adapt.
@@ -197,7 +196,7 @@ struct TrainableLlama::Impl {
     const DType cdt = opt.compute;
     if (cdt != DType::F32 && cdt != DType::BF16 && cdt != DType::F16)
       throw Error(std::string("training compute dtype ") + dtype_name(cdt) + " is not supported (float32, bfloat16, float16)");
-    return Ctx{*K, cdt, ws};
+    return Ctx{*be, be->train_ops(), cdt, ws};
   }
 
   // The product operands of this pass in the compute dtype (converted from the masters, which the optimizer changed).
@@ -247,21 +246,21 @@ struct TrainableLlama::Impl {
     acts.resize(size_t(count));
     const int64_t T = bi.T, C = this->C(), F = cfg.intermediate_size, H = cfg.num_attention_heads;
     for (LayerActs& A : acts) {
-      A.x_mid = Tensor::empty({T, C}, DType::F32);
-      A.rstd1 = Tensor::empty({T}, DType::F32);
-      A.rstd2 = Tensor::empty({T}, DType::F32);
-      A.h1 = Tensor::empty({T, C}, cdt);
-      A.h2 = Tensor::empty({T, C}, cdt);
-      A.q = Tensor::empty({T, QD()}, DType::F32);
-      A.k = Tensor::empty({T, KVD()}, DType::F32);
-      A.v = Tensor::empty({T, KVD()}, DType::F32);
-      A.probs = Tensor::empty({bi.B, H, bi.L, bi.L}, DType::F32);
-      A.att = Tensor::empty({T, QD()}, cdt);
-      A.gate = Tensor::empty({T, F}, DType::F32);
-      A.up = Tensor::empty({T, F}, DType::F32);
-      A.act = Tensor::empty({T, F}, cdt);
+      A.x_mid = be->empty({T, C}, DType::F32);
+      A.rstd1 = be->empty({T}, DType::F32);
+      A.rstd2 = be->empty({T}, DType::F32);
+      A.h1 = be->empty({T, C}, cdt);
+      A.h2 = be->empty({T, C}, cdt);
+      A.q = be->empty({T, QD()}, DType::F32);
+      A.k = be->empty({T, KVD()}, DType::F32);
+      A.v = be->empty({T, KVD()}, DType::F32);
+      A.probs = be->empty({bi.B, H, bi.L, bi.L}, DType::F32);
+      A.att = be->empty({T, QD()}, cdt);
+      A.gate = be->empty({T, F}, DType::F32);
+      A.up = be->empty({T, F}, DType::F32);
+      A.act = be->empty({T, F}, cdt);
       if (lora_on)
-        for (int i = 0; i < kNumProj; i++) A.u[i] = Tensor::empty({T, lora.rank}, cdt);
+        for (int i = 0; i < kNumProj; i++) A.u[i] = be->empty({T, lora.rank}, cdt);
     }
     key = want;
   }
@@ -283,14 +282,14 @@ struct TrainableLlama::Impl {
     layers::rope_forward(c, k3, bi.positions, rope);
     layers::attention_forward(c, bi.attn, A.q, A.k, A.v, A.att, A.probs);
     // x_mid = x_in + o_proj(att): the product adds straight into a copy of the residual
-    std::memcpy(A.x_mid.raw(), x_in.raw(), x_in.nbytes());
+    c.be.copy(x_in, A.x_mid);
     layers::linear_forward(c, P.proj[kO], A.att, A.x_mid, lora_u(A, P, kO), true);
     // MLP block
     layers::rmsnorm_forward(c, *P.post_norm, eps(), A.x_mid, A.h2, A.rstd2);
     layers::linear_forward(c, P.proj[kGate], A.h2, A.gate, lora_u(A, P, kGate));
     layers::linear_forward(c, P.proj[kUp], A.h2, A.up, lora_u(A, P, kUp));
     layers::swiglu_forward(c, A.gate, A.up, A.act);
-    std::memcpy(x_out.raw(), A.x_mid.raw(), A.x_mid.nbytes());
+    c.be.copy(A.x_mid, x_out);
     layers::linear_forward(c, P.proj[kDown], A.act, x_out, lora_u(A, P, kDown), true);
   }
 
@@ -362,30 +361,35 @@ struct TrainableLlama::Impl {
 TrainableLlama::TrainableLlama() : impl_(std::make_unique<Impl>()) {}
 TrainableLlama::~TrainableLlama() = default;
 
-std::unique_ptr<TrainableLlama> TrainableLlama::random(const LlamaConfig& cfg, const TrainOptions& opt, uint64_t seed) {
+std::unique_ptr<TrainableLlama> TrainableLlama::random(const LlamaConfig& cfg, const TrainOptions& opt, uint64_t seed,
+                                                       Backend& backend) {
   cfg.validate("config");
   std::unique_ptr<TrainableLlama> m(new TrainableLlama());
   Impl& M = *m->impl_;
   M.cfg = cfg;
   M.opt = opt;
-  M.build();
+  M.build(backend);
   for (Parameter* p : M.order) {
     const std::string& n = p->name;
     const bool norm = n.find("norm.weight") != std::string::npos;
     const bool bias = n.size() > 5 && n.compare(n.size() - 5, 5, ".bias") == 0;
-    if (norm) fill_value(p->value, 1.0f);
-    else if (!bias) fill_normal(p->value, cfg.initializer_range, name_seed(n, seed));
+    if (bias) continue;  // zeros already
+    Tensor host = Tensor::empty(p->value.shape(), DType::F32);
+    if (norm) fill_value(host, 1.0f);
+    else fill_normal(host, cfg.initializer_range, name_seed(n, seed));
+    M.set_value(*p, host);
   }
   return m;
 }
 
-std::unique_ptr<TrainableLlama> TrainableLlama::from_weights(const LlamaConfig& cfg, const WeightSource& src, const TrainOptions& opt) {
+std::unique_ptr<TrainableLlama> TrainableLlama::from_weights(const LlamaConfig& cfg, const WeightSource& src,
+                                                             const TrainOptions& opt, Backend& backend) {
   cfg.validate(src.where());
   std::unique_ptr<TrainableLlama> m(new TrainableLlama());
   Impl& M = *m->impl_;
   M.cfg = cfg;
   M.opt = opt;
-  M.build();
+  M.build(backend);
   for (Parameter* p : M.order) {
     Tensor t = src.get(p->name);
     if (t.dtype() != DType::F32 && t.dtype() != DType::BF16 && t.dtype() != DType::F16)
@@ -393,23 +397,23 @@ std::unique_ptr<TrainableLlama> TrainableLlama::from_weights(const LlamaConfig& 
     if (t.shape() != p->value.shape())
       fail(src.where(), "tensor '" + p->name + "' has shape " + shape_str(t.shape()) + " but the config implies " +
                             shape_str(p->value.shape()));
-    Tensor f = t.to(DType::F32);
-    std::memcpy(p->value.raw(), f.raw(), f.nbytes());
+    M.set_value(*p, t.to(DType::F32));
   }
   return m;
 }
 
-std::unique_ptr<TrainableLlama> TrainableLlama::from_pretrained(const std::string& path, const TrainOptions& opt) {
+std::unique_ptr<TrainableLlama> TrainableLlama::from_pretrained(const std::string& path, const TrainOptions& opt,
+                                                                Backend& backend) {
   if (dir_exists(path)) {
     const std::string cfg_path = join_path(path, "config.json");
     if (!file_exists(cfg_path)) fail(path, "no config.json in this directory");
     LlamaConfig cfg = load_hf_config(cfg_path);
     WeightStoreSource src(WeightStore::open_dir(path));
-    return from_weights(cfg, src, opt);
+    return from_weights(cfg, src, opt, backend);
   }
   if (!file_exists(path)) fail(path, "no such file or directory");
   Llama2cCheckpoint ck = load_llama2c_checkpoint(path);
-  return from_weights(ck.config, *ck.weights, opt);
+  return from_weights(ck.config, *ck.weights, opt, backend);
 }
 
 const LlamaConfig& TrainableLlama::config() const { return impl_->cfg; }
@@ -446,7 +450,9 @@ void TrainableLlama::add_lora(const LoraOptions& lo) {
       lin.lora_a = M.add_param(base + ".lora_A.weight", {lo.rank, lin.in()});
       lin.lora_b = M.add_param(base + ".lora_B.weight", {lin.out(), lo.rank});
       // PEFT: A ~ kaiming_uniform(a = sqrt(5)) = U(-1/sqrt(in), 1/sqrt(in)); B = 0, so the adapter starts as a no-op.
-      fill_uniform(lin.lora_a->value, 1.0 / std::sqrt(double(lin.in())), name_seed(lin.lora_a->name, lo.seed));
+      Tensor a = Tensor::empty(lin.lora_a->value.shape(), DType::F32);
+      fill_uniform(a, 1.0 / std::sqrt(double(lin.in())), name_seed(lin.lora_a->name, lo.seed));
+      M.set_value(*lin.lora_a, a);
       lin.scaling = float(lo.alpha / double(lo.rank));
     }
   }
@@ -464,6 +470,10 @@ void TrainableLlama::add_lora(const LoraOptions& lo) {
 
 bool TrainableLlama::has_lora() const { return impl_->lora_on; }
 const LoraOptions& TrainableLlama::lora() const { return impl_->lora; }
+Backend& TrainableLlama::backend() const { return *impl_->be; }
+void TrainableLlama::set_value(Parameter& p, const Tensor& host) {
+  impl_->set_value(p, host.dtype() == DType::F32 ? host.contiguous() : host.to(DType::F32));
+}
 
 // ---- passes ----
 
@@ -481,7 +491,7 @@ double TrainableLlama::forward_backward(const TrainBatch& batch, float grad_scal
   CrossEntropyResult r = layers::lm_head_loss(c, M.head, hf, bi.labels, grad_scale, &dhf);
   Tensor dres = M.ws.get("dres", {T, C}, DType::F32);
   Tensor dres_c = c.cdt == DType::F32 ? dres : M.ws.get("dres_c", {T, C}, c.cdt);
-  zero_tensor(dres);
+  c.K.zero(dres);
   if (r.counted > 0) {
     layers::rmsnorm_backward(c, *M.final_norm, resid.slice0(N, N + 1).view({T, C}), rstd_f, dhf, dres,
                              c.cdt == DType::F32 ? nullptr : &dres_c);
@@ -520,14 +530,14 @@ Tensor TrainableLlama::forward_logits(const TrainBatch& batch) {
   M.alloc_acts(M.eval_acts, M.eval_key, 1, bi, c.cdt);
   Tensor resid, rstd_f;
   Tensor hf = M.forward_trunk(c, bi, M.eval_acts, false, resid, rstd_f);
-  Tensor logits = Tensor::empty({bi.T, M.cfg.vocab_size}, DType::F32);
+  Tensor logits = M.be->empty({bi.T, M.cfg.vocab_size}, DType::F32);
   layers::lm_head_logits(c, M.head, hf, logits);
-  return logits;
+  return M.be->download(logits);
 }
 
 void TrainableLlama::zero_grad() {
   for (Parameter* p : impl_->order)
-    if (p->grad.defined()) zero_tensor(p->grad);
+    if (p->grad.defined()) impl_->be->train_ops().zero(p->grad);
 }
 
 std::vector<std::pair<std::string, Tensor>> TrainableLlama::export_weights(bool include_lora) const {
@@ -535,7 +545,7 @@ std::vector<std::pair<std::string, Tensor>> TrainableLlama::export_weights(bool 
   for (Parameter* p : impl_->order) {
     const bool adapter = p->name.find(".lora_A.") != std::string::npos || p->name.find(".lora_B.") != std::string::npos;
     if (adapter && !include_lora) continue;
-    out.emplace_back(p->name, p->value);
+    out.emplace_back(p->name, impl_->be->download(p->value));
   }
   return out;
 }

@@ -15,7 +15,8 @@
 //  - Frozen parameters (after add_lora: everything but the adapters) have an undefined grad (no memory held).
 //  - Tied embeddings: parameters() lists model.embed_tokens.weight once; find("lm_head.weight") returns it;
 //    export_weights() has no lm_head.weight (as Hugging Face saves tied models).
-//  - export_weights() returns views of the live float32 masters (copy them to keep a snapshot).
+//  - export_weights() returns host tensors: on the CPU backend views of the live float32 masters (copy them to
+//    keep a snapshot), on another backend downloaded copies.
 //  - Compute dtypes: F32; BF16 (GEMM operands rounded to bfloat16, oneDNN bf16 x bf16 -> f32 products, fp32
 //    accumulation, everything else fp32); F16 emulated the same way with float16 operands (stored as float16, so
 //    values beyond 65504 become inf and reach the gradients for the loss scaler to see; products computed exactly
@@ -34,6 +35,7 @@
 #include "core/tensor.h"
 #include "data/train_batch.h"
 #include "io/weight_source.h"
+#include "kernels/backend.h"
 
 namespace oar {
 
@@ -67,9 +69,13 @@ class TrainableLlama {
  public:
   // Random initialisation as Hugging Face/PaddleNLP: normal(0, initializer_range) for matrices and embeddings,
   // ones for norms, zeros for biases.
-  static std::unique_ptr<TrainableLlama> random(const LlamaConfig& cfg, const TrainOptions& opt, uint64_t seed);
-  static std::unique_ptr<TrainableLlama> from_weights(const LlamaConfig& cfg, const WeightSource& src, const TrainOptions& opt);
-  static std::unique_ptr<TrainableLlama> from_pretrained(const std::string& dir, const TrainOptions& opt);
+  // Parameters, gradients and activations live on `backend`, which runs every op.
+  static std::unique_ptr<TrainableLlama> random(const LlamaConfig& cfg, const TrainOptions& opt, uint64_t seed,
+                                                Backend& backend = cpu_backend());
+  static std::unique_ptr<TrainableLlama> from_weights(const LlamaConfig& cfg, const WeightSource& src,
+                                                      const TrainOptions& opt, Backend& backend = cpu_backend());
+  static std::unique_ptr<TrainableLlama> from_pretrained(const std::string& dir, const TrainOptions& opt,
+                                                         Backend& backend = cpu_backend());
   ~TrainableLlama();
 
   const LlamaConfig& config() const;
@@ -81,6 +87,9 @@ class TrainableLlama {
   void add_lora(const LoraOptions& lora);
   bool has_lora() const;
   const LoraOptions& lora() const;
+  Backend& backend() const;
+  // Sets a parameter's values from a host tensor of its shape (any float dtype; converted to float32).
+  void set_value(Parameter& p, const Tensor& host);
 
   // Forward and backward over one micro-batch. Returns the mean loss over counted tokens. Gradients of
   // (mean loss x grad_scale) are ADDED to Parameter::grad (grad_scale carries 1/accumulation steps and the
@@ -88,7 +97,7 @@ class TrainableLlama {
   double forward_backward(const TrainBatch& batch, float grad_scale, LossStats* stats = nullptr);
   // Loss only (evaluation), no gradients, no saved activations.
   double forward_loss(const TrainBatch& batch, LossStats* stats = nullptr);
-  // Logits [B*L, V] (tests, LoRA checks).
+  // Logits [B*L, V] in host memory (tests, LoRA checks).
   Tensor forward_logits(const TrainBatch& batch);
   void zero_grad();
 

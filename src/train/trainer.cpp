@@ -319,6 +319,8 @@ struct Trainer::Impl {
   }
 
   // Data parallelism: each trainable gradient (and the step's loss, for the log) becomes its mean over the ranks.
+  // The communicator is handed the gradients' memory: a device backend's communicator (NCCL, a CUDA-aware MPI)
+  // takes device pointers.
   void average_over_ranks(double& step_loss) {
     Communicator& c = *opt.data_parallel;
     for (Parameter* p : params) c.all_reduce(p->grad.data<float>(), p->grad.numel());

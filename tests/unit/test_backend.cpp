@@ -15,6 +15,8 @@
 #include "kernels/backend.h"
 #include "model/llama.h"
 #include "test_model_util.h"
+#include "train/optimizer.h"
+#include "train/trainable_llama.h"
 
 using namespace oar;
 
@@ -249,4 +251,115 @@ TEST(SimEngine, PagedKvPrefixSharingAndLogprobsEqualTheCpuBackends) {
       EXPECT_TRUE(r == b[id]) << "request " << id << ", kv " << kv_cache_dtype_name(kv);
     }
   }
+}
+
+namespace {
+
+struct TrainOutcome {
+  std::vector<double> losses, grad_norms;
+  std::vector<std::pair<std::string, Tensor>> weights, optimizer_state;  // host copies
+  Tensor logits;
+};
+
+// Three optimizer steps of two micro-batches each (labels partly ignored, one packed row of two segments):
+// forward, backward, global-norm clip, AdamW with weight decay.
+TrainOutcome train(Backend& be, DType compute, bool lora, bool recompute) {
+  TrainOptions opt;
+  opt.compute = compute;
+  opt.recompute = recompute;
+  auto m = TrainableLlama::from_pretrained(model_dir("gqa"), opt, be);
+  if (lora) {
+    LoraOptions lo;
+    lo.rank = 4;
+    m->add_lora(lo);
+  }
+  AdamWConfig ac;
+  ac.weight_decay = 0.1;
+  AdamW adam(ac, m->parameters());
+  const int64_t B = 2, L = 12;
+  TrainOutcome out;
+  for (int step = 0; step < 3; step++) {
+    m->zero_grad();
+    for (int micro = 0; micro < 2; micro++) {
+      std::vector<int32_t> ids, labels;
+      for (int64_t t = 0; t < B * L; t++) {
+        ids.push_back(int32_t(3 + (t * 7 + step * 5 + micro * 11) % 60));
+        labels.push_back(t % 5 == 0 ? -100 : int32_t(3 + (t * 13 + step) % 60));
+      }
+      TrainBatch b = TrainBatch::causal(B, L, ids, labels);
+      b.segment_ids.assign(size_t(B * L), 0);
+      for (int64_t i = L + 5; i < 2 * L; i++) b.segment_ids[size_t(i)] = 1;  // row 1 packs two examples
+      out.losses.push_back(m->forward_backward(b, 0.5f));
+    }
+    const double norm = std::sqrt(grad_sq_sum(m->parameters()));
+    out.grad_norms.push_back(norm);
+    clip_grads(m->parameters(), norm, 0.5);
+    adam.step(1e-3);
+  }
+  for (auto& [name, t] : m->export_weights(true)) out.weights.emplace_back(name, t.contiguous());
+  out.optimizer_state = adam.state_tensors();
+  std::vector<int32_t> ids(size_t(L), 7);
+  out.logits = m->forward_logits(TrainBatch::causal(1, L, ids, std::vector<int32_t>(size_t(L), -100)));
+  return out;
+}
+
+void expect_same(const std::vector<std::pair<std::string, Tensor>>& a, const std::vector<std::pair<std::string, Tensor>>& b) {
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); i++) {
+    EXPECT_EQ(a[i].first, b[i].first);
+    EXPECT_TRUE(same_bits(a[i].second, b[i].second)) << a[i].first;
+  }
+}
+
+}  // namespace
+
+// Full fine-tuning and LoRA, in float32 and bfloat16, with and without recompute: every loss, gradient norm,
+// weight, optimizer moment and the final logits are bit-identical on sim and cpu.
+TEST(SimTrain, StepsOptimizerAndLogitsEqualTheCpuBackendsBitForBit) {
+  struct Case {
+    DType compute;
+    bool lora, recompute;
+  };
+  for (Case k : {Case{DType::F32, true, false}, Case{DType::BF16, true, true}, Case{DType::F32, false, false}}) {
+    SCOPED_TRACE(std::string(dtype_name(k.compute)) + (k.lora ? " lora" : " full") + (k.recompute ? " recompute" : ""));
+    TrainOutcome a = train(cpu_backend(), k.compute, k.lora, k.recompute);
+    TrainOutcome b = train(backend("sim"), k.compute, k.lora, k.recompute);
+    EXPECT_EQ(a.losses, b.losses);
+    EXPECT_EQ(a.grad_norms, b.grad_norms);
+    EXPECT_GT(a.grad_norms.back(), 0.0);
+    EXPECT_NE(a.losses.front(), a.losses.back());  // the steps changed the model
+    expect_same(a.weights, b.weights);
+    expect_same(a.optimizer_state, b.optimizer_state);
+    EXPECT_TRUE(same_bits(a.logits, b.logits));
+  }
+}
+
+TEST(Weight, PackWeightConvertsOnceAndKeepsAMatchingMatrixZeroCopyOnTheCpu) {
+  Tensor host = Tensor::empty({3, 4}, DType::F32);
+  for (int i = 0; i < 12; i++) host.data<float>()[i] = 0.1f * float(i) - 0.5f;
+  const Weight same = cpu_backend().pack_weight(host, WeightFormat::F32);
+  EXPECT_EQ(same.data.raw(), host.raw());  // no copy
+  EXPECT_EQ(same.out, 3);
+  EXPECT_EQ(same.in, 4);
+  const Weight bf = cpu_backend().pack_weight(host, WeightFormat::BF16);
+  EXPECT_EQ(bf.format, WeightFormat::BF16);
+  EXPECT_TRUE(same_bits(bf.data, host.to(DType::BF16)));
+  EXPECT_EQ(bf.bytes(), 12u * 2);
+  const Weight on_sim = backend("sim").pack_weight(host, WeightFormat::BF16);
+  EXPECT_EQ(on_sim.device(), Device::Sim);
+  EXPECT_TRUE(same_bits(backend("sim").download(on_sim.data), bf.data));
+  EXPECT_THROW(Weight::dense(Tensor::empty({12}, DType::F32)), Error);
+  EXPECT_THROW(cpu_backend().pack_weight(Tensor::empty({12}, DType::F32), WeightFormat::F32), Error);
+}
+
+TEST(Weight, LinearRefusesAFormatItsKernelsDoNotRun) {
+  Tensor x = Tensor::empty({1, 4}, DType::F32), y = Tensor::empty({1, 3}, DType::F32);
+  Weight f16 = Weight::dense(Tensor::empty({3, 4}, DType::F16));
+  EXPECT_THROW(cpu_backend().ops().linear(x, f16, nullptr, y), Error);
+  Weight lying = Weight::dense(Tensor::empty({3, 4}, DType::F32));
+  lying.format = WeightFormat::BF16;  // data that does not match the format
+  EXPECT_THROW(cpu_backend().ops().linear(x, lying, nullptr, y), Error);
+  lying = Weight::dense(Tensor::empty({3, 4}, DType::F32));
+  lying.out = 4;  // a logical shape that does not match the data
+  EXPECT_THROW(cpu_backend().ops().linear(x, lying, nullptr, y), Error);
 }

@@ -116,7 +116,8 @@ TEST(Kernels, LinearGemmPathEqualsGemvPath) {
   Kernels& k = kernels_for(Device::CPU);
   for (DType dt : {DType::F32, DType::BF16}) {
     const int64_t M = 40, K = 96, N = 72;
-    Tensor x = rand_tensor({M, K}), w = rand_tensor({N, K}, dt), bias = rand_tensor({N});
+    Tensor x = rand_tensor({M, K}), bias = rand_tensor({N});
+    const Weight w = Weight::dense(rand_tensor({N, K}, dt));
     Tensor y = Tensor::empty({M, N}, DType::F32);
     k.linear(x, w, &bias, y);  // M > 8: the GEMM library
     // reference: one row at a time (the GEMV path) plus the bias
@@ -137,7 +138,8 @@ TEST(Kernels, FusedLinearSwigluEqualsProductsThenActivation) {
   for (DType dt : {DType::F32, DType::BF16}) {
     for (int64_t M : {1, 2, 3, 12}) {
       const int64_t K = 64, F = 3000;
-      Tensor x = rand_tensor({M, K}), wg = rand_tensor({F, K}, dt), wu = rand_tensor({F, K}, dt);
+      Tensor x = rand_tensor({M, K});
+      const Weight wg = Weight::dense(rand_tensor({F, K}, dt)), wu = Weight::dense(rand_tensor({F, K}, dt));
       Tensor g1 = Tensor::empty({M, F}, DType::F32), u1 = Tensor::empty({M, F}, DType::F32);
       Tensor g2 = Tensor::empty({M, F}, DType::F32), u2 = Tensor::empty({M, F}, DType::F32);
       k.linear_multi(x, {&wg, &wu}, {nullptr, nullptr}, {&g1, &u1});

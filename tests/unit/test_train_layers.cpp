@@ -476,8 +476,8 @@ TEST(TrainLayers, LinearBiasLoraForwardBackward) {
   Parameter Bi{"b", to_tensor(bias, {out}), Tensor::empty({out}, DType::F32), true};
   Parameter PA{"a", to_tensor(A, {r, in}), Tensor::empty({r, in}, DType::F32), true};
   Parameter PB{"bb", to_tensor(Bm, {out, r}), Tensor::empty({out, r}, DType::F32), true};
-  layers::Workspace ws;
-  layers::Ctx c{K(), DType::F32, ws};
+  layers::Workspace ws(cpu_backend());
+  layers::Ctx c{cpu_backend(), K(), DType::F32, ws};
   layers::Linear lin;
   lin.weight = &W;
   lin.bias = &Bi;

@@ -49,12 +49,34 @@ class CpuKernels final : public Kernels {
   CpuKernels() : isa_(cpu::isa_best()) {}
   const char* name() const override { return isa_.name; }
 
-  void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y) override {
-    linear_multi(x, {&w}, {bias}, {&y});
+  void linear(const Tensor& x, const Weight& w, const Tensor* bias, Tensor& y) override {
+    linear_dense(x, {&dense_data(w)}, {bias}, {&y});
   }
 
-  void linear_multi(const Tensor& x, const std::vector<const Tensor*>& ws, const std::vector<const Tensor*>& biases,
+  void linear_multi(const Tensor& x, const std::vector<const Weight*>& ws, const std::vector<const Tensor*>& biases,
                     const std::vector<Tensor*>& ys) override {
+    std::vector<const Tensor*> data;
+    for (const Weight* w : ws) data.push_back(&dense_data(*w));
+    linear_dense(x, data, biases, ys);
+  }
+
+  void linear_swiglu(const Tensor& x, const Weight& w_gate, const Weight& w_up, Tensor& gate, Tensor& up) override {
+    const std::vector<const Tensor*> ws = {&dense_data(w_gate), &dense_data(w_up)};
+    const int64_t K = ws[0]->dim(1);
+    const int64_t M = x.numel() / K;
+    const std::vector<Tensor*> ys = {&gate, &up};
+    if (M > gemv_row_limit(ws) || ws[1]->dim(0) != ws[0]->dim(0)) {
+      linear_dense(x, ws, {nullptr, nullptr}, ys);
+      swiglu(gate, up, gate);
+      return;
+    }
+    check_linear(x, ws, {nullptr, nullptr}, ys);
+    gemv_all(x.data<float>(), M, K, ws, {nullptr, nullptr}, ys, /*swiglu_pairs=*/true);
+  }
+
+  // ys[i] = x · ws[i]^T (+ biases[i]) for dense float32 or bfloat16 weight matrices.
+  void linear_dense(const Tensor& x, const std::vector<const Tensor*>& ws, const std::vector<const Tensor*>& biases,
+                    const std::vector<Tensor*>& ys) {
     check_linear(x, ws, biases, ys);
     const int64_t K = ws[0]->dim(1);
     const int64_t M = x.numel() / K;
@@ -88,20 +110,6 @@ class CpuKernels final : public Kernels {
     }
     gemv_all(xp, M, K, ws, biases, ys);
   }
-  void linear_swiglu(const Tensor& x, const Tensor& w_gate, const Tensor& w_up, Tensor& gate, Tensor& up) override {
-    const int64_t K = w_gate.dim(1);
-    const int64_t M = x.numel() / K;
-    const std::vector<const Tensor*> ws = {&w_gate, &w_up};
-    const std::vector<Tensor*> ys = {&gate, &up};
-    if (M > gemv_row_limit(ws) || w_up.dim(0) != w_gate.dim(0)) {
-      linear_multi(x, ws, {nullptr, nullptr}, ys);
-      swiglu(gate, up, gate);
-      return;
-    }
-    check_linear(x, ws, {nullptr, nullptr}, ys);
-    gemv_all(x.data<float>(), M, K, ws, {nullptr, nullptr}, ys, /*swiglu_pairs=*/true);
-  }
-
   void rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& y) override {
     const int64_t C = w.numel();
     const int64_t R = x.numel() / C;
@@ -237,6 +245,15 @@ class CpuKernels final : public Kernels {
   static constexpr int64_t kGemvRows = 8;  // up to this many rows, stream the weights once through the GEMV
   static constexpr int64_t kGemvRowsBf16Dot = 3;  // bf16 weights through gemv_bf16_bf16
   static constexpr int64_t kGemvRowsBf16 = 2;     // bf16 weights through gemv_bf16
+
+  // The matrix of a dense weight (the formats these kernels run).
+  static const Tensor& dense_data(const Weight& w) {
+    require(w.format == WeightFormat::F32 || w.format == WeightFormat::BF16,
+            (std::string("linear: the CPU kernels take float32 or bfloat16 weights, not ") + weight_format_name(w.format)).c_str());
+    require(w.data.ndim() == 2 && w.data.dim(0) == w.out && w.data.dim(1) == w.in &&
+                dense_format(w.data.dtype()) == w.format, "linear: a weight's data does not match its format and shape");
+    return w.data;
+  }
 
   static void check_linear(const Tensor& x, const std::vector<const Tensor*>& ws,
                            const std::vector<const Tensor*>& biases, const std::vector<Tensor*>& ys) {

@@ -103,13 +103,15 @@ class SimKernels final : public Kernels {
  public:
   explicit SimKernels(std::unique_ptr<Kernels> cpu) : cpu_(std::move(cpu)) {}
   const char* name() const override { return "sim"; }
-  void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y) override {
-    Open o{&x, &w, bias, &y};
+  void linear(const Tensor& x, const Weight& w, const Tensor* bias, Tensor& y) override {
+    Open o{&x, &w.data, &w.scales, &w.zero_points, bias, &y};
     cpu_->linear(x, w, bias, y);
   }
-  void linear_multi(const Tensor& x, const std::vector<const Tensor*>& ws, const std::vector<const Tensor*>& biases,
+  void linear_multi(const Tensor& x, const std::vector<const Weight*>& ws, const std::vector<const Tensor*>& biases,
                     const std::vector<Tensor*>& ys) override {
-    for (size_t i = 0; i < ws.size(); i++) require_on_sim({ws[i], i < biases.size() ? biases[i] : nullptr, ys[i]});
+    for (size_t i = 0; i < ws.size(); i++)
+      require_on_sim({&ws[i]->data, &ws[i]->scales, &ws[i]->zero_points, i < biases.size() ? biases[i] : nullptr,
+                      i < ys.size() ? ys[i] : nullptr});
     Open o{&x};
     cpu_->linear_multi(x, ws, biases, ys);
   }
@@ -125,8 +127,8 @@ class SimKernels final : public Kernels {
     Open o{&gate, &up, &out};
     cpu_->swiglu(gate, up, out);
   }
-  void linear_swiglu(const Tensor& x, const Tensor& w_gate, const Tensor& w_up, Tensor& gate, Tensor& up) override {
-    Open o{&x, &w_gate, &w_up, &gate, &up};
+  void linear_swiglu(const Tensor& x, const Weight& w_gate, const Weight& w_up, Tensor& gate, Tensor& up) override {
+    Open o{&x, &w_gate.data, &w_up.data, &w_gate.scales, &w_up.scales, &gate, &up};
     cpu_->linear_swiglu(x, w_gate, w_up, gate, up);
   }
   void softmax(Tensor& x) override {
