@@ -19,10 +19,19 @@ AdamW::AdamW(const AdamWConfig& cfg, const std::vector<Parameter*>& params) : cf
       throw Error("AdamW: parameter " + p->name + " is not a contiguous float32 tensor");
     if (!p->grad.defined() || p->grad.shape() != p->value.shape() || p->grad.dtype() != DType::F32)
       throw Error("AdamW: parameter " + p->name + " has no float32 gradient of its shape");
+    if (!params_.empty() && p->value.device() != params_[0]->value.device())
+      throw Error("AdamW: parameters on two devices (" + p->name + ")");
     params_.push_back(p);
-    Backend& be = backend_for(p->value.device());
-    m_.push_back(be.empty(p->value.shape(), DType::F32));
-    v_.push_back(be.empty(p->value.shape(), DType::F32));
+    layout_.add(p->name, p->value.shape());
+  }
+  if (params_.empty()) return;
+  // The moments in two flat buffers laid out by parameter name (ZeRO shards these by ranges).
+  Backend& be = backend_for(params_[0]->value.device());
+  m_flat_ = layout_.allocate(be);
+  v_flat_ = layout_.allocate(be);
+  for (const FlatSlot& s : layout_.slots()) {
+    m_.push_back(FlatLayout::view(m_flat_, s));
+    v_.push_back(FlatLayout::view(v_flat_, s));
   }
 }
 

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "train/flat_params.h"
 #include "train/trainable_llama.h"
 
 namespace oar {
@@ -42,7 +43,8 @@ class AdamW {
   const std::vector<Parameter*>& params() const { return params_; }
   int64_t state_bytes() const;
 
-  // Moments as named tensors "<param>.exp_avg" / "<param>.exp_avg_sq" (views of the live state), and back.
+  // Moments as named host tensors "<param>.exp_avg" / "<param>.exp_avg_sq" (on the CPU views of the live state),
+  // and back.
   std::vector<std::pair<std::string, Tensor>> state_tensors() const;
   // Restores moments and the step count; every trainable parameter's moments must be present with its shape.
   // `where` names the file in errors.
@@ -51,7 +53,9 @@ class AdamW {
  private:
   AdamWConfig cfg_;
   std::vector<Parameter*> params_;
-  std::vector<Tensor> m_, v_;
+  FlatLayout layout_;        // one slot per parameter, by name
+  Tensor m_flat_, v_flat_;   // the moments' flat buffers, on the parameters' backend
+  std::vector<Tensor> m_, v_;  // per parameter: views of them
   int64_t t_ = 0;
 };
 

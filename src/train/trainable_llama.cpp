@@ -15,6 +15,7 @@
 #include "io/safetensors.h"
 #include "kernels/backend.h"
 #include "kernels/kernels.h"
+#include "train/flat_params.h"
 #include "train/layers.h"
 
 namespace oar {
@@ -108,6 +109,13 @@ struct TrainableLlama::Impl {
   bool lora_on = false;
 
   std::vector<std::unique_ptr<Parameter>> owned;
+  struct ParamGroup {
+    FlatLayout layout;
+    Tensor values, grads;  // flat float32 buffers; a frozen group's parameters drop their grad views
+  };
+  std::vector<ParamGroup> groups;
+  std::vector<Parameter*> open_group;
+  FlatLayout open_layout;
   std::vector<Parameter*> order;
   std::map<std::string, Parameter*> by_name;
   Parameter* embed = nullptr;
@@ -136,15 +144,32 @@ struct TrainableLlama::Impl {
   int64_t KVD() const { return cfg.kv_dim(); }
   float eps() const { return float(cfg.rms_norm_eps); }
 
+  // Parameters are declared into the open group, then allocate_group() gives them views of the group's flat
+  // value and gradient buffers (the base model is one group, LoRA adapters another).
   Parameter* add_param(const std::string& name, const Shape& shape) {
     auto p = std::make_unique<Parameter>();
     p->name = name;
-    p->value = be->empty(shape, DType::F32);
-    p->grad = be->empty(shape, DType::F32);
     Parameter* raw = p.get();
     by_name[name] = raw;
     owned.push_back(std::move(p));
+    open_group.push_back(raw);
+    open_layout.add(name, shape);
     return raw;
+  }
+
+  void allocate_group() {
+    ParamGroup g;
+    g.layout = std::move(open_layout);
+    g.values = g.layout.allocate(*be);
+    g.grads = g.layout.allocate(*be);
+    for (Parameter* p : open_group) {
+      const FlatSlot& s = *g.layout.find(p->name);
+      p->value = FlatLayout::view(g.values, s);
+      p->grad = FlatLayout::view(g.grads, s);
+    }
+    groups.push_back(std::move(g));
+    open_group.clear();
+    open_layout = FlatLayout();
   }
 
   // p's values from a host tensor of its shape (float32, contiguous).
@@ -173,6 +198,7 @@ struct TrainableLlama::Impl {
     final_norm = add_param("model.norm.weight", {C});
     lm_head = cfg.tie_word_embeddings ? embed : add_param("lm_head.weight", {V, C});
     head.weight = lm_head;
+    allocate_group();
     rebuild_order();
     rope = make_rope_table(cfg, cfg.max_position_embeddings);
   }
@@ -449,19 +475,25 @@ void TrainableLlama::add_lora(const LoraOptions& lo) {
       const std::string base = pre + kProjPath[i];
       lin.lora_a = M.add_param(base + ".lora_A.weight", {lo.rank, lin.in()});
       lin.lora_b = M.add_param(base + ".lora_B.weight", {lin.out(), lo.rank});
-      // PEFT: A ~ kaiming_uniform(a = sqrt(5)) = U(-1/sqrt(in), 1/sqrt(in)); B = 0, so the adapter starts as a no-op.
-      Tensor a = Tensor::empty(lin.lora_a->value.shape(), DType::F32);
-      fill_uniform(a, 1.0 / std::sqrt(double(lin.in())), name_seed(lin.lora_a->name, lo.seed));
-      M.set_value(*lin.lora_a, a);
       lin.scaling = float(lo.alpha / double(lo.rank));
     }
   }
+  M.allocate_group();  // the adapters' flat buffers
+  // PEFT: A ~ kaiming_uniform(a = sqrt(5)) = U(-1/sqrt(in), 1/sqrt(in)); B = 0, so the adapter starts as a no-op.
+  for (LayerParams& P : M.layer)
+    for (Linear& lin : P.proj) {
+      if (!lin.has_lora()) continue;
+      Tensor a = Tensor::empty(lin.lora_a->value.shape(), DType::F32);
+      fill_uniform(a, 1.0 / std::sqrt(double(lin.in())), name_seed(lin.lora_a->name, lo.seed));
+      M.set_value(*lin.lora_a, a);
+    }
   // Only the adapters train: the base holds no gradient memory and skips its weight-gradient products.
   for (auto& p : M.owned) {
     const bool adapter = p->name.find(".lora_A.") != std::string::npos || p->name.find(".lora_B.") != std::string::npos;
     p->trainable = adapter;
     if (!adapter) p->grad = Tensor();
   }
+  M.groups.front().grads = Tensor();  // with its views gone, the base's gradient buffer is freed
   M.lora = lo;
   M.lora_on = true;
   M.rebuild_order();
@@ -471,6 +503,11 @@ void TrainableLlama::add_lora(const LoraOptions& lo) {
 bool TrainableLlama::has_lora() const { return impl_->lora_on; }
 const LoraOptions& TrainableLlama::lora() const { return impl_->lora; }
 Backend& TrainableLlama::backend() const { return *impl_->be; }
+std::vector<TrainableLlama::FlatGroup> TrainableLlama::flat_groups() const {
+  std::vector<FlatGroup> out;
+  for (const auto& g : impl_->groups) out.push_back(FlatGroup{&g.layout, g.values, g.grads});
+  return out;
+}
 void TrainableLlama::set_value(Parameter& p, const Tensor& host) {
   impl_->set_value(p, host.dtype() == DType::F32 ? host.contiguous() : host.to(DType::F32));
 }

@@ -36,6 +36,7 @@
 #include "data/train_batch.h"
 #include "io/weight_source.h"
 #include "kernels/backend.h"
+#include "train/flat_params.h"
 
 namespace oar {
 
@@ -88,6 +89,13 @@ class TrainableLlama {
   bool has_lora() const;
   const LoraOptions& lora() const;
   Backend& backend() const;
+  // The flat buffers the parameters are views of, addressable by name (layout): the base model, then the LoRA
+  // adapters when added. A frozen group has no gradient buffer.
+  struct FlatGroup {
+    const FlatLayout* layout = nullptr;
+    Tensor values, grads;
+  };
+  std::vector<FlatGroup> flat_groups() const;
   // Sets a parameter's values from a host tensor of its shape (any float dtype; converted to float32).
   void set_value(Parameter& p, const Tensor& host);
 

@@ -11,6 +11,7 @@
 #include "core/error.h"
 #include "core/fs.h"
 #include "io/safetensors.h"
+#include "train/optimizer.h"
 #include "train/trainable_llama.h"
 
 using namespace oar;
@@ -432,4 +433,39 @@ TEST(TrainableLlama, BadBatchesAreErrors) {
   EXPECT_EQ(st.tokens, 0);
   for (Parameter* p : m->parameters())
     for (int64_t i = 0; i < p->grad.numel(); i++) ASSERT_EQ(p->grad.data<float>()[i], 0.0f);
+}
+
+// Parameters, gradients and the optimizer's moments are views of flat buffers, one per group, found by name:
+// slots in order, 64-byte aligned, disjoint; LoRA adds a group and frees the frozen base's gradient buffer.
+TEST(TrainableLlama, ParametersLiveInFlatBuffersAddressableByName) {
+  auto m = TrainableLlama::from_pretrained(model_dir("gqa"), TrainOptions{});
+  auto groups = m->flat_groups();
+  ASSERT_EQ(groups.size(), 1u);
+  int64_t end = 0;
+  for (const FlatSlot& s : groups[0].layout->slots()) {
+    Parameter* p = m->find(s.name);
+    ASSERT_NE(p, nullptr) << s.name;
+    EXPECT_EQ(p->value.storage(), groups[0].values.storage()) << s.name;
+    EXPECT_EQ(p->grad.storage(), groups[0].grads.storage()) << s.name;
+    EXPECT_EQ(static_cast<const char*>(p->value.raw()) - static_cast<const char*>(groups[0].values.raw()), s.offset * 4);
+    EXPECT_EQ(s.offset % 16, 0) << s.name;
+    EXPECT_GE(s.offset, end) << s.name;
+    end = s.offset + s.numel;
+  }
+  EXPECT_EQ(groups[0].layout->slots().size(), m->parameters().size());
+  EXPECT_EQ(groups[0].layout->find("model.norm.weight")->shape, (Shape{m->config().hidden_size}));
+  LoraOptions lo;
+  lo.rank = 2;
+  lo.targets = {"q_proj", "v_proj"};
+  m->add_lora(lo);
+  groups = m->flat_groups();
+  ASSERT_EQ(groups.size(), 2u);
+  EXPECT_FALSE(groups[0].grads.defined());
+  EXPECT_EQ(groups[1].layout->slots().size(), size_t(2 * 2 * m->config().num_hidden_layers));
+  Parameter* a = m->find("model.layers.1.self_attn.v_proj.lora_A.weight");
+  EXPECT_EQ(a->grad.storage(), groups[1].grads.storage());
+  AdamW adam(AdamWConfig{}, m->parameters());
+  auto st = adam.state_tensors();
+  ASSERT_EQ(st.size(), 2 * groups[1].layout->slots().size());
+  EXPECT_EQ(st[0].second.storage(), st[2].second.storage());  // two parameters' exp_avg: one buffer
 }
