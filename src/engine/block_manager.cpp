@@ -19,9 +19,11 @@ constexpr uint64_t kRootHash = 0x6F61722D6B762D31ull;  // the "parent" of a sequ
 
 }  // namespace
 
-BlockManager::BlockManager(int64_t num_blocks, int64_t block_size, bool enable_prefix_caching)
-    : block_size_(block_size), prefix_caching_(enable_prefix_caching), alloc_(num_blocks), meta_(size_t(num_blocks)) {
-  if (num_blocks <= 0 || block_size <= 0) throw Error("block manager: need at least one block of at least one position");
+BlockManager::BlockManager(const KVGeometry& geometry, bool enable_prefix_caching)
+    : geo_(geometry), prefix_caching_(enable_prefix_caching), alloc_(std::max<int64_t>(geometry.num_blocks, 0)),
+      meta_(size_t(std::max<int64_t>(geometry.num_blocks, 0))) {
+  if (geometry.num_blocks <= 0 || geometry.block_size <= 0)
+    throw Error("block manager: need at least one block of at least one position");
 }
 
 uint64_t BlockManager::chain_hash(uint64_t parent, const int32_t* tokens, int64_t n) {
@@ -96,11 +98,11 @@ int32_t BlockManager::allocate_block() {
 BlockManager::PrefixMatch BlockManager::match_prefix(const std::vector<int32_t>& tokens) const {
   PrefixMatch m;
   if (!prefix_caching_ || tokens.empty()) return m;
-  const int64_t max_blocks = (int64_t(tokens.size()) - 1) / block_size_;
+  const int64_t max_blocks = (int64_t(tokens.size()) - 1) / block_size();
   uint64_t parent = kRootHash;
   for (int64_t k = 0; k < max_blocks; k++) {
-    const int32_t* t = tokens.data() + k * block_size_;
-    uint64_t h = chain_hash(parent, t, block_size_);
+    const int32_t* t = tokens.data() + k * block_size();
+    uint64_t h = chain_hash(parent, t, block_size());
     int32_t b = lookup(h, parent, t);
     if (b < 0) break;
     m.blocks.push_back(b);
@@ -108,7 +110,7 @@ BlockManager::PrefixMatch BlockManager::match_prefix(const std::vector<int32_t>&
     if (meta_[size_t(b)].in_lru) m.evictable++;
     parent = h;
   }
-  m.num_tokens = int64_t(m.blocks.size()) * block_size_;
+  m.num_tokens = int64_t(m.blocks.size()) * block_size();
   return m;
 }
 
@@ -132,7 +134,7 @@ bool BlockManager::admit(SeqId id, const std::vector<int32_t>& tokens, const Pre
     s.table.push_back(b);
   }
   if (prefix_caching_) {
-    queries_ += (int64_t(tokens.size()) - 1) / block_size_;
+    queries_ += (int64_t(tokens.size()) - 1) / block_size();
     hits_ += int64_t(match.blocks.size());
   }
   seqs_.emplace(id, std::move(s));
@@ -143,7 +145,7 @@ bool BlockManager::ensure_slots(SeqId id, int64_t total_tokens) {
   Seq& s = seq(id);
   // Blocks from the one holding the next position on will be written; those another sequence holds need a copy.
   std::vector<size_t> shared;
-  for (size_t k = size_t(s.cached / block_size_); k < s.table.size(); k++) {
+  for (size_t k = size_t(s.cached / block_size()); k < s.table.size(); k++) {
     int32_t b = s.table[k];
     if (alloc_.ref_count(b) - (meta_[size_t(b)].cached ? 1 : 0) > 1) shared.push_back(k);
   }
@@ -161,13 +163,13 @@ bool BlockManager::ensure_slots(SeqId id, int64_t total_tokens) {
 
 void BlockManager::commit(SeqId id, const int32_t* tokens, int64_t total_tokens) {
   Seq& s = seq(id);
-  if (total_tokens > int64_t(s.table.size()) * block_size_)
+  if (total_tokens > int64_t(s.table.size()) * block_size())
     throw Error("block manager: committed tokens beyond the sequence's blocks");
   s.cached = std::max(s.cached, total_tokens);
-  for (int64_t k = int64_t(s.hashes.size()); (k + 1) * block_size_ <= s.cached; k++) {
+  for (int64_t k = int64_t(s.hashes.size()); (k + 1) * block_size() <= s.cached; k++) {
     uint64_t parent = k ? s.hashes[size_t(k - 1)] : kRootHash;
-    const int32_t* t = tokens + k * block_size_;
-    uint64_t h = chain_hash(parent, t, block_size_);
+    const int32_t* t = tokens + k * block_size();
+    uint64_t h = chain_hash(parent, t, block_size());
     s.hashes.push_back(h);
     int32_t b = s.table[size_t(k)];
     BlockMeta& m = meta_[size_t(b)];
@@ -176,7 +178,7 @@ void BlockManager::commit(SeqId id, const int32_t* tokens, int64_t total_tokens)
     m.cached = true;
     m.hash = h;
     m.parent_hash = parent;
-    m.tokens.assign(t, t + block_size_);
+    m.tokens.assign(t, t + block_size());
     by_hash_[h] = b;
     alloc_.retain(b);  // the cache's reference
   }

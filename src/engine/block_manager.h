@@ -24,7 +24,9 @@ class BlockManager {
  public:
   using SeqId = uint64_t;
 
-  BlockManager(int64_t num_blocks, int64_t block_size, bool enable_prefix_caching);
+  // The geometry is the KV cache's (KVCache::geometry()), read by reference: it must outlive the manager.
+  BlockManager(const KVGeometry& geometry, bool enable_prefix_caching);
+  BlockManager(KVGeometry&&, bool) = delete;  // a temporary would dangle
 
   // The cached full blocks that the start of `tokens` can reuse. At most (tokens.size() - 1) / block_size
   // blocks: the last token is always computed again, so that its logits exist and no write lands in a
@@ -60,12 +62,12 @@ class BlockManager {
   // Copy-on-write copies (src, dst) made since the last call; they must happen before the next forward.
   std::vector<std::pair<int32_t, int32_t>> take_copies();
 
-  int64_t block_size() const { return block_size_; }
+  int64_t block_size() const { return geo_.block_size; }
   int64_t num_blocks() const { return alloc_.num_blocks(); }
   // Blocks a sequence could get now: free ones plus evictable cached ones.
   int64_t num_free_blocks() const { return alloc_.num_free() + int64_t(lru_.size()); }
   int64_t num_evictable_blocks() const { return int64_t(lru_.size()); }
-  int64_t blocks_needed(int64_t tokens) const { return (tokens + block_size_ - 1) / block_size_; }
+  int64_t blocks_needed(int64_t tokens) const { return (tokens + block_size() - 1) / block_size(); }
   bool is_cached(int32_t block) const { return meta_[size_t(block)].cached; }
   const BlockAllocator& allocator() const { return alloc_; }
   std::vector<SeqId> sequences() const;
@@ -96,7 +98,7 @@ class BlockManager {
   Seq& seq(SeqId id);
   const Seq& seq(SeqId id) const;
 
-  int64_t block_size_;
+  const KVGeometry& geo_;
   bool prefix_caching_;
   BlockAllocator alloc_;
   std::vector<BlockMeta> meta_;

@@ -126,7 +126,7 @@ Engine::Engine(LlamaModel& model, const Tokenizer& tokenizer, const EngineConfig
   }
   I.eos = tokenizer.eos_ids();
   I.cache = std::make_unique<KVCache>(mc, nb, cfg.block_size, quant, &scales, model.backend());
-  I.blocks = std::make_unique<BlockManager>(nb, cfg.block_size, cfg.enable_prefix_caching);
+  I.blocks = std::make_unique<BlockManager>(I.cache->geometry(), cfg.enable_prefix_caching);
   I.scheduler = std::make_unique<Scheduler>(*I.blocks, cfg.max_num_seqs, cfg.max_num_batched_tokens);
   I.runner = std::make_unique<ModelRunner>(model, *I.cache, *I.blocks);
   I.cfg.num_blocks = nb;

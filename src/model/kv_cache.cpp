@@ -12,7 +12,7 @@ namespace oar {
 
 KVCache::KVCache(const LlamaConfig& cfg, int64_t num_blocks, int64_t block_size, KVCacheDType quant,
                  const KVStaticScales* static_scales, Backend& backend)
-    : be_(backend), num_blocks_(num_blocks), block_size_(block_size), layers_(cfg.num_hidden_layers),
+    : be_(backend), geometry_{num_blocks, block_size}, layers_(cfg.num_hidden_layers),
       kv_heads_(cfg.num_key_value_heads), head_dim_(cfg.head_dim), quant_(quant) {
   if (num_blocks <= 0 || block_size <= 0) throw Error("kv cache: need at least one block of at least one position");
   if (quant == KVCacheDType::Int8Static) {
@@ -42,8 +42,8 @@ KVCache::KVCache(const LlamaConfig& cfg, int64_t num_blocks, int64_t block_size,
 
 KVLayerView KVCache::layer(int64_t l) {
   KVLayerView v;
-  v.num_blocks = num_blocks_;
-  v.block_size = block_size_;
+  v.num_blocks = geometry_.num_blocks;
+  v.block_size = geometry_.block_size;
   v.kv_heads = kv_heads_;
   v.head_dim = head_dim_;
   if (quant_ == KVCacheDType::F32) {
@@ -77,7 +77,7 @@ size_t KVCache::bytes() const {
 }
 
 void KVCache::copy_block(int32_t src, int32_t dst) {
-  if (src < 0 || dst < 0 || src >= num_blocks_ || dst >= num_blocks_) throw Error("kv cache: block id out of range");
+  if (src < 0 || dst < 0 || src >= num_blocks() || dst >= num_blocks()) throw Error("kv cache: block id out of range");
   if (src == dst) return;
   for (int64_t l = 0; l < layers_; l++) {
     std::vector<Tensor*> per_block{&k_[size_t(l)], &v_[size_t(l)]};  // [num_blocks, ...]: one block is a row

@@ -31,14 +31,22 @@ struct KVStaticScales {
 // Throws oar::Error naming the file.
 KVStaticScales load_cachekv_scales(const std::string& path, const LlamaConfig& cfg);
 
+// The paged cache's geometry. Its one owner is the KVCache; the serving engine's block manager reads it from
+// there (by reference), so the two can never disagree.
+struct KVGeometry {
+  int64_t num_blocks = 0;
+  int64_t block_size = 0;  // positions per block
+};
+
 class KVCache {
  public:
   // static_scales is required for Int8Static (and ignored otherwise). The blocks live on `backend`, the model's.
   KVCache(const LlamaConfig& cfg, int64_t num_blocks, int64_t block_size, KVCacheDType quant = KVCacheDType::F32,
           const KVStaticScales* static_scales = nullptr, Backend& backend = cpu_backend());
   KVLayerView layer(int64_t l);
-  int64_t num_blocks() const { return num_blocks_; }
-  int64_t block_size() const { return block_size_; }
+  const KVGeometry& geometry() const { return geometry_; }
+  int64_t num_blocks() const { return geometry_.num_blocks; }
+  int64_t block_size() const { return geometry_.block_size; }
   KVCacheDType quant() const { return quant_; }
   Backend& backend() const { return be_; }
   size_t bytes() const;
@@ -48,7 +56,8 @@ class KVCache {
 
  private:
   Backend& be_;
-  int64_t num_blocks_, block_size_, layers_, kv_heads_, head_dim_;
+  KVGeometry geometry_;
+  int64_t layers_, kv_heads_, head_dim_;
   KVCacheDType quant_ = KVCacheDType::F32;
   std::vector<Tensor> k_, v_;              // per layer: float32 or int8 values [num_blocks, G, block_size, D]
   std::vector<Tensor> k_scale_, v_scale_;  // int8: per layer [num_blocks, G, block_size] (dynamic) or [G] (static)

@@ -44,7 +44,8 @@ void admit_all(BlockManager& bm, FakeCache& fc, uint64_t id, const std::vector<i
 }  // namespace
 
 TEST(BlockManager, SharesFullPrefixBlocksAndCountsHits) {
-  BlockManager bm(16, 4, true);
+  const KVGeometry geo{16, 4};
+  BlockManager bm(geo, true);
   FakeCache fc(16, 4);
   std::vector<int32_t> a = iota_tokens(100, 10);  // blocks [100..103] [104..107] and a partial [108 109]
   admit_all(bm, fc, 1, a);
@@ -72,7 +73,8 @@ TEST(BlockManager, SharesFullPrefixBlocksAndCountsHits) {
 }
 
 TEST(BlockManager, LastTokenIsNeverServedFromTheCache) {
-  BlockManager bm(8, 4, true);
+  const KVGeometry geo{8, 4};
+  BlockManager bm(geo, true);
   FakeCache fc(8, 4);
   std::vector<int32_t> a = iota_tokens(1, 8);  // exactly two full blocks
   admit_all(bm, fc, 1, a);
@@ -82,7 +84,8 @@ TEST(BlockManager, LastTokenIsNeverServedFromTheCache) {
 }
 
 TEST(BlockManager, FreedBlocksStayCachedUntilNeededLeastRecentFirst) {
-  BlockManager bm(4, 2, true);
+  const KVGeometry geo{4, 2};
+  BlockManager bm(geo, true);
   FakeCache fc(4, 2);
   admit_all(bm, fc, 1, iota_tokens(10, 4));  // two full blocks
   admit_all(bm, fc, 2, iota_tokens(50, 4));
@@ -111,7 +114,8 @@ TEST(BlockManager, FreedBlocksStayCachedUntilNeededLeastRecentFirst) {
 }
 
 TEST(BlockManager, CopyOnWriteAfterFork) {
-  BlockManager bm(8, 4, true);
+  const KVGeometry geo{8, 4};
+  BlockManager bm(geo, true);
   FakeCache fc(8, 4);
   admit_all(bm, fc, 1, iota_tokens(1, 6));  // one full block, one partial holding 2 tokens
   bm.fork(1, 2);
@@ -131,7 +135,8 @@ TEST(BlockManager, CopyOnWriteAfterFork) {
 }
 
 TEST(BlockManager, RefusesWithoutChangeWhenBlocksRunOut) {
-  BlockManager bm(3, 4, false);
+  const KVGeometry geo{3, 4};
+  BlockManager bm(geo, false);
   FakeCache fc(3, 4);
   admit_all(bm, fc, 1, iota_tokens(1, 8));
   std::vector<int32_t> t = bm.table(1);
@@ -154,7 +159,8 @@ TEST(BlockManager, RefusesWithoutChangeWhenBlocksRunOut) {
 TEST(BlockManager, RandomOperationsKeepOwnershipExact) {
   for (bool caching : {true, false}) {
     const int64_t NB = 48, BS = 4;
-    BlockManager bm(NB, BS, caching);
+    const KVGeometry geo{NB, BS};
+    BlockManager bm(geo, caching);
     FakeCache fc(NB, BS);
     std::mt19937_64 rng(caching ? 12345 : 777);
     auto rnd = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); };

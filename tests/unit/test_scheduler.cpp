@@ -12,7 +12,8 @@ namespace {
 
 struct Fixture {
   Fixture(int64_t blocks, int64_t bs, int64_t max_seqs, int64_t budget, bool caching = false)
-      : bm(blocks, bs, caching), sched(bm, max_seqs, budget) {}
+      : geo{blocks, bs}, bm(geo, caching), sched(bm, max_seqs, budget) {}
+  KVGeometry geo;
   BlockManager bm;
   Scheduler sched;
   std::vector<std::unique_ptr<Sequence>> seqs;
