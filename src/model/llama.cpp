@@ -4,7 +4,7 @@
 
 #include "core/error.h"
 #include "core/fs.h"
-#include "io/llama2c.h"
+#include "io/model_source.h"
 #include "io/safetensors.h"
 
 namespace oar {
@@ -43,16 +43,8 @@ int64_t StepBatch::add_sequence(const int32_t* toks, int64_t n, int64_t pos0, co
 }
 
 std::unique_ptr<LlamaModel> LlamaModel::load(const std::string& path, DType dtype, Backend& backend) {
-  if (dir_exists(path)) {
-    std::string cfg_path = join_path(path, "config.json");
-    if (!file_exists(cfg_path) && !dir_exists(cfg_path)) fail(path, "no config.json in this directory");
-    LlamaConfig cfg = load_hf_config(cfg_path);
-    WeightStoreSource src(WeightStore::open_dir(path));
-    return from_weights(cfg, src, dtype, backend);
-  }
-  if (!file_exists(path)) fail(path, "no such file or directory");
-  Llama2cCheckpoint ck = load_llama2c_checkpoint(path);
-  return from_weights(ck.config, *ck.weights, dtype, backend);
+  const ModelSource ms = open_model_source(path);
+  return from_weights(ms.config, *ms.weights, dtype, backend);
 }
 
 std::unique_ptr<LlamaModel> LlamaModel::from_weights(const LlamaConfig& cfg, const WeightSource& src, DType dtype,

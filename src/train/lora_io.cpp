@@ -13,7 +13,7 @@
 #include "core/error.h"
 #include "core/fs.h"
 #include "core/json_io.h"
-#include "io/llama2c.h"
+#include "io/model_source.h"
 #include "io/safetensors.h"
 #include "model/llama.h"
 
@@ -536,18 +536,9 @@ Tensor LoraMergedSource::get(const std::string& name) const {
 
 std::unique_ptr<LlamaModel> load_llama_with_lora(const std::string& model_path, const std::string& lora_dir, DType dtype) {
   LoraAdapter a = load_lora_adapter(lora_dir);
-  if (dir_exists(model_path)) {
-    const std::string cfg_path = join_path(model_path, "config.json");
-    if (!file_exists(cfg_path)) fail(model_path, "no config.json in this directory");
-    LlamaConfig cfg = load_hf_config(cfg_path);
-    check_lora_against_config(a, cfg, model_path);
-    WeightStoreSource base(WeightStore::open_dir(model_path));
-    return LlamaModel::from_weights(cfg, LoraMergedSource(base, a), dtype);
-  }
-  if (!file_exists(model_path)) fail(model_path, "no such file or directory");
-  Llama2cCheckpoint ck = load_llama2c_checkpoint(model_path);
-  check_lora_against_config(a, ck.config, model_path);
-  return LlamaModel::from_weights(ck.config, LoraMergedSource(*ck.weights, a), dtype);
+  const ModelSource ms = open_model_source(model_path);
+  check_lora_against_config(a, ms.config, model_path);
+  return LlamaModel::from_weights(ms.config, LoraMergedSource(*ms.weights, a), dtype);
 }
 
 LoraAdapter merge_lora_checkpoint(const std::string& base_dir, const std::string& lora_dir, const std::string& out_path,

@@ -11,7 +11,7 @@
 
 #include "core/error.h"
 #include "core/fs.h"
-#include "io/llama2c.h"
+#include "io/model_source.h"
 #include "io/safetensors.h"
 #include "kernels/backend.h"
 #include "kernels/kernels.h"
@@ -430,16 +430,8 @@ std::unique_ptr<TrainableLlama> TrainableLlama::from_weights(const LlamaConfig& 
 
 std::unique_ptr<TrainableLlama> TrainableLlama::from_pretrained(const std::string& path, const TrainOptions& opt,
                                                                 Backend& backend) {
-  if (dir_exists(path)) {
-    const std::string cfg_path = join_path(path, "config.json");
-    if (!file_exists(cfg_path)) fail(path, "no config.json in this directory");
-    LlamaConfig cfg = load_hf_config(cfg_path);
-    WeightStoreSource src(WeightStore::open_dir(path));
-    return from_weights(cfg, src, opt, backend);
-  }
-  if (!file_exists(path)) fail(path, "no such file or directory");
-  Llama2cCheckpoint ck = load_llama2c_checkpoint(path);
-  return from_weights(ck.config, *ck.weights, opt, backend);
+  const ModelSource ms = open_model_source(path);
+  return from_weights(ms.config, *ms.weights, opt, backend);
 }
 
 const LlamaConfig& TrainableLlama::config() const { return impl_->cfg; }
