@@ -23,8 +23,8 @@ namespace {
 class SimMemory {
  public:
   static SimMemory& get() {
-    static SimMemory m;
-    return m;
+    static SimMemory* m = new SimMemory();  // never destroyed: tensors in static objects may outlive it
+    return *m;
   }
   void* allocate(size_t bytes) {
     std::lock_guard<std::mutex> lock(mu_);
