@@ -18,6 +18,68 @@ bool is_py_space_byte(char c) {
 std::string rstrip_ws(const std::string& s) { return py_strip(s, false, true); }
 bool all_ws(std::string_view s) { return !s.empty() && py_strip(s, true, true).empty(); }
 
+// The n hex digits after body[i] (the escape letter) as a code point; i is left on the last digit.
+uint32_t hex_escape(std::string_view body, size_t& i, size_t n, int line) {
+  uint32_t v = 0;
+  for (size_t k = 1; k <= n; k++) {
+    if (i + k >= body.size()) syntax_error(line, "truncated escape in string");
+    char h = body[i + k];
+    int d = (h >= '0' && h <= '9') ? h - '0' : (h >= 'a' && h <= 'f') ? h - 'a' + 10 : (h >= 'A' && h <= 'F') ? h - 'A' + 10 : -1;
+    if (d < 0) syntax_error(line, "truncated escape in string");
+    v = v * 16 + uint32_t(d);
+  }
+  i += n;
+  return v;
+}
+
+// The character a one-letter escape (\n, \t, \\, ...) stands for; 0 when `e` is not one of them.
+char simple_escape(char e) {
+  switch (e) {
+    case '\\': return '\\';
+    case '\'': return '\'';
+    case '"': return '"';
+    case 'a': return '\a';
+    case 'b': return '\b';
+    case 'f': return '\f';
+    case 'n': return '\n';
+    case 'r': return '\r';
+    case 't': return '\t';
+    case 'v': return '\v';
+    default: return 0;
+  }
+}
+
+// The escape whose letter is body[i] (after its backslash), appended to out; i is left on its last character.
+void append_escape(std::string_view body, size_t& i, int line, std::string& out) {
+  const char e = body[i];
+  if (e == '\n') return;  // line continuation
+  if (char c = simple_escape(e)) {
+    out += c;
+    return;
+  }
+  switch (e) {
+    case 'x': utf8_append_codepoint(out, hex_escape(body, i, 2, line)); return;
+    case 'u': utf8_append_codepoint(out, hex_escape(body, i, 4, line)); return;
+    case 'U': {
+      uint32_t cp = hex_escape(body, i, 8, line);
+      if (cp > 0x10FFFF) syntax_error(line, "illegal Unicode character in string");
+      utf8_append_codepoint(out, cp);
+      return;
+    }
+    case 'N': syntax_error(line, "\\N{...} escapes are not supported");
+    default: break;
+  }
+  if (e >= '0' && e <= '7') {  // octal, up to three digits
+    uint32_t v = uint32_t(e - '0');
+    for (int k = 0; k < 2 && i + 1 < body.size() && body[i + 1] >= '0' && body[i + 1] <= '7'; k++)
+      v = v * 8 + uint32_t(body[++i] - '0');
+    utf8_append_codepoint(out, v);
+  } else {  // unknown escapes keep their backslash, as Python does
+    out += '\\';
+    out += e;
+  }
+}
+
 // Jinja string literal: the body between the quotes, unescaped as Python's "unicode-escape" codec does.
 std::string unescape(std::string_view body, int line) {
   std::string out;
@@ -27,51 +89,8 @@ std::string unescape(std::string_view body, int line) {
       out += c;
       continue;
     }
-    char e = body[++i];
-    auto hex = [&](size_t n) -> uint32_t {
-      uint32_t v = 0;
-      for (size_t k = 1; k <= n; k++) {
-        if (i + k >= body.size()) syntax_error(line, "truncated escape in string");
-        char h = body[i + k];
-        int d = (h >= '0' && h <= '9') ? h - '0' : (h >= 'a' && h <= 'f') ? h - 'a' + 10 : (h >= 'A' && h <= 'F') ? h - 'A' + 10 : -1;
-        if (d < 0) syntax_error(line, "truncated escape in string");
-        v = v * 16 + uint32_t(d);
-      }
-      i += n;
-      return v;
-    };
-    switch (e) {
-      case '\n': break;  // line continuation
-      case '\\': out += '\\'; break;
-      case '\'': out += '\''; break;
-      case '"': out += '"'; break;
-      case 'a': out += '\a'; break;
-      case 'b': out += '\b'; break;
-      case 'f': out += '\f'; break;
-      case 'n': out += '\n'; break;
-      case 'r': out += '\r'; break;
-      case 't': out += '\t'; break;
-      case 'v': out += '\v'; break;
-      case 'x': utf8_append_codepoint(out, hex(2)); break;
-      case 'u': utf8_append_codepoint(out, hex(4)); break;
-      case 'U': {
-        uint32_t cp = hex(8);
-        if (cp > 0x10FFFF) syntax_error(line, "illegal Unicode character in string");
-        utf8_append_codepoint(out, cp);
-        break;
-      }
-      case 'N': syntax_error(line, "\\N{...} escapes are not supported");
-      default:
-        if (e >= '0' && e <= '7') {  // octal, up to three digits
-          uint32_t v = uint32_t(e - '0');
-          for (int k = 0; k < 2 && i + 1 < body.size() && body[i + 1] >= '0' && body[i + 1] <= '7'; k++)
-            v = v * 8 + uint32_t(body[++i] - '0');
-          utf8_append_codepoint(out, v);
-        } else {  // unknown escapes keep their backslash, as Python does
-          out += '\\';
-          out += e;
-        }
-    }
+    ++i;
+    append_escape(body, i, line, out);
   }
   return out;
 }

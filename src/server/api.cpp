@@ -109,9 +109,8 @@ std::vector<int32_t> token_ids(const json& arr, const ParseLimits& lim, const st
   return ids;
 }
 
-}  // namespace
-
-ApiRequest parse_request(std::string_view body, Endpoint endpoint, const ParseLimits& lim) {
+// The body as a JSON object: valid UTF-8, not nested too deeply, well-formed.
+json parse_body(std::string_view body, const ParseLimits& lim) {
   if (!valid_utf8(body)) bad("", "the request body is not valid UTF-8", "invalid_utf8");
   if (json_depth(body) > lim.max_depth) bad("", "the request body is nested too deeply");
   json j;
@@ -122,64 +121,75 @@ ApiRequest parse_request(std::string_view body, Endpoint endpoint, const ParseLi
     bad("", std::string("malformed JSON: ") + e.what(), "invalid_json");
   }
   if (!j.is_object()) bad("", "the request body must be a JSON object", "invalid_json");
+  return j;
+}
 
-  ApiRequest r;
-  r.endpoint = endpoint;
-  const bool chat = endpoint == Endpoint::ChatCompletions;
-
+void check_model(const json& j, const ParseLimits& lim) {
   if (const json* m = field(j, "model")) {
     if (!m->is_string()) bad("model", "'model' must be a string");
     if (!lim.served_model_name.empty() && m->get<std::string>() != lim.served_model_name)
       bad("model", "The model '" + m->get<std::string>() + "' does not exist (this server serves '" +
                        lim.served_model_name + "')", "model_not_found");
   }
+}
 
-  if (chat) {
-    const json* msgs = field(j, "messages");
-    if (!msgs) bad("messages", "'messages' is required");
-    if (!msgs->is_array() || msgs->empty()) bad("messages", "'messages' must be a non-empty list");
-    if (msgs->size() > lim.max_messages) bad("messages", "too many messages (at most " + std::to_string(lim.max_messages) + ")");
-    for (size_t i = 0; i < msgs->size(); i++) {
-      const json& m = (*msgs)[i];
-      const std::string p = "messages[" + std::to_string(i) + "]";
-      if (!m.is_object()) bad(p, "each message must be an object with 'role' and 'content'");
-      const json* role = field(m, "role");
-      if (!role || !role->is_string() || role->get<std::string>().empty()) bad(p + ".role", "each message needs a 'role' string");
-      const json* content = field(m, "content");
-      ChatMessage cm;
-      cm.role = role->get<std::string>();
-      if (content) cm.content = text_content(*content, i);
-      else if (cm.role != "assistant") bad(p + ".content", "each message needs 'content'");
-      r.messages.push_back(std::move(cm));
-    }
-    if (const json* v = field(j, "add_generation_prompt")) r.add_generation_prompt = boolean(*v, "add_generation_prompt");
-  } else {
-    const json* p = field(j, "prompt");
-    if (!p) bad("prompt", "'prompt' is required");
-    if (p->is_string()) {
-      r.prompts.push_back({p->get<std::string>(), {}, false});
-    } else if (p->is_array() && !p->empty()) {
-      const json& first = (*p)[0];
-      if (first.is_number()) {  // one prompt of token ids
-        r.prompts.push_back({"", token_ids(*p, lim, "prompt"), true});
-      } else {
-        for (auto& e : *p) {
-          if (e.is_string()) r.prompts.push_back({e.get<std::string>(), {}, false});
-          else if (e.is_array()) r.prompts.push_back({"", token_ids(e, lim, "prompt"), true});
-          else bad("prompt", "'prompt' must be a string, a list of strings, or token ids");
-        }
-      }
-    } else {
-      bad("prompt", "'prompt' must be a string, a non-empty list of strings, or token ids");
-    }
-    if (r.prompts.size() > lim.max_prompts) bad("prompt", "too many prompts (at most " + std::to_string(lim.max_prompts) + ")");
-    if (const json* v = field(j, "echo")) r.echo = boolean(*v, "echo");
-    if (const json* v = field(j, "suffix")) {
-      if (!v->is_string()) bad("suffix", "'suffix' must be a string");
-      if (!v->get<std::string>().empty()) bad("suffix", "'suffix' is not supported");
-    }
+// Chat completions: the messages, each a role and its text, and add_generation_prompt.
+void parse_messages(const json& j, const ParseLimits& lim, ApiRequest& r) {
+  const json* msgs = field(j, "messages");
+  if (!msgs) bad("messages", "'messages' is required");
+  if (!msgs->is_array() || msgs->empty()) bad("messages", "'messages' must be a non-empty list");
+  if (msgs->size() > lim.max_messages) bad("messages", "too many messages (at most " + std::to_string(lim.max_messages) + ")");
+  for (size_t i = 0; i < msgs->size(); i++) {
+    const json& m = (*msgs)[i];
+    const std::string p = "messages[" + std::to_string(i) + "]";
+    if (!m.is_object()) bad(p, "each message must be an object with 'role' and 'content'");
+    const json* role = field(m, "role");
+    if (!role || !role->is_string() || role->get<std::string>().empty()) bad(p + ".role", "each message needs a 'role' string");
+    const json* content = field(m, "content");
+    ChatMessage cm;
+    cm.role = role->get<std::string>();
+    if (content) cm.content = text_content(*content, i);
+    else if (cm.role != "assistant") bad(p + ".content", "each message needs 'content'");
+    r.messages.push_back(std::move(cm));
   }
+  if (const json* v = field(j, "add_generation_prompt")) r.add_generation_prompt = boolean(*v, "add_generation_prompt");
+}
 
+// Completions' prompt: a string, a list of strings, one list of token ids, or a list of those.
+void parse_prompt(const json& j, const ParseLimits& lim, ApiRequest& r) {
+  const json* p = field(j, "prompt");
+  if (!p) bad("prompt", "'prompt' is required");
+  if (p->is_string()) {
+    r.prompts.push_back({p->get<std::string>(), {}, false});
+  } else if (p->is_array() && !p->empty()) {
+    const json& first = (*p)[0];
+    if (first.is_number()) {  // one prompt of token ids
+      r.prompts.push_back({"", token_ids(*p, lim, "prompt"), true});
+    } else {
+      for (auto& e : *p) {
+        if (e.is_string()) r.prompts.push_back({e.get<std::string>(), {}, false});
+        else if (e.is_array()) r.prompts.push_back({"", token_ids(e, lim, "prompt"), true});
+        else bad("prompt", "'prompt' must be a string, a list of strings, or token ids");
+      }
+    }
+  } else {
+    bad("prompt", "'prompt' must be a string, a non-empty list of strings, or token ids");
+  }
+  if (r.prompts.size() > lim.max_prompts) bad("prompt", "too many prompts (at most " + std::to_string(lim.max_prompts) + ")");
+}
+
+// Completions: the prompts, echo and suffix.
+void parse_completion_input(const json& j, const ParseLimits& lim, ApiRequest& r) {
+  parse_prompt(j, lim, r);
+  if (const json* v = field(j, "echo")) r.echo = boolean(*v, "echo");
+  if (const json* v = field(j, "suffix")) {
+    if (!v->is_string()) bad("suffix", "'suffix' must be a string");
+    if (!v->get<std::string>().empty()) bad("suffix", "'suffix' is not supported");
+  }
+}
+
+// How many tokens and choices: max_tokens / max_completion_tokens, n and best_of.
+void parse_counts(const json& j, const ParseLimits& lim, bool chat, ApiRequest& r) {
   // max_completion_tokens is the newer name of max_tokens (both endpoints take either; both must agree).
   for (const char* name : {"max_tokens", "max_completion_tokens"}) {
     if (const json* v = field(j, name)) {
@@ -202,6 +212,10 @@ ApiRequest parse_request(std::string_view body, Endpoint endpoint, const ParseLi
   }
   if (const json* v = field(j, "best_of"); v && !chat && integer(*v, "best_of") != r.n)
     bad("best_of", "'best_of' must equal 'n' (no extra samples are drawn to pick from)");
+}
+
+// The sampler: temperature, top_p, top_k, the penalties and the seed.
+void parse_sampling(const json& j, ApiRequest& r) {
   if (const json* v = field(j, "temperature")) {
     r.temperature = number(*v, "temperature");
     if (r.temperature < 0 || r.temperature > 2) bad("temperature", "'temperature' must be within [0, 2] (0 is greedy)");
@@ -231,21 +245,29 @@ ApiRequest parse_request(std::string_view body, Endpoint endpoint, const ParseLi
     if (v->is_number_unsigned()) r.seed = v->get<uint64_t>();
     else r.seed = uint64_t(integer(*v, "seed"));
   }
-  if (const json* v = field(j, "stop")) {
-    if (v->is_string()) {
-      r.stop.push_back(v->get<std::string>());
-    } else if (v->is_array()) {
-      for (auto& s : *v) {
-        if (!s.is_string()) bad("stop", "'stop' must be a string or a list of strings");
-        r.stop.push_back(s.get<std::string>());
-      }
-    } else {
-      bad("stop", "'stop' must be a string or a list of strings");
+}
+
+// Stop sequences: a string or a list of non-empty strings.
+void parse_stop(const json& j, const ParseLimits& lim, ApiRequest& r) {
+  const json* v = field(j, "stop");
+  if (!v) return;
+  if (v->is_string()) {
+    r.stop.push_back(v->get<std::string>());
+  } else if (v->is_array()) {
+    for (auto& s : *v) {
+      if (!s.is_string()) bad("stop", "'stop' must be a string or a list of strings");
+      r.stop.push_back(s.get<std::string>());
     }
-    if (r.stop.size() > lim.max_stop) bad("stop", "at most " + std::to_string(lim.max_stop) + " stop sequences");
-    for (auto& s : r.stop)
-      if (s.empty()) bad("stop", "stop sequences must not be empty");
+  } else {
+    bad("stop", "'stop' must be a string or a list of strings");
   }
+  if (r.stop.size() > lim.max_stop) bad("stop", "at most " + std::to_string(lim.max_stop) + " stop sequences");
+  for (auto& s : r.stop)
+    if (s.empty()) bad("stop", "stop sequences must not be empty");
+}
+
+// Streaming and the output's form: stream, stream_options, ignore_eos, return_tokens_as_token_ids.
+void parse_output_options(const json& j, ApiRequest& r) {
   if (const json* v = field(j, "stream")) r.stream = boolean(*v, "stream");
   if (const json* v = field(j, "stream_options")) {
     if (!v->is_object()) bad("stream_options", "'stream_options' must be an object");
@@ -254,28 +276,36 @@ ApiRequest parse_request(std::string_view body, Endpoint endpoint, const ParseLi
   }
   if (const json* v = field(j, "ignore_eos")) r.ignore_eos = boolean(*v, "ignore_eos");
   if (const json* v = field(j, "return_tokens_as_token_ids")) r.tokens_as_ids = boolean(*v, "return_tokens_as_token_ids");
-  const std::string top_range = "within [0, " + std::to_string(lim.max_logprobs) + "]";
-  if (chat) {
-    // OpenAI's chat form: "logprobs": true, "top_logprobs": k.
-    const json* lp = field(j, "logprobs");
-    const bool want = lp && boolean(*lp, "logprobs");
-    if (const json* v = field(j, "top_logprobs")) {
-      int64_t k = integer(*v, "top_logprobs");
-      if (k < 0 || k > lim.max_logprobs) bad("top_logprobs", "'top_logprobs' must be " + top_range);
-      if (!want && k > 0) bad("top_logprobs", "'top_logprobs' needs 'logprobs': true");
-      if (want) r.logprobs = int32_t(k);
-    } else if (want) {
-      r.logprobs = 0;
-    }
-  } else {
-    // The completions form: "logprobs": k, the number of top tokens (0: only the chosen token's logprob).
-    if (const json* v = field(j, "logprobs"); v && !(v->is_boolean() && !v->get<bool>())) {
-      int64_t k = integer(*v, "logprobs");
-      if (k < 0 || k > lim.max_logprobs) bad("logprobs", "'logprobs' must be " + top_range);
-      r.logprobs = int32_t(k);
-    }
-    if (field(j, "top_logprobs")) bad("top_logprobs", "'top_logprobs' is a chat parameter; completions take 'logprobs': k");
+}
+
+std::string logprobs_range(const ParseLimits& lim) { return "within [0, " + std::to_string(lim.max_logprobs) + "]"; }
+
+// OpenAI's chat form: "logprobs": true, "top_logprobs": k.
+void parse_chat_logprobs(const json& j, const ParseLimits& lim, ApiRequest& r) {
+  const json* lp = field(j, "logprobs");
+  const bool want = lp && boolean(*lp, "logprobs");
+  if (const json* v = field(j, "top_logprobs")) {
+    int64_t k = integer(*v, "top_logprobs");
+    if (k < 0 || k > lim.max_logprobs) bad("top_logprobs", "'top_logprobs' must be " + logprobs_range(lim));
+    if (!want && k > 0) bad("top_logprobs", "'top_logprobs' needs 'logprobs': true");
+    if (want) r.logprobs = int32_t(k);
+  } else if (want) {
+    r.logprobs = 0;
   }
+}
+
+// The completions form: "logprobs": k, the number of top tokens (0: only the chosen token's logprob).
+void parse_completion_logprobs(const json& j, const ParseLimits& lim, ApiRequest& r) {
+  if (const json* v = field(j, "logprobs"); v && !(v->is_boolean() && !v->get<bool>())) {
+    int64_t k = integer(*v, "logprobs");
+    if (k < 0 || k > lim.max_logprobs) bad("logprobs", "'logprobs' must be " + logprobs_range(lim));
+    r.logprobs = int32_t(k);
+  }
+  if (field(j, "top_logprobs")) bad("top_logprobs", "'top_logprobs' is a chat parameter; completions take 'logprobs': k");
+}
+
+// Parameters oar does not implement are refused unless they hold their no-op value.
+void refuse_unsupported(const json& j) {
   if (const json* v = field(j, "logit_bias"); v && !(v->is_object() && v->empty()))
     bad("logit_bias", "'logit_bias' is not supported");
   for (const char* name : {"tools", "functions"})
@@ -285,6 +315,26 @@ ApiRequest parse_request(std::string_view body, Endpoint endpoint, const ParseLi
     if (!v->is_object() || !v->contains("type") || (*v)["type"] != "text")
       bad("response_format", "only response_format {\"type\": \"text\"} is supported");
   }
+}
+
+}  // namespace
+
+// Checks in a fixed order (the first problem found is the one reported).
+ApiRequest parse_request(std::string_view body, Endpoint endpoint, const ParseLimits& lim) {
+  const json j = parse_body(body, lim);
+  ApiRequest r;
+  r.endpoint = endpoint;
+  const bool chat = endpoint == Endpoint::ChatCompletions;
+  check_model(j, lim);
+  if (chat) parse_messages(j, lim, r);
+  else parse_completion_input(j, lim, r);
+  parse_counts(j, lim, chat, r);
+  parse_sampling(j, r);
+  parse_stop(j, lim, r);
+  parse_output_options(j, r);
+  if (chat) parse_chat_logprobs(j, lim, r);
+  else parse_completion_logprobs(j, lim, r);
+  refuse_unsupported(j);
   return r;
 }
 

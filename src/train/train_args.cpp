@@ -14,6 +14,7 @@
 #include "core/error.h"
 #include "core/fs.h"
 #include "core/json_io.h"
+#include "train/train_args_validate.h"
 
 namespace oar {
 namespace {
@@ -189,7 +190,7 @@ const std::map<std::string, std::string>& refused_keys() {
   return m;
 }
 
-// Accepted without effect when they carry these values (checked in validate()).
+// Accepted without effect when they carry these values (checked in validate_train_args()).
 const std::set<std::string>& off_value_keys() {
   static const std::set<std::string> s = {"ckpt_quant_stage", "weight_blocksize", "vera_rank", "num_prefix_tokens",
                                           "neftune_noise_alpha", "prefix_path"};
@@ -324,163 +325,6 @@ std::vector<std::pair<std::string, std::string>> split_cli(const std::vector<std
   return out;
 }
 
-void check_choice(const std::string& key, const std::string& v, std::initializer_list<const char*> choices,
-                  const TrainArgs& a) {
-  for (const char* c : choices)
-    if (v == c) return;
-  std::string list;
-  for (const char* c : choices) list += std::string(list.empty() ? "" : ", ") + c;
-  auto it = a.source.find(key);
-  fail(it == a.source.end() ? "" : it->second, key + ": '" + v + "' is not one of " + list);
-}
-
-void validate(TrainArgs& a, ArgsReport* rep, int world_size) {
-  auto where = [&](const std::string& key) {
-    auto it = a.source.find(key);
-    return it == a.source.end() ? (a.config_file.empty() ? std::string("arguments") : a.config_file) : it->second;
-  };
-  auto need = [&](bool ok, const std::string& key, const std::string& msg) {
-    if (!ok) fail(where(key), key + ": " + msg);
-  };
-  auto note = [&](const std::string& s) { if (rep) rep->notes.push_back(s); };
-  auto warn = [&](const std::string& s) { if (rep) rep->warnings.push_back(s); };
-
-  // ---- parallelism: one process for now ----
-  struct Deg { const char* key; int64_t v; };
-  int64_t product = 1;
-  for (Deg d : {Deg{"tensor_parallel_degree", a.tensor_parallel_degree}, Deg{"pipeline_parallel_degree", a.pipeline_parallel_degree},
-                Deg{"sharding_parallel_degree", a.sharding_parallel_degree}, Deg{"sep_parallel_degree", a.sep_parallel_degree},
-                Deg{"context_parallel_degree", a.context_parallel_degree}}) {
-    need(d.v == -1 || d.v >= 1, d.key, "must be -1 (unset) or a positive degree");
-    if (d.v > 1) product *= d.v;
-  }
-  if (product > world_size) {
-    std::string which;
-    for (Deg d : {Deg{"tensor_parallel_degree", a.tensor_parallel_degree}, Deg{"pipeline_parallel_degree", a.pipeline_parallel_degree},
-                  Deg{"sharding_parallel_degree", a.sharding_parallel_degree}, Deg{"sep_parallel_degree", a.sep_parallel_degree},
-                  Deg{"context_parallel_degree", a.context_parallel_degree}})
-      if (d.v > 1) { which = d.key; break; }
-    fail(where(which), which + " " + std::to_string(product) + " needs " + std::to_string(product) +
-                           " processes but the world size is " + std::to_string(world_size) +
-                           " (multi-process training needs the parallelism issue; set it to 1)");
-  }
-  need(world_size % product == 0, "tensor_parallel_degree", "the parallel degrees do not divide the world size");
-  need(!(a.sep_parallel_degree > 1 && a.context_parallel_degree > 1), "sep_parallel_degree",
-       "sep and context parallelism cannot be used together");
-  need(a.virtual_pp_degree >= 1, "virtual_pp_degree", "must be >= 1");
-  need(a.virtual_pp_degree == 1 || a.pipeline_parallel_degree > 1, "virtual_pp_degree",
-       "a virtual pipeline needs pipeline_parallel_degree > 1 (the parallelism issue)");
-  need(!a.sequence_parallel || a.tensor_parallel_degree > 1, "sequence_parallel",
-       "sequence parallelism needs tensor_parallel_degree > 1 (the parallelism issue)");
-  {
-    std::istringstream s(a.sharding);
-    std::string w;
-    int stages = 0;
-    bool offload = false;
-    while (s >> w) {
-      if (w == "stage1" || w == "stage2" || w == "stage3") stages++;
-      else if (w == "offload") offload = true;
-      else fail(where("sharding"), "sharding: '" + w + "' is not stage1, stage2, stage3 or offload");
-    }
-    need(stages <= 1, "sharding", "too many stages");
-    need(!offload || stages == 1, "sharding", "offload must go with stage2 or stage3");
-    // On one process PaddleNLP clears sharding (nothing to shard across): so do we.
-  }
-
-  // ---- precision ----
-  need(!(a.fp16 && a.bf16), a.was_given("fp16") ? "fp16" : "bf16", "fp16 and bf16 cannot both be true");
-  check_choice("fp16_opt_level", a.fp16_opt_level, {"O0", "O1", "O2"}, a);
-  need(!(a.fp16_opt_level == "O2" && !a.fp16 && !a.bf16), "fp16_opt_level",
-       "O2 needs fp16 or bf16 (it sets the model dtype to float16 or bfloat16)");
-  need(a.scale_loss > 0 && std::isfinite(a.scale_loss), "scale_loss", "must be a positive number");
-  check_choice("recompute_granularity", a.recompute_granularity, {"full", "full_attn", "core_attn"}, a);
-  if (a.recompute && a.recompute_granularity != "full")
-    note("recompute_granularity " + a.recompute_granularity + ": oar recomputes whole decoder layers (gradients are the same)");
-
-  // ---- LoRA ----
-  need(a.lora_path.empty() || a.lora, "lora_path", "a LoRA adapter to start from needs lora true");
-  need(a.lora_path.empty() || dir_exists(a.lora_path), "lora_path", "'" + a.lora_path + "' is not a directory");
-  need(a.lora_rank >= 1, "lora_rank", "must be >= 1");
-  need(a.lora_plus_scale > 0, "lora_plus_scale", "must be > 0");
-  if (a.lora && !a.continue_training) warn("lora is true with continue_training false: LoRA on a randomly initialised model");
-
-  // ---- paths and data ----
-  need(!a.output_dir.empty(), "output_dir", "is required");
-  need(!a.model_name_or_path.empty(), "model_name_or_path",
-       "is required (a Hugging Face directory; with continue_training false only its config.json and tokenizer are used)");
-  if (a.is_pretrain()) {
-    need(!a.input_dir.empty() || !(a.do_train || a.do_eval || a.do_predict), "input_dir",
-         "is required (a directory of .bin/.idx files, or one prefix)");
-    need(a.max_seq_length >= 1, "max_seq_length", "must be >= 1");
-    check_choice("data_impl", a.data_impl, {"mmap"}, a);
-    need(a.eval_iters >= 1, "eval_iters", "must be >= 1");
-    need(!a.do_train || a.max_steps > 0, "max_steps",
-         "pretraining needs max_steps > 0 (the number of training samples is derived from it, as in PaddleNLP)");
-  } else {
-    need(!a.dataset_name_or_path.empty() || !(a.do_train || a.do_eval || a.do_predict), "dataset_name_or_path",
-         "is required (a directory with train.json and dev.json)");
-    need(a.src_length >= 1, "src_length", "must be >= 1");
-    need(a.max_length >= 2, "max_length", "must be >= 2");
-    need(a.src_length < a.max_length, "src_length",
-         std::to_string(a.src_length) + " leaves no room for the target within max_length " + std::to_string(a.max_length));
-    need(!a.greedy_zero_padding || a.zero_padding, "greedy_zero_padding", "needs zero_padding (intokens) true");
-    need(a.pad_to_multiple_of >= 0, "pad_to_multiple_of", "must be >= 0");
-    if (a.eval_with_do_generation)
-      warn("eval_with_do_generation: Rouge/BLEU generation metrics are not computed; evaluation reports eval_loss, "
-           "perplexity and token accuracy (use oar predict --data_file dev.json for generations)");
-  }
-
-  // ---- loop ----
-  need(a.per_device_train_batch_size >= 1, "per_device_train_batch_size", "must be >= 1");
-  need(a.per_device_eval_batch_size >= 1, "per_device_eval_batch_size", "must be >= 1");
-  need(a.gradient_accumulation_steps >= 1, "gradient_accumulation_steps", "must be >= 1");
-  need(a.max_steps > 0 || a.num_train_epochs > 0 || !a.do_train, "num_train_epochs", "must be > 0 when max_steps is unset");
-  check_choice("optim", a.optim, {"adamw"}, a);
-  need(a.learning_rate >= 0 && std::isfinite(a.learning_rate), "learning_rate", "must be >= 0");
-  need(a.adam_beta1 >= 0 && a.adam_beta1 < 1, "adam_beta1", "must be in [0, 1)");
-  need(a.adam_beta2 >= 0 && a.adam_beta2 < 1, "adam_beta2", "must be in [0, 1)");
-  need(a.adam_epsilon > 0, "adam_epsilon", "must be > 0");
-  need(a.weight_decay >= 0, "weight_decay", "must be >= 0");
-  need(a.max_grad_norm >= 0, "max_grad_norm", "must be >= 0 (0 disables clipping)");
-  check_choice("lr_scheduler_type", a.lr_scheduler_type, {"linear", "cosine", "constant", "constant_with_warmup", "polynomial"}, a);
-  need(a.warmup_ratio >= 0 && a.warmup_ratio <= 1, "warmup_ratio", "must be in [0, 1]");
-  need(a.warmup_steps >= 0, "warmup_steps", "must be >= 0");
-  need(a.min_learning_rate >= 0, "min_learning_rate", "must be >= 0");
-  need(a.seed >= 0, "seed", "must be >= 0");
-
-  // ---- logging / evaluation / saving (PaddleNLP's __post_init__ rules) ----
-  check_choice("logging_strategy", a.logging_strategy, {"no", "steps", "epoch"}, a);
-  check_choice("evaluation_strategy", a.evaluation_strategy, {"no", "steps", "epoch"}, a);
-  check_choice("save_strategy", a.save_strategy, {"no", "steps", "epoch"}, a);
-  if (!a.do_eval && a.evaluation_strategy != "no") a.do_eval = true;
-  if (a.do_eval && a.evaluation_strategy == "no") {
-    a.evaluation_strategy = "steps";
-    note("evaluation_strategy set to steps because do_eval is true (as PaddleNLP)");
-  }
-  need(a.logging_strategy != "steps" || a.logging_steps > 0, "logging_steps", "must be > 0 with logging_strategy steps");
-  if (a.evaluation_strategy == "steps" && a.eval_steps <= 0) {
-    need(a.logging_steps > 0, "eval_steps", "evaluation_strategy steps needs eval_steps or logging_steps > 0");
-    note("eval_steps = logging_steps = " + std::to_string(a.logging_steps) + " (as PaddleNLP)");
-  }
-  need(a.save_strategy != "steps" || a.save_steps > 0, "save_steps", "must be > 0 with save_strategy steps");
-  need(a.save_total_limit == -1 || a.save_total_limit >= 1, "save_total_limit", "must be >= 1 (or unset)");
-  if (a.load_best_model_at_end) {
-    need(a.evaluation_strategy == a.save_strategy, "load_best_model_at_end",
-         "needs save_strategy and evaluation_strategy to match (" + a.save_strategy + " vs " + a.evaluation_strategy + ")");
-    need(a.evaluation_strategy != "steps" || a.save_steps % a.effective_eval_steps() == 0, "load_best_model_at_end",
-         "needs save_steps (" + std::to_string(a.save_steps) + ") to be a multiple of eval_steps (" +
-             std::to_string(a.effective_eval_steps()) + ")");
-    if (a.metric_for_best_model.empty()) a.metric_for_best_model = "loss";
-  }
-  if (a.greater_is_better < 0 && !a.metric_for_best_model.empty())
-    a.greater_is_better = (a.metric_for_best_model == "loss" || a.metric_for_best_model == "eval_loss") ? 0 : 1;
-  need(a.resume_from_checkpoint.empty() || dir_exists(a.resume_from_checkpoint), "resume_from_checkpoint",
-       "'" + a.resume_from_checkpoint + "' is not a directory");
-  need(a.num_hidden_layers == -1 || a.num_hidden_layers >= 1, "num_hidden_layers", "must be >= 1");
-  need(a.num_hidden_layers == -1 || !a.continue_training, "num_hidden_layers",
-       "changing the layer count of a pretrained checkpoint is not supported (use continue_training false)");
-}
-
 json read_config_json(const std::string& text, const std::string& where) {
   json j = parse_json(text, where);
   if (!j.is_object()) fail(where, "expected a JSON object of argument names and values");
@@ -544,7 +388,7 @@ TrainArgs parse_impl(TrainMode mode, const json& file_obj, const std::string& fi
   for (auto it = file_obj.begin(); it != file_obj.end(); ++it) apply(it.key(), it.value(), false, file_where);
   for (auto& [k, v] : split_cli(cli, fields)) apply(k, json(v), true, "command line");
   for (const auto& k : ignored_seen) rep.ignored.push_back(k);
-  validate(a, &rep, world_size);
+  validate_train_args(a, &rep, world_size);
   return a;
 }
 
