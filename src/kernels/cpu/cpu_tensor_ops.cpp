@@ -5,25 +5,20 @@
 #include <cstring>
 #include <vector>
 
-#include "core/error.h"
+#include "kernels/cpu/cpu_train_common.h"
 
 namespace oar::cpu {
 namespace {
 
-void require(bool ok, const char* what) {
-  if (!ok) throw Error(std::string("training kernels: ") + what);
-}
-
 void require_f32(const Tensor& t, const char* op) {
-  if (t.dtype() != DType::F32 || !t.is_contiguous())
-    throw Error(std::string("training kernels: ") + op + " takes contiguous float32 tensors");
+  if (t.dtype() != DType::F32 || !t.is_contiguous()) bad(std::string(op) + " takes contiguous float32 tensors");
 }
 
 // Row copies between a [R, C] tensor and a [n, C] one.
 size_t row_bytes_of(const Tensor& a, const Tensor& b, const char* op) {
   if (a.dtype() != b.dtype() || a.ndim() != 2 || b.ndim() != 2 || a.dim(1) != b.dim(1) || !a.is_contiguous() ||
       !b.is_contiguous())
-    throw Error(std::string("training kernels: ") + op + " takes contiguous [rows, C] tensors of one dtype and C");
+    bad(std::string(op) + " takes contiguous [rows, C] tensors of one dtype and C");
   return size_t(a.dim(1)) * dtype_size(a.dtype());
 }
 
