@@ -30,6 +30,10 @@ run_once() {
     log="$("$dir/bench_llama" --prompt 32 --decode 16 --dtypes f32 2>&1)"
     sed -n 's/^f32 prefill: \([0-9.]*\) tok\/s.*/llama_prefill_tok_s \1/p; s/^f32 decode : \([0-9.]*\) tok\/s.*/llama_decode_tok_s \1/p' \
       <<<"$log" >>"$out/$tag"
+    # The decode runs' median share of the memory bandwidth measured just before each: robust to the guest's
+    # bandwidth drifting between rounds.
+    sed -n 's/^f32 decode : .*median of the runs: \([0-9.]*\)% of the read bandwidth roofline.*/llama_decode_roofline_pct \1/p' \
+      <<<"$log" >>"$out/$tag"
   fi
   if [[ " $benches " == *" engine "* ]]; then
     log="$("$dir/bench_engine" --streams 1,4 --dtype f32 --prompt 16 --decode 16 --repeats 1 2>&1)"

@@ -71,7 +71,6 @@ void fill_value(Tensor& t, float v) {
   std::fill(p, p + t.numel(), v);
 }
 
-
 }  // namespace
 
 // ---- the model's state ----
