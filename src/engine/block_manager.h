@@ -27,6 +27,7 @@ class BlockManager {
   // The geometry is the KV cache's (KVCache::geometry()), read by reference: it must outlive the manager.
   BlockManager(const KVGeometry& geometry, bool enable_prefix_caching);
   BlockManager(KVGeometry&&, bool) = delete;  // a temporary would dangle
+  BlockManager(const KVGeometry&&, bool) = delete;
 
   // The cached full blocks that the start of `tokens` can reuse. At most (tokens.size() - 1) / block_size
   // blocks: the last token is always computed again, so that its logits exist and no write lands in a

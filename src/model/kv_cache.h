@@ -43,6 +43,9 @@ class KVCache {
   // static_scales is required for Int8Static (and ignored otherwise). The blocks live on `backend`, the model's.
   KVCache(const LlamaConfig& cfg, int64_t num_blocks, int64_t block_size, KVCacheDType quant = KVCacheDType::F32,
           const KVStaticScales* static_scales = nullptr, Backend& backend = cpu_backend());
+  // Not copied or moved: the block manager holds a reference to the geometry.
+  KVCache(const KVCache&) = delete;
+  KVCache& operator=(const KVCache&) = delete;
   KVLayerView layer(int64_t l);
   const KVGeometry& geometry() const { return geometry_; }
   int64_t num_blocks() const { return geometry_.num_blocks; }

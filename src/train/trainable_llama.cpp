@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <deque>
 #include <map>
 
 #include "core/error.h"
@@ -112,7 +113,7 @@ struct TrainableLlama::Impl {
     FlatLayout layout;
     Tensor values, grads;  // flat float32 buffers; a frozen group's parameters drop their grad views
   };
-  std::vector<ParamGroup> groups;
+  std::deque<ParamGroup> groups;  // a deque: adding a group keeps the others' addresses (flat_groups() hands them out)
   std::vector<Parameter*> open_group;
   FlatLayout open_layout;
   std::vector<Parameter*> order;

@@ -319,11 +319,16 @@ struct Trainer::Impl {
   }
 
   // Data parallelism: each trainable gradient (and the step's loss, for the log) becomes its mean over the ranks.
-  // The communicator is handed the gradients' memory: a device backend's communicator (NCCL, a CUDA-aware MPI)
-  // takes device pointers.
+  // The trainer's communicator works on host memory, so the gradients must be host tensors (the CPU backend); a
+  // device backend's ranks will reduce through Backend::communicator() (the distributed-training issue).
   void average_over_ranks(double& step_loss) {
     Communicator& c = *opt.data_parallel;
-    for (Parameter* p : params) c.all_reduce(p->grad.data<float>(), p->grad.numel());
+    for (Parameter* p : params) {
+      if (p->grad.device() != Device::CPU)
+        throw Error("data parallelism: the trainer's communicator reduces host memory, but " + p->name + " is on " +
+                    device_name(p->grad.device()));
+      c.all_reduce(p->grad.data<float>(), p->grad.numel());
+    }
     scale_grads(params, 1.0f / float(c.size()));
     c.all_reduce(&step_loss, 1);
     step_loss /= double(c.size());

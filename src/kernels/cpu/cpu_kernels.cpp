@@ -56,6 +56,7 @@ class CpuKernels final : public Kernels {
   void linear_multi(const Tensor& x, const std::vector<const Weight*>& ws, const std::vector<const Tensor*>& biases,
                     const std::vector<Tensor*>& ys) override {
     std::vector<const Tensor*> data;
+    data.reserve(ws.size());
     for (const Weight* w : ws) data.push_back(&dense_data(*w));
     linear_dense(x, data, biases, ys);
   }
@@ -248,8 +249,8 @@ class CpuKernels final : public Kernels {
 
   // The matrix of a dense weight (the formats these kernels run).
   static const Tensor& dense_data(const Weight& w) {
-    require(w.format == WeightFormat::F32 || w.format == WeightFormat::BF16,
-            (std::string("linear: the CPU kernels take float32 or bfloat16 weights, not ") + weight_format_name(w.format)).c_str());
+    if (w.format != WeightFormat::F32 && w.format != WeightFormat::BF16)  // the message only on failure: a hot path
+      throw Error(std::string("linear: the CPU kernels take float32 or bfloat16 weights, not ") + weight_format_name(w.format));
     require(w.data.ndim() == 2 && w.data.dim(0) == w.out && w.data.dim(1) == w.in &&
                 dense_format(w.data.dtype()) == w.format, "linear: a weight's data does not match its format and shape");
     return w.data;

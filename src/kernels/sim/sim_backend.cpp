@@ -2,11 +2,15 @@
 // kept PROT_NONE except while one of this backend's calls runs (an op, a copy, an upload or a download), so host
 // code that touches a sim tensor directly faults. Inside a call the CPU kernels do the work, so results are
 // bit-identical to the CPU backend's: what the tests learn is that the layers above reach memory only through
-// the Backend, which is what a CUDA backend needs of them.
+// the Backend, which is what a CUDA backend needs of them. The opening is process-wide: while one thread is inside
+// a sim call, every thread may touch sim memory, so the checks prove host-access freedom for code that does not
+// read device memory concurrently with another thread's op (all of oar's model, engine and training code).
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <initializer_list>
 #include <mutex>
@@ -31,7 +35,12 @@ class SimMemory {
     const size_t len = round_up(bytes);
     void* p = mmap(nullptr, len, open_ ? PROT_READ | PROT_WRITE : PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) throw Error("sim backend: cannot map " + std::to_string(len) + " bytes: " + std::strerror(errno));
-    regions_[p] = len;
+    try {
+      regions_[p] = len;
+    } catch (...) {
+      munmap(p, len);
+      throw;
+    }
     return p;
   }
   void release(void* p) {
@@ -41,9 +50,15 @@ class SimMemory {
     munmap(p, it->second);
     regions_.erase(it);
   }
+  // A failed opening closes again and throws, leaving the count as it was.
   void enter() {
     std::lock_guard<std::mutex> lock(mu_);
-    if (open_++ == 0) protect(PROT_READ | PROT_WRITE);
+    if (open_ == 0 && !protect(PROT_READ | PROT_WRITE)) {
+      const int err = errno;
+      protect(PROT_NONE);
+      throw Error(std::string("sim backend: mprotect failed: ") + std::strerror(err));
+    }
+    open_++;
   }
   // Whether p lies in a sim mapping (checks the raw pointers of a KVLayerView).
   bool contains(const void* p) {
@@ -53,9 +68,13 @@ class SimMemory {
       if (c >= static_cast<const uint8_t*>(base) && c < static_cast<const uint8_t*>(base) + len) return true;
     return false;
   }
-  void leave() {
+  // Runs in destructors: a memory that cannot be closed again ends the process rather than the checks.
+  void leave() noexcept {
     std::lock_guard<std::mutex> lock(mu_);
-    if (--open_ == 0) protect(PROT_NONE);
+    if (--open_ == 0 && !protect(PROT_NONE)) {
+      std::fprintf(stderr, "sim backend: mprotect(PROT_NONE) failed: %s\n", std::strerror(errno));
+      std::abort();
+    }
   }
 
  private:
@@ -63,9 +82,10 @@ class SimMemory {
     const size_t page = size_t(sysconf(_SC_PAGESIZE));
     return std::max<size_t>(1, (bytes + page - 1) / page) * page;
   }
-  void protect(int prot) {
-    for (auto& [p, len] : regions_)
-      if (mprotect(p, len, prot) != 0) throw Error(std::string("sim backend: mprotect failed: ") + std::strerror(errno));
+  bool protect(int prot) {
+    bool ok = true;
+    for (auto& [p, len] : regions_) ok = mprotect(p, len, prot) == 0 && ok;
+    return ok;
   }
   std::mutex mu_;
   std::unordered_map<void*, size_t> regions_;
@@ -128,7 +148,8 @@ class SimKernels final : public Kernels {
     cpu_->swiglu(gate, up, out);
   }
   void linear_swiglu(const Tensor& x, const Weight& w_gate, const Weight& w_up, Tensor& gate, Tensor& up) override {
-    Open o{&x, &w_gate.data, &w_up.data, &w_gate.scales, &w_up.scales, &gate, &up};
+    Open o{&x,    &w_gate.data, &w_gate.scales, &w_gate.zero_points, &w_up.data, &w_up.scales, &w_up.zero_points,
+           &gate, &up};
     cpu_->linear_swiglu(x, w_gate, w_up, gate, up);
   }
   void softmax(Tensor& x) override {
