@@ -6,13 +6,16 @@ namespace oar {
 
 Weight Backend::pack_weight(const Tensor& host, WeightFormat format) {
   if (host.ndim() != 2) throw Error("pack_weight: a weight is a [out, in] matrix, got shape " + shape_str(host.shape()));
-  DType want = DType::F32;
-  switch (format) {
-    case WeightFormat::F32: want = DType::F32; break;
-    case WeightFormat::BF16: want = DType::BF16; break;
-    case WeightFormat::F16: want = DType::F16; break;
-  }
+  const DType want = dense_dtype(format);
   return Weight::dense(upload(host.dtype() == want ? host : host.to(want)));
+}
+
+void Backend::check_copy(const Tensor& src, const Tensor& dst) const {
+  for (const Tensor* t : {&src, &dst})
+    if (t->device() != device())
+      throw Error(std::string(name()) + " backend: copy of a tensor on " + device_name(t->device()));
+  if (src.dtype() != dst.dtype() || src.numel() != dst.numel() || !src.is_contiguous() || !dst.is_contiguous())
+    throw Error(std::string(name()) + " backend: copy needs contiguous tensors of one dtype and size");
 }
 
 }  // namespace oar

@@ -47,6 +47,10 @@ class Backend {
   virtual Communicator& communicator() = 0;
   // Returns when every op issued so far has finished (the CPU's ops finish before they return).
   virtual void synchronize() = 0;
+
+ protected:
+  // What every copy() requires of its operands (throws oar::Error naming the backend).
+  void check_copy(const Tensor& src, const Tensor& dst) const;
 };
 
 // A new instance of the named backend, working with the ranks of `comm` (null: a single process).

@@ -22,6 +22,15 @@ WeightFormat dense_format(DType dtype) {
   }
 }
 
+DType dense_dtype(WeightFormat format) {
+  switch (format) {
+    case WeightFormat::F32: return DType::F32;
+    case WeightFormat::BF16: return DType::BF16;
+    case WeightFormat::F16: return DType::F16;
+  }
+  throw Error("weight format " + std::to_string(int(format)) + " has no dense dtype");
+}
+
 size_t Weight::bytes() const {
   size_t b = data.defined() ? data.nbytes() : 0;
   if (scales.defined()) b += scales.nbytes();

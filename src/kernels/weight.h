@@ -13,8 +13,9 @@ namespace oar {
 // channel (scales [out]), int4 group-wise (scales and zero points [out, in / group_size]) and a8w8.
 enum class WeightFormat : uint8_t { F32, BF16, F16 };
 const char* weight_format_name(WeightFormat f);
-// The dense format of a dtype (F32, BF16, F16; throws for others).
+// The dense format of a dtype (F32, BF16, F16; throws for others), and back.
 WeightFormat dense_format(DType dtype);
+DType dense_dtype(WeightFormat format);
 
 // Which part of the full [full_out, full_in] matrix this weight holds: all of it, or rows [offset, offset + out)
 // (a column-parallel linear's shard) or columns [offset, offset + in) (a row-parallel one).

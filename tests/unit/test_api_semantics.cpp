@@ -16,8 +16,10 @@
 #include "model/llama.h"
 #include "test_model_util.h"
 #include "tokenizer/tokenizer.h"
+#include "test_letter_tokenizer.h"
 
 using namespace oar;
+using oar::test::LetterTokenizer;
 using nlohmann::json;
 
 namespace {
@@ -83,21 +85,6 @@ TEST_P(ApiTokenizer, SpecialTokenTextEncodesAsHuggingFace) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Kinds, ApiTokenizer, ::testing::Values("spm", "bpe"));
-
-// ---- engine ----
-
-// Token i reads as one letter; ids 0-2 are special.
-class LetterTokenizer : public Tokenizer {
- public:
-  std::vector<int32_t> encode(std::string_view, bool) const override { return {}; }
-  std::string token_bytes(int32_t id, bool) const override { return is_special(id) ? "" : std::string(1, char('a' + id % 26)); }
-  int32_t vocab_size() const override { return 256; }
-  int32_t bos_id() const override { return 1; }
-  std::vector<int32_t> eos_ids() const override { return {2}; }
-  std::string id_to_piece(int32_t id) const override { return token_bytes(id, false); }
-  bool is_special(int32_t id) const override { return id < 3; }
-  std::string kind() const override { return "letters"; }
-};
 
 struct RefPrompt {
   std::vector<int32_t> ids, greedy;

@@ -17,8 +17,10 @@
 #include "test_model_util.h"
 #include "train/optimizer.h"
 #include "train/trainable_llama.h"
+#include "test_letter_tokenizer.h"
 
 using namespace oar;
+using oar::test::LetterTokenizer;
 
 namespace {
 
@@ -40,19 +42,6 @@ Tensor host_floats(std::initializer_list<float> v) {
 bool same_bits(const Tensor& a, const Tensor& b) {
   return a.shape() == b.shape() && a.dtype() == b.dtype() && std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0;
 }
-
-// A tokenizer of letters (the fixtures have none): ids 0-2 are special, 2 is EOS.
-class LetterTokenizer : public Tokenizer {
- public:
-  std::vector<int32_t> encode(std::string_view, bool) const override { return {}; }
-  std::string token_bytes(int32_t id, bool) const override { return id < 3 ? "" : std::string(1, char('a' + id % 26)); }
-  int32_t vocab_size() const override { return 256; }
-  int32_t bos_id() const override { return 1; }
-  std::vector<int32_t> eos_ids() const override { return {2}; }
-  std::string id_to_piece(int32_t id) const override { return token_bytes(id, false); }
-  bool is_special(int32_t id) const override { return id < 3; }
-  std::string kind() const override { return "letters"; }
-};
 
 }  // namespace
 

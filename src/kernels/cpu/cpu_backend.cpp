@@ -26,10 +26,7 @@ class CpuBackend final : public Backend {
     return t;
   }
   void copy(const Tensor& src, Tensor& dst) override {
-    require_host(src, "copy");
-    require_host(dst, "copy");
-    if (src.dtype() != dst.dtype() || src.numel() != dst.numel() || !src.is_contiguous() || !dst.is_contiguous())
-      throw Error("cpu backend: copy needs contiguous tensors of one dtype and size");
+    check_copy(src, dst);
     if (src.raw() != dst.raw()) std::memmove(dst.raw(), src.raw(), src.nbytes());
   }
 

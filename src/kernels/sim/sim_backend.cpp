@@ -319,10 +319,7 @@ class SimBackend final : public Backend {
     return host;
   }
   void copy(const Tensor& src, Tensor& dst) override {
-    require_sim(src, "copy");
-    require_sim(dst, "copy");
-    if (src.dtype() != dst.dtype() || src.numel() != dst.numel() || !src.is_contiguous() || !dst.is_contiguous())
-      throw Error("sim backend: copy needs contiguous tensors of one dtype and size");
+    check_copy(src, dst);
     Open o;
     std::memmove(dst.raw(), src.raw(), src.nbytes());
   }
