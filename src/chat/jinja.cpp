@@ -14,6 +14,18 @@
 
 namespace oar::jinja {
 
+std::string TemplateError::one_line(const std::string& what) {
+  if (what.empty()) return "chat template: error with an empty message";
+  std::string out;
+  out.reserve(what.size());
+  for (char c : what) {
+    if (c == '\n') out += "\\n";
+    else if (c == '\r') out += "\\r";
+    else out += c;
+  }
+  return out;
+}
+
 // ------------------------------------------------------------------------------------------------ string helpers
 namespace detail {
 

@@ -96,10 +96,14 @@ class Value {
 };
 
 // A template error: one line, "chat template: line N: ...". TemplateRaised is raise_exception(msg) from the
-// template itself (the conversation is what the template refuses).
+// template itself (the conversation is what the template refuses). The message is made one non-empty line here
+// (line breaks written as \n, \r), since raise_exception's text and quoted template text may hold them.
 class TemplateError : public Error {
  public:
-  using Error::Error;
+  explicit TemplateError(const std::string& what) : Error(one_line(what)) {}
+
+ private:
+  static std::string one_line(const std::string& what);
 };
 class TemplateRaised : public TemplateError {
  public:

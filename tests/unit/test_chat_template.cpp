@@ -108,6 +108,24 @@ TEST(Jinja, RaiseExceptionCarriesTheTemplatesMessage) {
   }
 }
 
+// Errors reach logs and the CLI as one line: a message the template builds with line breaks, or an empty one,
+// must not break that (the fuzzer found raise_exception('a\nb')).
+TEST(Jinja, ErrorsAreOneNonEmptyLineWhateverTheTemplateRaises) {
+  const std::pair<const char*, const char*> cases[] = {
+      {"{{ raise_exception('first\\nsecond\\r') }}", "first\\nsecond\\r"},
+      {"{{ raise_exception('') }}", "chat template: error with an empty message"},
+  };
+  for (const auto& [source, message] : cases) {
+    jinja::Template t(source);
+    try {
+      t.render(jinja::Value(jinja::Dict{}));
+      ADD_FAILURE() << source;
+    } catch (const jinja::TemplateRaised& e) {
+      EXPECT_STREQ(e.what(), message) << source;
+    }
+  }
+}
+
 TEST(Jinja, UnsupportedConstructsAreRefusedWhenParsed) {
   const std::pair<const char*, const char*> cases[] = {
       {"{% macro f() %}x{% endmacro %}", "unsupported tag 'macro'"},
