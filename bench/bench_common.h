@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 
 #include "io/weight_source.h"
@@ -35,7 +36,9 @@ inline Tensor random_tensor(const Shape& shape, DType dt, float a, uint64_t seed
   return t;
 }
 
-inline std::unique_ptr<LlamaModel> random_model(const LlamaConfig& c, DType dt) {
+// quant: the projections' format (quantized at load), as LlamaModel::from_weights.
+inline std::unique_ptr<LlamaModel> random_model(const LlamaConfig& c, DType dt,
+                                                std::optional<WeightFormat> quant = std::nullopt) {
   std::map<std::string, Tensor> m;
   uint64_t seed = 1;
   const int64_t C = c.hidden_size, F = c.intermediate_size;
@@ -56,7 +59,7 @@ inline std::unique_ptr<LlamaModel> random_model(const LlamaConfig& c, DType dt) 
   m["model.norm.weight"] = random_tensor({C}, DType::F32, 1.0f, seed++);
   m["lm_head.weight"] = random_tensor({c.vocab_size, C}, dt, a, seed++);
   TensorMapSource src("random " + std::string(dtype_name(dt)) + " model", std::move(m));
-  return LlamaModel::from_weights(c, src, dt);
+  return LlamaModel::from_weights(c, src, dt, cpu_backend(), quant);
 }
 
 }  // namespace oar::bench

@@ -31,8 +31,11 @@ KVCacheDType parse_cachekv_int8(bool given, const std::string& value, const std:
 }
 
 LoadedModel load_model_and_tokenizer(const std::string& model_path, const std::string& tokenizer_path,
-                                     const std::string& dtype_name_in, const std::string& lora_path) {
+                                     const std::string& dtype_name_in, const std::string& lora_path,
+                                     const std::string& quant_type) {
   if (model_path.empty()) throw Error("--model_name_or_path is required");
+  std::optional<WeightFormat> quant;
+  if (!quant_type.empty()) quant = parse_quant_type(quant_type);
   if (!dir_exists(model_path) && !file_exists(model_path)) fail(model_path, "no such file or directory");
   DType dtype = DType::F32;
   if (!dtype_name_in.empty()) {
@@ -56,7 +59,8 @@ LoadedModel load_model_and_tokenizer(const std::string& model_path, const std::s
     }
   }
   lm.tokenizer = load_tokenizer(tok);
-  lm.model = lora_path.empty() ? LlamaModel::load(model_path, dtype) : load_llama_with_lora(model_path, lora_path, dtype);
+  lm.model = lora_path.empty() ? LlamaModel::load(model_path, dtype, cpu_backend(), quant)
+                               : load_llama_with_lora(model_path, lora_path, dtype, quant);
   if (lm.tokenizer->vocab_size() > lm.model->config().vocab_size)
     fail(tok, "tokenizer has " + std::to_string(lm.tokenizer->vocab_size()) + " tokens but the model's vocabulary is " +
                   std::to_string(lm.model->config().vocab_size));

@@ -17,7 +17,8 @@ struct LoadedModel {
 // model_path: a Hugging Face directory or a llama2.c checkpoint file. tokenizer_path: empty to look beside the
 // model (the directory itself; for a file, tokenizer.json / tokenizer.model / tokenizer.bin in its directory).
 // dtype: "" picks bfloat16 for models stored in 16-bit, float32 otherwise. lora_path: a LoRA adapter directory
-// to merge into the weights as they load (PaddleNLP's --lora_path), or "".
+// to merge into the weights as they load (PaddleNLP's --lora_path), or "". quant_type: PaddleNLP's --quant_type
+// for the projections, quantized at load ("weight_only_int8"), or "" for dtype's dense weights.
 // Static int8 KV scales: the given file, else cachekv_scales.json where PaddleNLP's PTQ writes it, in the model
 // directory (beside the file for a single-file checkpoint).
 std::string cachekv_scales_path_for(const std::string& model_path, const std::string& given);
@@ -29,6 +30,7 @@ std::string cachekv_scales_path_for(const std::string& model_path, const std::st
 KVCacheDType parse_cachekv_int8(bool given, const std::string& value, const std::string& type);
 
 LoadedModel load_model_and_tokenizer(const std::string& model_path, const std::string& tokenizer_path,
-                                     const std::string& dtype, const std::string& lora_path = "");
+                                     const std::string& dtype, const std::string& lora_path = "",
+                                     const std::string& quant_type = "");
 
 }  // namespace oar::cli

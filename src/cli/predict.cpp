@@ -29,7 +29,7 @@ namespace oar::cli {
 namespace {
 
 struct PredictArgs {
-  std::string model, tokenizer, lora_path, dtype, data_file, output_file, prompt, decode_strategy = "sampling", device = "cpu";
+  std::string model, tokenizer, lora_path, dtype, quant_type, data_file, output_file, prompt, decode_strategy = "sampling", device = "cpu";
   int64_t batch_size = 1, src_length = 1024, max_length = 1024, top_k = 0, seed = 42;
   double top_p = 0.7, temperature = 0.95, repetition_penalty = 1.0;
   bool benchmark = false;
@@ -188,14 +188,21 @@ int run_benchmark(const PredictArgs& a, LoadedModel& lm, const SamplingParams& s
   const double decode_tok_s = double(sum.generated_tokens - int64_t(a.batch_size) * a.bench_rounds) / sum.decode_seconds;
   const double steps_s = double(sum.decode_steps) / sum.decode_seconds;
   const double weight_bytes = double(model.decode_weight_bytes());
-  std::printf("oar: dtype %s, kernels %s, threads %d\n", dtype_name(model.dtype()), kernels_for(Device::CPU).name(),
+  std::printf("oar: dtype %s, weights %s, kernels %s, threads %d\n", dtype_name(model.dtype()),
+              weight_format_name(model.projection_format()), kernels_for(Device::CPU).name(),
               cpu_info().logical_cpus);
-  std::printf("oar: prefill %.1f tok/s (%.1f GFLOP/s = %.1f%% of the measured %s GEMM peak %.1f GFLOP/s)\n", prefill_tok_s,
-              prefill_flops / 1e9, 100.0 * prefill_flops / gemm_peak, dtype_name(model.dtype()), gemm_peak / 1e9);
+  if (gemm_peak > 0)
+    std::printf("oar: prefill %.1f tok/s (%.1f GFLOP/s = %s of the measured %s GEMM peak %.1f GFLOP/s)\n", prefill_tok_s,
+                prefill_flops / 1e9, roofline_percent(prefill_flops / gemm_peak).c_str(), dtype_name(model.dtype()),
+                gemm_peak / 1e9);
+  else
+    std::printf("oar: prefill %.1f tok/s (%.1f GFLOP/s; this CPU has no %s GEMM to measure a peak with)\n", prefill_tok_s,
+                prefill_flops / 1e9, dtype_name(model.dtype()));
   std::printf("oar: decode %.2f tok/s (%.2f steps/s), time to first token %.3f s\n", decode_tok_s, steps_s,
               sum.time_to_first_token / R);
-  std::printf("oar: decode roofline %.1f%% (%.2f GB of weights per step x %.2f steps/s = %.1f GB/s of the measured %.1f GB/s)\n",
-              100.0 * weight_bytes * steps_s / bw, weight_bytes / 1e9, steps_s, weight_bytes * steps_s / 1e9, bw / 1e9);
+  std::printf("oar: decode roofline %s (%.2f GB of weights per step x %.2f steps/s = %.1f GB/s of the measured %.1f GB/s)\n",
+              roofline_percent(weight_bytes * steps_s / bw).c_str(), weight_bytes / 1e9, steps_s,
+              weight_bytes * steps_s / 1e9, bw / 1e9);
   std::printf("oar: peak memory %.2f GiB (KV cache %.1f MiB)\n", double(peak_rss_bytes()) / (1 << 30),
               double(sum.kv_cache_bytes) / (1 << 20));
   return 0;
@@ -349,7 +356,8 @@ int run_block_benchmark(const PredictArgs& a, LoadedModel& lm, const SamplingPar
   std::printf("oar: KV cache %s, %lld blocks of %lld positions, %.1f MiB (%zu bytes per block), %lld preemptions\n",
               kv_cache_dtype_name(ec.kv_dtype), (long long)m.blocks_total, (long long)ec.block_size,
               double(m.kv_cache_bytes) / (1 << 20), m.kv_bytes_per_block, (long long)m.preemptions);
-  std::printf("oar: dtype %s, kernels %s, threads %d, peak memory %.2f GiB\n", dtype_name(lm.model->dtype()),
+  std::printf("oar: dtype %s, weights %s, kernels %s, threads %d, peak memory %.2f GiB\n", dtype_name(lm.model->dtype()),
+              weight_format_name(lm.model->projection_format()),
               kernels_for(Device::CPU).name(), cpu_info().logical_cpus, double(peak_rss_bytes()) / (1 << 30));
   return 0;
 }
@@ -362,6 +370,7 @@ Action add_predict(CLI::App& app) {
   app.add_option("--tokenizer_name_or_path", a->tokenizer, "tokenizer file or directory (default: beside the model)");
   app.add_option("--lora_path", a->lora_path, "LoRA adapter directory (PEFT or PaddleNLP) merged into the weights at load");
   app.add_option("--dtype", a->dtype, "float32 or bfloat16 (default: bfloat16 for 16-bit checkpoints, else float32)");
+  app.add_option("--quant_type", a->quant_type, "weight_only_int8: attention and MLP weights in int8 with one scale per output channel, quantized at load");
   app.add_option("--batch_size", a->batch_size, "prompts generated together")->check(positive_int());
   CLI::Option* src_length_opt = app.add_option("--src_length", a->src_length, "maximum prompt tokens (longer prompts keep their end)")->check(positive_int());
   app.add_option("--max_length", a->max_length, "maximum new tokens")->check(non_negative_int());
@@ -402,7 +411,7 @@ Action add_predict(CLI::App& app) {
     // Inputs are read and checked before the (slow) model load.
     std::vector<Input> inputs;
     if (!a->benchmark) inputs = read_inputs(*a);
-    LoadedModel lm = load_model_and_tokenizer(a->model, a->tokenizer, a->dtype, a->lora_path);
+    LoadedModel lm = load_model_and_tokenizer(a->model, a->tokenizer, a->dtype, a->lora_path, a->quant_type);
     check_src_length(*a, *lm.model);
     if (ec && a->benchmark) return run_block_benchmark(*a, lm, sp, *ec);
     if (ec) return run_block_attn(*a, lm, sp, inputs, *ec);

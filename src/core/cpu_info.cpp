@@ -2,6 +2,8 @@
 
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -69,7 +71,8 @@ const CpuInfo& cpu_info() {
   return info;
 }
 
-uint64_t peak_rss_bytes() {
+namespace {
+uint64_t vm_hwm_bytes() {
   std::ifstream f("/proc/self/status");
   std::string line;
   while (std::getline(f, line)) {
@@ -81,6 +84,18 @@ uint64_t peak_rss_bytes() {
     }
   }
   return 0;
+}
+std::atomic<uint64_t> g_peak_before_reset{0};  // the peak that a reset of VmHWM took away
+}  // namespace
+
+uint64_t peak_rss_bytes() { return std::max(g_peak_before_reset.load(), vm_hwm_bytes()); }
+
+void forget_peak_rss_since(uint64_t peak_before) {
+  std::ofstream f("/proc/self/clear_refs");
+  if (!(f << "5" << std::flush)) return;  // not Linux, or refused: the peak keeps the measurement's memory
+  uint64_t cur = g_peak_before_reset.load();
+  while (cur < peak_before && !g_peak_before_reset.compare_exchange_weak(cur, peak_before)) {
+  }
 }
 
 }  // namespace oar

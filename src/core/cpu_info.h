@@ -19,7 +19,12 @@ struct CpuInfo {
 };
 
 const CpuInfo& cpu_info();
-// Peak resident set size of this process so far, in bytes (from /proc/self/status VmHWM).
+// Peak resident set size of this process so far, in bytes (from /proc/self/status VmHWM), less what
+// forget_peak_rss_since excluded.
 uint64_t peak_rss_bytes();
+// Excludes from peak_rss_bytes what was resident since `peak_before` (a peak_rss_bytes() reading) and has been
+// freed since: a measurement's own buffer (the bandwidth probe's 1 GiB) is not the program's memory. Resets the
+// kernel's high-water mark to the current RSS (/proc/self/clear_refs); where that is refused, nothing changes.
+void forget_peak_rss_since(uint64_t peak_before);
 
 }  // namespace oar

@@ -4,8 +4,15 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
 #include <vector>
 
+#include "core/cpu_info.h"
+#include "core/error.h"
 #include "core/tensor.h"
 #include "kernels/kernels.h"
 
@@ -17,30 +24,46 @@ double now_s() {
 }  // namespace
 
 double measure_read_bandwidth(size_t bytes) {
-  const size_t n = bytes / sizeof(uint64_t);
-  Tensor buf = Tensor::empty({int64_t(n)}, DType::I64);
-  uint64_t* p = reinterpret_cast<uint64_t*>(buf.raw());
-  // Touch every page first so the measurement is not of page faults.
-#pragma omp parallel for schedule(static)
-  for (size_t i = 0; i < n; i += 512) p[i] = i;
-  // The median of several passes, not the best: decode is timed over many tokens, so its ceiling should be
-  // the typical sustained rate too, not one lucky pass on a machine shared with other guests.
-  std::vector<double> rates;
-  volatile uint64_t sink = 0;
-  for (int rep = 0; rep < 7; rep++) {
-    double t = now_s();
-    uint64_t total = 0;
-#pragma omp parallel for schedule(static) reduction(^ : total)
-    for (size_t i = 0; i < n; i += 8) {
-      // eight independent loads per iteration; the xor keeps them live without a dependency chain on memory
-      total ^= p[i] ^ p[i + 1] ^ p[i + 2] ^ p[i + 3] ^ p[i + 4] ^ p[i + 5] ^ p[i + 6] ^ p[i + 7];
+  const uint64_t peak_before = peak_rss_bytes();
+  double rate = 0;
+  {
+    const int nt = omp_get_max_threads();
+    const size_t share = std::max<size_t>(4096, bytes / size_t(nt) / 4096 * 4096);  // page-aligned shares
+    const size_t total = share * size_t(nt);
+    std::unique_ptr<uint8_t, decltype(&std::free)> buf(static_cast<uint8_t*>(std::aligned_alloc(4096, total)), &std::free);
+    if (!buf) throw Error("read-bandwidth probe: cannot allocate " + std::to_string(total >> 20) + " MiB");
+    uint8_t* p = buf.get();
+    // Each thread touches (and so places) the pages it will read: not a measurement of page faults.
+#pragma omp parallel num_threads(nt)
+    std::memset(p + size_t(omp_get_thread_num()) * share, 1, share);
+    // The median of several passes, not the best: decode is timed over many tokens, so its ceiling should be the
+    // typical sustained rate too, not one lucky pass on a machine shared with other guests.
+    std::vector<double> rates;
+    uint64_t sink = 0;
+    for (int rep = 0; rep < 7; rep++) {
+      const double t = now_s();
+      uint64_t x = 0;
+#pragma omp parallel num_threads(nt) reduction(^ : x)
+      x ^= cpu_read_bytes(p + size_t(omp_get_thread_num()) * share, share);
+      rates.push_back(double(total) / (now_s() - t));
+      sink ^= x;
     }
-    sink = sink ^ total;
-    rates.push_back(double(n * sizeof(uint64_t)) / (now_s() - t));
+    if (sink == 0x5eed) rates.push_back(0);  // keeps the reads observable; a buffer of ones never xors to this
+    std::sort(rates.begin(), rates.end());
+    rate = rates[rates.size() / 2];
   }
-  (void)sink;
-  std::sort(rates.begin(), rates.end());
-  return rates[rates.size() / 2];
+  forget_peak_rss_since(peak_before);  // the probe's buffer is not the program's memory
+  return rate;
+}
+
+std::string roofline_percent(double fraction) {
+  char buf[160];
+  if (fraction > 1.0)
+    std::snprintf(buf, sizeof buf, "%.1f%% (above 100%%: the bandwidth probe under-reads this machine; not a result)",
+                  100.0 * fraction);
+  else
+    std::snprintf(buf, sizeof buf, "%.1f%%", 100.0 * fraction);
+  return buf;
 }
 
 double measure_gemm_flops(DType dt, int64_t M, int64_t N, int64_t K) {

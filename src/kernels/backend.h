@@ -38,8 +38,8 @@ class Backend {
   // dst = src: both contiguous, on this device, of one dtype and element count.
   virtual void copy(const Tensor& src, Tensor& dst) = 0;
   // A [out, in] host matrix (float32, bfloat16 or float16) as a weight of `format` on this device, ready for
-  // Kernels::linear. The default converts on the host and uploads (on the CPU a matrix already in the format
-  // stays a zero-copy view of its file).
+  // Kernels::linear. The default converts (or quantizes) on the host and uploads (on the CPU a matrix already in
+  // the format stays a zero-copy view of its file).
   virtual Weight pack_weight(const Tensor& host, WeightFormat format);
 
   virtual Kernels& ops() = 0;

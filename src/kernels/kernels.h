@@ -108,5 +108,9 @@ Kernels& kernels_for(Device device);
 // A and B contiguous in `dt` (F32 or BF16). Returns false where this CPU has no kernel for dt. For code that times
 // the GEMM itself (infer/roofline) without reaching into kernels/cpu.
 bool cpu_gemm_nt(int64_t M, int64_t N, int64_t K, DType dt, const void* A, const void* B, float* C);
+// Reads n bytes at p (64-byte aligned, n a multiple of 64) with the widest loads of the CPU's ISA table: the read
+// bandwidth probe's inner loop. The result depends on every byte, so no load can be left out.
+uint64_t cpu_read_bytes(const void* p, size_t n);
+const char* cpu_isa_name();  // the ISA table the CPU kernels run ("avx2", ...)
 
 }  // namespace oar

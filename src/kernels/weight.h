@@ -4,15 +4,21 @@
 // a kernel per ISA behind Kernels::linear; no layer above changes.
 #pragma once
 #include <cstdint>
+#include <string>
 
 #include "core/tensor.h"
 
 namespace oar {
 
-// Built today: the dense float formats ([out, in] in that dtype). Next (the quantization issue): int8 per output
-// channel (scales [out]), int4 group-wise (scales and zero points [out, in / group_size]) and a8w8.
-enum class WeightFormat : uint8_t { F32, BF16, F16 };
-const char* weight_format_name(WeightFormat f);
+// Built today: the dense float formats ([out, in] in that dtype) and Int8, PaddleNLP's weight_only_int8: int8
+// [out, in] with one float32 scale per output channel (symmetric absmax, w ~= data * scale). Next (the
+// quantization issue): int4 group-wise (scales and zero points [out, in / group_size]) and a8w8.
+enum class WeightFormat : uint8_t { F32, BF16, F16, Int8 };
+const char* weight_format_name(WeightFormat f);  // Int8: "weight_only_int8", as PaddleNLP's --quant_type
+// PaddleNLP's --quant_type names of the quantized formats oar builds ("weight_only_int8"); throws oar::Error
+// naming the flag for the others (a8w8, weight_only_int4: not built yet) and for unknown names.
+WeightFormat parse_quant_type(const std::string& name);
+bool is_quantized(WeightFormat f);
 // The dense format of a dtype (F32, BF16, F16; throws for others), and back.
 WeightFormat dense_format(DType dtype);
 DType dense_dtype(WeightFormat format);
@@ -39,6 +45,12 @@ struct Weight {
   size_t bytes() const;
   // A dense [out, in] float tensor as a weight of its dtype's format, sharing its memory.
   static Weight dense(const Tensor& t);
+  // weight_only_int8 of a float [out, in] matrix on the host: per output row, scale = max|w| / 127 and
+  // data = round(w / scale) (an all-zero row gets scale 0 and zeros).
+  static Weight quantize_int8(const Tensor& host);
+  // The float32 [out, in] matrix a host weight stands for (quantized formats: data * scale), for tests and for
+  // products that have no kernel of their own.
+  Tensor dequantize() const;
 };
 
 }  // namespace oar

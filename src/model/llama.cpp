@@ -42,13 +42,14 @@ int64_t StepBatch::add_sequence(const int32_t* toks, int64_t n, int64_t pos0, co
   return s.row0;
 }
 
-std::unique_ptr<LlamaModel> LlamaModel::load(const std::string& path, DType dtype, Backend& backend) {
+std::unique_ptr<LlamaModel> LlamaModel::load(const std::string& path, DType dtype, Backend& backend,
+                                             std::optional<WeightFormat> quant) {
   const ModelSource ms = open_model_source(path);
-  return from_weights(ms.config, *ms.weights, dtype, backend);
+  return from_weights(ms.config, *ms.weights, dtype, backend, quant);
 }
 
 std::unique_ptr<LlamaModel> LlamaModel::from_weights(const LlamaConfig& cfg, const WeightSource& src, DType dtype,
-                                                     Backend& backend) {
+                                                     Backend& backend, std::optional<WeightFormat> quant) {
   if (dtype != DType::F32 && dtype != DType::BF16)
     throw Error(std::string("--dtype ") + dtype_name(dtype) + " is not supported for compute (use float32 or bfloat16)");
   cfg.validate(src.where());
@@ -56,7 +57,8 @@ std::unique_ptr<LlamaModel> LlamaModel::from_weights(const LlamaConfig& cfg, con
   m->cfg_ = cfg;
   m->dtype_ = dtype;
   m->be_ = &backend;
-  const WeightFormat format = dense_format(dtype);
+  const WeightFormat dense = dense_format(dtype), format = quant.value_or(dense);
+  m->proj_format_ = format;
   const int64_t C = cfg.hidden_size, V = cfg.vocab_size, F = cfg.intermediate_size;
   const int64_t QD = cfg.q_dim(), KVD = cfg.kv_dim();
   LlamaWeights& w = m->w_;
@@ -90,9 +92,9 @@ std::unique_ptr<LlamaModel> LlamaModel::from_weights(const LlamaConfig& cfg, con
   if (cfg.tie_word_embeddings) {
     // The embedding already on the device serves as the LM head when it has the compute dtype (one copy).
     w.lm_head = w.embed_tokens.dtype() == dtype ? Weight::dense(w.embed_tokens)
-                                                : backend.pack_weight(fetch(src, "model.embed_tokens.weight", {V, C}, dtype), format);
+                                                : backend.pack_weight(fetch(src, "model.embed_tokens.weight", {V, C}, dtype), dense);
   } else {
-    w.lm_head = backend.pack_weight(fetch(src, "lm_head.weight", {V, C}, dtype), format);
+    w.lm_head = backend.pack_weight(fetch(src, "lm_head.weight", {V, C}, dtype), dense);
   }
   m->rope_ = make_rope_table(cfg, cfg.max_position_embeddings);
   return m;

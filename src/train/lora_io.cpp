@@ -534,11 +534,12 @@ Tensor LoraMergedSource::get(const std::string& name) const {
   return merge_lora_weight(W, p, adapter_.scaling(), keep_stored_dtype_ ? W.dtype() : DType::F32);
 }
 
-std::unique_ptr<LlamaModel> load_llama_with_lora(const std::string& model_path, const std::string& lora_dir, DType dtype) {
+std::unique_ptr<LlamaModel> load_llama_with_lora(const std::string& model_path, const std::string& lora_dir, DType dtype,
+                                                 std::optional<WeightFormat> quant) {
   LoraAdapter a = load_lora_adapter(lora_dir);
   const ModelSource ms = open_model_source(model_path);
   check_lora_against_config(a, ms.config, model_path);
-  return LlamaModel::from_weights(ms.config, LoraMergedSource(*ms.weights, a), dtype);
+  return LlamaModel::from_weights(ms.config, LoraMergedSource(*ms.weights, a), dtype, cpu_backend(), quant);
 }
 
 LoraAdapter merge_lora_checkpoint(const std::string& base_dir, const std::string& lora_dir, const std::string& out_path,

@@ -11,8 +11,10 @@
 #include "kernels/cpu/isa.h"
 #include "kernels/kernels.h"
 #include "model/kv_cache.h"
+#include "test_model_util.h"
 
 using namespace oar;
+using oar::test::max_rel;
 
 namespace {
 
@@ -27,15 +29,6 @@ Tensor rand_tensor(const Shape& s, DType dt = DType::F32, float a = 1.0f) {
     else t.data<float>()[i] = v;
   }
   return t;
-}
-
-double max_rel(const float* a, const float* b, int64_t n) {
-  double mx = 1e-30, d = 0;
-  for (int64_t i = 0; i < n; i++) {
-    mx = std::max(mx, double(std::fabs(b[i])));
-    d = std::max(d, double(std::fabs(a[i] - b[i])));
-  }
-  return d / mx;
 }
 
 std::vector<const cpu::IsaOps*> available_isas() {

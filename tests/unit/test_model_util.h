@@ -27,6 +27,16 @@ inline Tensor prompt_logits(LlamaModel& m, const std::vector<int32_t>& ids, KVCa
   return logits;
 }
 
+// max |a - b| / max |b| over n floats
+inline double max_rel(const float* a, const float* b, int64_t n) {
+  double mx = 1e-30, d = 0;
+  for (int64_t i = 0; i < n; i++) {
+    mx = std::max(mx, double(std::fabs(b[i])));
+    d = std::max(d, double(std::fabs(a[i] - b[i])));
+  }
+  return d / mx;
+}
+
 // max |a - b| / max |b|
 inline double rel_err(const Tensor& a, const Tensor& b) {
   double mx = 0, diff = 0;

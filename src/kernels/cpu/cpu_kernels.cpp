@@ -50,24 +50,22 @@ class CpuKernels final : public Kernels {
   const char* name() const override { return isa_.name; }
 
   void linear(const Tensor& x, const Weight& w, const Tensor* bias, Tensor& y) override {
-    linear_dense(x, {&dense_data(w)}, {bias}, {&y});
+    linear_weights(x, {&checked(w)}, {bias}, {&y});
   }
 
   void linear_multi(const Tensor& x, const std::vector<const Weight*>& ws, const std::vector<const Tensor*>& biases,
                     const std::vector<Tensor*>& ys) override {
-    std::vector<const Tensor*> data;
-    data.reserve(ws.size());
-    for (const Weight* w : ws) data.push_back(&dense_data(*w));
-    linear_dense(x, data, biases, ys);
+    for (const Weight* w : ws) checked(*w);
+    linear_weights(x, ws, biases, ys);
   }
 
   void linear_swiglu(const Tensor& x, const Weight& w_gate, const Weight& w_up, Tensor& gate, Tensor& up) override {
-    const std::vector<const Tensor*> ws = {&dense_data(w_gate), &dense_data(w_up)};
-    const int64_t K = ws[0]->dim(1);
+    const std::vector<const Weight*> ws = {&checked(w_gate), &checked(w_up)};
+    const int64_t K = w_gate.in;
     const int64_t M = x.numel() / K;
     const std::vector<Tensor*> ys = {&gate, &up};
-    if (M > gemv_row_limit(ws) || ws[1]->dim(0) != ws[0]->dim(0)) {
-      linear_dense(x, ws, {nullptr, nullptr}, ys);
+    if (M > gemv_row_limit(ws) || w_up.out != w_gate.out) {
+      linear_weights(x, ws, {nullptr, nullptr}, ys);
       swiglu(gate, up, gate);
       return;
     }
@@ -75,11 +73,11 @@ class CpuKernels final : public Kernels {
     gemv_all(x.data<float>(), M, K, ws, {nullptr, nullptr}, ys, /*swiglu_pairs=*/true);
   }
 
-  // ys[i] = x · ws[i]^T (+ biases[i]) for dense float32 or bfloat16 weight matrices.
-  void linear_dense(const Tensor& x, const std::vector<const Tensor*>& ws, const std::vector<const Tensor*>& biases,
-                    const std::vector<Tensor*>& ys) {
+  // ys[i] = x · ws[i]^T (+ biases[i]) for checked weights.
+  void linear_weights(const Tensor& x, const std::vector<const Weight*>& ws, const std::vector<const Tensor*>& biases,
+                      const std::vector<Tensor*>& ys) {
     check_linear(x, ws, biases, ys);
-    const int64_t K = ws[0]->dim(1);
+    const int64_t K = ws[0]->in;
     const int64_t M = x.numel() / K;
     const float* xp = x.data<float>();
     // Prefill and larger batches: the GEMM library, one product at a time. Where the GEMV stops paying off was
@@ -89,13 +87,14 @@ class CpuKernels final : public Kernels {
     if (M > gemv_row_limit(ws)) {
       bool converted = false;
       for (size_t i = 0; i < ws.size(); i++) {
-        const Tensor& w = *ws[i];
-        const int64_t N = w.dim(0);
+        const Weight& w = *ws[i];
         float* yp = ys[i]->data<float>();
         const float* bp = biases[i] ? biases[i]->data<float>() : nullptr;
         bool done;
-        if (w.dtype() == DType::F32) {
-          done = cpu::onednn_gemm(M, N, K, DType::F32, xp, K, w.data<float>(), K, true, yp, N, bp);
+        if (w.format == WeightFormat::F32) {
+          done = cpu::onednn_gemm(M, w.out, K, DType::F32, xp, K, w.data.data<float>(), K, true, yp, w.out, bp);
+        } else if (w.format == WeightFormat::Int8) {
+          done = gemm_int8(xp, M, w, yp, bp);
         } else {
           // bf16 x bf16 -> f32 on the AVX512_BF16 units; activations are rounded to bf16 for this product only.
           if (!converted) {
@@ -103,7 +102,8 @@ class CpuKernels final : public Kernels {
             parallel_ranges(M, 1, [&](int64_t b, int64_t e) { isa_.f32_to_bf16(xp + b * K, scratch_bf16_.data() + b * K, (e - b) * K); }, K);
             converted = true;
           }
-          done = cpu::onednn_gemm(M, N, K, DType::BF16, scratch_bf16_.data(), K, w.data<uint16_t>(), K, true, yp, N, bp);
+          done = cpu::onednn_gemm(M, w.out, K, DType::BF16, scratch_bf16_.data(), K, w.data.data<uint16_t>(), K, true,
+                                  yp, w.out, bp);
         }
         if (!done) gemv_all(xp, M, K, {ws[i]}, {biases[i]}, {ys[i]});
       }
@@ -111,6 +111,27 @@ class CpuKernels final : public Kernels {
     }
     gemv_all(xp, M, K, ws, biases, ys);
   }
+
+  // Prefill with int8 weights: blocks of weight rows dequantized to float32 (a few MiB, cache-sized) and each
+  // multiplied by the GEMM library into its columns of y. False when the library cannot (then the GEMV runs).
+  bool gemm_int8(const float* xp, int64_t M, const Weight& w, float* yp, const float* bp) {
+    const int64_t K = w.in, N = w.out;
+    const int64_t rows = std::max<int64_t>(16, (int64_t(4) << 20) / (K * int64_t(sizeof(float))));
+    scratch_f32_.resize(size_t(std::min(rows, N) * K));
+    const int8_t* q = w.data.data<int8_t>();
+    const float* sc = w.scales.data<float>();
+    for (int64_t n0 = 0; n0 < N; n0 += rows) {
+      const int64_t nb = std::min(rows, N - n0);
+      float* d = scratch_f32_.data();
+      parallel_ranges(nb, 1, [&](int64_t b, int64_t e) {
+        for (int64_t r = b; r < e; r++)
+          for (int64_t k = 0; k < K; k++) d[r * K + k] = float(q[(n0 + r) * K + k]) * sc[n0 + r];
+      }, K);
+      if (!cpu::onednn_gemm(M, nb, K, DType::F32, xp, K, d, K, true, yp + n0, N, bp ? bp + n0 : nullptr)) return false;
+    }
+    return true;
+  }
+
   void rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& y) override {
     const int64_t C = w.numel();
     const int64_t R = x.numel() / C;
@@ -247,34 +268,36 @@ class CpuKernels final : public Kernels {
   static constexpr int64_t kGemvRowsBf16Dot = 3;  // bf16 weights through gemv_bf16_bf16
   static constexpr int64_t kGemvRowsBf16 = 2;     // bf16 weights through gemv_bf16
 
-  // The matrix of a dense weight (the formats these kernels run).
-  static const Tensor& dense_data(const Weight& w) {
-    if (w.format != WeightFormat::F32 && w.format != WeightFormat::BF16)  // the message only on failure: a hot path
-      throw Error(std::string("linear: the CPU kernels take float32 or bfloat16 weights, not ") + weight_format_name(w.format));
-    require(w.data.ndim() == 2 && w.data.dim(0) == w.out && w.data.dim(1) == w.in &&
-                dense_format(w.data.dtype()) == w.format, "linear: a weight's data does not match its format and shape");
-    return w.data;
+  // A weight in a format these kernels run, its data matching its format and shape.
+  static const Weight& checked(const Weight& w) {
+    if (w.format != WeightFormat::F32 && w.format != WeightFormat::BF16 && w.format != WeightFormat::Int8)
+      // the message only on failure: a hot path
+      throw Error(std::string("linear: the CPU kernels take float32, bfloat16 or weight_only_int8 weights, not ") +
+                  weight_format_name(w.format));
+    const DType want = w.format == WeightFormat::Int8 ? DType::I8 : dense_dtype(w.format);
+    require(w.data.ndim() == 2 && w.data.dim(0) == w.out && w.data.dim(1) == w.in && w.data.is_contiguous() &&
+                w.data.dtype() == want, "linear: a weight's data does not match its format and shape");
+    if (w.format == WeightFormat::Int8)
+      require(w.scales.dtype() == DType::F32 && w.scales.numel() == w.out, "linear: an int8 weight needs one float32 scale per output row");
+    return w;
   }
 
-  static void check_linear(const Tensor& x, const std::vector<const Tensor*>& ws,
+  static void check_linear(const Tensor& x, const std::vector<const Weight*>& ws,
                            const std::vector<const Tensor*>& biases, const std::vector<Tensor*>& ys) {
     require(x.dtype() == DType::F32 && x.is_contiguous(), "linear expects contiguous float32 activations");
     require(ws.size() == ys.size() && biases.size() == ws.size(), "linear_multi: one output and bias slot per weight");
-    const int64_t K = ws[0]->dim(1);
+    const int64_t K = ws[0]->in;
     const int64_t M = x.numel() / K;
     for (size_t i = 0; i < ws.size(); i++) {
-      const Tensor& w = *ws[i];
-      require(w.ndim() == 2 && w.is_contiguous() && w.dim(1) == K, "linear weights must be contiguous [out, in]");
-      require(ys[i]->dtype() == DType::F32 && ys[i]->is_contiguous() && ys[i]->numel() == M * w.dim(0), "linear output shape mismatch");
-      require(w.dtype() == DType::F32 || w.dtype() == DType::BF16,
-              (std::string("linear weights of dtype ") + dtype_name(w.dtype()) + " are not supported").c_str());
+      require(ws[i]->in == K, "linear_multi: every weight takes the same input width");
+      require(ys[i]->dtype() == DType::F32 && ys[i]->is_contiguous() && ys[i]->numel() == M * ws[i]->out, "linear output shape mismatch");
     }
     require(x.numel() == M * K, "linear input shape mismatch");
   }
 
   // The most rows a product runs as a GEMV before the GEMM library is faster.
-  int64_t gemv_row_limit(const std::vector<const Tensor*>& ws) const {
-    const bool all_bf16 = std::all_of(ws.begin(), ws.end(), [](const Tensor* w) { return w->dtype() == DType::BF16; });
+  int64_t gemv_row_limit(const std::vector<const Weight*>& ws) const {
+    const bool all_bf16 = std::all_of(ws.begin(), ws.end(), [](const Weight* w) { return w->format == WeightFormat::BF16; });
     return !all_bf16 ? kGemvRows : isa_.gemv_bf16_bf16 ? kGemvRowsBf16Dot : kGemvRowsBf16;
   }
 
@@ -286,33 +309,35 @@ class CpuKernels final : public Kernels {
   // and busy (BENCHMARKS.md), but bf16 decode on AVX-512 has not been re-measured under it.
   // ys[i] = x · ws[i]^T (+ biases[i]) as GEMVs in 128 KiB chunks of weight rows. swiglu_pairs: ws = {gate, up}
   // of one shape; each chunk covers the same rows of both and ends with ys[0] = silu(ys[0]) * ys[1] on them.
-  void gemv_all(const float* xp, int64_t M, int64_t K, const std::vector<const Tensor*>& ws,
+  void gemv_all(const float* xp, int64_t M, int64_t K, const std::vector<const Weight*>& ws,
                 const std::vector<const Tensor*>& biases, const std::vector<Tensor*>& ys, bool swiglu_pairs = false) {
     struct Chunk { int32_t mat; int64_t n0, n1; };
     std::vector<Chunk> chunks;
     int64_t total = 0;
     for (size_t i = 0; i < (swiglu_pairs ? 1 : ws.size()); i++) {
-      const int64_t N = ws[i]->dim(0);
-      const int64_t rows = std::max<int64_t>(16, (int64_t(128) << 10) / (K * int64_t(dtype_size(ws[i]->dtype()))));
+      const int64_t N = ws[i]->out;
+      const int64_t rows = std::max<int64_t>(16, (int64_t(128) << 10) / (K * int64_t(dtype_size(ws[i]->data.dtype()))));
       for (int64_t n = 0; n < N; n += rows) chunks.push_back({int32_t(i), n, std::min(N, n + rows)});
       total += N * K * M * (swiglu_pairs ? 2 : 1);
     }
     // With a bf16 dot-product instruction, the activations are rounded to bf16 once here, not per weight row.
     thread_local std::vector<uint16_t> xb;
     const bool dp = isa_.gemv_bf16_bf16 != nullptr &&
-                    std::any_of(ws.begin(), ws.end(), [](const Tensor* w) { return w->dtype() == DType::BF16; });
+                    std::any_of(ws.begin(), ws.end(), [](const Weight* w) { return w->format == WeightFormat::BF16; });
     if (dp) {
       xb.resize(size_t(M * K));
       isa_.f32_to_bf16(xp, xb.data(), M * K);
     }
     const uint16_t* xbp = xb.data();  // a pointer: inside the parallel loop, `xb` would name each thread's own copy
     auto product = [&](size_t mat, int64_t n0, int64_t n1) {
-      const Tensor& w = *ws[mat];
+      const Weight& w = *ws[mat];
       float* yp = ys[mat]->data<float>();
-      const int64_t N = w.dim(0);
-      if (w.dtype() == DType::F32) isa_.gemv_f32(xp, M, K, w.data<float>(), K, n0, n1, yp, N);
-      else if (dp) isa_.gemv_bf16_bf16(xbp, M, K, w.data<uint16_t>(), K, n0, n1, yp, N);
-      else isa_.gemv_bf16(xp, M, K, w.data<uint16_t>(), K, n0, n1, yp, N);
+      const int64_t N = w.out;
+      if (w.format == WeightFormat::F32) isa_.gemv_f32(xp, M, K, w.data.data<float>(), K, n0, n1, yp, N);
+      else if (w.format == WeightFormat::Int8)
+        isa_.gemv_i8(xp, M, K, w.data.data<int8_t>(), w.scales.data<float>(), K, n0, n1, yp, N);
+      else if (dp) isa_.gemv_bf16_bf16(xbp, M, K, w.data.data<uint16_t>(), K, n0, n1, yp, N);
+      else isa_.gemv_bf16(xp, M, K, w.data.data<uint16_t>(), K, n0, n1, yp, N);
       if (const Tensor* b = biases[mat])
         for (int64_t m = 0; m < M; m++)
           for (int64_t n = n0; n < n1; n++) yp[m * N + n] += b->data<float>()[n];
@@ -321,7 +346,7 @@ class CpuKernels final : public Kernels {
       if (!swiglu_pairs) return product(size_t(c.mat), c.n0, c.n1);
       product(0, c.n0, c.n1);
       product(1, c.n0, c.n1);
-      const int64_t N = ws[0]->dim(0);
+      const int64_t N = ws[0]->out;
       float* g = ys[0]->data<float>();
       const float* u = ys[1]->data<float>();
       for (int64_t m = 0; m < M; m++)
@@ -340,6 +365,7 @@ class CpuKernels final : public Kernels {
     for (int64_t i = 0; i < nc; i++) run(chunks[size_t(i)]);
   }
   std::vector<uint16_t> scratch_bf16_;
+  std::vector<float> scratch_f32_;  // gemm_int8's dequantized block
 
   static void softmax_row(float* p, int64_t n) {
     float mx = -INFINITY;

@@ -1,6 +1,7 @@
 // Per-ISA inner loops. Each instruction set (AVX-512, AVX2+FMA, scalar) provides the same table; the CPU kernels
 // pick one at start-up from what the processor reports (OAR_ISA=scalar|avx2|avx512 forces a choice, for tests).
 #pragma once
+#include <cstddef>
 #include <cstdint>
 
 namespace oar::cpu {
@@ -26,11 +27,23 @@ struct IsaOps {
   // bf16 dot-product instruction; nullptr where there is none (then gemv_bf16 is used).
   void (*gemv_bf16_bf16)(const uint16_t* x, int64_t M, int64_t ldx, const uint16_t* w, int64_t K, int64_t n0,
                          int64_t n1, float* y, int64_t ldy) = nullptr;
+  // weight_only_int8: y[m*ldy + n] = scales[n] * dot(x[m*ldx ..], w[n*K ..]) with int8 weights, float activations.
+  void (*gemv_i8)(const float* x, int64_t M, int64_t ldx, const int8_t* w, const float* scales, int64_t K, int64_t n0,
+                  int64_t n1, float* y, int64_t ldy) = nullptr;
+  // Reads n bytes (a multiple of 64, 64-byte aligned) with the widest loads this ISA has, returning a value that
+  // depends on every byte: the read-bandwidth probe's inner loop.
+  uint64_t (*read_bytes)(const void* p, size_t n) = nullptr;
 };
 
 // src/kernels/cpu/avx512bf16: only call when the CPU has AVX512_BF16.
 void gemv_bf16_dpbf16(const uint16_t* x, int64_t M, int64_t ldx, const uint16_t* w, int64_t K, int64_t n0, int64_t n1,
                       float* y, int64_t ldy);
+
+// y[m*ldy + n] *= scales[n] for m < M, n in [n0, n1): the per-channel scale of a quantized GEMV, after its dots.
+inline void scale_columns(float* y, int64_t M, int64_t ldy, const float* scales, int64_t n0, int64_t n1) {
+  for (int64_t m = 0; m < M; m++)
+    for (int64_t n = n0; n < n1; n++) y[m * ldy + n] *= scales[n];
+}
 
 const IsaOps& isa_scalar();
 const IsaOps& isa_avx2();    // only call when the CPU has AVX2 and FMA

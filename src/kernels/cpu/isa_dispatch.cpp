@@ -36,3 +36,10 @@ const IsaOps& isa_best() {
 }
 
 }  // namespace oar::cpu
+
+namespace oar {
+
+uint64_t cpu_read_bytes(const void* p, size_t n) { return cpu::isa_best().read_bytes(p, n); }
+const char* cpu_isa_name() { return cpu::isa_best().name; }
+
+}  // namespace oar

@@ -27,6 +27,28 @@ void gemv_bf16(const float* x, int64_t M, int64_t ldx, const uint16_t* w, int64_
     }
 }
 
+void gemv_i8(const float* x, int64_t M, int64_t ldx, const int8_t* w, const float* scales, int64_t K, int64_t n0,
+             int64_t n1, float* y, int64_t ldy) {
+  for (int64_t n = n0; n < n1; n++)
+    for (int64_t m = 0; m < M; m++) {
+      float s = 0;
+      for (int64_t k = 0; k < K; k++) s += x[m * ldx + k] * float(w[n * K + k]);
+      y[m * ldy + n] = s * scales[n];
+    }
+}
+
+uint64_t read_bytes(const void* p, size_t n) {
+  const uint64_t* q = static_cast<const uint64_t*>(p);
+  uint64_t a = 0, b = 0, c = 0, d = 0;  // four independent chains
+  for (size_t i = 0; i < n / 8; i += 4) {
+    a ^= q[i];
+    b ^= q[i + 1];
+    c ^= q[i + 2];
+    d ^= q[i + 3];
+  }
+  return a ^ b ^ c ^ d;
+}
+
 float dot(const float* a, const float* b, int64_t n) {
   float s = 0;
   for (int64_t i = 0; i < n; i++) s += a[i] * b[i];
@@ -63,7 +85,12 @@ void to_bf16(const float* s, uint16_t* d, int64_t n) {
 }  // namespace
 
 const IsaOps& isa_scalar() {
-  static const IsaOps ops{"scalar", gemv_f32, gemv_bf16, dot, axpy, sum_squares, dot_rows, axpy_rows, to_f32, to_bf16};
+  static const IsaOps ops = [] {
+    IsaOps o{"scalar", gemv_f32, gemv_bf16, dot, axpy, sum_squares, dot_rows, axpy_rows, to_f32, to_bf16};
+    o.gemv_i8 = gemv_i8;
+    o.read_bytes = read_bytes;
+    return o;
+  }();
   return ops;
 }
 

@@ -12,6 +12,9 @@ namespace {
 inline __m256 load_bf16(const uint16_t* p) {
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16));
 }
+inline __m256 load_i8(const int8_t* p) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+}
 inline float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -28,7 +31,8 @@ inline void block(const float* x, int64_t ldx, const W* w, int64_t K, int64_t n,
   for (; k + 8 <= K; k += 8) {
     __m256 wv[R];
     for (int r = 0; r < R; r++) {
-      if constexpr (sizeof(W) == 2) wv[r] = load_bf16(reinterpret_cast<const uint16_t*>(w) + (n + r) * K + k);
+      if constexpr (sizeof(W) == 1) wv[r] = load_i8(reinterpret_cast<const int8_t*>(w) + (n + r) * K + k);
+      else if constexpr (sizeof(W) == 2) wv[r] = load_bf16(reinterpret_cast<const uint16_t*>(w) + (n + r) * K + k);
       else wv[r] = _mm256_loadu_ps(reinterpret_cast<const float*>(w) + (n + r) * K + k);
     }
     for (int m = 0; m < M; m++) {
@@ -41,7 +45,8 @@ inline void block(const float* x, int64_t ldx, const W* w, int64_t K, int64_t n,
       float s = hsum(acc[r][m]);
       for (int64_t kk = k; kk < K; kk++) {
         float wk;
-        if constexpr (sizeof(W) == 2) wk = bf16_to_f32(reinterpret_cast<const uint16_t*>(w)[(n + r) * K + kk]);
+        if constexpr (sizeof(W) == 1) wk = float(reinterpret_cast<const int8_t*>(w)[(n + r) * K + kk]);
+        else if constexpr (sizeof(W) == 2) wk = bf16_to_f32(reinterpret_cast<const uint16_t*>(w)[(n + r) * K + kk]);
         else wk = reinterpret_cast<const float*>(w)[(n + r) * K + kk];
         s += wk * x[m * ldx + kk];
       }
@@ -79,6 +84,25 @@ void gemv_f32(const float* x, int64_t M, int64_t ldx, const float* w, int64_t K,
 void gemv_bf16(const float* x, int64_t M, int64_t ldx, const uint16_t* w, int64_t K, int64_t n0, int64_t n1, float* y,
                int64_t ldy) {
   gemv(x, M, ldx, w, K, n0, n1, y, ldy);
+}
+
+void gemv_i8(const float* x, int64_t M, int64_t ldx, const int8_t* w, const float* scales, int64_t K, int64_t n0,
+             int64_t n1, float* y, int64_t ldy) {
+  gemv(x, M, ldx, w, K, n0, n1, y, ldy);
+  scale_columns(y, M, ldy, scales, n0, n1);
+}
+
+uint64_t read_bytes(const void* p, size_t n) {
+  const __m256i* q = static_cast<const __m256i*>(p);
+  __m256i a = _mm256_setzero_si256(), b = a;  // two chains: xor's 1-cycle latency never limits two loads a cycle
+  for (size_t i = 0; i < n / 32; i += 2) {
+    a = _mm256_xor_si256(a, _mm256_load_si256(q + i));
+    b = _mm256_xor_si256(b, _mm256_load_si256(q + i + 1));
+  }
+  a = _mm256_xor_si256(a, b);
+  uint64_t r[4];
+  std::memcpy(r, &a, sizeof(r));
+  return r[0] ^ r[1] ^ r[2] ^ r[3];
 }
 
 float dot(const float* a, const float* b, int64_t n) {
@@ -135,7 +159,12 @@ void to_bf16(const float* s, uint16_t* d, int64_t n) {
 }  // namespace
 
 const IsaOps& isa_avx2() {
-  static const IsaOps ops{"avx2", gemv_f32, gemv_bf16, dot, axpy, sum_squares, dot_rows, axpy_rows, to_f32, to_bf16};
+  static const IsaOps ops = [] {
+    IsaOps o{"avx2", gemv_f32, gemv_bf16, dot, axpy, sum_squares, dot_rows, axpy_rows, to_f32, to_bf16};
+    o.gemv_i8 = gemv_i8;
+    o.read_bytes = read_bytes;
+    return o;
+  }();
   return ops;
 }
 

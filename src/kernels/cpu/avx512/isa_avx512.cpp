@@ -18,14 +18,23 @@ inline __m512 load_bf16_mask(const uint16_t* p, __mmask16 m) {
 inline __m512 load_f32(const float* p) { return _mm512_loadu_ps(p); }
 inline __m512 load_f32_mask(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
 
+inline __m512 load_i8(const int8_t* p) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+}
+inline __m512 load_i8_mask(const int8_t* p, __mmask16 m) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, p)));
+}
+
 template <class W>
 inline __m512 load_w(const W* w, __mmask16 m) {
-  if constexpr (sizeof(W) == 2) return load_bf16_mask(reinterpret_cast<const uint16_t*>(w), m);
+  if constexpr (sizeof(W) == 1) return load_i8_mask(reinterpret_cast<const int8_t*>(w), m);
+  else if constexpr (sizeof(W) == 2) return load_bf16_mask(reinterpret_cast<const uint16_t*>(w), m);
   else return load_f32_mask(reinterpret_cast<const float*>(w), m);
 }
 template <class W>
 inline __m512 load_w(const W* w) {
-  if constexpr (sizeof(W) == 2) return load_bf16(reinterpret_cast<const uint16_t*>(w));
+  if constexpr (sizeof(W) == 1) return load_i8(reinterpret_cast<const int8_t*>(w));
+  else if constexpr (sizeof(W) == 2) return load_bf16(reinterpret_cast<const uint16_t*>(w));
   else return load_f32(reinterpret_cast<const float*>(w));
 }
 
@@ -85,6 +94,27 @@ void gemv_f32(const float* x, int64_t M, int64_t ldx, const float* w, int64_t K,
 void gemv_bf16(const float* x, int64_t M, int64_t ldx, const uint16_t* w, int64_t K, int64_t n0, int64_t n1, float* y,
                int64_t ldy) {
   gemv(x, M, ldx, w, K, n0, n1, y, ldy);
+}
+
+void gemv_i8(const float* x, int64_t M, int64_t ldx, const int8_t* w, const float* scales, int64_t K, int64_t n0,
+             int64_t n1, float* y, int64_t ldy) {
+  gemv(x, M, ldx, w, K, n0, n1, y, ldy);
+  scale_columns(y, M, ldy, scales, n0, n1);
+}
+
+uint64_t read_bytes(const void* p, size_t n) {
+  const __m512i* q = static_cast<const __m512i*>(p);
+  __m512i a = _mm512_setzero_si512(), b = a;
+  size_t i = 0;
+  for (; i + 2 <= n / 64; i += 2) {
+    a = _mm512_xor_si512(a, _mm512_load_si512(q + i));
+    b = _mm512_xor_si512(b, _mm512_load_si512(q + i + 1));
+  }
+  if (i < n / 64) a = _mm512_xor_si512(a, _mm512_load_si512(q + i));
+  a = _mm512_xor_si512(a, b);
+  uint64_t r[8];
+  std::memcpy(r, &a, sizeof(r));
+  return r[0] ^ r[1] ^ r[2] ^ r[3] ^ r[4] ^ r[5] ^ r[6] ^ r[7];
 }
 
 float dot(const float* a, const float* b, int64_t n) {
@@ -186,7 +216,12 @@ void to_bf16(const float* s, uint16_t* d, int64_t n) {
 }  // namespace
 
 const IsaOps& isa_avx512() {
-  static const IsaOps ops{"avx512", gemv_f32, gemv_bf16, dot, axpy, sum_squares, dot_rows, axpy_rows, to_f32, to_bf16};
+  static const IsaOps ops = [] {
+    IsaOps o{"avx512", gemv_f32, gemv_bf16, dot, axpy, sum_squares, dot_rows, axpy_rows, to_f32, to_bf16};
+    o.gemv_i8 = gemv_i8;
+    o.read_bytes = read_bytes;
+    return o;
+  }();
   return ops;
 }
 
