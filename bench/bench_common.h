@@ -38,7 +38,7 @@ inline Tensor random_tensor(const Shape& shape, DType dt, float a, uint64_t seed
 
 // quant: the projections' format (quantized at load), as LlamaModel::from_weights.
 inline std::unique_ptr<LlamaModel> random_model(const LlamaConfig& c, DType dt,
-                                                std::optional<WeightFormat> quant = std::nullopt) {
+                                                std::optional<QuantSpec> quant = std::nullopt) {
   std::map<std::string, Tensor> m;
   uint64_t seed = 1;
   const int64_t C = c.hidden_size, F = c.intermediate_size;

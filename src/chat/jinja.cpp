@@ -21,7 +21,15 @@ std::string TemplateError::one_line(const std::string& what) {
   for (char c : what) {
     if (c == '\n') out += "\\n";
     else if (c == '\r') out += "\\r";
-    else out += c;
+    else if (c == '\t') out += "\\t";
+    else if ((unsigned char)c < 0x20 || c == 0x7f) {  // a NUL would end what() early; others garble a terminal
+      static const char hex[] = "0123456789abcdef";
+      out += "\\x";
+      out += hex[(unsigned char)c >> 4];
+      out += hex[c & 15];
+    } else {
+      out += c;
+    }
   }
   return out;
 }

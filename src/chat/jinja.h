@@ -97,7 +97,8 @@ class Value {
 
 // A template error: one line, "chat template: line N: ...". TemplateRaised is raise_exception(msg) from the
 // template itself (the conversation is what the template refuses). The message is made one non-empty line here
-// (line breaks written as \n, \r), since raise_exception's text and quoted template text may hold them.
+// (line breaks written as \n, \r, a tab as \t, other control bytes such as NUL as \xNN), since raise_exception's
+// text and quoted template text may hold them.
 class TemplateError : public Error {
  public:
   explicit TemplateError(const std::string& what) : Error(one_line(what)) {}

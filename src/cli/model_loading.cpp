@@ -32,10 +32,11 @@ KVCacheDType parse_cachekv_int8(bool given, const std::string& value, const std:
 
 LoadedModel load_model_and_tokenizer(const std::string& model_path, const std::string& tokenizer_path,
                                      const std::string& dtype_name_in, const std::string& lora_path,
-                                     const std::string& quant_type) {
+                                     const std::string& quant_type, int64_t group_size) {
   if (model_path.empty()) throw Error("--model_name_or_path is required");
-  std::optional<WeightFormat> quant;
-  if (!quant_type.empty()) quant = parse_quant_type(quant_type);
+  std::optional<QuantSpec> quant;
+  if (!quant_type.empty()) quant = parse_quant_type(quant_type, group_size);
+  else if (group_size != -1) throw Error("--weightonly_group_size needs --quant_type weight_only_int4");
   if (!dir_exists(model_path) && !file_exists(model_path)) fail(model_path, "no such file or directory");
   DType dtype = DType::F32;
   if (!dtype_name_in.empty()) {

@@ -18,7 +18,8 @@ struct LoadedModel {
 // model (the directory itself; for a file, tokenizer.json / tokenizer.model / tokenizer.bin in its directory).
 // dtype: "" picks bfloat16 for models stored in 16-bit, float32 otherwise. lora_path: a LoRA adapter directory
 // to merge into the weights as they load (PaddleNLP's --lora_path), or "". quant_type: PaddleNLP's --quant_type
-// for the projections, quantized at load ("weight_only_int8"), or "" for dtype's dense weights.
+// for the projections, quantized at load (weight_only_int8, weight_only_int4), or "" for dtype's dense weights;
+// group_size: its --weightonly_group_size (-1: per channel).
 // Static int8 KV scales: the given file, else cachekv_scales.json where PaddleNLP's PTQ writes it, in the model
 // directory (beside the file for a single-file checkpoint).
 std::string cachekv_scales_path_for(const std::string& model_path, const std::string& given);
@@ -31,6 +32,6 @@ KVCacheDType parse_cachekv_int8(bool given, const std::string& value, const std:
 
 LoadedModel load_model_and_tokenizer(const std::string& model_path, const std::string& tokenizer_path,
                                      const std::string& dtype, const std::string& lora_path = "",
-                                     const std::string& quant_type = "");
+                                     const std::string& quant_type = "", int64_t group_size = -1);
 
 }  // namespace oar::cli

@@ -20,6 +20,7 @@ Action add_perplexity(CLI::App& app) {
   struct Args {
     std::string model, tokenizer, lora_path, input, dtype, quant_type;
     int64_t ctx = 512;
+    int64_t group_size = -1;  // --weightonly_group_size
     int64_t max_tokens = 0;
     std::string cachekv_int8, cachekv_int8_type, cachekv_scales;
   };
@@ -30,7 +31,8 @@ Action add_perplexity(CLI::App& app) {
   app.add_option("--input_file", a->input, "UTF-8 text")->required();
   app.add_option("--ctx", a->ctx, "window length in tokens")->check(positive_int());
   app.add_option("--dtype", a->dtype, "float32 or bfloat16");
-  app.add_option("--quant_type", a->quant_type, "weight_only_int8: attention and MLP weights in int8 with one scale per output channel, quantized at load");
+  app.add_option("--quant_type", a->quant_type, "weight_only_int8 or weight_only_int4: attention and MLP weights quantized at load (int8 per channel, int4 per --weightonly_group_size)");
+  app.add_option("--weightonly_group_size", a->group_size, "weight_only_int4's group: -1 (per channel), 64 or 128");
   app.add_option("--max_tokens", a->max_tokens, "use only the first N tokens (0: all)")->check(non_negative_int());
   CLI::Option* int8_opt = app.add_option("--cachekv_int8", a->cachekv_int8,
       "KV cache in int8: bare = dynamic (per token and kv head), or dynamic|static")->expected(0, 1);
@@ -42,7 +44,7 @@ Action add_perplexity(CLI::App& app) {
     const std::string kv = quant == KVCacheDType::Int8Static ? "static" : "dynamic";  // for the report
     std::string text = read_file(a->input);
     if (text.empty()) fail(a->input, "is empty: perplexity needs text to predict");
-    LoadedModel lm = load_model_and_tokenizer(a->model, a->tokenizer, a->dtype, a->lora_path, a->quant_type);
+    LoadedModel lm = load_model_and_tokenizer(a->model, a->tokenizer, a->dtype, a->lora_path, a->quant_type, a->group_size);
     std::vector<int32_t> ids = lm.tokenizer->encode(text, true);
     if (a->max_tokens > 0 && int64_t(ids.size()) > a->max_tokens) ids.resize(size_t(a->max_tokens));
     if (ids.size() < 2)

@@ -30,6 +30,7 @@ namespace {
 
 struct PredictArgs {
   std::string model, tokenizer, lora_path, dtype, quant_type, data_file, output_file, prompt, decode_strategy = "sampling", device = "cpu";
+  int64_t group_size = -1;  // --weightonly_group_size
   int64_t batch_size = 1, src_length = 1024, max_length = 1024, top_k = 0, seed = 42;
   double top_p = 0.7, temperature = 0.95, repetition_penalty = 1.0;
   bool benchmark = false;
@@ -193,7 +194,7 @@ int run_benchmark(const PredictArgs& a, LoadedModel& lm, const SamplingParams& s
               cpu_info().logical_cpus);
   if (gemm_peak > 0)
     std::printf("oar: prefill %.1f tok/s (%.1f GFLOP/s = %s of the measured %s GEMM peak %.1f GFLOP/s)\n", prefill_tok_s,
-                prefill_flops / 1e9, roofline_percent(prefill_flops / gemm_peak).c_str(), dtype_name(model.dtype()),
+                prefill_flops / 1e9, roofline_percent(prefill_flops / gemm_peak, "GEMM peak").c_str(), dtype_name(model.dtype()),
                 gemm_peak / 1e9);
   else
     std::printf("oar: prefill %.1f tok/s (%.1f GFLOP/s; this CPU has no %s GEMM to measure a peak with)\n", prefill_tok_s,
@@ -370,7 +371,8 @@ Action add_predict(CLI::App& app) {
   app.add_option("--tokenizer_name_or_path", a->tokenizer, "tokenizer file or directory (default: beside the model)");
   app.add_option("--lora_path", a->lora_path, "LoRA adapter directory (PEFT or PaddleNLP) merged into the weights at load");
   app.add_option("--dtype", a->dtype, "float32 or bfloat16 (default: bfloat16 for 16-bit checkpoints, else float32)");
-  app.add_option("--quant_type", a->quant_type, "weight_only_int8: attention and MLP weights in int8 with one scale per output channel, quantized at load");
+  app.add_option("--quant_type", a->quant_type, "weight_only_int8 or weight_only_int4: attention and MLP weights quantized at load (int8 per channel, int4 per --weightonly_group_size)");
+  app.add_option("--weightonly_group_size", a->group_size, "weight_only_int4's group: -1 (per channel), 64 or 128");
   app.add_option("--batch_size", a->batch_size, "prompts generated together")->check(positive_int());
   CLI::Option* src_length_opt = app.add_option("--src_length", a->src_length, "maximum prompt tokens (longer prompts keep their end)")->check(positive_int());
   app.add_option("--max_length", a->max_length, "maximum new tokens")->check(non_negative_int());
@@ -411,7 +413,7 @@ Action add_predict(CLI::App& app) {
     // Inputs are read and checked before the (slow) model load.
     std::vector<Input> inputs;
     if (!a->benchmark) inputs = read_inputs(*a);
-    LoadedModel lm = load_model_and_tokenizer(a->model, a->tokenizer, a->dtype, a->lora_path, a->quant_type);
+    LoadedModel lm = load_model_and_tokenizer(a->model, a->tokenizer, a->dtype, a->lora_path, a->quant_type, a->group_size);
     check_src_length(*a, *lm.model);
     if (ec && a->benchmark) return run_block_benchmark(*a, lm, sp, *ec);
     if (ec) return run_block_attn(*a, lm, sp, inputs, *ec);

@@ -35,6 +35,7 @@ namespace {
 struct ServeArgs {
   std::string model, tokenizer, dtype, quant_type, host = "127.0.0.1", served_model_name;
   int port = 8000;
+  int64_t group_size = -1;  // --weightonly_group_size
   int64_t block_size = 64, max_num_seqs = 16, max_num_batched_tokens = 2048, max_waiting = 1024;
   double kv_cache_memory_gb = 1.0;
   bool no_prefix_caching = false, log_requests = false;
@@ -137,7 +138,8 @@ Action add_serve(CLI::App& app) {
   app.add_option("--model_name_or_path", a->model, "Hugging Face directory or llama2.c checkpoint")->required();
   app.add_option("--tokenizer_name_or_path", a->tokenizer, "tokenizer file or directory (default: beside the model)");
   app.add_option("--dtype", a->dtype, "float32 or bfloat16 (default: bfloat16 for 16-bit checkpoints, else float32)");
-  app.add_option("--quant_type", a->quant_type, "weight_only_int8: attention and MLP weights in int8 with one scale per output channel, quantized at load");
+  app.add_option("--quant_type", a->quant_type, "weight_only_int8 or weight_only_int4: attention and MLP weights quantized at load (int8 per channel, int4 per --weightonly_group_size)");
+  app.add_option("--weightonly_group_size", a->group_size, "weight_only_int4's group: -1 (per channel), 64 or 128");
   app.add_option("--host", a->host, "address to listen on");
   app.add_option("--port", a->port, "port to listen on (0: any free port, printed at start)")->check(ints(0, 65535));
   app.add_option("--served_model_name", a->served_model_name, "the model name clients use (default: the directory's name)");
@@ -181,7 +183,7 @@ Action add_serve(CLI::App& app) {
       ec.cachekv_scales_path = cachekv_scales_path_for(a->model, a->cachekv_scales_path);
     check_address(a->host, a->port);
 
-    LoadedModel lm = load_model_and_tokenizer(a->model, a->tokenizer, a->dtype, "", a->quant_type);
+    LoadedModel lm = load_model_and_tokenizer(a->model, a->tokenizer, a->dtype, "", a->quant_type, a->group_size);
     const Tokenizer& tok = *lm.tokenizer;
     // An unsupported template is an error now, not at the first chat request.
     ChatTemplate chat = ChatTemplate::for_tokenizer(tok);

@@ -56,11 +56,11 @@ double measure_read_bandwidth(size_t bytes) {
   return rate;
 }
 
-std::string roofline_percent(double fraction) {
-  char buf[160];
+std::string roofline_percent(double fraction, const char* ceiling) {
+  char buf[200];
   if (fraction > 1.0)
-    std::snprintf(buf, sizeof buf, "%.1f%% (above 100%%: the bandwidth probe under-reads this machine; not a result)",
-                  100.0 * fraction);
+    std::snprintf(buf, sizeof buf, "%.1f%% (above 100%%: the %s probe under-reads this machine; not a result)",
+                  100.0 * fraction, ceiling);
   else
     std::snprintf(buf, sizeof buf, "%.1f%%", 100.0 * fraction);
   return buf;

@@ -15,7 +15,8 @@ double measure_read_bandwidth(size_t buffer_bytes = size_t(1) << 30);
 // GEMM throughput in FLOP/s of our GEMM path (oneDNN) for an M x N x K product in `dtype` (best of several runs);
 // 0 where this CPU has no GEMM for dtype.
 double measure_gemm_flops(DType dtype, int64_t M, int64_t N, int64_t K);
-// A share of a measured ceiling as "61.2%"; above 100% it says the probe is wrong instead of claiming a result.
-std::string roofline_percent(double fraction);
+// A share of a measured ceiling as "61.2%"; above 100% it says that the probe of `ceiling` ("bandwidth",
+// "GEMM peak") is wrong instead of claiming a result.
+std::string roofline_percent(double fraction, const char* ceiling = "bandwidth");
 
 }  // namespace oar

@@ -4,15 +4,15 @@
 
 namespace oar {
 
-Weight Backend::pack_weight(const Tensor& host, WeightFormat format) {
+Weight Backend::pack_weight(const Tensor& host, const QuantSpec& spec) {
   if (host.ndim() != 2) throw Error("pack_weight: a weight is a [out, in] matrix, got shape " + shape_str(host.shape()));
-  if (is_quantized(format)) {
-    Weight w = Weight::quantize_int8(host);  // quantized at load from any float checkpoint: no calibration
+  if (is_quantized(spec.format)) {
+    Weight w = Weight::quantize(host, spec);  // quantized at load from any float checkpoint: no calibration
     w.data = upload(w.data);
     w.scales = upload(w.scales);
     return w;
   }
-  const DType want = dense_dtype(format);
+  const DType want = dense_dtype(spec.format);
   return Weight::dense(upload(host.dtype() == want ? host : host.to(want)));
 }
 

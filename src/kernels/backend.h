@@ -40,7 +40,9 @@ class Backend {
   // A [out, in] host matrix (float32, bfloat16 or float16) as a weight of `format` on this device, ready for
   // Kernels::linear. The default converts (or quantizes) on the host and uploads (on the CPU a matrix already in
   // the format stays a zero-copy view of its file).
-  virtual Weight pack_weight(const Tensor& host, WeightFormat format);
+  // spec: the format (and an Int4 group size).
+  virtual Weight pack_weight(const Tensor& host, const QuantSpec& spec);
+  Weight pack_weight(const Tensor& host, WeightFormat format) { return pack_weight(host, QuantSpec{format, -1}); }
 
   virtual Kernels& ops() = 0;
   virtual TrainKernels& train_ops() = 0;

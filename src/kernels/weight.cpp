@@ -13,18 +13,28 @@ const char* weight_format_name(WeightFormat f) {
     case WeightFormat::BF16: return "bfloat16";
     case WeightFormat::F16: return "float16";
     case WeightFormat::Int8: return "weight_only_int8";
+    case WeightFormat::Int4: return "weight_only_int4";
   }
   return "?";
 }
 
-WeightFormat parse_quant_type(const std::string& name) {
-  if (name == "weight_only_int8") return WeightFormat::Int8;
-  if (name == "weight_only_int4" || name == "a8w8" || name == "a8w8c8")
-    throw Error("--quant_type " + name + " is not built yet (weight_only_int8 is)");
-  throw Error("--quant_type: '" + name + "' is not a quantization type (weight_only_int8, weight_only_int4, a8w8, a8w8c8)");
+QuantSpec parse_quant_type(const std::string& name, int64_t group_size) {
+  QuantSpec q;
+  if (name == "weight_only_int8") q.format = WeightFormat::Int8;
+  else if (name == "weight_only_int4") q.format = WeightFormat::Int4;
+  else if (name == "a8w8" || name == "a8w8c8")
+    throw Error("--quant_type " + name + " is not built yet (weight_only_int8 and weight_only_int4 are)");
+  else
+    throw Error("--quant_type: '" + name + "' is not a quantization type (weight_only_int8, weight_only_int4, a8w8, a8w8c8)");
+  if (group_size != -1 && group_size != 64 && group_size != 128)
+    throw Error("--weightonly_group_size: " + std::to_string(group_size) + " is not supported (-1, 64 or 128)");
+  if (q.format == WeightFormat::Int8 && group_size != -1)
+    throw Error("--weightonly_group_size " + std::to_string(group_size) + ": weight_only_int8 is per channel only (-1)");
+  q.group_size = group_size;
+  return q;
 }
 
-bool is_quantized(WeightFormat f) { return f == WeightFormat::Int8; }
+bool is_quantized(WeightFormat f) { return f == WeightFormat::Int8 || f == WeightFormat::Int4; }
 
 WeightFormat dense_format(DType dtype) {
   switch (dtype) {
@@ -40,7 +50,8 @@ DType dense_dtype(WeightFormat format) {
     case WeightFormat::F32: return DType::F32;
     case WeightFormat::BF16: return DType::BF16;
     case WeightFormat::F16: return DType::F16;
-    case WeightFormat::Int8: break;
+    case WeightFormat::Int8:
+    case WeightFormat::Int4: break;
   }
   throw Error("weight format " + std::to_string(int(format)) + " has no dense dtype");
 }
@@ -101,14 +112,90 @@ Weight Weight::quantize_int8(const Tensor& host) {
   return w;
 }
 
+Weight Weight::quantize_int4(const Tensor& host, int64_t group_size) {
+  if (host.ndim() != 2) throw Error("weight: quantizing needs a [out, in] matrix, got shape " + shape_str(host.shape()));
+  const int64_t out = host.dim(0), in = host.dim(1), g = group_size == -1 ? in : group_size;
+  if (in % 32 != 0 || g <= 0 || in % g != 0 || g % 32 != 0)
+    throw Error("weight_only_int4: a " + shape_str(host.shape()) + " weight cannot be split into groups of " +
+                std::to_string(g) + " (the input width must be a multiple of 32 and of the group size)");
+  const Tensor f = host.dtype() == DType::F32 ? host.contiguous() : host.to(DType::F32);
+  Weight w;
+  w.format = WeightFormat::Int4;
+  w.out = out;
+  w.in = in;
+  w.group_size = g;
+  w.data = Tensor::empty({out, in / 2}, DType::U8);
+  w.scales = Tensor::empty({out, in / g}, DType::F32);
+  const float* src = f.data<float>();
+  uint8_t* q = w.data.data<uint8_t>();
+  float* sc = w.scales.data<float>();
+  int64_t bad_row = -1;
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < out; r++) {
+    for (int64_t g0 = 0; g0 < in; g0 += g) {
+      const float* x = src + r * in + g0;
+      float amax = 0;
+      bool finite = true;
+      for (int64_t k = 0; k < g; k++) {
+        amax = std::max(amax, std::fabs(x[k]));
+        finite = finite && std::isfinite(x[k]);
+      }
+      if (!finite) {
+#pragma omp critical(oar_quantize_bad_row)
+        bad_row = std::max(bad_row, r);
+        amax = 0;
+      }
+      sc[r * (in / g) + g0 / g] = amax / 7.0f;
+      const float inv = amax > 0 ? 7.0f / amax : 0.0f;
+      for (int64_t k = 0; k < g; k += 32) {
+        uint8_t* b = q + r * (in / 2) + (g0 + k) / 2;
+        for (int j = 0; j < 16; j++) {
+          const int lo = int(std::clamp(std::nearbyint(x[k + j] * inv), -7.0f, 7.0f)) + 8;
+          const int hi = int(std::clamp(std::nearbyint(x[k + j + 16] * inv), -7.0f, 7.0f)) + 8;
+          b[j] = uint8_t(lo | (hi << 4));
+        }
+      }
+    }
+  }
+  if (bad_row >= 0)
+    throw Error("weight_only_int4: row " + std::to_string(bad_row) + " of a " + shape_str(host.shape()) +
+                " weight holds a value that is not finite");
+  return w;
+}
+
+Weight Weight::quantize(const Tensor& host, const QuantSpec& spec) {
+  if (spec.format == WeightFormat::Int4) return quantize_int4(host, spec.group_size);
+  if (spec.format == WeightFormat::Int8) return quantize_int8(host);
+  throw Error(std::string("weight: ") + weight_format_name(spec.format) + " is not a quantized format");
+}
+
+void Weight::dequantize_rows(int64_t r0, int64_t r1, float* d) const {
+  const int64_t K = in;
+  const float* sc = scales.data<float>();
+  if (format == WeightFormat::Int8) {
+    const int8_t* q = data.data<int8_t>();
+    for (int64_t r = r0; r < r1; r++, d += K)
+      for (int64_t k = 0; k < K; k++) d[k] = float(q[r * K + k]) * sc[r];
+    return;
+  }
+  if (format != WeightFormat::Int4) throw Error(std::string("weight: ") + weight_format_name(format) + " is not quantized");
+  const int64_t G = group_size;
+  for (int64_t r = r0; r < r1; r++, d += K) {
+    const uint8_t* q = data.data<uint8_t>() + r * (K / 2);
+    for (int64_t k = 0; k < K; k += 32) {  // the block layout of WeightFormat::Int4
+      const float s = sc[r * (K / G) + k / G];
+      for (int j = 0; j < 16; j++) {
+        d[k + j] = float(int(q[k / 2 + j] & 15) - 8) * s;
+        d[k + j + 16] = float(int(q[k / 2 + j] >> 4) - 8) * s;
+      }
+    }
+  }
+}
+
 Tensor Weight::dequantize() const {
   if (!is_quantized(format)) return data.to(DType::F32);
   Tensor f = Tensor::empty({out, in}, DType::F32);
-  const int8_t* q = data.data<int8_t>();
-  const float* sc = scales.data<float>();
-  float* d = f.data<float>();
-  for (int64_t r = 0; r < out; r++)
-    for (int64_t k = 0; k < in; k++) d[r * in + k] = float(q[r * in + k]) * sc[r];
+  dequantize_rows(0, out, f.data<float>());
   return f;
 }
 

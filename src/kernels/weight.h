@@ -10,15 +10,27 @@
 
 namespace oar {
 
-// Built today: the dense float formats ([out, in] in that dtype) and Int8, PaddleNLP's weight_only_int8: int8
-// [out, in] with one float32 scale per output channel (symmetric absmax, w ~= data * scale). Next (the
-// quantization issue): int4 group-wise (scales and zero points [out, in / group_size]) and a8w8.
-enum class WeightFormat : uint8_t { F32, BF16, F16, Int8 };
+// Built today: the dense float formats ([out, in] in that dtype) and PaddleNLP's weight-only types:
+//   Int8 (weight_only_int8): int8 [out, in], one float32 scale per output channel (symmetric absmax,
+//        w ~= data * scale);
+//   Int4 (weight_only_int4): two 4-bit values a byte, [out, in / 2] uint8, one float32 scale per group of
+//        group_size inputs of a row, [out, in / group_size] (group_size = in: per channel). Symmetric: q in
+//        [-7, 7] stored as q + 8, w ~= q * scale. In each block of 32 inputs, byte j holds input j in its low
+//        nibble and input j + 16 in its high one, so a vector unpacks 16 consecutive inputs per nibble half.
+// Next (the quantization issue): a8w8.
+enum class WeightFormat : uint8_t { F32, BF16, F16, Int8, Int4 };
 const char* weight_format_name(WeightFormat f);  // Int8: "weight_only_int8", as PaddleNLP's --quant_type
-// PaddleNLP's --quant_type names of the quantized formats oar builds ("weight_only_int8"); throws oar::Error
-// naming the flag for the others (a8w8, weight_only_int4: not built yet) and for unknown names.
-WeightFormat parse_quant_type(const std::string& name);
 bool is_quantized(WeightFormat f);
+
+// What load-time quantization makes of the projections: the format and, for Int4, the group size (-1: one group
+// per output channel, PaddleNLP's weightonly_group_size default; else 64 or 128).
+struct QuantSpec {
+  WeightFormat format = WeightFormat::Int8;
+  int64_t group_size = -1;
+};
+// PaddleNLP's --quant_type (weight_only_int8, weight_only_int4) and --weightonly_group_size (-1, 64, 128; int8 is
+// per channel only). Throws oar::Error naming the flag for types not built yet (a8w8, a8w8c8) and bad values.
+QuantSpec parse_quant_type(const std::string& name, int64_t group_size = -1);
 // The dense format of a dtype (F32, BF16, F16; throws for others), and back.
 WeightFormat dense_format(DType dtype);
 DType dense_dtype(WeightFormat format);
@@ -46,11 +58,18 @@ struct Weight {
   // A dense [out, in] float tensor as a weight of its dtype's format, sharing its memory.
   static Weight dense(const Tensor& t);
   // weight_only_int8 of a float [out, in] matrix on the host: per output row, scale = max|w| / 127 and
-  // data = round(w / scale) (an all-zero row gets scale 0 and zeros).
+  // data = round(w / scale) (an all-zero row gets scale 0 and zeros). Non-finite values are an oar::Error.
   static Weight quantize_int8(const Tensor& host);
+  // weight_only_int4 on the host: per group of group_size inputs (-1: the whole row), scale = max|w| / 7 and
+  // q = round(w / scale). `in` must be a multiple of 32 and of the group size.
+  static Weight quantize_int4(const Tensor& host, int64_t group_size);
+  // Either of the two, as `spec` says.
+  static Weight quantize(const Tensor& host, const QuantSpec& spec);
   // The float32 [out, in] matrix a host weight stands for (quantized formats: data * scale), for tests and for
   // products that have no kernel of their own.
   Tensor dequantize() const;
+  // Rows [r0, r1) of a quantized weight in host memory as float32, written as [r1 - r0, in] at `out`.
+  void dequantize_rows(int64_t r0, int64_t r1, float* out) const;
 };
 
 }  // namespace oar

@@ -43,13 +43,13 @@ int64_t StepBatch::add_sequence(const int32_t* toks, int64_t n, int64_t pos0, co
 }
 
 std::unique_ptr<LlamaModel> LlamaModel::load(const std::string& path, DType dtype, Backend& backend,
-                                             std::optional<WeightFormat> quant) {
+                                             std::optional<QuantSpec> quant) {
   const ModelSource ms = open_model_source(path);
   return from_weights(ms.config, *ms.weights, dtype, backend, quant);
 }
 
 std::unique_ptr<LlamaModel> LlamaModel::from_weights(const LlamaConfig& cfg, const WeightSource& src, DType dtype,
-                                                     Backend& backend, std::optional<WeightFormat> quant) {
+                                                     Backend& backend, std::optional<QuantSpec> quant) {
   if (dtype != DType::F32 && dtype != DType::BF16)
     throw Error(std::string("--dtype ") + dtype_name(dtype) + " is not supported for compute (use float32 or bfloat16)");
   cfg.validate(src.where());
@@ -57,8 +57,18 @@ std::unique_ptr<LlamaModel> LlamaModel::from_weights(const LlamaConfig& cfg, con
   m->cfg_ = cfg;
   m->dtype_ = dtype;
   m->be_ = &backend;
-  const WeightFormat dense = dense_format(dtype), format = quant.value_or(dense);
-  m->proj_format_ = format;
+  const WeightFormat dense = dense_format(dtype);
+  const QuantSpec format = quant.value_or(QuantSpec{dense, -1});
+  m->proj_ = format;
+  // A projection in the load's format; a weight the format cannot hold (int4 groups) is named in the error.
+  auto proj = [&](const std::string& name, const Shape& shape) -> Weight {
+    const Tensor host = fetch(src, name, shape, dtype);
+    try {
+      return backend.pack_weight(host, format);
+    } catch (const Error& e) {
+      fail(src.where(), name + ": " + e.what());
+    }
+  };
   const int64_t C = cfg.hidden_size, V = cfg.vocab_size, F = cfg.intermediate_size;
   const int64_t QD = cfg.q_dim(), KVD = cfg.kv_dim();
   LlamaWeights& w = m->w_;
@@ -71,10 +81,10 @@ std::unique_ptr<LlamaModel> LlamaModel::from_weights(const LlamaConfig& cfg, con
     LlamaLayerWeights L;
     L.input_norm = fetch(src, p + "input_layernorm.weight", {C}, DType::F32);
     L.post_attn_norm = fetch(src, p + "post_attention_layernorm.weight", {C}, DType::F32);
-    L.q_proj = backend.pack_weight(fetch(src, p + "self_attn.q_proj.weight", {QD, C}, dtype), format);
-    L.k_proj = backend.pack_weight(fetch(src, p + "self_attn.k_proj.weight", {KVD, C}, dtype), format);
-    L.v_proj = backend.pack_weight(fetch(src, p + "self_attn.v_proj.weight", {KVD, C}, dtype), format);
-    L.o_proj = backend.pack_weight(fetch(src, p + "self_attn.o_proj.weight", {C, QD}, dtype), format);
+    L.q_proj = proj(p + "self_attn.q_proj.weight", {QD, C});
+    L.k_proj = proj(p + "self_attn.k_proj.weight", {KVD, C});
+    L.v_proj = proj(p + "self_attn.v_proj.weight", {KVD, C});
+    L.o_proj = proj(p + "self_attn.o_proj.weight", {C, QD});
     if (cfg.attention_bias) {
       L.q_bias = fetch(src, p + "self_attn.q_proj.bias", {QD}, DType::F32);
       L.k_bias = fetch(src, p + "self_attn.k_proj.bias", {KVD}, DType::F32);
@@ -82,9 +92,9 @@ std::unique_ptr<LlamaModel> LlamaModel::from_weights(const LlamaConfig& cfg, con
     }
     // Llama's attention_bias also puts a bias on o_proj; Qwen2 has none there (config.o_proj_bias says which).
     if (cfg.o_proj_bias) L.o_bias = fetch(src, p + "self_attn.o_proj.bias", {C}, DType::F32);
-    L.gate_proj = backend.pack_weight(fetch(src, p + "mlp.gate_proj.weight", {F, C}, dtype), format);
-    L.up_proj = backend.pack_weight(fetch(src, p + "mlp.up_proj.weight", {F, C}, dtype), format);
-    L.down_proj = backend.pack_weight(fetch(src, p + "mlp.down_proj.weight", {C, F}, dtype), format);
+    L.gate_proj = proj(p + "mlp.gate_proj.weight", {F, C});
+    L.up_proj = proj(p + "mlp.up_proj.weight", {F, C});
+    L.down_proj = proj(p + "mlp.down_proj.weight", {C, F});
     w.layers.push_back(std::move(L));
   }
   w.final_norm = fetch(src, "model.norm.weight", {C}, DType::F32);

@@ -46,19 +46,20 @@ class LlamaModel {
   // Loads a Hugging Face directory (config.json + safetensors) or a llama2.c checkpoint file. Weights are
   // converted to `dtype` (float32 or bfloat16) for the matrix products; norms and biases stay float32. They are
   // uploaded to `backend`, which runs the forward (on the CPU: zero-copy views of the mapped files).
-  // quant: the format of the attention and MLP projections, quantized as they load (WeightFormat::Int8,
-  // PaddleNLP's weight_only_int8); none keeps dtype's dense format. The embedding and the LM head stay in `dtype`,
-  // as PaddleNLP's weight-only types leave them.
+  // quant: the format of the attention and MLP projections, quantized as they load (PaddleNLP's weight_only_int8
+  // and weight_only_int4); none keeps dtype's dense format. The embedding and the LM head stay in `dtype`, as
+  // PaddleNLP's weight-only types leave them.
   static std::unique_ptr<LlamaModel> load(const std::string& path, DType dtype, Backend& backend = cpu_backend(),
-                                          std::optional<WeightFormat> quant = std::nullopt);
+                                          std::optional<QuantSpec> quant = std::nullopt);
   static std::unique_ptr<LlamaModel> from_weights(const LlamaConfig& cfg, const WeightSource& src, DType dtype,
                                                   Backend& backend = cpu_backend(),
-                                                  std::optional<WeightFormat> quant = std::nullopt);
+                                                  std::optional<QuantSpec> quant = std::nullopt);
 
   const LlamaConfig& config() const { return cfg_; }
   Backend& backend() const { return *be_; }
   DType dtype() const { return dtype_; }
-  WeightFormat projection_format() const { return proj_format_; }  // the attention and MLP weights' format
+  WeightFormat projection_format() const { return proj_.format; }  // the attention and MLP weights' format
+  const QuantSpec& projection_spec() const { return proj_; }
   const LlamaWeights& weights() const { return w_; }
   // Bytes of weights read by one decode step (all matrices once, plus one embedding row).
   size_t decode_weight_bytes() const;
@@ -73,7 +74,7 @@ class LlamaModel {
   std::vector<Tensor*> vector_tensors();  // the embedding, norms and biases (what is not a Weight)
   LlamaConfig cfg_;
   DType dtype_ = DType::F32;
-  WeightFormat proj_format_ = WeightFormat::F32;
+  QuantSpec proj_{WeightFormat::F32, -1};
   LlamaWeights w_;
   RopeTable rope_;
   Backend* be_ = nullptr;

@@ -535,7 +535,7 @@ Tensor LoraMergedSource::get(const std::string& name) const {
 }
 
 std::unique_ptr<LlamaModel> load_llama_with_lora(const std::string& model_path, const std::string& lora_dir, DType dtype,
-                                                 std::optional<WeightFormat> quant) {
+                                                 std::optional<QuantSpec> quant) {
   LoraAdapter a = load_lora_adapter(lora_dir);
   const ModelSource ms = open_model_source(model_path);
   check_lora_against_config(a, ms.config, model_path);

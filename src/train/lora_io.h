@@ -112,7 +112,7 @@ class LoraMergedSource : public WeightSource {
 // Loads a model (Hugging Face directory or llama2.c file, as LlamaModel::load) with an adapter merged into its
 // weights in memory, as PaddleNLP's predictor does with --lora_path (quantized after the merge, when `quant` says).
 std::unique_ptr<LlamaModel> load_llama_with_lora(const std::string& model_path, const std::string& lora_dir, DType dtype,
-                                                 std::optional<WeightFormat> quant = std::nullopt);
+                                                 std::optional<QuantSpec> quant = std::nullopt);
 
 // `oar merge-lora`: writes BASE + adapter as a Hugging Face checkpoint in out_dir: config.json and
 // generation_config.json as the base's, weights with the base's file layout (single file or the same shards and

@@ -57,6 +57,21 @@ echo "the quick brown fox jumps over the lazy dog" > q8.txt
 "$OAR" perplexity --model_name_or_path "$M" --quant_type weight_only_int8 --input_file q8.txt --ctx 16 \
   | grep -Eq '^perplexity: [0-9.]+ ' || die "weight_only_int8 perplexity"
 echo "ok: --quant_type weight_only_int8 in predict and perplexity"
+# weight_only_int4 in groups: the tiny model's FFN width (172) is no whole number of groups; a model whose is runs
+expect_q4_err() {
+  set +e; "$OAR" predict --model_name_or_path "$M" --quant_type weight_only_int4 --weightonly_group_size 64 --prompt hi \
+    --max_length 4 >/dev/null 2>err.txt; local rc=$?; set -e
+  [ $rc -eq 2 ] && [ "$(wc -l < err.txt)" -eq 1 ] && grep -q "mlp.down_proj.weight: weight_only_int4: .*groups of 64" err.txt \
+    || { cat err.txt; die "int4 on a width of 172: want exit 2 naming the tensor (got $rc)"; }
+}
+expect_q4_err
+M110="$WORK/m110"
+"$OAR" create-model --preset llama-110m --dtype float32 --vocab_size 512 --output_dir "$M110" --force >/dev/null
+"$OAR" predict --model_name_or_path "$M110" --quant_type weight_only_int4 --weightonly_group_size 128 --benchmark \
+  --src_length 16 --max_length 4 --benchmark_warmup 0 --benchmark_rounds 1 > bench4.txt 2>/dev/null
+grep -q "weights weight_only_int4" bench4.txt || { cat bench4.txt; die "int4 benchmark does not name its weights"; }
+rm -rf "$M110"
+echo "ok: weight_only_int4 runs in groups of 128 and names the tensor it cannot group"
 
 # perplexity of a text file; env
 printf 'the quick brown fox jumps over the lazy dog. %.0s' $(seq 1 20) > text.txt

@@ -109,11 +109,12 @@ TEST(Jinja, RaiseExceptionCarriesTheTemplatesMessage) {
 }
 
 // Errors reach logs and the CLI as one line: a message the template builds with line breaks, or an empty one,
-// must not break that (the fuzzer found raise_exception('a\nb')).
+// must not break that (the fuzzer found raise_exception('a\nb'), and one with a NUL byte that ended what()).
 TEST(Jinja, ErrorsAreOneNonEmptyLineWhateverTheTemplateRaises) {
   const std::pair<const char*, const char*> cases[] = {
       {"{{ raise_exception('first\\nsecond\\r') }}", "first\\nsecond\\r"},
       {"{{ raise_exception('') }}", "chat template: error with an empty message"},
+      {"{{ raise_exception('\\x00a\\tb\\x7f') }}", "\\x00a\\tb\\x7f"},
   };
   for (const auto& [source, message] : cases) {
     jinja::Template t(source);

@@ -69,5 +69,6 @@ TEST(Roofline, PercentAbove100SaysTheProbeIsWrong) {
   EXPECT_EQ(roofline_percent(0.612), "61.2%");
   const std::string over = roofline_percent(1.07);
   EXPECT_NE(over.find("107.0%"), std::string::npos);
-  EXPECT_NE(over.find("not a result"), std::string::npos) << over;
+  EXPECT_NE(over.find("the bandwidth probe under-reads"), std::string::npos) << over;
+  EXPECT_NE(roofline_percent(1.2, "GEMM peak").find("the GEMM peak probe"), std::string::npos);
 }

@@ -93,8 +93,8 @@ class CpuKernels final : public Kernels {
         bool done;
         if (w.format == WeightFormat::F32) {
           done = cpu::onednn_gemm(M, w.out, K, DType::F32, xp, K, w.data.data<float>(), K, true, yp, w.out, bp);
-        } else if (w.format == WeightFormat::Int8) {
-          done = gemm_int8(xp, M, w, yp, bp);
+        } else if (is_quantized(w.format)) {
+          done = gemm_quantized(xp, M, w, yp, bp);
         } else {
           // bf16 x bf16 -> f32 on the AVX512_BF16 units; activations are rounded to bf16 for this product only.
           if (!converted) {
@@ -112,21 +112,16 @@ class CpuKernels final : public Kernels {
     gemv_all(xp, M, K, ws, biases, ys);
   }
 
-  // Prefill with int8 weights: blocks of weight rows dequantized to float32 (a few MiB, cache-sized) and each
-  // multiplied by the GEMM library into its columns of y. False when the library cannot (then the GEMV runs).
-  bool gemm_int8(const float* xp, int64_t M, const Weight& w, float* yp, const float* bp) {
+  // Prefill with quantized weights: blocks of weight rows dequantized to float32 (a few MiB, cache-sized) and
+  // each multiplied by the GEMM library into its columns of y. False when the library cannot (then the GEMV runs).
+  bool gemm_quantized(const float* xp, int64_t M, const Weight& w, float* yp, const float* bp) {
     const int64_t K = w.in, N = w.out;
     const int64_t rows = std::max<int64_t>(16, (int64_t(4) << 20) / (K * int64_t(sizeof(float))));
     scratch_f32_.resize(size_t(std::min(rows, N) * K));
-    const int8_t* q = w.data.data<int8_t>();
-    const float* sc = w.scales.data<float>();
     for (int64_t n0 = 0; n0 < N; n0 += rows) {
       const int64_t nb = std::min(rows, N - n0);
       float* d = scratch_f32_.data();
-      parallel_ranges(nb, 1, [&](int64_t b, int64_t e) {
-        for (int64_t r = b; r < e; r++)
-          for (int64_t k = 0; k < K; k++) d[r * K + k] = float(q[(n0 + r) * K + k]) * sc[n0 + r];
-      }, K);
+      parallel_ranges(nb, 1, [&](int64_t b, int64_t e) { w.dequantize_rows(n0 + b, n0 + e, d + b * K); }, K);
       if (!cpu::onednn_gemm(M, nb, K, DType::F32, xp, K, d, K, true, yp + n0, N, bp ? bp + n0 : nullptr)) return false;
     }
     return true;
@@ -270,15 +265,18 @@ class CpuKernels final : public Kernels {
 
   // A weight in a format these kernels run, its data matching its format and shape.
   static const Weight& checked(const Weight& w) {
-    if (w.format != WeightFormat::F32 && w.format != WeightFormat::BF16 && w.format != WeightFormat::Int8)
-      // the message only on failure: a hot path
-      throw Error(std::string("linear: the CPU kernels take float32, bfloat16 or weight_only_int8 weights, not ") +
-                  weight_format_name(w.format));
-    const DType want = w.format == WeightFormat::Int8 ? DType::I8 : dense_dtype(w.format);
-    require(w.data.ndim() == 2 && w.data.dim(0) == w.out && w.data.dim(1) == w.in && w.data.is_contiguous() &&
-                w.data.dtype() == want, "linear: a weight's data does not match its format and shape");
+    if (w.format == WeightFormat::F16)  // the message only on failure: a hot path
+      throw Error("linear: the CPU kernels take float32, bfloat16, weight_only_int8 or weight_only_int4 weights, not float16");
+    const bool i4 = w.format == WeightFormat::Int4;
+    const DType want = w.format == WeightFormat::Int8 ? DType::I8 : i4 ? DType::U8 : dense_dtype(w.format);
+    require(w.data.ndim() == 2 && w.data.dim(0) == w.out && w.data.dim(1) == (i4 ? w.in / 2 : w.in) &&
+                w.data.is_contiguous() && w.data.dtype() == want, "linear: a weight's data does not match its format and shape");
     if (w.format == WeightFormat::Int8)
       require(w.scales.dtype() == DType::F32 && w.scales.numel() == w.out, "linear: an int8 weight needs one float32 scale per output row");
+    if (i4)
+      require(w.in % 32 == 0 && w.group_size > 0 && w.group_size % 32 == 0 && w.in % w.group_size == 0 &&
+                  w.scales.dtype() == DType::F32 && w.scales.numel() == w.out * (w.in / w.group_size),
+              "linear: an int4 weight needs groups of a multiple of 32 inputs and one float32 scale per group");
     return w;
   }
 
@@ -336,6 +334,8 @@ class CpuKernels final : public Kernels {
       if (w.format == WeightFormat::F32) isa_.gemv_f32(xp, M, K, w.data.data<float>(), K, n0, n1, yp, N);
       else if (w.format == WeightFormat::Int8)
         isa_.gemv_i8(xp, M, K, w.data.data<int8_t>(), w.scales.data<float>(), K, n0, n1, yp, N);
+      else if (w.format == WeightFormat::Int4)
+        isa_.gemv_i4(xp, M, K, w.data.data<uint8_t>(), w.scales.data<float>(), K, w.group_size, n0, n1, yp, N);
       else if (dp) isa_.gemv_bf16_bf16(xbp, M, K, w.data.data<uint16_t>(), K, n0, n1, yp, N);
       else isa_.gemv_bf16(xp, M, K, w.data.data<uint16_t>(), K, n0, n1, yp, N);
       if (const Tensor* b = biases[mat])
@@ -365,7 +365,7 @@ class CpuKernels final : public Kernels {
     for (int64_t i = 0; i < nc; i++) run(chunks[size_t(i)]);
   }
   std::vector<uint16_t> scratch_bf16_;
-  std::vector<float> scratch_f32_;  // gemm_int8's dequantized block
+  std::vector<float> scratch_f32_;  // gemm_quantized's dequantized block
 
   static void softmax_row(float* p, int64_t n) {
     float mx = -INFINITY;

@@ -3,6 +3,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 namespace oar::cpu {
 
@@ -30,6 +31,10 @@ struct IsaOps {
   // weight_only_int8: y[m*ldy + n] = scales[n] * dot(x[m*ldx ..], w[n*K ..]) with int8 weights, float activations.
   void (*gemv_i8)(const float* x, int64_t M, int64_t ldx, const int8_t* w, const float* scales, int64_t K, int64_t n0,
                   int64_t n1, float* y, int64_t ldy) = nullptr;
+  // weight_only_int4 (layout: WeightFormat::Int4): y[m*ldy + n] = sum over groups of scales[n*(K/G) + g] *
+  // dot(x's group g, w's group g); K a multiple of 32 and of G, G a multiple of 32.
+  void (*gemv_i4)(const float* x, int64_t M, int64_t ldx, const uint8_t* w, const float* scales, int64_t K, int64_t G,
+                  int64_t n0, int64_t n1, float* y, int64_t ldy) = nullptr;
   // Reads n bytes (a multiple of 64, 64-byte aligned) with the widest loads this ISA has, returning a value that
   // depends on every byte: the read-bandwidth probe's inner loop.
   uint64_t (*read_bytes)(const void* p, size_t n) = nullptr;
@@ -38,6 +43,21 @@ struct IsaOps {
 // src/kernels/cpu/avx512bf16: only call when the CPU has AVX512_BF16.
 void gemv_bf16_dpbf16(const uint16_t* x, int64_t M, int64_t ldx, const uint16_t* w, int64_t K, int64_t n0, int64_t n1,
                       float* y, int64_t ldy);
+
+// Calls f(std::integral_constant<int, m>{}, m0) for consecutive blocks [m0, m0 + m) of [0, M) with m <= MaxM, so
+// that a row kernel can take its number of activation rows as a template argument. (Each ISA's file instantiates
+// it with its own lambdas, so each gets its own code.)
+template <int N, class F>
+inline void dispatch_rows(int64_t m, int64_t m0, F& f) {
+  if constexpr (N > 1) {
+    if (m < N) return dispatch_rows<N - 1>(m, m0, f);
+  }
+  f(std::integral_constant<int, N>{}, m0);
+}
+template <int MaxM, class F>
+inline void for_row_blocks(int64_t M, F&& f) {
+  for (int64_t m0 = 0; m0 < M; m0 += MaxM) dispatch_rows<MaxM>(M - m0 < MaxM ? M - m0 : MaxM, m0, f);
+}
 
 // y[m*ldy + n] *= scales[n] for m < M, n in [n0, n1): the per-channel scale of a quantized GEMV, after its dots.
 inline void scale_columns(float* y, int64_t M, int64_t ldy, const float* scales, int64_t n0, int64_t n1) {

@@ -37,6 +37,23 @@ void gemv_i8(const float* x, int64_t M, int64_t ldx, const int8_t* w, const floa
     }
 }
 
+void gemv_i4(const float* x, int64_t M, int64_t ldx, const uint8_t* w, const float* scales, int64_t K, int64_t G,
+             int64_t n0, int64_t n1, float* y, int64_t ldy) {
+  for (int64_t n = n0; n < n1; n++)
+    for (int64_t m = 0; m < M; m++) {
+      float s = 0;
+      for (int64_t g0 = 0; g0 < K; g0 += G) {
+        float d = 0;
+        for (int64_t k = g0; k < g0 + G; k++) {
+          const uint8_t b = w[n * (K / 2) + k / 32 * 16 + k % 16];
+          d += x[m * ldx + k] * float(int(k % 32 < 16 ? b & 15 : b >> 4) - 8);
+        }
+        s += d * scales[n * (K / G) + g0 / G];
+      }
+      y[m * ldy + n] = s;
+    }
+}
+
 uint64_t read_bytes(const void* p, size_t n) {
   const uint64_t* q = static_cast<const uint64_t*>(p);
   uint64_t a = 0, b = 0, c = 0, d = 0;  // four independent chains
@@ -88,6 +105,7 @@ const IsaOps& isa_scalar() {
   static const IsaOps ops = [] {
     IsaOps o{"scalar", gemv_f32, gemv_bf16, dot, axpy, sum_squares, dot_rows, axpy_rows, to_f32, to_bf16};
     o.gemv_i8 = gemv_i8;
+    o.gemv_i4 = gemv_i4;
     o.read_bytes = read_bytes;
     return o;
   }();

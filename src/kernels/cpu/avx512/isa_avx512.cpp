@@ -2,6 +2,7 @@
 // makes decode bandwidth-bound (one pass over the weights per step, whatever the batch).
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "kernels/cpu/isa.h"
@@ -27,14 +28,12 @@ inline __m512 load_i8_mask(const int8_t* p, __mmask16 m) {
 
 template <class W>
 inline __m512 load_w(const W* w, __mmask16 m) {
-  if constexpr (sizeof(W) == 1) return load_i8_mask(reinterpret_cast<const int8_t*>(w), m);
-  else if constexpr (sizeof(W) == 2) return load_bf16_mask(reinterpret_cast<const uint16_t*>(w), m);
+  if constexpr (sizeof(W) == 2) return load_bf16_mask(reinterpret_cast<const uint16_t*>(w), m);
   else return load_f32_mask(reinterpret_cast<const float*>(w), m);
 }
 template <class W>
 inline __m512 load_w(const W* w) {
-  if constexpr (sizeof(W) == 1) return load_i8(reinterpret_cast<const int8_t*>(w));
-  else if constexpr (sizeof(W) == 2) return load_bf16(reinterpret_cast<const uint16_t*>(w));
+  if constexpr (sizeof(W) == 2) return load_bf16(reinterpret_cast<const uint16_t*>(w));
   else return load_f32(reinterpret_cast<const float*>(w));
 }
 
@@ -96,10 +95,89 @@ void gemv_bf16(const float* x, int64_t M, int64_t ldx, const uint16_t* w, int64_
   gemv(x, M, ldx, w, K, n0, n1, y, ldy);
 }
 
+// One int8 weight row against M activation rows: as row(), with four FMA chains for a single activation row
+// (an int8 row brings 4 times the weights per byte: see the AVX2 version).
+template <int M>
+inline void row_i8(const float* x, int64_t ldx, const int8_t* w, int64_t K, float* y, int64_t ldy) {
+  constexpr int C = M == 1 ? 4 : 2;
+  __m512 acc[C][M];
+  for (int c = 0; c < C; c++)
+    for (int m = 0; m < M; m++) acc[c][m] = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + 64 <= K; k += 64)
+    for (int j = 0; j < 4; j++) {
+      const __m512 wv = load_i8(w + k + 16 * j);
+      for (int m = 0; m < M; m++) acc[j % C][m] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + m * ldx + k + 16 * j), acc[j % C][m]);
+    }
+  for (; k < K; k += 16) {
+    const __mmask16 mk = K - k >= 16 ? __mmask16(0xffff) : __mmask16((1u << (K - k)) - 1);
+    const __m512 wv = load_i8_mask(w + k, mk);
+    for (int m = 0; m < M; m++) acc[0][m] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(mk, x + m * ldx + k), acc[0][m]);
+  }
+  for (int m = 0; m < M; m++) {
+    for (int c = 1; c < C; c++) acc[0][m] = _mm512_add_ps(acc[0][m], acc[c][m]);
+    y[m * ldy] = _mm512_reduce_add_ps(acc[0][m]);
+  }
+}
+
 void gemv_i8(const float* x, int64_t M, int64_t ldx, const int8_t* w, const float* scales, int64_t K, int64_t n0,
              int64_t n1, float* y, int64_t ldy) {
-  gemv(x, M, ldx, w, K, n0, n1, y, ldy);
+  for_row_blocks<8>(M, [&](auto rows, int64_t m0) {
+    for (int64_t n = n0; n < n1; n++) row_i8<rows()>(x + m0 * ldx, ldx, w + n * K, K, y + m0 * ldy + n, ldy);
+  });
   scale_columns(y, M, ldy, scales, n0, n1);
+}
+
+// One int4 weight row (WeightFormat::Int4) against M activation rows: a 16-byte block unpacks to two vectors of
+// 16 inputs; two blocks at a time feed four FMA chains with one activation row (see the AVX2 version).
+inline void unpack_i4(const uint8_t* p, __m512& lo, __m512& hi) {
+  const __m128i mask = _mm_set1_epi8(15), eight = _mm_set1_epi8(8);
+  const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_sub_epi8(_mm_and_si128(b, mask), eight)));
+  hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(b, 4), mask), eight)));
+}
+
+template <int M>
+inline void row_i4(const float* x, int64_t ldx, const uint8_t* w, const float* sc, int64_t K, int64_t G, float* y,
+                   int64_t ldy) {
+  constexpr int C = M == 1 ? 4 : 2;
+  __m512 total[M];
+  for (int m = 0; m < M; m++) total[m] = _mm512_setzero_ps();
+  for (int64_t g0 = 0; g0 < K; g0 += G) {
+    __m512 acc[C][M];
+    for (int c = 0; c < C; c++)
+      for (int m = 0; m < M; m++) acc[c][m] = _mm512_setzero_ps();
+    int64_t k = g0;
+    for (; k + 64 <= g0 + G; k += 64) {
+      __m512 wv[4];
+      unpack_i4(w + k / 2, wv[0], wv[1]);
+      unpack_i4(w + k / 2 + 16, wv[2], wv[3]);
+      for (int j = 0; j < 4; j++)
+        for (int m = 0; m < M; m++)
+          acc[j % C][m] = _mm512_fmadd_ps(wv[j], _mm512_loadu_ps(x + m * ldx + k + 16 * j), acc[j % C][m]);
+    }
+    if (k < g0 + G) {  // a last block of 32 (G and K are multiples of 32)
+      __m512 wv[2];
+      unpack_i4(w + k / 2, wv[0], wv[1]);
+      for (int j = 0; j < 2; j++)
+        for (int m = 0; m < M; m++)
+          acc[j % C][m] = _mm512_fmadd_ps(wv[j], _mm512_loadu_ps(x + m * ldx + k + 16 * j), acc[j % C][m]);
+    }
+    const __m512 s = _mm512_set1_ps(sc[g0 / G]);
+    for (int m = 0; m < M; m++) {
+      for (int c = 1; c < C; c++) acc[0][m] = _mm512_add_ps(acc[0][m], acc[c][m]);
+      total[m] = _mm512_fmadd_ps(acc[0][m], s, total[m]);
+    }
+  }
+  for (int m = 0; m < M; m++) y[m * ldy] = _mm512_reduce_add_ps(total[m]);
+}
+
+void gemv_i4(const float* x, int64_t M, int64_t ldx, const uint8_t* w, const float* scales, int64_t K, int64_t G,
+             int64_t n0, int64_t n1, float* y, int64_t ldy) {
+  for_row_blocks<8>(M, [&](auto rows, int64_t m0) {
+    for (int64_t n = n0; n < n1; n++)
+      row_i4<rows()>(x + m0 * ldx, ldx, w + n * (K / 2), scales + n * (K / G), K, G, y + m0 * ldy + n, ldy);
+  });
 }
 
 uint64_t read_bytes(const void* p, size_t n) {
@@ -219,6 +297,7 @@ const IsaOps& isa_avx512() {
   static const IsaOps ops = [] {
     IsaOps o{"avx512", gemv_f32, gemv_bf16, dot, axpy, sum_squares, dot_rows, axpy_rows, to_f32, to_bf16};
     o.gemv_i8 = gemv_i8;
+    o.gemv_i4 = gemv_i4;
     o.read_bytes = read_bytes;
     return o;
   }();
