@@ -4,7 +4,7 @@
 # and the table gives the median over rounds of each metric and new/old. Run it on a quiet machine (pause other
 # work) with both builds in Release.
 #
-#   [AB_BENCHES="llama engine train"] bench/ab_compare.sh OLD_BUILD_DIR NEW_BUILD_DIR [ROUNDS=3]
+#   [AB_BENCHES="llama engine train"] [AB_LLAMA_ARGS="--prompt 32 --decode 16"] bench/ab_compare.sh OLD_BUILD_DIR NEW_BUILD_DIR [ROUNDS=3]
 #
 # Workloads (small enough for a 2-core machine, ~4 minutes a round):
 #   bench_llama  --prompt 32 --decode 16 --dtypes f32          TinyLlama-1.1B shape: prefill and decode tok/s
@@ -27,7 +27,8 @@ trap 'rm -rf "$out"' EXIT
 run_once() {
   local dir="$1" tag="$2" log
   if [[ " $benches " == *" llama "* ]]; then
-    log="$("$dir/bench_llama" --prompt 32 --decode 16 --dtypes f32 2>&1)"
+    # shellcheck disable=SC2086  # AB_LLAMA_ARGS is a list of flags
+    log="$("$dir/bench_llama" ${AB_LLAMA_ARGS:---prompt 32 --decode 16} --dtypes f32 2>&1)"
     sed -n 's/^f32 prefill: \([0-9.]*\) tok\/s.*/llama_prefill_tok_s \1/p; s/^f32 decode : \([0-9.]*\) tok\/s.*/llama_decode_tok_s \1/p' \
       <<<"$log" >>"$out/$tag"
     # The decode runs' median share of the memory bandwidth measured just before each: robust to the guest's

@@ -58,7 +58,7 @@ int main(int argc, char** argv) {
     r.sampling.greedy = true;
     r.ignore_eos = true;
     gen.run({r}, {});  // warm-up: page in the weights, build the GEMM primitives
-    // Prefill: the best of 2 runs. Decode: 5 runs, each held against the higher of the bandwidth probes taken
+    // Prefill: the best of the same 5 runs. Decode: 5 runs, each held against the higher of the bandwidth probes taken
     // right before and right after it (each probe the median of 7 passes over 1 GiB); the median of the 5 ratios
     // is reported. The guest's bandwidth drifts by tens of percent within seconds, so only adjacent measurements
     // are compared.
