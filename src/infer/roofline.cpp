@@ -33,9 +33,11 @@ double measure_read_bandwidth(size_t bytes) {
     std::unique_ptr<uint8_t, decltype(&std::free)> buf(static_cast<uint8_t*>(std::aligned_alloc(4096, total)), &std::free);
     if (!buf) throw Error("read-bandwidth probe: cannot allocate " + std::to_string(total >> 20) + " MiB");
     uint8_t* p = buf.get();
-    // Each thread touches (and so places) the pages it will read: not a measurement of page faults.
+    (void)cpu_isa_name();  // picks the ISA table here: an error (a bad OAR_ISA) must not be thrown in a parallel region
+    // Each thread touches (and so places) the pages it will read: not a measurement of page faults. A region may
+    // get fewer threads than asked (OMP_DYNAMIC, thread limits): then each takes several shares.
 #pragma omp parallel num_threads(nt)
-    std::memset(p + size_t(omp_get_thread_num()) * share, 1, share);
+    for (int s = omp_get_thread_num(); s < nt; s += omp_get_num_threads()) std::memset(p + size_t(s) * share, 1, share);
     // The median of several passes, not the best: decode is timed over many tokens, so its ceiling should be the
     // typical sustained rate too, not one lucky pass on a machine shared with other guests.
     std::vector<double> rates;
@@ -44,7 +46,7 @@ double measure_read_bandwidth(size_t bytes) {
       const double t = now_s();
       uint64_t x = 0;
 #pragma omp parallel num_threads(nt) reduction(^ : x)
-      x ^= cpu_read_bytes(p + size_t(omp_get_thread_num()) * share, share);
+      for (int s = omp_get_thread_num(); s < nt; s += omp_get_num_threads()) x ^= cpu_read_bytes(p + size_t(s) * share, share);
       rates.push_back(double(total) / (now_s() - t));
       sink ^= x;
     }

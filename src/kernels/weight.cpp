@@ -1,6 +1,7 @@
 #include "kernels/weight.h"
 
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 
 #include "core/error.h"
@@ -101,6 +102,7 @@ Weight Weight::quantize_int8(const Tensor& host) {
       bad_row = std::max(bad_row, r);
       amax = 0;
     }
+    if (amax < FLT_MIN) amax = 0;  // below the normal floats 127 / amax overflows: such a row is zero
     sc[r] = amax / 127.0f;
     const float inv = amax > 0 ? 127.0f / amax : 0.0f;
     for (int64_t k = 0; k < in; k++)
@@ -145,6 +147,7 @@ Weight Weight::quantize_int4(const Tensor& host, int64_t group_size) {
         bad_row = std::max(bad_row, r);
         amax = 0;
       }
+      if (amax < FLT_MIN) amax = 0;  // as in quantize_int8
       sc[r * (in / g) + g0 / g] = amax / 7.0f;
       const float inv = amax > 0 ? 7.0f / amax : 0.0f;
       for (int64_t k = 0; k < g; k += 32) {

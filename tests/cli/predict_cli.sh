@@ -41,10 +41,15 @@ grep -q '^Output tokens is:  8$' bench.txt || die "benchmark must decode exactly
 for k in "prefill" "decode" "time to first token" "decode roofline" "peak memory"; do
   grep -q "$k" bench.txt || die "benchmark lacks '$k'"
 done
-# The bandwidth probe's 1 GiB buffer is not the program's memory: a tiny model's peak stays far below it.
+# The bandwidth probe's 1 GiB buffer is not the program's memory: a tiny model's peak stays far below it (where
+# the kernel lets a process reset its peak, /proc/self/clear_refs; elsewhere oar reports the peak with the probe).
 peak=$(sed -n 's/^oar: peak memory \([0-9.]*\) GiB.*/\1/p' bench.txt)
-python3 -c "import sys; sys.exit(0 if float('$peak') < 0.5 else 1)" || { cat bench.txt; die "peak memory $peak GiB counts the probe"; }
-echo "ok: benchmark lines (peak memory $peak GiB)"
+if (echo 5 > /proc/self/clear_refs) 2>/dev/null; then
+  python3 -c "import sys; sys.exit(0 if float('$peak') < 0.5 else 1)" || { cat bench.txt; die "peak memory $peak GiB counts the probe"; }
+  echo "ok: benchmark lines (peak memory $peak GiB)"
+else
+  echo "ok: benchmark lines (peak memory $peak GiB; not checked: /proc/self/clear_refs refused here)"
+fi
 
 # --quant_type weight_only_int8 quantizes at load: the benchmark names the format, greedy output is produced;
 # the types not built yet are one clear error before the model loads.

@@ -192,6 +192,13 @@ TEST(Kernels, QuantizedLinearEqualsFloatLinearOfItsDequantizedWeights) {
     K.linear_multi(x, {&f, &f2}, {nullptr, &bias}, {&gf, &uf});
     EXPECT_LE(oar::test::rel_err(u8, uf), 1e-5) << "multi M=" << M;
   }
+  // The GEMM path dequantizes blocks of 4 MiB of rows: 8192 inputs make blocks of 128 rows, so 300 rows take 3.
+  const Weight wide = Weight::quantize(random_matrix(300, 8192, 8, 0.05f), spec);
+  const Tensor x = random_matrix(9, 8192, 9);
+  Tensor y8 = Tensor::empty({9, 300}, DType::F32), yf = Tensor::empty({9, 300}, DType::F32);
+  K.linear(x, wide, nullptr, y8);
+  K.linear(x, Weight::dense(wide.dequantize()), nullptr, yf);
+  EXPECT_LE(oar::test::rel_err(y8, yf), 1e-5) << "three dequantized blocks";
   }
 }
 

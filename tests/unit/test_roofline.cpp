@@ -29,7 +29,7 @@ double median_rate(size_t share, int nt, F fn) {
   for (int rep = 0; rep < 7; rep++) {
     const double t = now_s();
 #pragma omp parallel num_threads(nt)
-    fn(size_t(omp_get_thread_num()));
+    for (int s = omp_get_thread_num(); s < nt; s += omp_get_num_threads()) fn(size_t(s));
     r.push_back(double(share) * nt / (now_s() - t));
   }
   std::sort(r.begin(), r.end());
@@ -45,21 +45,21 @@ TEST(Roofline, ProbeReadsAsFastAsIndependentReaders) {
       dst(static_cast<uint8_t*>(std::aligned_alloc(4096, share * nt)), &std::free);
   ASSERT_TRUE(src && dst);
 #pragma omp parallel num_threads(nt)
-  {
-    const size_t t = size_t(omp_get_thread_num());
-    std::memset(src.get() + t * share, 1, share);
-    std::memset(dst.get() + t * share, 0, share);
+  for (int s = omp_get_thread_num(); s < nt; s += omp_get_num_threads()) {
+    std::memset(src.get() + size_t(s) * share, 1, share);
+    std::memset(dst.get() + size_t(s) * share, 0, share);
   }
-  // The machine is shared (and ctest runs tests side by side): a bad probe fails every attempt, noise not.
+  // The machine is shared (and ctest runs tests side by side): a bad probe fails every attempt, noise not. The
+  // bounds are wide for that; the probe this replaced read 0.55x of the truth, below the lower one.
   double probe = 0, scan = 0, copy_read = 0;
   bool ok = false;
   for (int attempt = 0; attempt < 4 && !ok; attempt++) {
     probe = measure_read_bandwidth(bytes);
-    volatile bool found = false;
-    scan = median_rate(share, nt, [&](size_t t) { found = found || std::memchr(src.get() + t * share, 0, share) != nullptr; });
+    std::vector<char> found(size_t(nt), 0);  // one flag per thread: memchr must find nothing in a buffer of ones
+    scan = median_rate(share, nt, [&](size_t t) { found[t] |= std::memchr(src.get() + t * share, 0, share) != nullptr; });
     copy_read = median_rate(share, nt, [&](size_t t) { std::memcpy(dst.get() + t * share, src.get() + t * share, share); });
-    ASSERT_FALSE(found);
-    ok = probe >= 0.75 * scan && probe <= 1.6 * scan && probe >= 0.9 * copy_read;
+    ASSERT_EQ(std::count(found.begin(), found.end(), 1), 0);
+    ok = probe >= 0.65 * scan && probe <= 2.0 * scan && probe >= 0.8 * copy_read;
   }
   EXPECT_TRUE(ok) << "probe " << probe / 1e9 << " GB/s, memchr " << scan / 1e9 << " GB/s, memcpy's read side "
                   << copy_read / 1e9 << " GB/s";

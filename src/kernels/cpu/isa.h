@@ -60,7 +60,9 @@ inline void for_row_blocks(int64_t M, F&& f) {
 }
 
 // y[m*ldy + n] *= scales[n] for m < M, n in [n0, n1): the per-channel scale of a quantized GEMV, after its dots.
-inline void scale_columns(float* y, int64_t M, int64_t ldy, const float* scales, int64_t n0, int64_t n1) {
+// static: each ISA's file compiles its own copy with its own instruction set (one shared inline copy could be
+// the AVX-512 one, linked into the AVX2 path).
+static inline void scale_columns(float* y, int64_t M, int64_t ldy, const float* scales, int64_t n0, int64_t n1) {
   for (int64_t m = 0; m < M; m++)
     for (int64_t n = n0; n < n1; n++) y[m * ldy + n] *= scales[n];
 }
