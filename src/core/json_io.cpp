@@ -26,6 +26,11 @@ std::string too_deep_text() { return "nested deeper than " + std::to_string(kMax
 
 }  // namespace
 
+std::string in_quotes(const std::string& s) {
+  std::string d = json(s).dump(-1, ' ', false, json::error_handler_t::replace);
+  return "'" + d.substr(1, d.size() - 2) + "'";
+}
+
 std::string json_error_text(const json::exception& e) {
   std::string w = e.what();
   if (!w.empty() && w[0] == '[') {

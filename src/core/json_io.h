@@ -30,6 +30,9 @@ std::optional<nlohmann::json> try_parse_json(std::string_view text, std::string*
 // value when the text is not JSON. JSON nested too deep is still an error naming `where`.
 nlohmann::json json_or_discarded(std::string_view text, const std::string& where);
 
+// A string from a file, quoted for a one-line message: 'text', control characters escaped, invalid UTF-8 replaced.
+std::string in_quotes(const std::string& s);
+
 // A JSON parse error as one line, without nlohmann's "[json.exception.parse_error.101] " prefix.
 std::string json_error_text(const nlohmann::json::exception& e);
 

@@ -42,12 +42,6 @@ constexpr int64_t kMaxLayers = int64_t(1) << 12;
 constexpr int64_t kMaxHeads = int64_t(1) << 16;
 constexpr int64_t kMaxPositions = int64_t(1) << 31;
 
-// A string from the file, quoted for a one-line message (control characters escaped).
-std::string in_quotes(const std::string& s) {
-  std::string d = json(s).dump(-1, ' ', false, json::error_handler_t::replace);
-  return "'" + d.substr(1, d.size() - 2) + "'";
-}
-
 // nlohmann's what() starts with "[json.exception.parse_error.101] "; the rest is the useful part.
 const FamilyNames* family_by_architecture(const std::string& a) {
   for (const auto& f : kFamilies)

@@ -47,12 +47,6 @@ const char* code_of(DType t) {
   return nullptr;
 }
 
-// A name from the file, quoted for a one-line message (control characters escaped).
-std::string in_quotes(const std::string& s) {
-  std::string d = json(s).dump(-1, ' ', false, json::error_handler_t::replace);
-  return "'" + d.substr(1, d.size() - 2) + "'";
-}
-
 // A JSON value for a message: short scalars as written, anything else by its type.
 std::string brief(const json& v) {
   if (!v.is_primitive()) return v.type_name();
@@ -255,17 +249,7 @@ WeightStore WeightStore::open_file(const std::string& path) {
   return s;
 }
 
-WeightStore WeightStore::open_dir(const std::string& dir) {
-  if (!dir_exists(dir)) fail(dir, "no such directory");
-  const std::string index_path = join_path(dir, kIndexName);
-  if (dir_exists(index_path)) fail(index_path, "is a directory, not a file");
-  if (!file_exists(index_path)) {
-    const std::string single = join_path(dir, "model.safetensors");
-    if (dir_exists(single)) fail(single, "is a directory, not a file");
-    if (!file_exists(single)) fail(dir, std::string("neither model.safetensors nor ") + kIndexName + " is here");
-    return open_file(single);
-  }
-
+std::map<std::string, std::vector<std::string>> read_weight_map(const std::string& index_path) {
   json index = parse_json_file(index_path);
   if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object())
     fail(index_path, "expected an object with a \"weight_map\" object");
@@ -281,7 +265,21 @@ WeightStore WeightStore::open_dir(const std::string& dir) {
       fail(index_path, "weight_map entry " + in_quotes(name) + " names " + in_quotes(file) + ", outside the directory");
     by_shard[file].push_back(name);
   }
+  return by_shard;
+}
 
+WeightStore WeightStore::open_dir(const std::string& dir) {
+  if (!dir_exists(dir)) fail(dir, "no such directory");
+  const std::string index_path = join_path(dir, kIndexName);
+  if (dir_exists(index_path)) fail(index_path, "is a directory, not a file");
+  if (!file_exists(index_path)) {
+    const std::string single = join_path(dir, "model.safetensors");
+    if (dir_exists(single)) fail(single, "is a directory, not a file");
+    if (!file_exists(single)) fail(dir, std::string("neither model.safetensors nor ") + kIndexName + " is here");
+    return open_file(single);
+  }
+
+  const auto by_shard = read_weight_map(index_path);
   WeightStore s;
   s.where_ = index_path;
   for (const auto& [shard, names] : by_shard) {

@@ -36,6 +36,10 @@ struct SafetensorsHeader {
 // allowed), __metadata__ strings only. `where` names the file in errors. Throws oar::Error. Safe on any input (fuzzed).
 SafetensorsHeader parse_safetensors(const uint8_t* data, size_t size, const std::string& where);
 
+// A sharded checkpoint's index ({"weight_map": {tensor: shard file}}; model.safetensors.index.json and its
+// PaddleNLP relatives): the tensor names grouped by shard. Shard names must stay inside the directory.
+std::map<std::string, std::vector<std::string>> read_weight_map(const std::string& index_path);
+
 // Named tensors of one checkpoint directory, memory-mapped: model.safetensors, or the shards listed by
 // model.safetensors.index.json ("weight_map"). Tensors are zero-copy views of the mapped files.
 class WeightStore {
