@@ -55,7 +55,8 @@ int run_training(TrainMode mode, const std::vector<std::string>& argv) {
   const auto t0 = std::chrono::steady_clock::now();
   auto tok = load_tokenizer(a.tokenizer_path());
   auto model = build_train_model(a, *tok, say);
-  RunData data = build_run_data(a, *tok, model->llama().config().vocab_size);
+  const LlamaConfig& cfg = model->llama().config();
+  RunData data = build_run_data(a, *tok, cfg.vocab_size, cfg.max_position_embeddings);
   say("Data: " + data.summary);
   if (a.do_eval && !data.eval) say(std::string("oar ") + cmd + ": warning: no evaluation data: evaluation skipped");
   if (a.do_predict && !data.test) say(std::string("oar ") + cmd + ": no test data (test split or test.json): do_predict skipped");

@@ -95,4 +95,54 @@ void utf8_append_codepoint(std::string& out, uint32_t cp) {
   }
 }
 
+uint32_t utf8_code_point(std::string_view s, size_t i, size_t& len) {
+  const unsigned char c = static_cast<unsigned char>(s[i]);
+  auto cont = [&](size_t k) { return i + k < s.size() ? uint32_t(static_cast<unsigned char>(s[i + k]) & 0x3F) : 0u; };
+  if (c < 0x80) { len = 1; return c; }
+  if ((c >> 5) == 6) { len = 2; return (uint32_t(c & 0x1F) << 6) | cont(1); }
+  if ((c >> 4) == 14) { len = 3; return (uint32_t(c & 0x0F) << 12) | (cont(1) << 6) | cont(2); }
+  if ((c >> 3) == 30) { len = 4; return (uint32_t(c & 0x07) << 18) | (cont(1) << 12) | (cont(2) << 6) | cont(3); }
+  len = 1;
+  return c;
+}
+
+namespace {
+
+bool py_isspace(uint32_t cp) {
+  return (cp >= 0x09 && cp <= 0x0D) || (cp >= 0x1C && cp <= 0x20) || cp == 0x85 || cp == 0xA0 || cp == 0x1680 ||
+         (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F || cp == 0x205F ||
+         cp == 0x3000;
+}
+
+// Whether s[i..] starts with a well-formed whitespace character; sets len to its length. Stray, truncated or
+// overlong bytes are not whitespace, so text that is not valid UTF-8 is never cut inside a sequence.
+bool whitespace_at(std::string_view s, size_t i, size_t& len) {
+  const uint32_t cp = utf8_code_point(s, i, len);
+  if (i + len > s.size() || len != (cp < 0x80 ? 1u : cp < 0x800 ? 2u : cp < 0x10000 ? 3u : 4u)) return false;
+  for (size_t k = 1; k < len; k++)
+    if ((static_cast<unsigned char>(s[i + k]) & 0xC0) != 0x80) return false;
+  return py_isspace(cp);
+}
+
+}  // namespace
+
+std::string_view python_lstrip(std::string_view text) {
+  size_t b = 0, len;
+  while (b < text.size() && whitespace_at(text, b, len)) b += len;
+  return text.substr(b);
+}
+
+std::string_view python_rstrip(std::string_view text) {
+  size_t e = text.size(), len;
+  while (e > 0) {
+    size_t k = e - 1;  // back to the lead byte of the last character
+    while (k > 0 && e - k < 4 && (static_cast<unsigned char>(text[k]) & 0xC0) == 0x80) k--;
+    if (!whitespace_at(text, k, len) || k + len != e) break;
+    e = k;
+  }
+  return text.substr(0, e);
+}
+
+std::string_view python_strip(std::string_view text) { return python_rstrip(python_lstrip(text)); }
+
 }  // namespace oar

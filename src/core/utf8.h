@@ -18,5 +18,12 @@ inline size_t utf8_seq_len(unsigned char c) {
   return c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 1;
 }
 void utf8_append_codepoint(std::string& out, uint32_t cp);
+// Decodes the code point at s[i] (s should be valid UTF-8; a stray byte decodes as itself); sets len.
+uint32_t utf8_code_point(std::string_view s, size_t i, size_t& len);
+// Python's str.strip() / lstrip() / rstrip() with no argument: Unicode whitespace (str.isspace) removed from both
+// ends / the start / the end of valid UTF-8 text.
+std::string_view python_strip(std::string_view text);
+std::string_view python_lstrip(std::string_view text);
+std::string_view python_rstrip(std::string_view text);
 
 }  // namespace oar

@@ -9,49 +9,10 @@
 #include "core/fs.h"
 #include "core/json_io.h"
 #include "core/line_reader.h"
+#include "core/utf8.h"
 #include "data/text_encoder.h"
 
 namespace oar {
-
-namespace {
-
-// Decodes the code point at s[i] (s is valid UTF-8: it comes out of the JSON parser); sets len.
-uint32_t code_point(std::string_view s, size_t i, size_t& len) {
-  const unsigned char c = static_cast<unsigned char>(s[i]);
-  auto cont = [&](size_t k) { return i + k < s.size() ? uint32_t(static_cast<unsigned char>(s[i + k]) & 0x3F) : 0u; };
-  if (c < 0x80) { len = 1; return c; }
-  if ((c >> 5) == 6) { len = 2; return (uint32_t(c & 0x1F) << 6) | cont(1); }
-  if ((c >> 4) == 14) { len = 3; return (uint32_t(c & 0x0F) << 12) | (cont(1) << 6) | cont(2); }
-  if ((c >> 3) == 30) { len = 4; return (uint32_t(c & 0x07) << 18) | (cont(1) << 12) | (cont(2) << 6) | cont(3); }
-  len = 1;
-  return c;
-}
-
-bool py_isspace(uint32_t cp) {
-  return (cp >= 0x09 && cp <= 0x0D) || (cp >= 0x1C && cp <= 0x20) || cp == 0x85 || cp == 0xA0 || cp == 0x1680 ||
-         (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F || cp == 0x205F ||
-         cp == 0x3000;
-}
-
-}  // namespace
-
-std::string_view python_strip(std::string_view text) {
-  size_t b = 0;
-  while (b < text.size()) {
-    size_t len;
-    if (!py_isspace(code_point(text, b, len))) break;
-    b += len;
-  }
-  size_t e = text.size();
-  while (e > b) {
-    size_t k = e - 1;  // back to the lead byte of the last character
-    while (k > b && (static_cast<unsigned char>(text[k]) & 0xC0) == 0x80) k--;
-    size_t len;
-    if (!py_isspace(code_point(text, k, len))) break;
-    e = k;
-  }
-  return text.substr(b, e - b);
-}
 
 std::string collapse_repeated_chars(std::string_view text, int64_t max_repeated_len) {
   std::string out;
@@ -59,7 +20,7 @@ std::string collapse_repeated_chars(std::string_view text, int64_t max_repeated_
   size_t i = 0;
   while (i < text.size()) {
     size_t len;
-    const uint32_t cp = code_point(text, i, len);
+    const uint32_t cp = utf8_code_point(text, i, len);
     // The run of this same character starting at i.
     size_t j = i + len;
     int64_t count = 1;

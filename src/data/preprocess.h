@@ -8,6 +8,7 @@
 #include <string_view>
 #include <vector>
 
+#include "core/utf8.h"
 #include "data/indexed_dataset.h"
 #include "tokenizer/tokenizer.h"
 
@@ -42,7 +43,6 @@ std::vector<std::string> list_jsonl_inputs(const std::string& input_path);
 // Python's re.sub(r"(.)\1{N,}", r"\1", text) with N = max_repeated_len: a character repeated more than N times in
 // a row (newlines excepted, as "." does not match them) becomes one.
 std::string collapse_repeated_chars(std::string_view text, int64_t max_repeated_len);
-// Python's str.strip(): Unicode whitespace removed from both ends.
-std::string_view python_strip(std::string_view text);
+// python_strip (Python's str.strip()) is in core/utf8.h.
 
 }  // namespace oar

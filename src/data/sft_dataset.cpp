@@ -51,12 +51,14 @@ std::pair<std::vector<int32_t>, std::vector<int32_t>> plain_ids(const TextEncode
                                                                 const SftOptions& opt) {
   check(rec, opt);
   const Tokenizer& tok = enc.tokenizer();
-  // The source: BOS + text, cut from the left so that the end of the prompt survives; BOS counts toward the
-  // limit and is kept (the tokenizer truncates before adding special tokens).
+  // The source: BOS + text, cut to src_length keeping its START. PaddleNLP's data.py asks for
+  // truncation_side="left", but the released tokenizer (paddlenlp 2.8.1) ignores that argument and cuts from the
+  // right, so that is what runs there and here. BOS counts toward the limit and is kept (the tokenizer truncates
+  // before adding special tokens).
   std::vector<int32_t> body = enc.encode(rec.src.front(), false);
   const bool bos = tok.bos_id() >= 0;
   const int64_t keep = std::max<int64_t>(0, opt.src_length - (bos ? 1 : 0));
-  if (int64_t(body.size()) > keep) body.erase(body.begin(), body.end() - keep);
+  if (int64_t(body.size()) > keep) body.resize(size_t(keep));
   std::vector<int32_t> src;
   if (bos) src.push_back(tok.bos_id());
   src.insert(src.end(), body.begin(), body.end());
@@ -173,12 +175,16 @@ SftPrompt tokenize_sft_prompt(const TextEncoder& enc, const SftRecord& rec, cons
 }
 
 std::vector<SftExample> load_sft_examples(const std::string& dataset_name_or_path, const std::string& split,
-                                          const Tokenizer& tok, const SftOptions& opt) {
+                                          const Tokenizer& tok, const SftOptions& opt,
+                                          std::vector<std::string>* wheres) {
   const std::vector<SftRecord> recs = read_sft_file(sft_split_path(dataset_name_or_path, split));
-  TextEncoder enc(tok);
+  TextEncoder enc(tok, SpecialTextRule::PaddleNLP);  // the text as run_finetune.py's tokenizer reads it
   std::vector<SftExample> out;
   out.reserve(recs.size());
-  for (const auto& r : recs) out.push_back(tokenize_sft_example(enc, r, opt));
+  for (const auto& r : recs) {
+    out.push_back(tokenize_sft_example(enc, r, opt));
+    if (wheres) wheres->push_back(r.where);
+  }
   return out;
 }
 

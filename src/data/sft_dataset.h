@@ -52,8 +52,8 @@ struct SftExample {
 };
 
 // Builds a training example (PaddleNLP's convert_example_common with is_test=False).
-// Without a chat template: only src[0] / tgt[0]; the source gets BOS and is cut from the LEFT to src_length
-// tokens (BOS kept); the target (no special tokens) is cut from the right to max_length - len(source); EOS is
+// Without a chat template: only src[0] / tgt[0]; the source gets BOS and is cut to src_length tokens keeping its
+// start (BOS kept; what released PaddleNLP does, whatever truncation_side its data.py asks for); the target (no special tokens) is cut from the right to max_length - len(source); EOS is
 // appended when the target is shorter than that limit; labels are -100 over the source.
 // With a chat template: rounds are kept newest first while they fit in max_length - len(system); the newest is
 // always kept (its user part cut to src_length - len(system), its answer to what is left); labels cover every
@@ -68,8 +68,10 @@ struct SftPrompt {
 };
 SftPrompt tokenize_sft_prompt(const TextEncoder& enc, const SftRecord& rec, const SftOptions& opt);
 
-// read_sft_file + tokenize_sft_example over DIR/{split}.json.
+// read_sft_file + tokenize_sft_example over DIR/{split}.json, the text read with PaddleNLP's special-token rule
+// (SpecialTextRule::PaddleNLP). `wheres`, when given, receives each example's "DIR/split.json:LINE".
 std::vector<SftExample> load_sft_examples(const std::string& dataset_name_or_path, const std::string& split,
-                                          const Tokenizer& tok, const SftOptions& opt);
+                                          const Tokenizer& tok, const SftOptions& opt,
+                                          std::vector<std::string>* wheres = nullptr);
 
 }  // namespace oar

@@ -1,5 +1,6 @@
 // Text -> ids for training data. Special-token strings written in the text ("</s>", "<|eot_id|>") become their
-// ids: that is Tokenizer::encode's one rule (Hugging Face's default), shared with serve, predict and chat.
+// ids: Tokenizer::encode's rule (Hugging Face's default), shared with serve, predict, chat and preprocess, or, for
+// fine-tuning data, PaddleNLP's, which also drops the whitespace around them (Tokenizer::encode_trimming_specials).
 #pragma once
 #include <cstdint>
 #include <string_view>
@@ -9,15 +10,24 @@
 
 namespace oar {
 
+enum class SpecialTextRule {
+  HuggingFace,  // Tokenizer::encode
+  PaddleNLP,    // Tokenizer::encode_trimming_specials: what run_finetune.py's tokenizer does with the same text
+};
+
 class TextEncoder {
  public:
-  explicit TextEncoder(const Tokenizer& tok) : tok_(tok) {}
+  explicit TextEncoder(const Tokenizer& tok, SpecialTextRule rule = SpecialTextRule::HuggingFace)
+      : tok_(tok), rule_(rule) {}
   // add_bos prepends BOS when the tokenizer has one (PaddleNLP's add_special_tokens=True for Llama).
-  std::vector<int32_t> encode(std::string_view text, bool add_bos) const { return tok_.encode(text, add_bos); }
+  std::vector<int32_t> encode(std::string_view text, bool add_bos) const {
+    return rule_ == SpecialTextRule::PaddleNLP ? tok_.encode_trimming_specials(text, add_bos) : tok_.encode(text, add_bos);
+  }
   const Tokenizer& tokenizer() const { return tok_; }
 
  private:
   const Tokenizer& tok_;
+  SpecialTextRule rule_;
 };
 
 }  // namespace oar

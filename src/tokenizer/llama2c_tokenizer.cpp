@@ -73,6 +73,11 @@ class Llama2cTokenizer final : public tok::TokenizerBase {
     });
   }
 
+  // tokenizer.bin is the Llama-2 sentencepiece vocabulary exported: PaddleNLP's LlamaTokenizer rule applies.
+  std::vector<int32_t> encode_trimming_specials(std::string_view text, bool add_bos) const override {
+    return encode_parts_trimmed(text, add_bos);
+  }
+
   std::string token_bytes(int32_t id, bool include_special) const override {
     if (id < 0 || id >= n()) return "";
     if (is_special(id)) return include_special ? pieces_[size_t(id)] : "";

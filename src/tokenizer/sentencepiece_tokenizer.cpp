@@ -110,6 +110,11 @@ class SentencePieceTokenizer final : public tok::TokenizerBase {
     });
   }
 
+  // PaddleNLP's LlamaTokenizer is this same sentencepiece model behind its slow tokenizer.
+  std::vector<int32_t> encode_trimming_specials(std::string_view text, bool add_bos) const override {
+    return encode_parts_trimmed(text, add_bos);
+  }
+
   std::string token_bytes(int32_t id, bool include_special) const override {
     if (id < 0 || id >= n_) return "";
     // The unknown piece is a special token as in Hugging Face's tokenizers (skipped when decoding), not the

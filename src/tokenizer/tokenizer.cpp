@@ -97,9 +97,20 @@ void TokenizerBase::add_literal_special(std::string text, int32_t id) {
 
 std::vector<int32_t> TokenizerBase::encode_split(
     std::string_view text, bool add_bos,
-    const std::function<void(std::string_view, std::vector<int32_t>&)>& encode_part) const {
+    const std::function<void(std::string_view, std::vector<int32_t>&)>& encode_part, bool trim_specials) const {
   std::vector<int32_t> out;
   if (add_bos && bos_ >= 0) out.push_back(bos_);
+  // A part between specials: as is, or (trim_specials) stripped on the sides that touch a special and skipped
+  // when nothing is left.
+  auto part = [&](size_t b, size_t e, bool after_special, bool before_special) {
+    std::string_view p = text.substr(b, e - b);
+    if (trim_specials) {
+      if (after_special) p = python_lstrip(p);
+      if (before_special) p = python_rstrip(p);
+      if (p.empty()) return;
+    }
+    encode_part(p, out);
+  };
   size_t start = 0;
   // Leftmost match, the longest special at a position first (what HF's added-vocabulary matching does).
   for (size_t pos = 0; pos < text.size();) {
@@ -114,13 +125,23 @@ std::vector<int32_t> TokenizerBase::encode_split(
       pos++;
       continue;
     }
-    if (pos > start) encode_part(text.substr(start, pos - start), out);
+    if (pos > start) part(start, pos, start > 0, true);
     out.push_back(hit->second);
     pos += hit->first.size();
     start = pos;
   }
-  if (start < text.size() || text.empty()) encode_part(text.substr(start), out);
+  if (start < text.size() || text.empty()) part(start, text.size(), start > 0, false);
   return out;
+}
+
+std::vector<int32_t> TokenizerBase::encode_parts_trimmed(std::string_view text, bool add_bos) const {
+  return encode_split(
+      text, add_bos,
+      [this](std::string_view p, std::vector<int32_t>& out) {
+        const std::vector<int32_t> ids = encode(p, false);
+        out.insert(out.end(), ids.begin(), ids.end());
+      },
+      true);
 }
 
 }  // namespace tok

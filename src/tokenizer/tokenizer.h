@@ -16,10 +16,18 @@ class Tokenizer {
   // text are encoded as those tokens, as Hugging Face tokenizers do by default (split_special_tokens=False):
   // tokenizer.json's added tokens (e.g. "<|eot_id|>"); for tokenizer.model and tokenizer.bin the unk, bos and eos
   // tokens ("<unk>", "<s>", "</s>", as LlamaTokenizerFast registers them), the text between them encoded part by
-  // part. Every caller (serve, predict, preprocess, chat) gets this one rule.
+  // part. Every caller (serve, predict, preprocess, chat) gets this one rule; fine-tuning data gets
+  // encode_trimming_specials.
   // Text that is not valid UTF-8 has each invalid sequence replaced by U+FFFD first (tokenizer.json and
   // tokenizer.model; tokenizer.bin byte-falls-back on them as llama2.c does). Thread-safe.
   virtual std::vector<int32_t> encode(std::string_view text, bool add_bos) const = 0;
+  // PaddleNLP's rule for the same text, for fine-tuning data: its LlamaTokenizer (a sentencepiece "slow"
+  // tokenizer, PretrainedTokenizer.tokenize) also makes special-token text the token, but drops the whitespace on
+  // both sides of it ("a <unk> b" -> "a", <unk>, "b"). The SentencePiece tokenizers (tokenizer.model, tokenizer.bin)
+  // do that here; tokenizer.json keeps encode's rule, as PaddleNLP's Llama-3 tokenizer (tiktoken) does.
+  virtual std::vector<int32_t> encode_trimming_specials(std::string_view text, bool add_bos) const {
+    return encode(text, add_bos);
+  }
   // The raw bytes a token stands for when it follows other tokens (SentencePiece's U+2581 becomes ' ', byte
   // tokens <0xNN> become the byte, byte-level BPE is un-mapped to bytes). Special tokens (BOS/EOS, added special
   // tokens) give "" unless include_special. May be an incomplete UTF-8 sequence. Unknown ids give "".

@@ -41,8 +41,14 @@ class TokenizerBase : public Tokenizer {
   void add_literal_special(std::string text, int32_t id);
   // Encodes text split at the literal specials: each special as its id, each part between them on its own
   // through encode_part (so each part gets its own dummy prefix, as HF's legacy Llama tokenizer gives it).
+  // trim_specials: Python's rstrip() on the part before each special and lstrip() on the part after it, and parts
+  // left empty are skipped (PaddleNLP's slow tokenizer; see Tokenizer::encode_trimming_specials).
   std::vector<int32_t> encode_split(std::string_view text, bool add_bos,
-                                    const std::function<void(std::string_view, std::vector<int32_t>&)>& encode_part) const;
+                                    const std::function<void(std::string_view, std::vector<int32_t>&)>& encode_part,
+                                    bool trim_specials = false) const;
+  // encode_trimming_specials for an implementation whose encode() splits with encode_split: each part between
+  // specials holds none, so encode() encodes it whole.
+  std::vector<int32_t> encode_parts_trimmed(std::string_view text, bool add_bos) const;
 
   int32_t bos_ = -1;
   std::vector<int32_t> eos_;

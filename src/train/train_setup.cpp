@@ -40,6 +40,12 @@ void LlamaTrainModel::save(const std::string& dir) const {
 
 namespace {
 
+// Where an argument's value came from, for an error about it: the config file or "command line", else (the
+// default) the config file.
+std::string key_origin(const TrainArgs& a, const std::string& key) {
+  return a.source.count(key) ? a.source.at(key) : a.config_file;
+}
+
 void copy_into(TrainableLlama& m, Parameter& p, const Tensor& t, const std::string& where) {
   if (t.shape() != p.value.shape())
     fail(where, "tensor '" + p.name + "' has shape " + shape_str(t.shape()) + ", the model " + shape_str(p.value.shape()));
@@ -69,15 +75,17 @@ std::unique_ptr<LlamaTrainModel> build_train_model(const TrainArgs& a, const Tok
   to.recompute = a.recompute;
   const std::string& src = a.model_name_or_path;
   const int64_t needed_positions = a.is_pretrain() ? a.max_seq_length : a.max_length;
-  const std::string len_key = a.is_pretrain() ? "max_seq_length" : "max_length";
   std::unique_ptr<TrainableLlama> m;
   if (a.continue_training) {
     m = TrainableLlama::from_pretrained(src, to);
     const LlamaConfig& c = m->config();
-    if (c.max_position_embeddings < needed_positions)
-      fail(a.source.count(len_key) ? a.source.at(len_key) : "",
-           len_key + " " + std::to_string(needed_positions) +
-               " exceeds the model's max_position_embeddings " + std::to_string(c.max_position_embeddings));
+    // Every pretraining sample is max_seq_length tokens, so the data always reaches it. Fine-tuning's max_length
+    // is only a limit: build_run_data checks the examples themselves against the model.
+    if (a.is_pretrain() && c.max_position_embeddings < a.max_seq_length)
+      fail(key_origin(a, "max_seq_length"),
+           "max_seq_length " + std::to_string(a.max_seq_length) + " exceeds the model's max_position_embeddings " +
+               std::to_string(c.max_position_embeddings) + " (every pretraining sample has max_seq_length tokens); " +
+               "set max_seq_length to at most " + std::to_string(c.max_position_embeddings));
     log("Loaded " + src + ": " + std::to_string(c.num_hidden_layers) + " layers, hidden " + std::to_string(c.hidden_size) +
         ", vocabulary " + std::to_string(c.vocab_size));
   } else {
@@ -244,6 +252,20 @@ std::vector<PackedRow> to_rows(const TrainArgs& a, const std::vector<SftExample>
   return rows;
 }
 
+// PaddleNLP lets max_length exceed the model's max_position_embeddings (its own lora_argument.json asks 2048 of
+// any model). Only an example longer than the model's positions is refused, up front, naming the key to change.
+void check_positions(const TrainArgs& a, const std::vector<SftExample>& ex, const std::vector<std::string>& wheres,
+                     int64_t max_positions) {
+  if (a.max_length <= max_positions) return;  // examples are shorter than max_length anyway
+  for (size_t i = 0; i < ex.size(); i++)
+    if (ex[i].size() > max_positions)
+      fail(key_origin(a, "max_length"),
+           "max_length " + std::to_string(a.max_length) + (a.was_given("max_length") ? "" : " (the default)") +
+               " exceeds the model's max_position_embeddings " + std::to_string(max_positions) + " and the example at " +
+               wheres[i] + " reaches " + std::to_string(ex[i].size()) + " tokens; set max_length to at most " +
+               std::to_string(max_positions));
+}
+
 std::string rows_summary(const char* name, size_t examples, const std::vector<PackedRow>& rows, int64_t dropped) {
   int64_t tokens = 0;
   for (const auto& r : rows) tokens += r.size();
@@ -353,7 +375,7 @@ ChatRenderer make_chat_renderer(const TrainArgs& a, const Tokenizer& tok, std::s
   return jinja_renderer(std::make_shared<ChatTemplate>(source, path, bos, eos));
 }
 
-RunData build_run_data(const TrainArgs& a, const Tokenizer& tok, int64_t vocab) {
+RunData build_run_data(const TrainArgs& a, const Tokenizer& tok, int64_t vocab, int64_t max_positions) {
   RunData d;
   if (a.is_pretrain()) {
     auto inputs = find_pretrain_inputs(a.input_dir);
@@ -386,7 +408,9 @@ RunData build_run_data(const TrainArgs& a, const Tokenizer& tok, int64_t vocab) 
   std::vector<std::string> parts;
   int64_t dropped = 0;
   if (a.do_train) {
-    auto ex = load_sft_examples(a.dataset_name_or_path, "train", tok, so);
+    std::vector<std::string> wheres;
+    auto ex = load_sft_examples(a.dataset_name_or_path, "train", tok, so, &wheres);
+    check_positions(a, ex, wheres, max_positions);
     auto rows = to_rows(a, ex, &dropped);
     if (rows.empty()) fail(sft_split_path(a.dataset_name_or_path, "train"), "no training examples (all longer than max_length?)");
     parts.push_back(rows_summary("train", ex.size(), rows, dropped));
@@ -394,13 +418,17 @@ RunData build_run_data(const TrainArgs& a, const Tokenizer& tok, int64_t vocab) 
                                               uint64_t(a.seed), pad);
   }
   if (a.do_eval) {
-    auto ex = load_sft_examples(a.dataset_name_or_path, "dev", tok, so);
+    std::vector<std::string> wheres;
+    auto ex = load_sft_examples(a.dataset_name_or_path, "dev", tok, so, &wheres);
+    check_positions(a, ex, wheres, max_positions);
     auto rows = to_rows(a, ex, &dropped);
     parts.push_back(rows_summary("dev", ex.size(), rows, dropped));
     d.eval = std::make_unique<SftEvalData>(std::move(rows), a.per_device_eval_batch_size, pad);
   }
   if (a.do_predict && file_exists(join_path(a.dataset_name_or_path, "test.json"))) {
-    auto ex = load_sft_examples(a.dataset_name_or_path, "test", tok, so);
+    std::vector<std::string> wheres;
+    auto ex = load_sft_examples(a.dataset_name_or_path, "test", tok, so, &wheres);
+    check_positions(a, ex, wheres, max_positions);
     auto rows = to_rows(a, ex, &dropped);
     parts.push_back(rows_summary("test", ex.size(), rows, dropped));
     d.test = std::make_unique<SftEvalData>(std::move(rows), a.per_device_eval_batch_size, pad);

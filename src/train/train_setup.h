@@ -121,6 +121,8 @@ struct RunData {
 };
 
 // Reads what the arguments ask for (train when do_train, dev when do_eval, test when do_predict).
-RunData build_run_data(const TrainArgs& a, const Tokenizer& tok, int64_t vocab_size);
+// max_positions is the model's max_position_embeddings: a fine-tuning max_length beyond it is accepted (PaddleNLP
+// does not compare them) unless an example of the data is longer than it, which is an error naming max_length.
+RunData build_run_data(const TrainArgs& a, const Tokenizer& tok, int64_t vocab_size, int64_t max_positions);
 
 }  // namespace oar

@@ -61,8 +61,9 @@ TEST_P(ApiTokenizer, IncrementalDetokenizationEqualsHuggingFace) {
   EXPECT_GT(split_chars, 5) << "the cases must split multi-byte characters between prompt and completion";
 }
 
-// Literal special-token text follows HF's default on every path: Tokenizer::encode, the training-data encoder
-// (preprocess, SFT) and the chat template (serve's chat endpoint); serve and predict call Tokenizer::encode.
+// Literal special-token text follows HF's default on every path: Tokenizer::encode, the training-data encoder's
+// default rule (preprocess) and the chat template (serve's chat endpoint); serve and predict call
+// Tokenizer::encode. Fine-tuning data follows PaddleNLP instead (test_data_sft.cpp).
 TEST_P(ApiTokenizer, SpecialTokenTextEncodesAsHuggingFace) {
   auto tok = fixture_tokenizer(GetParam());
   TextEncoder enc(*tok);

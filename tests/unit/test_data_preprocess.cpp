@@ -36,6 +36,14 @@ TEST(PreprocessText, StripsLikePython) {
   EXPECT_EQ(python_strip("\xE3\x80\x80hi\xC2\xA0"), "hi");  // U+3000 and U+00A0 are whitespace to Python
   EXPECT_EQ(python_strip("\xE2\x80\x8Bhi"), "\xE2\x80\x8Bhi");  // U+200B is not
   EXPECT_EQ(python_strip("   "), "");
+  EXPECT_EQ(python_lstrip(" \n hi \n "), "hi \n ");
+  EXPECT_EQ(python_rstrip(" \n hi \xE3\x80\x80"), " \n hi");
+  // Bytes that are not well-formed UTF-8 are never whitespace: a stray continuation byte 0xA0, a U+3000 cut short,
+  // an overlong space.
+  EXPECT_EQ(python_strip("\xA0hi\xA0"), "\xA0hi\xA0");
+  EXPECT_EQ(python_strip("\xE3\x80"), "\xE3\x80");
+  EXPECT_EQ(python_rstrip("hi\xE3"), "hi\xE3");
+  EXPECT_EQ(python_strip("\xC0\xA0hi"), "\xC0\xA0hi");
 }
 
 TEST(Preprocess, RoundTripSameIds) {

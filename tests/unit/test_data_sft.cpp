@@ -1,6 +1,7 @@
 // Fine-tuning data with PaddleNLP's rules, pinned one by one with the small SentencePiece fixture
-// (tests/fixtures/tokenizers/spm: vocab 700, BOS 1, EOS 2): reading src/tgt JSON lines, left-truncated sources
-// with BOS, right-truncated targets, EOS only when there is room, labels, the shift, and chat-template rounds.
+// (tests/fixtures/tokenizers/spm: vocab 700, BOS 1, EOS 2): reading src/tgt JSON lines, sources cut keeping
+// their start, with BOS (tests/fixtures/tokenizers/paddlenlp_expected.json: what paddlenlp 2.8.1 gives), special-token
+// text as PaddleNLP's tokenizer reads it, right-truncated targets, EOS only when there is room, labels, the shift, and chat-template rounds.
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -79,11 +80,11 @@ TEST(SftTokenize, SourceWithBosTargetWithEosLabelsOnTarget) {
   EXPECT_EQ(std::count(ex.labels.begin(), ex.labels.end(), X), long(src.size()) - 1);
 }
 
-TEST(SftTokenize, SourceTruncatedFromTheLeftKeepingBos) {
+TEST(SftTokenize, SourceTruncatedKeepingItsStartAndBos) {
   TextEncoder enc(spm());
   SftOptions opt;
-  opt.src_length = 4;  // BOS + the last 3 tokens of the source
-  const auto src = cat({{BOS}, tail(kHello, 3)});
+  opt.src_length = 4;  // BOS + the first 3 tokens of the source (released PaddleNLP keeps the start)
+  const auto src = cat({{BOS}, head(kHello, 3)});
   const auto tgt = cat({kOnce, {EOS}});
   expect_example(tokenize_sft_example(enc, rec({"Hello world"}, {kOnceText}), opt),
                  shifted(cat({src, tgt}), cat({rep(X, 4), tgt})));
@@ -136,7 +137,7 @@ TEST(SftTokenize, PromptForGenerationIsUnshifted) {
   SftOptions opt;
   opt.src_length = 4;
   SftPrompt p = tokenize_sft_prompt(enc, rec({"Hello world"}, {kOnceText}), opt);
-  EXPECT_EQ(p.input_ids, cat({{BOS}, tail(kHello, 3)}));
+  EXPECT_EQ(p.input_ids, cat({{BOS}, head(kHello, 3)}));
   EXPECT_EQ(p.target_ids, cat({kOnce, {EOS}}));
 }
 
@@ -145,6 +146,84 @@ TEST(SftTokenize, SpecialTokenTextBecomesItsId) {
   TextEncoder enc(spm());
   EXPECT_EQ(enc.encode("Hello world</s>Hello world", false), cat({kHello, {EOS}, kHello}));
   EXPECT_EQ(enc.encode("<s>", false), (std::vector<int32_t>{BOS}));
+}
+
+namespace {
+
+const nlohmann::json& paddlenlp_expected() {
+  static const nlohmann::json j = load_json_file(std::string(OAR_FIXTURES_DIR) + "/tokenizers/paddlenlp_expected.json");
+  return j;
+}
+
+// The fixture tokenizer ("spm") and, when ../shared/data has it, the real Llama-2 tokenizer.model ("llama2").
+std::vector<std::pair<std::string, std::unique_ptr<Tokenizer>>> paddlenlp_tokenizers() {
+  std::vector<std::pair<std::string, std::unique_ptr<Tokenizer>>> out;
+  out.emplace_back("spm", load_tokenizer(std::string(OAR_FIXTURES_DIR) + "/tokenizers/spm/tokenizer.model"));
+  const std::string l2 = std::string(OAR_SHARED_DATA_DIR) + "/llama2_tokenizer/tokenizer.model";
+  if (file_exists(l2) && paddlenlp_expected().contains("llama2")) out.emplace_back("llama2", load_tokenizer(l2));
+  // llama2.c's export of the same vocabulary follows the same rule.
+  const std::string l2bin = std::string(OAR_SHARED_DATA_DIR) + "/llama2_tokenizer/tokenizer.bin";
+  if (file_exists(l2bin) && paddlenlp_expected().contains("llama2")) out.emplace_back("llama2", load_tokenizer(l2bin));
+  return out;
+}
+
+}  // namespace
+
+TEST(SftTokenize, LongSourceKeepsItsStartAsPaddleNlp) {
+  // paddlenlp 2.8.1's tokenizer(src, max_length=src_length, truncation=True, truncation_side="left") keeps the
+  // start: the fixture holds its ids for several src_length values.
+  for (const auto& [name, tok] : paddlenlp_tokenizers()) {
+    TextEncoder enc(*tok, SpecialTextRule::PaddleNLP);
+    size_t cut = 0;
+    for (const auto& c : paddlenlp_expected()[name]["truncation"]) {
+      SftOptions opt;
+      opt.src_length = c["src_length"].get<int64_t>();
+      opt.max_length = opt.src_length + 8;
+      const auto want_src = c["src_ids"].get<std::vector<int32_t>>();
+      const SftRecord r = rec({c["text"].get<std::string>()}, {"Hello world"});
+      EXPECT_EQ(tokenize_sft_prompt(enc, r, opt).input_ids, want_src) << name << " src_length " << opt.src_length;
+      const SftExample ex = tokenize_sft_example(enc, r, opt);
+      ASSERT_GT(ex.input_ids.size(), want_src.size());
+      EXPECT_EQ(head(ex.input_ids, want_src.size()), want_src) << name << " src_length " << opt.src_length;
+      cut += enc.encode(c["text"].get<std::string>(), true).size() > want_src.size();
+    }
+    EXPECT_GE(cut, 3u) << name << ": the cases must cut the source";
+  }
+}
+
+TEST(SftTokenize, SpecialTokenTextAsPaddleNlpReadsIt) {
+  // PaddleNLP's LlamaTokenizer makes "<unk>", "<s>", "</s>" in the text the tokens and drops the whitespace around
+  // them; Hugging Face's fast tokenizer (Tokenizer::encode, serve and predict) keeps it.
+  for (const auto& [name, tok] : paddlenlp_tokenizers()) {
+    TextEncoder pd(*tok, SpecialTextRule::PaddleNLP), hf(*tok);
+    size_t differ = 0;
+    for (const auto& c : paddlenlp_expected()[name]["specials"]) {
+      const std::string text = c["text"].get<std::string>();
+      EXPECT_EQ(pd.encode(text, false), c["ids"].get<std::vector<int32_t>>()) << name << ": " << c["text"].dump();
+      EXPECT_EQ(pd.encode(text, true), c["ids_bos"].get<std::vector<int32_t>>()) << name << ": " << c["text"].dump();
+      EXPECT_EQ(hf.encode(text, false), tok->encode(text, false));
+      differ += hf.encode(text, false) != pd.encode(text, false);
+    }
+    EXPECT_GE(differ, 5u) << name << ": the cases must tell the two rules apart";
+  }
+  // Without special-token text the two rules agree.
+  EXPECT_EQ(TextEncoder(spm(), SpecialTextRule::PaddleNLP).encode(kOnceText, false), kOnce);
+}
+
+TEST(SftRead, FineTuningDataReadsSpecialTokenTextAsPaddleNlp) {
+  DataTempDir dir;
+  write_text(dir.file("train.json"), R"({"src": "a <unk> b", "tgt": "Hi <s> there </s> again"})" "\n");
+  auto ids_of = [](const std::string& text) {
+    for (const auto& c : paddlenlp_expected()["spm"]["specials"])
+      if (c["text"] == text) return c["ids"].get<std::vector<int32_t>>();
+    ADD_FAILURE() << text << " not in the fixture";
+    return std::vector<int32_t>{};
+  };
+  const auto ex = load_sft_examples(dir.path(), "train", spm(), SftOptions());
+  ASSERT_EQ(ex.size(), 1u);
+  const auto src = cat({{BOS}, ids_of("a <unk> b")});
+  const auto tgt = cat({ids_of("Hi <s> there </s> again"), {EOS}});
+  expect_example(ex[0], shifted(cat({src, tgt}), cat({rep(X, src.size()), tgt})));
 }
 
 // ---- chat templates ----
