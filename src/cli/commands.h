@@ -14,6 +14,7 @@ Action add_create_model(CLI::App& app);
 Action add_serve(CLI::App& app);
 Action add_bench_serve(CLI::App& app);
 Action add_merge_lora(CLI::App& app);
+Action add_convert(CLI::App& app);
 Action add_preprocess(CLI::App& app);
 Action add_finetune(CLI::App& app);
 Action add_pretrain(CLI::App& app);

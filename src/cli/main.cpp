@@ -55,6 +55,7 @@ int main(int argc, char** argv) {
       oar::cli::add_bench_serve);
   reg("merge-lora", "merge a LoRA adapter into its base model and write a Hugging Face checkpoint",
       oar::cli::add_merge_lora);
+  reg("convert", "rewrite a checkpoint in Hugging Face's or PaddleNLP's layout", oar::cli::add_convert);
   reg("preprocess", "tokenize JSON-lines text into PaddleNLP's .bin/.idx pretraining format",
       oar::cli::add_preprocess);
   reg("pretrain", "pretrain a Llama on .bin/.idx data (PaddleNLP run_pretrain.py's argument files)",

@@ -7,8 +7,10 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <algorithm>
 
 #include "core/error.h"
 
@@ -68,6 +70,41 @@ std::string join_path(const std::string& a, const std::string& b) {
   if (a.empty()) return b;
   if (a.back() == '/') return a + b;
   return a + "/" + b;
+}
+
+void write_directory_atomically(const std::string& out_path, bool force, const std::vector<std::string>& inputs,
+                                const std::function<void(const std::string& tmp_dir)>& fill) {
+  namespace fs = std::filesystem;
+  if (out_path.empty()) throw Error("--output_path is required");
+  // "out/" and "out" alike: the temporary directory goes beside it, not inside.
+  std::string out_dir = fs::path(out_path).lexically_normal().string();
+  while (out_dir.size() > 1 && out_dir.back() == '/') out_dir.pop_back();
+  std::error_code ec;
+  if (fs::exists(out_dir)) {
+    if (!force) fail(out_dir, "already exists (pass --force to replace it)");
+    // Replacing a directory that holds an input would destroy it before it is read.
+    const fs::path out_abs = fs::weakly_canonical(out_dir, ec);
+    for (const std::string& in : inputs) {
+      const fs::path in_abs = fs::weakly_canonical(in, ec);
+      auto [o, i] = std::mismatch(out_abs.begin(), out_abs.end(), in_abs.begin(), in_abs.end());
+      if (o == out_abs.end()) fail(out_dir, "holds an input (" + in + "); choose another --output_path");
+    }
+  }
+  const std::string tmp = out_dir + ".tmp-" + std::to_string(::getpid());
+  struct Cleanup {
+    std::string path;
+    ~Cleanup() {
+      std::error_code e;
+      if (!path.empty()) fs::remove_all(path, e);
+    }
+  } cleanup{tmp};
+  fs::remove_all(tmp, ec);
+  if (!fs::create_directories(tmp, ec)) fail(tmp, "cannot create directory: " + ec.message());
+  fill(tmp);
+  if (fs::exists(out_dir)) fs::remove_all(out_dir, ec);
+  fs::rename(tmp, out_dir, ec);
+  if (ec) fail(out_dir, "cannot move the finished directory into place: " + ec.message());
+  cleanup.path.clear();
 }
 
 }  // namespace oar

@@ -18,7 +18,11 @@ ModelSource open_model_source(const std::string& path) {
                              file_exists(join_path(path, "model.safetensors.index.json"));
     if (!safetensors && has_pdparams(path)) ms.weights = open_pdparams_dir(path);
     else ms.weights = std::make_unique<WeightStoreSource>(WeightStore::open_dir(path));
-    if (is_paddle_layout(*ms.weights)) ms.weights = paddle_layout_as_hf(std::move(ms.weights), ms.config);
+    if (is_paddle_layout(*ms.weights)) {
+      ms.weights = paddle_layout_as_hf(std::move(ms.weights), ms.config);
+      // PaddleNLP 2.8.1's Llama ignores tie_word_embeddings: it saves and uses its own lm_head.
+      if (ms.weights->has("lm_head.weight")) ms.config.tie_word_embeddings = false;
+    }
     return ms;
   }
   if (!file_exists(path)) fail(path, "no such file or directory");
@@ -26,6 +30,15 @@ ModelSource open_model_source(const std::string& path) {
   ms.config = ck.config;
   ms.weights = std::move(ck.weights);
   return ms;
+}
+
+void copy_model_side_files(const std::string& from_dir, const std::string& to_dir) {
+  for (const char* f : {"generation_config.json", "tokenizer.json", "tokenizer.model", "tokenizer.bin",
+                        "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "chat_template.json",
+                        "vocab.json", "merges.txt", "sentencepiece.bpe.model"}) {
+    const std::string src = join_path(from_dir, f);
+    if (file_exists(src)) write_file_atomic(join_path(to_dir, f), read_file(src));
+  }
 }
 
 }  // namespace oar

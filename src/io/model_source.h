@@ -19,4 +19,8 @@ struct ModelSource {
 // Throws oar::Error naming the path: missing, no config.json in a directory, or a bad file.
 ModelSource open_model_source(const std::string& path);
 
+// Copies the files that travel with a checkpoint unchanged (generation settings, the tokenizer's files) from one
+// model directory to another, each atomically; absent ones are skipped.
+void copy_model_side_files(const std::string& from_dir, const std::string& to_dir);
+
 }  // namespace oar

@@ -78,12 +78,12 @@ std::string PaddleLayoutSource::fused_of(const std::string& hf_name) {
 
 Tensor PaddleLayoutSource::get(const std::string& name) const {
   const std::string pname = paddle_name(name);
-  if (!is_linear(name)) return p_->get(pname);
+  if (!is_linear(name)) return as_dtype_bits(p_->get(pname), DType::U16, DType::BF16);
   if (p_->has(pname) || fused_of(name).empty()) {
     Tensor w = checked_2d(pname);
-    return gather_transposed(w, {0}, w.shape()[1]);
+    return as_dtype_bits(gather_transposed(w, {0}, w.shape()[1]), DType::U16, DType::BF16);
   }
-  return split_fused(name, checked_2d(fused_of(name)));
+  return as_dtype_bits(split_fused(name, checked_2d(fused_of(name))), DType::U16, DType::BF16);
 }
 
 // Column starts of one projection inside the fused [in, out] matrix (the layout in paddle_layout.h).
@@ -114,6 +114,13 @@ Tensor PaddleLayoutSource::split_fused(const std::string& name, const Tensor& fu
 }
 
 }  // namespace
+
+Tensor as_dtype_bits(const Tensor& t, DType from, DType to) {
+  if (t.dtype() != from) return t;
+  const Tensor c = t.contiguous();
+  const size_t offset = size_t(static_cast<const uint8_t*>(c.raw()) - static_cast<const uint8_t*>(c.storage()->data()));
+  return Tensor::from_storage(c.storage(), c.shape(), to, offset);
+}
 
 Tensor gather_transposed(const Tensor& w_in, const std::vector<int64_t>& starts, int64_t width) {
   const Tensor w = w_in.contiguous();

@@ -4,7 +4,8 @@
 // gate/up/down, lm_head) as [in, out] (HF: [out, in]), and with fuse_attention_qkv / fuse_attention_ffn keeps
 //   qkv_proj [in, (H + 2 KV) D]: for each KV head i, its H/KV query heads, then k_i, then v_i;
 //   gate_up_fused_proj [in, 2 I]: gate, then up.
-// Norms and the embedding are stored as in HF. The weights come from model.safetensors (+ shards and index) or
+// Norms and the embedding are stored as in HF. bfloat16 tensors are stored as uint16 (numpy has no bfloat16):
+// safetensors dtype U16, .pdparams numpy uint16; both read as bfloat16. The weights come from model.safetensors (+ shards and index) or
 // model_state.pdparams (+ model_state.pdparams.index.json when sharded).
 #pragma once
 #include <memory>
@@ -27,6 +28,9 @@ bool has_pdparams(const std::string& dir);
 // The tensors of DIR/model_state.pdparams, or of the shards DIR/model_state.pdparams.index.json lists ("weight_map",
 // as in the safetensors index). Throws oar::Error naming the file.
 std::unique_ptr<WeightSource> open_pdparams_dir(const std::string& dir, const std::string& stem = "model_state");
+
+// `t` relabelled as `to` when its dtype is `from` (same element size, same bits, no copy); else `t`.
+Tensor as_dtype_bits(const Tensor& t, DType from, DType to);
 
 // A [rows, cols] matrix's column ranges [start, start + width) for each start, transposed and stacked:
 // a [starts.size() * width, rows] copy. Any 2-, 4- or 8-byte dtype.

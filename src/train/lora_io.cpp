@@ -14,6 +14,8 @@
 #include "core/fs.h"
 #include "core/json_io.h"
 #include "io/model_source.h"
+#include "io/paddle_layout.h"
+#include "io/pdparams.h"
 #include "io/safetensors.h"
 #include "model/llama.h"
 
@@ -27,6 +29,7 @@ const char* kPeftWeights = "adapter_model.safetensors";
 const char* kPaddleConfig = "lora_config.json";
 const char* kPaddleWeights = "peft_model.safetensors";  // PaddleNLP's unified checkpoint
 const char* kPaddlePickle = "lora_model_state.pdparams";
+const char* kPaddleIndex = "peft_model.safetensors.index.json";  // a unified checkpoint in shards
 
 bool is_projection(const std::string& p) {
   const auto& names = lora_projection_names();
@@ -278,50 +281,82 @@ double LoraAdapter::scaling() const {
   return rslora ? alpha / std::sqrt(double(rank)) : alpha / double(rank);
 }
 
+namespace {
+
+// An adapter's tensors by name and the file they come from: PEFT's adapter_model.safetensors, or PaddleNLP's
+// unified checkpoint (peft_model.safetensors, or shards listed by peft_model.safetensors.index.json, which
+// PaddleNLP prefers) or its pickle lora_model_state.pdparams.
+struct LoraTensors {
+  std::string where;
+  std::map<std::string, Tensor> tensors;
+};
+
+std::map<std::string, Tensor> all_tensors(const WeightStore& s) {
+  std::map<std::string, Tensor> out;
+  for (const std::string& n : s.names()) out.emplace(n, s.get(n));
+  return out;
+}
+
+LoraTensors read_paddle_lora_tensors(const std::string& dir) {
+  const std::string index = join_path(dir, kPaddleIndex);
+  if (file_exists(index)) {
+    LoraTensors t{index, {}};
+    for (const auto& [shard, names] : read_weight_map(index)) {
+      WeightStore s = WeightStore::open_file(join_path(dir, shard));
+      for (const std::string& n : names) {
+        if (!s.has(n)) fail(join_path(dir, shard), "tensor " + in_quotes(n) + " listed in " + index + " is not in this shard");
+        t.tensors.emplace(n, s.get(n));
+      }
+    }
+    return t;
+  }
+  for (const char* f : {kPaddleWeights, kPeftWeights})
+    if (file_exists(join_path(dir, f))) return {join_path(dir, f), all_tensors(WeightStore::open_file(join_path(dir, f)))};
+  if (file_exists(join_path(dir, kPaddlePickle))) return {join_path(dir, kPaddlePickle), load_pdparams(join_path(dir, kPaddlePickle))};
+  fail(join_path(dir, kPaddlePickle), std::string("missing (lora_config.json is here but not its weights: this, ") +
+                                          kPaddleWeights + " or " + kPaddleIndex + ")");
+}
+
+}  // namespace
+
 LoraAdapter load_lora_adapter(const std::string& dir) {
   if (!dir_exists(dir)) fail(dir, "no such LoRA adapter directory");
   const std::string peft_cfg = join_path(dir, kPeftConfig), paddle_cfg = join_path(dir, kPaddleConfig);
   ParsedConfig pc;
-  std::string weights;
+  LoraTensors lt;
   if (file_exists(peft_cfg)) {
     pc = parse_peft_config(peft_cfg);
-    weights = join_path(dir, kPeftWeights);
+    const std::string weights = join_path(dir, kPeftWeights);
     if (!file_exists(weights)) {
       if (file_exists(join_path(dir, "adapter_model.bin")))
         fail(join_path(dir, "adapter_model.bin"), "pickled PyTorch weights are not read; save with safe_serialization=True");
       fail(weights, "missing (adapter_config.json is here but not its weights)");
     }
+    lt = {weights, all_tensors(WeightStore::open_file(weights))};
   } else if (file_exists(paddle_cfg)) {
     pc = parse_paddle_config(paddle_cfg);
-    for (const char* f : {kPaddleWeights, kPeftWeights})
-      if (file_exists(join_path(dir, f))) { weights = join_path(dir, f); break; }
-    if (weights.empty()) {
-      if (file_exists(join_path(dir, kPaddlePickle)))
-        fail(join_path(dir, kPaddlePickle), "Paddle's pickle format is not read; save with unified_checkpoint "
-                                            "(peft_model.safetensors) or convert to adapter_model.safetensors");
-      fail(join_path(dir, kPaddleWeights), "missing (lora_config.json is here but not its weights)");
-    }
+    lt = read_paddle_lora_tensors(dir);
   } else {
     fail(dir, std::string("no ") + kPeftConfig + " (PEFT) or " + kPaddleConfig + " (PaddleNLP) in this directory");
   }
+  const std::string& weights = lt.where;
   LoraAdapter a = std::move(pc.a);
   a.where = weights;
   if (a.rank <= 0) fail(join_path(dir, pc.paddle ? kPaddleConfig : kPeftConfig), "r must be positive");
 
-  WeightStore store = WeightStore::open_file(weights);
   int64_t max_layer = 0;
-  for (const std::string& key : store.names()) {
+  for (const auto& [key, stored] : lt.tensors) {
     ModuleRef m;
     char which = 0;
     if (!parse_key(key, pc.paddle, &m, &which))
       fail(weights, "tensor '" + key + "' is not a LoRA A/B matrix of a Llama projection that oar can apply");
     if (!pc.matcher->matches(m.layer, m.proj) || !layer_selected(a, m.layer))
       fail(weights, "tensor '" + key + "' adapts a module that target_modules does not select");
-    Tensor t = to_f32(store.get(key), weights, key);
+    Tensor t = to_f32(stored, weights, key);
     if (pc.paddle) t = t.transpose(0, 1).contiguous();  // Paddle keeps [in, out]: A [in, r], B [r, out]
     const int64_t r = which == 'A' ? t.dim(0) : t.dim(1);
     if (r != a.rank)
-      fail(weights, "tensor '" + key + "' has rank " + std::to_string(r) + " (shape " + shape_str(store.get(key).shape()) +
+      fail(weights, "tensor '" + key + "' has rank " + std::to_string(r) + " (shape " + shape_str(stored.shape()) +
                         ") but the config says r " + std::to_string(a.rank));
     LoraPair& p = a.modules[weight_name(m.layer, m.proj)];
     (which == 'A' ? p.A : p.B) = std::move(t);
@@ -542,47 +577,10 @@ std::unique_ptr<LlamaModel> load_llama_with_lora(const std::string& model_path, 
   return LlamaModel::from_weights(ms.config, LoraMergedSource(*ms.weights, a), dtype, cpu_backend(), quant);
 }
 
-LoraAdapter merge_lora_checkpoint(const std::string& base_dir, const std::string& lora_dir, const std::string& out_path,
-                                  bool force) {
-  namespace fs = std::filesystem;
-  if (out_path.empty()) throw Error("--output_path is required");
-  // "out/" and "out" alike: the temporary directory goes beside it, not inside.
-  std::string out_dir = fs::path(out_path).lexically_normal().string();
-  while (out_dir.size() > 1 && out_dir.back() == '/') out_dir.pop_back();
-  if (!dir_exists(base_dir)) {
-    if (file_exists(base_dir)) fail(base_dir, "merge-lora needs a Hugging Face model directory (config.json + safetensors)");
-    fail(base_dir, "no such directory");
-  }
-  const std::string cfg_path = join_path(base_dir, "config.json");
-  if (!file_exists(cfg_path)) fail(base_dir, "no config.json in this directory");
-  LlamaConfig cfg = load_hf_config(cfg_path);
-  LoraAdapter a = load_lora_adapter(lora_dir);
-  check_lora_against_config(a, cfg, base_dir);
-  std::error_code ec;
-  if (fs::exists(out_dir)) {
-    if (!force) fail(out_dir, "already exists (pass --force to replace it)");
-    // Replacing a directory that holds an input would destroy it before it is read.
-    const fs::path out_abs = fs::weakly_canonical(out_dir, ec);
-    for (const std::string& in : {base_dir, lora_dir}) {
-      const fs::path in_abs = fs::weakly_canonical(in, ec);
-      auto [o, i] = std::mismatch(out_abs.begin(), out_abs.end(), in_abs.begin(), in_abs.end());
-      if (o == out_abs.end()) fail(out_dir, "holds an input (" + in + "); choose another --output_path");
-    }
-  }
+namespace {
 
-  // Built in a temporary directory beside out_dir and renamed into place: a killed run leaves no partial model.
-  const std::string tmp = out_dir + ".tmp-merge-" + std::to_string(::getpid());
-  struct Cleanup {
-    std::string path;
-    ~Cleanup() {
-      std::error_code e;
-      if (!path.empty()) fs::remove_all(path, e);
-    }
-  } cleanup{tmp};
-  fs::remove_all(tmp, ec);
-  if (!fs::create_directories(tmp, ec)) fail(tmp, "cannot create directory: " + ec.message());
-
-  // Same files, same tensors, same dtypes as the base; only the adapted weights change.
+// Same files, same tensors, same dtypes as the base; only the adapted weights change.
+void write_merged_files(const std::string& base_dir, const LoraAdapter& a, const std::string& tmp) {
   WeightStore store = WeightStore::open_dir(base_dir);
   WeightStoreSource base(store);
   LoraMergedSource merged(base, a, /*keep_stored_dtype=*/true);
@@ -591,19 +589,35 @@ LoraAdapter merge_lora_checkpoint(const std::string& base_dir, const std::string
   for (const auto& [file, names] : by_file) {
     std::vector<std::pair<std::string, Tensor>> ts;
     for (const std::string& n : names) ts.emplace_back(n, merged.get(n));
-    write_safetensors(join_path(tmp, fs::path(file).filename().string()), ts, {{"format", "pt"}});
+    write_safetensors(join_path(tmp, std::filesystem::path(file).filename().string()), ts, {{"format", "pt"}});
   }
-  // config, generation settings, index and tokenizer files as they are (PaddleNLP's merge saves the tokenizer too).
-  for (const char* f : {"config.json", "generation_config.json", "model.safetensors.index.json", "tokenizer.json",
-                        "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-                        "chat_template.json", "vocab.json", "merges.txt", "sentencepiece.bpe.model"}) {
-    const std::string src = join_path(base_dir, f);
-    if (file_exists(src)) write_file_atomic(join_path(tmp, f), read_file(src));
+  // config, index, generation settings and tokenizer files as they are (PaddleNLP's merge saves the tokenizer too).
+  for (const std::string& f : {std::string("config.json"), std::string("model.safetensors.index.json")})
+    if (file_exists(join_path(base_dir, f))) write_file_atomic(join_path(tmp, f), read_file(join_path(base_dir, f)));
+  copy_model_side_files(base_dir, tmp);
+}
+
+}  // namespace
+
+LoraAdapter merge_lora_checkpoint(const std::string& base_dir, const std::string& lora_dir, const std::string& out_path,
+                                  bool force) {
+  if (out_path.empty()) throw Error("--output_path is required");
+  if (!dir_exists(base_dir)) {
+    if (file_exists(base_dir)) fail(base_dir, "merge-lora needs a Hugging Face model directory (config.json + safetensors)");
+    fail(base_dir, "no such directory");
   }
-  if (fs::exists(out_dir)) fs::remove_all(out_dir, ec);
-  fs::rename(tmp, out_dir, ec);
-  if (ec) fail(out_dir, "cannot rename the merged model into place: " + ec.message());
-  cleanup.path.clear();
+  const std::string cfg_path = join_path(base_dir, "config.json");
+  if (!file_exists(cfg_path)) fail(base_dir, "no config.json in this directory");
+  LlamaConfig cfg = load_hf_config(cfg_path);
+  // The merged files keep the base's own layout, written as Hugging Face's; PaddleNLP's would go out unmerged.
+  if (has_pdparams(base_dir) || is_paddle_layout(WeightStoreSource(WeightStore::open_dir(base_dir))))
+    fail(base_dir, "merge-lora writes Hugging Face checkpoints and this base is in PaddleNLP's layout; "
+                   "apply the adapter with --lora_path (predict, serve, perplexity) instead");
+  LoraAdapter a = load_lora_adapter(lora_dir);
+  check_lora_against_config(a, cfg, base_dir);
+  write_directory_atomically(out_path, force, {base_dir, lora_dir}, [&](const std::string& tmp) {
+    write_merged_files(base_dir, a, tmp);
+  });
   return a;
 }
 

@@ -11,11 +11,11 @@
 // per-module rank_pattern/alpha_pattern) is refused by name rather than applied wrongly.
 //
 // PaddleNLP's own files are read too: DIR/lora_config.json (r, lora_alpha, target_modules as a list of regexes
-// matched against whole module names, rslora) with weights in DIR/peft_model.safetensors (its unified checkpoint)
-// or DIR/adapter_model.safetensors, named llama.layers.N.self_attn.q_proj.lora_A / .lora_B in Paddle's
-// [in, out] orientation (A [in, r], B [r, out]; transposed on load). PaddleNLP's pickled lora_model_state.pdparams
-// cannot be read (save with unified_checkpoint, or convert). Tensor-parallel splits (tensor_parallel_degree > 1),
-// PiSSA and MoRA adapters are refused.
+// matched against whole module names, rslora) with weights in its unified checkpoint (the shards listed by
+// DIR/peft_model.safetensors.index.json, or DIR/peft_model.safetensors), its pickle DIR/lora_model_state.pdparams
+// (read without executing it: io/pdparams.h) or DIR/adapter_model.safetensors, named
+// llama.layers.N.self_attn.q_proj.lora_A / .lora_B in Paddle's [in, out] orientation (A [in, r], B [r, out];
+// transposed on load). Tensor-parallel splits (tensor_parallel_degree > 1), PiSSA and MoRA adapters are refused.
 //
 // Errors are oar::Error, one line, naming the file.
 #pragma once

@@ -11,10 +11,7 @@ BASE="$SRC/tests/fixtures/models/gqa"
 UNIT="$(dirname "$OAR")/oar_unit_tests"
 [ -x "$UNIT" ] || die "no oar_unit_tests beside $OAR"
 
-rc=0
-PY=$(bash "$SRC/tests/reference/peft_venv.sh" ${OAR_PEFT_VENV:+"$OAR_PEFT_VENV"} | tail -n1) || rc=$?
-if [ $rc -eq 77 ]; then echo "SKIP: PyPI is unreachable and the peft venv does not exist yet"; exit 77; fi
-[ $rc -eq 0 ] || die "could not create the peft venv (tests/reference/peft_venv.sh exit $rc)"
+reference_venv peft_venv.sh "${OAR_PEFT_VENV:-}"
 
 rm -rf ours merged
 OAR_LORA_INTEROP_DIR="$WORK/ours" OAR_LORA_INTEROP_BASE="$BASE" "$UNIT" --gtest_filter='LoraInterop.WritesAdapterAndLogits' \

@@ -422,12 +422,12 @@ TEST(LoraFiles, ErrorsNameTheFile) {
   shallower.num_hidden_layers = 1;
   expect_error([&] { check_lora_against_config(ok, shallower, "shallow"); }, {"adapts layer 1", "shallow has 1 layers"});
 
-  // PaddleNLP's files: pickled weights, tensor-parallel splits.
+  // PaddleNLP's files: a damaged pickle (read, never executed), tensor-parallel splits.
   d = tmp / "paddle_pickle";
   fs::create_directories(d);
   fs::copy_file(lora_dir("gqa_paddle") + "/lora_config.json", d + "/lora_config.json");
-  write_file_atomic(d + "/lora_model_state.pdparams", "not read");
-  expect_error(load(d), {d + "/lora_model_state.pdparams", "unified_checkpoint"});
+  write_file_atomic(d + "/lora_model_state.pdparams", "not a pickle");
+  expect_error(load(d), {d + "/lora_model_state.pdparams", "not a readable state-dict pickle"});
   d = tmp / "paddle_tp";
   copy_dir(lora_dir("gqa_paddle"), d);
   edit_json(d + "/lora_config.json", [](json& j) { j["tensor_parallel_degree"] = 2; });

@@ -51,3 +51,12 @@ pip_venv() {
     die "pip install $* failed although PyPI is reachable"
   fi
 }
+
+# reference_venv SCRIPT [VENV]: sets PY to the python of the venv that tests/reference/SCRIPT creates (in VENV, or
+# its default). Skips the test (exit 77) when the script says PyPI is unreachable; any other failure fails it.
+reference_venv() {
+  local script="$SRC/tests/reference/$1" rc=0
+  PY=$(bash "$script" ${2:+"$2"} | tail -n1) || rc=$?
+  if [ $rc -eq 77 ]; then echo "SKIP: PyPI is unreachable and the venv of $1 does not exist yet"; exit 77; fi
+  [ $rc -eq 0 ] || die "could not create the venv (tests/reference/$1 exit $rc)"
+}

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# PaddleNLP's own checkpoints in oar: tests/reference/paddle_interop.py (real paddlepaddle 3.0.0 CPU + paddlenlp
+# 2.8.1, in the venv tests/reference/paddle_venv.sh makes on first use: $OAR_PADDLE_VENV or <repo>/.venv-paddle)
+# saves a tiny random Llama as safetensors, pdparams, shards of both, fused qkv/gate_up, bfloat16 and tied, plus a
+# 2-step LoRA as lora_model_state.pdparams and as a 2-file unified checkpoint, each with PaddleNLP's logits;
+# oar_unit_tests PaddleInterop.* loads every one and compares logits; `oar predict` and `oar perplexity` run on
+# the pickled checkpoint. Without PyPI (no venv yet) the test is skipped (exit 77).
+set -euo pipefail
+source "$SRC/tests/cli/lib/common.sh"
+UNIT="$(dirname "$OAR")/oar_unit_tests"
+[ -x "$UNIT" ] || die "no oar_unit_tests beside $OAR"
+
+reference_venv paddle_venv.sh "${OAR_PADDLE_VENV:-}"
+
+rm -rf ref
+"$PY" "$SRC/tests/reference/paddle_interop.py" make ref > make.log 2>&1 || { cat make.log; die "paddle_interop.py make"; }
+OAR_PADDLE_INTEROP_DIR="$WORK/ref" "$UNIT" --gtest_filter='PaddleInterop.*' > unit.log 2>&1 ||
+  { cat unit.log; die "oar's logits differ from PaddleNLP's (or a variant did not load)"; }
+grep '^paddle_interop ' unit.log
+[ "$(grep -c '^paddle_interop ' unit.log)" -eq 9 ] || { cat unit.log; die "expected 9 PaddleNLP variants"; }
+
+# oar convert, both ways. To PaddleNLP's layout: PaddleNLP itself loads what oar wrote and gives the reference
+# logits (from the fused, tied and pickled bfloat16 checkpoints), and so does oar. To Hugging Face's: oar reads
+# it back.
+rm -rf conv && mkdir conv
+for v in fused tied bf16_pdparams pdparams_f32; do
+  "$OAR" convert --model_name_or_path "ref/$v" --to paddle --output_path "conv/paddle_$v" >/dev/null
+  "$PY" "$SRC/tests/reference/paddle_interop.py" check --rtol 1e-5 "conv/paddle_$v" "ref/$v/paddle_logits.safetensors" \
+    > "check_$v.log" 2>&1 || { cat "check_$v.log"; die "PaddleNLP does not reproduce its logits from oar convert --to paddle ($v)"; }
+  grep "^conv/" "check_$v.log"
+  cp "ref/$v/paddle_logits.safetensors" "conv/paddle_$v/"
+  "$OAR" convert --model_name_or_path "ref/$v" --to hf --output_path "conv/hf_$v" >/dev/null
+  cp "ref/$v/paddle_logits.safetensors" "conv/hf_$v/"
+done
+grep -q '"llama.layers.0.self_attn.q_proj.weight"' conv/paddle_fused/model.safetensors || die "no Paddle names"
+OAR_PADDLE_INTEROP_DIR="$WORK/conv" "$UNIT" --gtest_filter='PaddleInterop.*' > conv.log 2>&1 ||
+  { cat conv.log; die "oar convert --to hf changed the logits"; }
+[ "$(grep -c '^paddle_interop ' conv.log)" -eq 8 ] || { cat conv.log; die "expected 8 converted variants"; }
+grep '^paddle_interop ' conv.log
+rc=0; "$OAR" convert --model_name_or_path ref/fused --to onnx --output_path conv/x 2>conv.err || rc=$?
+[ $rc -eq 2 ] && grep -q -- "--to" conv.err || die "convert --to onnx: exit $rc"
+
+# The CLI reads them too, with a llama.c tokenizer.bin of the model's 256 ids (specials, then byte pieces).
+tokenizer_bin() {
+  python3 - "$1" <<'PY'
+import struct, sys
+pieces = [b"<unk>", b"<s>", b"</s>"] + [b"<0x%02X>" % b for b in range(253)]
+with open(sys.argv[1], "wb") as f:
+    f.write(struct.pack("<i", 6))
+    for p in pieces:
+        f.write(struct.pack("<fi", 0.0, len(p)) + p)
+PY
+}
+for v in pdparams_f32 sharded_pdparams fused bf16_pdparams; do
+  rm -rf "cli_$v" && cp -r "ref/$v" "cli_$v" && tokenizer_bin "cli_$v/tokenizer.bin"
+  "$OAR" predict --model_name_or_path "cli_$v" --prompt "hello" --max_length 4 --decode_strategy greedy_search \
+    --output_file "out_$v.json" > "predict_$v.log" 2>&1 || { cat "predict_$v.log"; die "oar predict on PaddleNLP's $v"; }
+  grep -q '"output_ids"' "out_$v.json" || die "no output from oar predict on $v"
+done
+# Greedy outputs of the same weights agree whichever file layout held them.
+[ "$(grep -o '"output_ids":[^]]*' out_pdparams_f32.json)" = "$(grep -o '"output_ids":[^]]*' out_sharded_pdparams.json)" ] ||
+  die "pdparams and sharded pdparams give different greedy outputs"
+
+# A pickle that would run code is refused by name, exit 2, one line, nothing written.
+rm -rf cli_evil && cp -r cli_pdparams_f32 cli_evil
+cp "$SRC/tests/fixtures/pdparams/evil_global.pdparams" cli_evil/model_state.pdparams
+rc=0
+"$OAR" predict --model_name_or_path cli_evil --prompt hi --max_length 2 --output_file out_evil.json \
+  >evil.out 2>evil.err || rc=$?
+[ $rc -eq 2 ] || die "evil pickle: exit $rc, expected 2: $(head -c 500 evil.err)"
+[ "$(grep -c '' evil.err)" -eq 1 ] && grep -qF "'posix.system' is not allowed" evil.err ||
+  die "evil pickle: expected one line naming posix.system: $(head -c 500 evil.err)"
+[ ! -e out_evil.json ] || die "a refused checkpoint still wrote output"
+# merge-lora writes Hugging Face files: a PaddleNLP-layout base is refused rather than written unmerged.
+rc=0
+"$OAR" merge-lora --model_name_or_path ref/safetensors_f32 --lora_path ref/lora_pdparams --output_path merged \
+  >merge.out 2>merge.err || rc=$?
+[ $rc -eq 2 ] && grep -qF "PaddleNLP's layout" merge.err && [ ! -e merged ] ||
+  die "merge-lora on a PaddleNLP base: exit $rc: $(head -c 500 merge.err)"
+echo "paddle_interop: ok"
