@@ -469,6 +469,43 @@ void save_lora_adapter(const std::string& dir, const LoraAdapter& a) {
   write_file_atomic(join_path(dir, kPeftConfig), c.dump(2) + "\n");
 }
 
+bool is_lora_adapter_dir(const std::string& dir) {
+  return file_exists(join_path(dir, kPeftConfig)) || file_exists(join_path(dir, kPaddleConfig));
+}
+
+void save_lora_adapter_paddle(const std::string& dir, const LoraAdapter& a) {
+  namespace fs = std::filesystem;
+  if (!a.layers.empty()) fail(dir, "an adapter of some layers only is not written in PaddleNLP's layout");
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (!dir_exists(dir)) fail(dir, "cannot create directory: " + ec.message());
+  // Paddle's [in, out]: A [in, r], B [r, out], named after the module (no ".weight").
+  std::vector<std::pair<std::string, Tensor>> ts;
+  json weight_map = json::object();
+  int64_t total = 0;
+  const std::string shard = "peft_model-00001-of-00001.safetensors";
+  for (const auto& [name, p] : a.modules) {
+    const std::string module = "llama." + name.substr(6, name.size() - 6 - 7);  // model.X.weight -> llama.X
+    for (const auto& [suffix, t] : {std::pair{".lora_A", &p.A}, std::pair{".lora_B", &p.B}}) {
+      ts.emplace_back(module + suffix, t->to(DType::F32).transpose(0, 1).contiguous());
+      weight_map[module + suffix] = shard;
+      total += int64_t(ts.back().second.nbytes());
+    }
+  }
+  write_safetensors(join_path(dir, shard), ts, {{"format", "np"}});
+  // What PaddleNLP's single-card unified checkpoint writes, which LoRAModel.from_pretrained reads first.
+  json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}, {"type", "lora"}};
+  write_file_atomic(join_path(dir, kPaddleIndex), index.dump(4));
+  json targets = json::array();
+  for (const std::string& t : a.targets) targets.push_back(".*" + t + ".*");
+  json c = {{"base_model_name_or_path", a.base_model_name_or_path.empty() ? json(nullptr) : json(a.base_model_name_or_path)},
+            {"dtype", "float32"}, {"lora_alpha", a.alpha}, {"lora_dropout", 0.0}, {"merge_weights", false},
+            {"r", a.rank}, {"rslora", a.rslora}, {"scaling", a.scaling()}, {"target_modules", targets},
+            {"tensor_parallel_degree", -1}};
+  if (std::floor(a.alpha) == a.alpha) c["lora_alpha"] = int64_t(a.alpha);
+  write_file_atomic(join_path(dir, kPaddleConfig), c.dump(2) + "\n");
+}
+
 LoraAdapter lora_adapter_from_named(const std::vector<std::pair<std::string, Tensor>>& named, const LoraOptions& opt,
                                     const std::string& base_model_name_or_path) {
   LoraAdapter a;

@@ -75,6 +75,14 @@ void check_lora_against_config(const LoraAdapter& a, const LlamaConfig& cfg, con
 // an unknown key).
 void save_lora_adapter(const std::string& dir, const LoraAdapter& a);
 
+// DIR holds an adapter config (PEFT's adapter_config.json or PaddleNLP's lora_config.json).
+bool is_lora_adapter_dir(const std::string& dir);
+
+// Writes the adapter as PaddleNLP's single-card unified checkpoint: DIR/lora_config.json,
+// DIR/peft_model-00001-of-00001.safetensors (llama.layers.N.<module>.lora_A [in, r] / .lora_B [r, out], float32)
+// and DIR/peft_model.safetensors.index.json, which PaddleNLP's LoRAModel.from_pretrained loads.
+void save_lora_adapter_paddle(const std::string& dir, const LoraAdapter& a);
+
 // ---- the training model's side (TrainableLlama names: "model.layers.N.self_attn.q_proj.lora_A.weight") ----
 
 // Collects the LoRA tensors of TrainableLlama::export_weights(true) (other names are skipped) into an adapter with

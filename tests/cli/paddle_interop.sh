@@ -37,6 +37,19 @@ OAR_PADDLE_INTEROP_DIR="$WORK/conv" "$UNIT" --gtest_filter='PaddleInterop.*' > c
   { cat conv.log; die "oar convert --to hf changed the logits"; }
 [ "$(grep -c '^paddle_interop ' conv.log)" -eq 8 ] || { cat conv.log; die "expected 8 converted variants"; }
 grep '^paddle_interop ' conv.log
+# Adapters too: PaddleNLP's pickled LoRA as PaddleNLP's unified checkpoint (PaddleNLP loads it) and as PEFT's.
+"$OAR" convert --model_name_or_path ref/lora_pdparams --to paddle --output_path conv/lora_paddle >/dev/null
+"$PY" "$SRC/tests/reference/paddle_interop.py" check --rtol 1e-5 --lora ref/safetensors_f32 conv/lora_paddle \
+  ref/lora_pdparams/paddle_logits.safetensors > check_lora.log 2>&1 ||
+  { cat check_lora.log; die "PaddleNLP does not reproduce its logits from oar convert --to paddle (LoRA)"; }
+grep "^conv/" check_lora.log
+rm -rf lora_conv && mkdir lora_conv
+"$OAR" convert --model_name_or_path conv/lora_paddle --to hf --output_path lora_conv/lora_peft >/dev/null
+[ -f lora_conv/lora_peft/adapter_config.json ] || die "no PEFT adapter written"
+cp ref/lora_pdparams/paddle_logits.safetensors lora_conv/lora_peft/ && echo ../ref/safetensors_f32 > lora_conv/lora_peft/base.txt
+OAR_PADDLE_INTEROP_DIR="$WORK/lora_conv" "$UNIT" --gtest_filter='PaddleInterop.*' > lora_conv.log 2>&1 ||
+  { cat lora_conv.log; die "the adapter converted to PEFT's layout and back changed the logits"; }
+grep '^paddle_interop ' lora_conv.log
 rc=0; "$OAR" convert --model_name_or_path ref/fused --to onnx --output_path conv/x 2>conv.err || rc=$?
 [ $rc -eq 2 ] && grep -q -- "--to" conv.err || die "convert --to onnx: exit $rc"
 
