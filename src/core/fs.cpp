@@ -76,21 +76,24 @@ void write_directory_atomically(const std::string& out_path, bool force, const s
                                 const std::function<void(const std::string& tmp_dir)>& fill) {
   namespace fs = std::filesystem;
   if (out_path.empty()) throw Error("--output_path is required");
-  // "out/" and "out" alike: the temporary directory goes beside it, not inside.
-  std::string out_dir = fs::path(out_path).lexically_normal().string();
-  while (out_dir.size() > 1 && out_dir.back() == '/') out_dir.pop_back();
   std::error_code ec;
+  // Absolute and normalised, so that "out/", "." or ".." name the directory itself and the temporary one goes beside it.
+  const fs::path out_abs = fs::weakly_canonical(fs::absolute(out_path), ec).lexically_normal();
+  std::string out_dir = out_abs.string();
+  while (out_dir.size() > 1 && out_dir.back() == '/') out_dir.pop_back();
+  auto inside = [](const fs::path& dir, const fs::path& p) {  // p is dir or below it
+    return std::mismatch(dir.begin(), dir.end(), p.begin(), p.end()).first == dir.end();
+  };
+  if (out_abs == out_abs.root_path() || inside(fs::path(out_dir), fs::current_path(ec)))
+    fail(out_path, "is or contains the current directory; choose another --output_path");
   if (fs::exists(out_dir)) {
-    if (!force) fail(out_dir, "already exists (pass --force to replace it)");
+    if (!force) fail(out_path, "already exists (pass --force to replace it)");
     // Replacing a directory that holds an input would destroy it before it is read.
-    const fs::path out_abs = fs::weakly_canonical(out_dir, ec);
-    for (const std::string& in : inputs) {
-      const fs::path in_abs = fs::weakly_canonical(in, ec);
-      auto [o, i] = std::mismatch(out_abs.begin(), out_abs.end(), in_abs.begin(), in_abs.end());
-      if (o == out_abs.end()) fail(out_dir, "holds an input (" + in + "); choose another --output_path");
-    }
+    for (const std::string& in : inputs)
+      if (inside(fs::path(out_dir), fs::weakly_canonical(fs::absolute(in), ec)))
+        fail(out_path, "holds an input (" + in + "); choose another --output_path");
   }
-  const std::string tmp = out_dir + ".tmp-" + std::to_string(::getpid());
+  const std::string tmp = out_dir + ".tmp-" + std::to_string(::getpid()), old = out_dir + ".old-" + std::to_string(::getpid());
   struct Cleanup {
     std::string path;
     ~Cleanup() {
@@ -101,10 +104,19 @@ void write_directory_atomically(const std::string& out_path, bool force, const s
   fs::remove_all(tmp, ec);
   if (!fs::create_directories(tmp, ec)) fail(tmp, "cannot create directory: " + ec.message());
   fill(tmp);
-  if (fs::exists(out_dir)) fs::remove_all(out_dir, ec);
+  // The old output moves aside before the new one moves in, so one of them exists at every moment.
+  const bool replacing = fs::exists(out_dir);
+  if (replacing) {
+    fs::rename(out_dir, old, ec);
+    if (ec) fail(out_path, "cannot move the existing directory aside: " + ec.message());
+  }
   fs::rename(tmp, out_dir, ec);
-  if (ec) fail(out_dir, "cannot move the finished directory into place: " + ec.message());
-  cleanup.path.clear();
+  if (ec) {
+    std::error_code e;
+    if (replacing) fs::rename(old, out_dir, e);
+    fail(out_path, "cannot move the finished directory into place: " + ec.message());
+  }
+  cleanup.path = replacing ? old : "";
 }
 
 }  // namespace oar

@@ -257,6 +257,12 @@ LlamaConfig parse_hf_config(const std::string& json_text, const std::string& whe
   if (f.present("partial_rotary_factor") &&
       f.number(f.at("partial_rotary_factor"), "partial_rotary_factor") != 1.0)
     fail(where, "partial_rotary_factor other than 1.0 is not supported");
+  // PaddleNLP's own keys for math oar does not implement (its config.json carries them at their defaults).
+  for (const char* key : {"alibi", "use_long_sequence_strategies"})
+    if (f.present(key) && f.boolean(key, false)) fail(where, std::string(key) + "=true (PaddleNLP) is not supported");
+  if (f.present("rope_scaling_type") && !f.at("rope_scaling_type").is_null())
+    fail(where, "rope_scaling_type " + in_quotes(f.at("rope_scaling_type").dump()) +
+                    " (PaddleNLP) is not supported; only unscaled RoPE is read from PaddleNLP configs");
 
   const std::string act = f.string("hidden_act", "silu");
   if (act != "silu") fail(where, "hidden_act " + in_quotes(act) + " is not supported (oar implements silu)");

@@ -102,7 +102,14 @@ class Unpickler {
     return uint32_t(objs_.size() - 1);
   }
   uint32_t add_text(Kind k, std::string_view t) { Obj o{k}; o.text = t; return add(std::move(o)); }
-  void push(uint32_t i) { stack_.push_back(i); }
+  void push(uint32_t i) {
+    if (stack_.size() >= kMaxObjects) bad("a stack deeper than " + std::to_string(kMaxObjects) + ", not a state dict");
+    stack_.push_back(i);
+  }
+  void remember(uint64_t key, uint32_t i) {  // a real pickle memoizes each object once
+    if (memo_.size() >= kMaxObjects) bad("more than " + std::to_string(kMaxObjects) + " memo entries, not a state dict");
+    memo_[key] = i;
+  }
   size_t base() const { return marks_.empty() ? 0 : marks_.back(); }
   uint32_t pop() {
     if (stack_.size() <= base()) bad("stack underflow");
@@ -212,7 +219,10 @@ bool Unpickler::container(uint8_t op) {
     push(add(std::move(o)));
   };
   switch (op) {
-    case '(': marks_.push_back(stack_.size()); return true;
+    case '(':
+      if (marks_.size() >= kMaxObjects) bad("more than " + std::to_string(kMaxObjects) + " marks, not a state dict");
+      marks_.push_back(stack_.size());
+      return true;
     case '0':  // POP; an empty frame pops its mark, as Python's unpickler does
       if (stack_.size() > base()) stack_.pop_back();
       else if (!marks_.empty()) marks_.pop_back();
@@ -256,9 +266,9 @@ bool Unpickler::memo(uint8_t op) {
     push(it->second);
   };
   switch (op) {
-    case 0x94: memo_[memo_.size()] = top(); return true;
-    case 'q': { uint64_t k = byte(); memo_[k] = top(); return true; }
-    case 'r': { uint64_t k = little(4); memo_[k] = top(); return true; }
+    case 0x94: remember(memo_.size(), top()); return true;
+    case 'q': { uint64_t k = byte(); remember(k, top()); return true; }
+    case 'r': { uint64_t k = little(4); remember(k, top()); return true; }
     case 'h': get(byte()); return true;
     case 'j': get(little(4)); return true;
     default: return false;
@@ -360,22 +370,24 @@ void Unpickler::build_array(Obj& a, const Obj& state) {
   const Obj& dt = expect(state.items[off + 1], Kind::DTypeObj, "an array dtype");
   const Obj& fortran = expect(state.items[off + 2], Kind::Bool, "an array order");
   const Obj& raw = objs_[state.items[off + 3]];
-  if (raw.kind != Kind::Bytes && raw.kind != Kind::Str) bad("array data that is a " + std::string(kind_name(raw.kind)));
+  if (raw.kind != Kind::Bytes) bad("array data that is a " + std::string(kind_name(raw.kind)));
   if (dt.i == '>' && dt.text.size() > 1 && dt.text[1] != '1') bad("a big-endian array (dtype " + in_quotes(std::string(dt.text)) + ")");
   const NumpyType* type = nullptr;
   for (const NumpyType& t : kNumpyTypes)
     if (t.code == dt.text) type = &t;
   if (!type) bad("an array of numpy dtype " + in_quotes(std::string(dt.text)) + " (read: f4 f2 u2 f8 i8 i4 i2 i1 u1 b1 u4 u8)");
-  uint64_t numel = 1;
+  // As numpy: the product of the nonzero dimensions must fit, even when a zero makes the array empty.
+  const uint64_t item = dtype_size(type->dtype), limit = uint64_t(std::numeric_limits<int64_t>::max()) / item;
+  uint64_t numel = 1, nonzero = 1;
   for (uint32_t d : shape.items) {
     const Obj& dim = expect(d, Kind::Int, "an array dimension");
-    if (dim.i < 0 || (dim.i > 0 && numel > std::numeric_limits<uint64_t>::max() / uint64_t(dim.i))) bad("an array dimension out of range");
+    if (dim.i < 0 || (dim.i > 0 && nonzero > limit / uint64_t(dim.i))) bad("an array dimension out of range");
+    if (dim.i > 0) nonzero *= uint64_t(dim.i);
     numel *= uint64_t(dim.i);
     a.shape.push_back(dim.i);
   }
   if (fortran.i && shape.items.size() > 1) bad("a Fortran-ordered array");
-  const uint64_t item = dtype_size(type->dtype);
-  if (numel > std::numeric_limits<uint64_t>::max() / item || numel * item != raw.text.size())
+  if (numel * item != raw.text.size())
     bad("an array of shape " + shape_str(a.shape) + " with " + std::to_string(raw.text.size()) + " data bytes");
   a.dtype = type->dtype;
   a.text = raw.text;

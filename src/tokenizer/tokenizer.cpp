@@ -256,6 +256,9 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path) {
     std::string json_path = join_path(dir, "tokenizer.json");
     std::string model_path = join_path(dir, "tokenizer.model");
     std::string bin_path = join_path(dir, "tokenizer.bin");
+    // PaddleNLP's LlamaTokenizer saves its SentencePiece model under this name.
+    if (!file_exists(model_path) && file_exists(join_path(dir, "sentencepiece.bpe.model")))
+      model_path = join_path(dir, "sentencepiece.bpe.model");
     if (file_exists(json_path)) {
       try {
         t = load_bpe_json(json_path);
@@ -268,7 +271,7 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path) {
     } else if (file_exists(bin_path)) {
       t = load_llama2c_tokenizer(bin_path, 0);
     } else {
-      fail(path, "no tokenizer.json, tokenizer.model or tokenizer.bin in this directory");
+      fail(path, "no tokenizer.json, tokenizer.model (or PaddleNLP's sentencepiece.bpe.model) or tokenizer.bin in this directory");
     }
   } else if (file_exists(path)) {
     dir = dir_of(path);

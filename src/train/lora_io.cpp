@@ -293,7 +293,7 @@ struct LoraTensors {
 
 std::map<std::string, Tensor> all_tensors(const WeightStore& s) {
   std::map<std::string, Tensor> out;
-  for (const std::string& n : s.names()) out.emplace(n, s.get(n));
+  for (const std::string& n : s.names()) out.emplace(n, as_dtype_bits(s.get(n), DType::U16, DType::BF16));  // PaddleNLP's bf16
   return out;
 }
 
@@ -305,7 +305,7 @@ LoraTensors read_paddle_lora_tensors(const std::string& dir) {
       WeightStore s = WeightStore::open_file(join_path(dir, shard));
       for (const std::string& n : names) {
         if (!s.has(n)) fail(join_path(dir, shard), "tensor " + in_quotes(n) + " listed in " + index + " is not in this shard");
-        t.tensors.emplace(n, s.get(n));
+        t.tensors.emplace(n, as_dtype_bits(s.get(n), DType::U16, DType::BF16));
       }
     }
     return t;
@@ -648,8 +648,8 @@ LoraAdapter merge_lora_checkpoint(const std::string& base_dir, const std::string
   LlamaConfig cfg = load_hf_config(cfg_path);
   // The merged files keep the base's own layout, written as Hugging Face's; PaddleNLP's would go out unmerged.
   if (has_pdparams(base_dir) || is_paddle_layout(WeightStoreSource(WeightStore::open_dir(base_dir))))
-    fail(base_dir, "merge-lora writes Hugging Face checkpoints and this base is in PaddleNLP's layout; "
-                   "apply the adapter with --lora_path (predict, serve, perplexity) instead");
+    fail(base_dir, "merge-lora writes Hugging Face checkpoints and this base is in PaddleNLP's layout; run oar "
+                   "convert --to hf on it first, or apply the adapter with --lora_path (predict, serve, perplexity)");
   LoraAdapter a = load_lora_adapter(lora_dir);
   check_lora_against_config(a, cfg, base_dir);
   write_directory_atomically(out_path, force, {base_dir, lora_dir}, [&](const std::string& tmp) {

@@ -52,6 +52,10 @@ OAR_PADDLE_INTEROP_DIR="$WORK/lora_conv" "$UNIT" --gtest_filter='PaddleInterop.*
 grep '^paddle_interop ' lora_conv.log
 rc=0; "$OAR" convert --model_name_or_path ref/fused --to onnx --output_path conv/x 2>conv.err || rc=$?
 [ $rc -eq 2 ] && grep -q -- "--to" conv.err || die "convert --to onnx: exit $rc"
+# --output_path . --force would replace the directory the user stands in (and everything in it): refused.
+rc=0; (cd conv && "$OAR" convert --model_name_or_path ../ref/fused --to hf --output_path . --force) 2>dot.err || rc=$?
+[ $rc -eq 2 ] && grep -q "current directory" dot.err && [ -d conv/paddle_fused ] ||
+  die "convert --output_path . --force: exit $rc, $(cat dot.err)"
 
 # The CLI reads them too, with a llama.c tokenizer.bin of the model's 256 ids (specials, then byte pieces).
 tokenizer_bin() {

@@ -267,6 +267,12 @@ TEST(ConfigTest, RefusesUnsupportedMath) {
   EXPECT_TRUE(config_fails(tiny_with("hidden_act", R"("gelu")"), {kWhere, "hidden_act 'gelu'"}));
   EXPECT_TRUE(config_fails(tiny_with("pretraining_tp", "2"), {kWhere, "pretraining_tp 2"}));
   EXPECT_TRUE(config_fails(tiny_with("partial_rotary_factor", "0.5"), {kWhere, "partial_rotary_factor"}));
+  // PaddleNLP's keys: at their defaults (as its config.json writes them) they are fine, otherwise refused.
+  EXPECT_TRUE(config_fails(tiny_with("alibi", "true"), {kWhere, "alibi=true"}));
+  EXPECT_TRUE(config_fails(tiny_with("use_long_sequence_strategies", "true"), {kWhere, "use_long_sequence_strategies"}));
+  EXPECT_TRUE(config_fails(tiny_with("rope_scaling_type", R"("linear")"), {kWhere, "rope_scaling_type"}));
+  EXPECT_NO_THROW(parse_hf_config(tiny_with("rope_scaling_type", "null"), kWhere));
+  EXPECT_NO_THROW(parse_hf_config(tiny_with("alibi", "false"), kWhere));
   EXPECT_TRUE(config_fails(
       R"({"model_type": "llama", "use_sliding_window": true, "sliding_window": 4096})", {kWhere, "sliding_window"}));
   EXPECT_TRUE(config_fails(tiny_with("quantization_config", R"({"quant_method": "gptq"})"),

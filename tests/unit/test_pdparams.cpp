@@ -81,6 +81,9 @@ TEST(Pdparams, LyingOrForeignArraysAreRefused) {
   EXPECT_TRUE(test::fails_with([&] { parse(array_pickle("K\x03\x85", "O8", "|", twelve)); }, {"numpy dtype 'O8'"}));
   EXPECT_TRUE(test::fails_with([&] { parse(array_pickle("K\x01K\x03\x86", "f4", "<", twelve, true)); }, {"Fortran"}));
   EXPECT_TRUE(test::fails_with([&] { parse(array_pickle("J\xff\xff\xff\xff\x85", "f4", "<", twelve)); }, {"dimension"}));
+  // An empty array whose other dimensions overflow (numpy refuses it too; the fuzzer found it).
+  const std::string huge = "\x8a\x08"s + std::string(7, '\0') + "\x40";  // LONG1 2^62
+  EXPECT_TRUE(test::fails_with([&] { parse(array_pickle("K\x00"s + huge + huge + "\x87", "f4", "<", "")); }, {"dimension"}));
 }
 
 TEST(Pdparams, TruncatedAndNonPickleInputsAreRefused) {
@@ -99,6 +102,16 @@ TEST(Pdparams, HostileStructuresFailFastInBoundedMemory) {
   std::string many = "\x80\x04(";
   for (int k = 0; k < 2'000'000; ++k) many += "K\x01";
   EXPECT_TRUE(test::fails_with([&] { parse(many); }, {"objects, not a state dict"}));
+  // Memo, stack and mark tables are bounded too (a 2 MB MEMOIZE flood took 850 MB before they were).
+  std::string memo = "\x80\x04N";
+  for (int k = 0; k < 1'100'000; ++k) memo += "\x94";
+  EXPECT_TRUE(test::fails_with([&] { parse(memo); }, {"memo entries, not a state dict"}));
+  std::string marks = "\x80\x04";
+  for (int k = 0; k < 1'100'000; ++k) marks += "(";
+  EXPECT_TRUE(test::fails_with([&] { parse(marks); }, {"marks, not a state dict"}));
+  std::string dups = "\x80\x04N";
+  for (int k = 0; k < 1'100'000; ++k) dups += "2";
+  EXPECT_TRUE(test::fails_with([&] { parse(dups); }, {"stack deeper than"}));
   // 300,000 nested lists: an arena, so nothing recurses.
   std::string deep = "\x80\x04";
   for (int k = 0; k < 300'000; ++k) deep += "]";

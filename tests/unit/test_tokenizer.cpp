@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/fs.h"
 #include "test_tokenizer_util.h"
 #include "tokenizer/tokenizer.h"
 
@@ -119,6 +120,16 @@ TEST(TokenizerRoundTrip, SentencePieceAndLlama3StyleBpe) {
       EXPECT_EQ(tok->decode(tok->encode(t, true)), t) << dir << ": " << json(t).dump();
     }
   }
+}
+
+// PaddleNLP saves Llama's SentencePiece model as sentencepiece.bpe.model: a model directory with only that loads it.
+TEST(TokenizerRoundTrip, PaddleNlpSentencePieceFileName) {
+  TempDir dir;
+  dir.write("sentencepiece.bpe.model", read_file(tok_fixture("spm/tokenizer.model")));
+  auto paddle = load_tokenizer(dir.path());
+  auto hf = load_tokenizer(tok_fixture("spm"));
+  EXPECT_EQ(paddle->vocab_size(), hf->vocab_size());
+  EXPECT_EQ(paddle->encode("Hello world, 中文", true), hf->encode("Hello world, 中文", true));
 }
 
 // ---------------------------------------------------------------------------------------------------------------
