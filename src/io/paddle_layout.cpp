@@ -54,6 +54,7 @@ class PaddleLayoutSource : public WeightSource {
   std::string where() const override { return p_->where(); }
 
  private:
+  Tensor get_stored(const std::string& name) const;  // HF orientation, the dtype as stored
   // The fused tensor that holds `hf_name`, or "" when it is not a fusable projection.
   static std::string fused_of(const std::string& hf_name);
   Tensor split_fused(const std::string& hf_name, const Tensor& fused) const;
@@ -77,13 +78,17 @@ std::string PaddleLayoutSource::fused_of(const std::string& hf_name) {
 }
 
 Tensor PaddleLayoutSource::get(const std::string& name) const {
+  return as_dtype_bits(get_stored(name), DType::U16, DType::BF16);  // Paddle's bfloat16 is numpy's uint16
+}
+
+Tensor PaddleLayoutSource::get_stored(const std::string& name) const {
   const std::string pname = paddle_name(name);
-  if (!is_linear(name)) return as_dtype_bits(p_->get(pname), DType::U16, DType::BF16);
+  if (!is_linear(name)) return p_->get(pname);
   if (p_->has(pname) || fused_of(name).empty()) {
     Tensor w = checked_2d(pname);
-    return as_dtype_bits(gather_transposed(w, {0}, w.shape()[1]), DType::U16, DType::BF16);
+    return gather_transposed(w, {0}, w.shape()[1]);
   }
-  return as_dtype_bits(split_fused(name, checked_2d(fused_of(name))), DType::U16, DType::BF16);
+  return split_fused(name, checked_2d(fused_of(name)));
 }
 
 // Column starts of one projection inside the fused [in, out] matrix (the layout in paddle_layout.h).
@@ -153,18 +158,7 @@ std::unique_ptr<WeightSource> open_pdparams_dir(const std::string& dir, const st
     const std::string single = join_path(dir, stem + ".pdparams");
     return std::make_unique<TensorMapSource>(single, load_pdparams(single));
   }
-  std::map<std::string, Tensor> all;
-  for (const auto& [shard, names] : read_weight_map(index)) {
-    const std::string path = join_path(dir, shard);
-    if (!file_exists(path)) fail(path, "shard listed in " + index + " does not exist");
-    std::map<std::string, Tensor> in_shard = load_pdparams(path);
-    for (const std::string& name : names) {
-      auto it = in_shard.find(name);
-      if (it == in_shard.end()) fail(path, "tensor " + in_quotes(name) + " listed in " + index + " is not in this shard");
-      all.emplace(name, it->second);
-    }
-  }
-  return std::make_unique<TensorMapSource>(index, std::move(all));
+  return std::make_unique<TensorMapSource>(index, read_indexed_tensors(dir, index, load_pdparams));
 }
 
 }  // namespace oar

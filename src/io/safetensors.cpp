@@ -268,6 +268,30 @@ std::map<std::string, std::vector<std::string>> read_weight_map(const std::strin
   return by_shard;
 }
 
+std::map<std::string, Tensor> read_indexed_tensors(
+    const std::string& dir, const std::string& index_path,
+    const std::function<std::map<std::string, Tensor>(const std::string& shard_path)>& read_shard) {
+  std::map<std::string, Tensor> all;
+  for (const auto& [shard, names] : read_weight_map(index_path)) {
+    const std::string path = join_path(dir, shard);
+    if (!file_exists(path)) fail(path, "shard listed in " + index_path + " does not exist");
+    const std::map<std::string, Tensor> in_shard = read_shard(path);
+    for (const std::string& name : names) {
+      auto it = in_shard.find(name);
+      if (it == in_shard.end()) fail(path, "tensor " + in_quotes(name) + " listed in " + index_path + " is not in this shard");
+      all.emplace(name, it->second);
+    }
+  }
+  return all;
+}
+
+std::map<std::string, Tensor> read_safetensors_file(const std::string& path) {
+  const WeightStore s = WeightStore::open_file(path);
+  std::map<std::string, Tensor> out;
+  for (const std::string& n : s.names()) out.emplace(n, s.get(n));
+  return out;
+}
+
 WeightStore WeightStore::open_dir(const std::string& dir) {
   if (!dir_exists(dir)) fail(dir, "no such directory");
   const std::string index_path = join_path(dir, kIndexName);

@@ -4,6 +4,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -39,6 +40,13 @@ SafetensorsHeader parse_safetensors(const uint8_t* data, size_t size, const std:
 // A sharded checkpoint's index ({"weight_map": {tensor: shard file}}; model.safetensors.index.json and its
 // PaddleNLP relatives): the tensor names grouped by shard. Shard names must stay inside the directory.
 std::map<std::string, std::vector<std::string>> read_weight_map(const std::string& index_path);
+// Every tensor the index in DIR lists, each read from its shard by `read_shard` (a file's tensors by name). A
+// missing shard, or a listed tensor absent from its shard, is an error naming both files.
+std::map<std::string, Tensor> read_indexed_tensors(
+    const std::string& dir, const std::string& index_path,
+    const std::function<std::map<std::string, Tensor>(const std::string& shard_path)>& read_shard);
+// All tensors of one safetensors file (zero-copy views).
+std::map<std::string, Tensor> read_safetensors_file(const std::string& path);
 
 // Named tensors of one checkpoint directory, memory-mapped: model.safetensors, or the shards listed by
 // model.safetensors.index.json ("weight_map"). Tensors are zero-copy views of the mapped files.

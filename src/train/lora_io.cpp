@@ -291,27 +291,17 @@ struct LoraTensors {
   std::map<std::string, Tensor> tensors;
 };
 
-std::map<std::string, Tensor> all_tensors(const WeightStore& s) {
-  std::map<std::string, Tensor> out;
-  for (const std::string& n : s.names()) out.emplace(n, as_dtype_bits(s.get(n), DType::U16, DType::BF16));  // PaddleNLP's bf16
-  return out;
+// PaddleNLP stores bfloat16 as U16 (numpy's uint16).
+std::map<std::string, Tensor> with_paddle_bf16(std::map<std::string, Tensor> ts) {
+  for (auto& [name, t] : ts) t = as_dtype_bits(t, DType::U16, DType::BF16);
+  return ts;
 }
 
 LoraTensors read_paddle_lora_tensors(const std::string& dir) {
   const std::string index = join_path(dir, kPaddleIndex);
-  if (file_exists(index)) {
-    LoraTensors t{index, {}};
-    for (const auto& [shard, names] : read_weight_map(index)) {
-      WeightStore s = WeightStore::open_file(join_path(dir, shard));
-      for (const std::string& n : names) {
-        if (!s.has(n)) fail(join_path(dir, shard), "tensor " + in_quotes(n) + " listed in " + index + " is not in this shard");
-        t.tensors.emplace(n, as_dtype_bits(s.get(n), DType::U16, DType::BF16));
-      }
-    }
-    return t;
-  }
+  if (file_exists(index)) return {index, with_paddle_bf16(read_indexed_tensors(dir, index, read_safetensors_file))};
   for (const char* f : {kPaddleWeights, kPeftWeights})
-    if (file_exists(join_path(dir, f))) return {join_path(dir, f), all_tensors(WeightStore::open_file(join_path(dir, f)))};
+    if (file_exists(join_path(dir, f))) return {join_path(dir, f), with_paddle_bf16(read_safetensors_file(join_path(dir, f)))};
   if (file_exists(join_path(dir, kPaddlePickle))) return {join_path(dir, kPaddlePickle), load_pdparams(join_path(dir, kPaddlePickle))};
   fail(join_path(dir, kPaddlePickle), std::string("missing (lora_config.json is here but not its weights: this, ") +
                                           kPaddleWeights + " or " + kPaddleIndex + ")");
@@ -332,7 +322,7 @@ LoraAdapter load_lora_adapter(const std::string& dir) {
         fail(join_path(dir, "adapter_model.bin"), "pickled PyTorch weights are not read; save with safe_serialization=True");
       fail(weights, "missing (adapter_config.json is here but not its weights)");
     }
-    lt = {weights, all_tensors(WeightStore::open_file(weights))};
+    lt = {weights, read_safetensors_file(weights)};
   } else if (file_exists(paddle_cfg)) {
     pc = parse_paddle_config(paddle_cfg);
     lt = read_paddle_lora_tensors(dir);
