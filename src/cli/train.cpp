@@ -69,7 +69,9 @@ int run_training(TrainMode mode, const std::vector<std::string>& argv) {
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::string done = std::string("oar ") + cmd + ": done in " + std::to_string(int64_t(secs + 0.5)) + " s";
   if (a.do_train && !a.benchmark)
-    done += "; model in " + a.output_dir + (model->llama().has_lora() ? " (PEFT adapter: oar predict --lora_path)" : "") +
+    done += "; model in " + a.output_dir + (model->llama().has_lora() ? (a.save_format == "paddle" ? " (PaddleNLP LoRA checkpoint: oar predict --lora_path)"
+                                                                 : " (PEFT adapter: oar predict --lora_path)")
+                                    : "") +
             " after " + std::to_string(r.global_step) + " steps";
   if (a.do_train || a.do_eval)
     done += "; metrics in " + join_path(a.output_dir, "metrics.jsonl") + "; loss curve in " +

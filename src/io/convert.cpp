@@ -51,7 +51,9 @@ Tensor checked(const WeightSource& src, const Expected& e, const std::string& in
   return t;
 }
 
-// PaddleNLP 2.8.1's Llama computes only plain Llama: refuse what it would silently compute differently.
+
+}  // namespace
+
 void check_paddle_can_express(const LlamaConfig& c, const std::string& in) {
   if (c.architecture != "LlamaForCausalLM") fail(in, c.architecture + " has no PaddleNLP Llama layout");
   if (c.attention_bias || c.o_proj_bias) fail(in, "has attention biases, which PaddleNLP's Llama does not have");
@@ -60,14 +62,14 @@ void check_paddle_can_express(const LlamaConfig& c, const std::string& in) {
     fail(in, "head_dim " + std::to_string(c.head_dim) + " is not hidden_size / num_attention_heads, which PaddleNLP assumes");
 }
 
-std::vector<std::pair<std::string, Tensor>> paddle_tensors(LlamaConfig& c, const WeightSource& src,
-                                                           const std::string& in) {
+std::vector<std::pair<std::string, Tensor>> paddle_checkpoint_tensors(LlamaConfig& c, const WeightSource& src,
+                                                                      const std::string& in) {
   check_paddle_can_express(c, in);
   std::vector<std::pair<std::string, Tensor>> out;
   for (const Expected& e : expected_tensors(c, src)) {
     Tensor t = checked(src, e, in);
     if (e.linear) t = gather_transposed(t, {0}, t.shape()[1]);
-    out.emplace_back(e.name.rfind("model.", 0) == 0 ? "llama." + e.name.substr(6) : e.name, as_dtype_bits(t, DType::BF16, DType::U16));
+    out.emplace_back(paddle_name_of(e.name).name, as_dtype_bits(t, DType::BF16, DType::U16));
   }
   if (!src.has("lm_head.weight")) {  // tied: PaddleNLP would start lm_head at random
     const Tensor e = src.get("model.embed_tokens.weight");
@@ -76,8 +78,6 @@ std::vector<std::pair<std::string, Tensor>> paddle_tensors(LlamaConfig& c, const
   }
   return out;
 }
-
-}  // namespace
 
 CheckpointLayout parse_checkpoint_layout(const std::string& name) {
   if (name == "hf") return CheckpointLayout::HuggingFace;
@@ -92,7 +92,7 @@ size_t convert_checkpoint(const std::string& in, CheckpointLayout to, const std:
     fail(in, "is a llama2.c checkpoint (interleaved RoPE), which oar convert does not rewrite yet");
   std::vector<std::pair<std::string, Tensor>> tensors;
   if (to == CheckpointLayout::PaddleNLP) {
-    tensors = paddle_tensors(cfg, *ms.weights, in);
+    tensors = paddle_checkpoint_tensors(cfg, *ms.weights, in);
   } else {
     for (const Expected& e : expected_tensors(cfg, *ms.weights)) tensors.emplace_back(e.name, checked(*ms.weights, e, in));
   }

@@ -7,6 +7,11 @@
 // Tensors keep their stored dtype; generation and tokenizer files are copied.
 #pragma once
 #include <string>
+#include <utility>
+#include <vector>
+
+#include "core/model_config.h"
+#include "io/weight_source.h"
 
 namespace oar {
 
@@ -14,6 +19,15 @@ enum class CheckpointLayout { HuggingFace, PaddleNLP };
 
 // "hf" or "paddle"; throws oar::Error naming --to otherwise.
 CheckpointLayout parse_checkpoint_layout(const std::string& name);
+
+// PaddleNLP 2.8.1's Llama computes only plain Llama: refuses (naming `where`) what it would silently compute
+// differently (another architecture, biases, rope_scaling, a head_dim other than hidden / heads).
+void check_paddle_can_express(const LlamaConfig& c, const std::string& where);
+
+// Every tensor of `src` (Hugging Face names) in PaddleNLP's layout, checked against `c`; a tied model gets its
+// lm_head as a copy and `c` is untied. Refuses (naming `where`) what PaddleNLP's Llama cannot express.
+std::vector<std::pair<std::string, Tensor>> paddle_checkpoint_tensors(LlamaConfig& c, const WeightSource& src,
+                                                                      const std::string& where);
 
 // Reads `in` (anything open_model_source opens) and writes out_dir in `to`, atomically (write_directory_atomically).
 // Returns the number of tensors written.

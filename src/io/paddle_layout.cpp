@@ -120,6 +120,20 @@ Tensor PaddleLayoutSource::split_fused(const std::string& name, const Tensor& fu
 
 }  // namespace
 
+PaddleTensorName paddle_name_of(const std::string& hf_name) {
+  auto ends_with = [&](const std::string& suffix) {
+    return hf_name.size() >= suffix.size() && hf_name.compare(hf_name.size() - suffix.size(), suffix.size(), suffix) == 0;
+  };
+  PaddleTensorName out{hf_name.rfind("model.", 0) == 0 ? "llama." + hf_name.substr(6) : hf_name, false};
+  if (ends_with(".lora_A.weight") || ends_with(".lora_B.weight")) {
+    out.name.resize(out.name.size() - 7);  // PaddleNLP names the LoRA matrices after the module: no ".weight"
+    out.transposed = true;
+  } else {
+    out.transposed = ends_with("_proj.weight") || hf_name == "lm_head.weight";
+  }
+  return out;
+}
+
 Tensor as_dtype_bits(const Tensor& t, DType from, DType to) {
   if (t.dtype() != from) return t;
   const Tensor c = t.contiguous();

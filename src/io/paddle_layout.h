@@ -29,6 +29,17 @@ bool has_pdparams(const std::string& dir);
 // as in the safetensors index). Throws oar::Error naming the file.
 std::unique_ptr<WeightSource> open_pdparams_dir(const std::string& dir, const std::string& stem = "model_state");
 
+// A tensor's PaddleNLP name and orientation, from its Hugging Face (or oar training) name:
+//   "model.X" -> "llama.X"; "lm_head.weight" unchanged;
+//   "...<proj>.weight" (q/k/v/o, gate/up/down, lm_head): transposed to [in, out];
+//   "...<proj>.lora_A.weight" / ".lora_B.weight" -> "...<proj>.lora_A" / ".lora_B", transposed ([in, r], [r, out]).
+// Other names (norms, the embedding, names of no Llama) keep their orientation.
+struct PaddleTensorName {
+  std::string name;
+  bool transposed = false;
+};
+PaddleTensorName paddle_name_of(const std::string& hf_name);
+
 // `t` relabelled as `to` when its dtype is `from` (same element size, same bits, no copy); else `t`.
 Tensor as_dtype_bits(const Tensor& t, DType from, DType to);
 

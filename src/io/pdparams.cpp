@@ -456,4 +456,32 @@ std::map<std::string, Tensor> load_pdparams(const std::string& path) {
   return parse_pickled_arrays(f->data(), f->size(), path, f);
 }
 
+namespace {
+void append_le(std::string& out, uint64_t v, int bytes) {
+  for (int i = 0; i < bytes; ++i) out.push_back(char((v >> (8 * i)) & 0xff));
+}
+}  // namespace
+
+std::string pickle_number_dict(const std::vector<std::pair<std::string, PickleNumber>>& items) {
+  std::string out = "\x80\x02}(";  // PROTO 2, EMPTY_DICT, MARK
+  for (const auto& [key, value] : items) {
+    out.push_back('X');  // BINUNICODE: 4-byte length, UTF-8
+    append_le(out, key.size(), 4);
+    out += key;
+    if (const int64_t* i = std::get_if<int64_t>(&value)) {
+      out.push_back(char(0x8a));  // LONG1: 8 little-endian two's-complement bytes
+      out.push_back(8);
+      append_le(out, uint64_t(*i), 8);
+    } else {
+      uint64_t bits;
+      const double d = std::get<double>(value);
+      std::memcpy(&bits, &d, 8);
+      out.push_back('G');  // BINFLOAT: big-endian
+      for (int b = 7; b >= 0; --b) out.push_back(char((bits >> (8 * b)) & 0xff));
+    }
+  }
+  out += "u.";  // SETITEMS, STOP
+  return out;
+}
+
 }  // namespace oar

@@ -15,6 +15,9 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
+#include <variant>
+#include <vector>
 
 #include "core/tensor.h"
 
@@ -32,5 +35,10 @@ std::map<std::string, Tensor> parse_pickled_arrays(const uint8_t* data, size_t s
 
 // The arrays of one .pdparams file, mapped.
 std::map<std::string, Tensor> load_pdparams(const std::string& path);
+
+// A pickle (protocol 2) of a dict of numbers, as paddle.save writes small state dicts such as an LR scheduler's
+// {"last_epoch": 3, "last_lr": 0.0023}, which paddle.load reads.
+using PickleNumber = std::variant<int64_t, double>;
+std::string pickle_number_dict(const std::vector<std::pair<std::string, PickleNumber>>& items);
 
 }  // namespace oar

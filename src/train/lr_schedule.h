@@ -42,6 +42,9 @@ class LrSchedule {
   // steps that updated) uses at(k - 1), and PaddleNLP's log line after step k shows at(k).
   double at(int64_t n) const;
   const LrScheduleConfig& config() const { return c_; }
+  // Paddle's LRScheduler.last_epoch after n steps: n for the Trainer's LambdaDecay; n + 1 for run_pretrain.py's
+  // WarmupDecay classes, whose constructor (last_epoch=0) has already stepped once.
+  int64_t paddle_last_epoch(int64_t n) const { return c_.pretrain_decay ? n + 1 : n; }
   std::string describe() const;  // one line for the log
 
  private:

@@ -104,6 +104,7 @@ std::map<std::string, Field> bind_fields(TrainArgs& a) {
   I("eval_steps", a.eval_steps);
   I("max_evaluate_steps", a.max_evaluate_steps);
   S("save_strategy", a.save_strategy);
+  S("save_format", a.save_format);
   I("save_steps", a.save_steps);
   I("save_total_limit", a.save_total_limit);
   S("resume_from_checkpoint", a.resume_from_checkpoint);
@@ -144,7 +145,7 @@ const std::set<std::string>& ignored_keys() {
       "use_flash_attention", "use_fused_rms_norm", "use_fused_rope", "fuse_attention_qkv", "fuse_attention_ffn",
       "use_fast_layer_norm", "enable_linear_fused_grad_add", "fuse_sequence_parallel_allreduce", "flash_mask",
       "use_quick_lora", "tensor_parallel_output", "to_static",
-      // checkpoint formats: oar always writes unified safetensors
+      // checkpoint formats: save_format chooses oar's layout (PaddleNLP's is always its unified checkpoint)
       "unified_checkpoint", "unified_checkpoint_config", "save_sharded_model", "load_sharded_model",
       "use_async_save", "ordered_save_group_size", "save_sharding_stage1_model_include_freeze_params",
       "force_reshard_pp", "auto_parallel_resume_form_hybrid_parallel",
@@ -441,7 +442,8 @@ std::string train_args_help(TrainMode mode) {
     << "           warmup_steps warmup_ratio decay_steps" << (pre ? " min_learning_rate" : "") << " num_cycles lr_end power\n"
     << "precision: fp16 bf16 fp16_opt_level scale_loss recompute\n"
     << "logging:   logging_steps logging_first_step disable_tqdm evaluation_strategy eval_steps (eval_step)\n"
-    << "saving:    save_strategy save_steps (save_step) save_total_limit resume_from_checkpoint load_best_model_at_end\n"
+    << "saving:    save_strategy save_steps (save_step) save_total_limit save_format resume_from_checkpoint\n"
+    << "           load_best_model_at_end\n"
     << "parallel:  tensor_parallel_degree pipeline_parallel_degree sharding sharding_parallel_degree (world size 1)\n";
   return o.str();
 }

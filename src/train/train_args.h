@@ -99,6 +99,9 @@ struct TrainArgs {
   int64_t eval_steps = -1;  // unset: logging_steps
   int64_t max_evaluate_steps = -1;
   std::string save_strategy = "steps";
+  // Layout of checkpoints and the final model: "hf" (Hugging Face / PEFT) or "paddle" (PaddleNLP's unified
+  // checkpoint, which PaddleNLP resumes with unified_checkpoint true): train/paddle_checkpoint.h.
+  std::string save_format = "hf";
   int64_t save_steps = 500;
   int64_t save_total_limit = -1;  // unset: keep all
   std::string resume_from_checkpoint;

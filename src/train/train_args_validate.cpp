@@ -205,6 +205,7 @@ void check_strategies(const Checker& c) {
   check_choice("logging_strategy", a.logging_strategy, {"no", "steps", "epoch"}, a);
   check_choice("evaluation_strategy", a.evaluation_strategy, {"no", "steps", "epoch"}, a);
   check_choice("save_strategy", a.save_strategy, {"no", "steps", "epoch"}, a);
+  check_choice("save_format", a.save_format, {"hf", "paddle"}, a);
   if (!a.do_eval && a.evaluation_strategy != "no") a.do_eval = true;
   if (a.do_eval && a.evaluation_strategy == "no") {
     a.evaluation_strategy = "steps";

@@ -12,14 +12,16 @@
 #include "core/model_config.h"
 #include "data/sft_dataset.h"
 #include "io/safetensors.h"
+#include "io/convert.h"
 #include "train/lora_io.h"
+#include "train/paddle_checkpoint.h"
 
 namespace oar {
 
 // ---- the model ----
 
-LlamaTrainModel::LlamaTrainModel(std::unique_ptr<TrainableLlama> m, std::string base)
-    : m_(std::move(m)), base_(std::move(base)) {}
+LlamaTrainModel::LlamaTrainModel(std::unique_ptr<TrainableLlama> m, std::string base, std::optional<DType> paddle_params)
+    : m_(std::move(m)), base_(std::move(base)), paddle_params_(paddle_params) {}
 
 double LlamaTrainModel::train_flops(const TrainBatch& b) const {
   const LlamaConfig& c = m_->config();
@@ -28,6 +30,7 @@ double LlamaTrainModel::train_flops(const TrainBatch& b) const {
 }
 
 void LlamaTrainModel::save(const std::string& dir) const {
+  if (paddle_params_) return save_paddle_weights(dir, *m_, base_, *paddle_params_);
   if (m_->has_lora()) {
     save_lora_adapter(dir, lora_adapter_from_named(m_->export_weights(true), m_->lora(), base_));
     return;
@@ -62,6 +65,11 @@ void LlamaTrainModel::load(const std::string& dir) {
       if (!p) fail(ad.where, "adapter tensor for '" + name + "' has no place in this model (other targets or rank?)");
       copy_into(*m_, *p, t, ad.where);
     }
+    return;
+  }
+  if (paddle_params_) {
+    std::unique_ptr<WeightSource> ws = open_paddle_weights(dir, m_->config());
+    for (Parameter* p : m_->parameters()) copy_into(*m_, *p, ws->get(p->name), ws->where());
     return;
   }
   WeightStore ws = WeightStore::open_dir(dir);
@@ -135,7 +143,15 @@ std::unique_ptr<LlamaTrainModel> build_train_model(const TrainArgs& a, const Tok
           ", targets q/k/v/o/gate/up/down_proj; base weights frozen");
     }
   }
-  return std::make_unique<LlamaTrainModel>(std::move(m), src);
+  std::optional<DType> paddle_params;
+  if (a.save_format == "paddle") {
+    if (!a.lora) check_paddle_can_express(m->config(), src);
+    if (!a.lora && m->config().tie_word_embeddings)
+      fail(src, "ties lm_head to the embedding, but PaddleNLP 2.8.1's Llama trains its own lm_head, so save_format "
+                "paddle cannot hold this run; untie it first (oar convert --to paddle writes lm_head as a copy)");
+    paddle_params = paddle_params_dtype(a);
+  }
+  return std::make_unique<LlamaTrainModel>(std::move(m), src, paddle_params);
 }
 
 // ---- fine-tuning data ----

@@ -4,6 +4,7 @@
 // this file only chooses and batches, following run_finetune.py and run_pretrain.py.
 #pragma once
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -19,10 +20,13 @@ namespace oar {
 
 // TrainableLlama as the trainer sees it. save()/load() write and read the Hugging Face layout (config.json +
 // model.safetensors in float32) or, for LoRA runs, the PEFT adapter (adapter_config.json +
-// adapter_model.safetensors).
+// adapter_model.safetensors); with save_format "paddle" PaddleNLP's (train/paddle_checkpoint.h).
 class LlamaTrainModel : public TrainModel {
  public:
-  LlamaTrainModel(std::unique_ptr<TrainableLlama> m, std::string base_model_name_or_path);
+  // `paddle_params`: save in PaddleNLP's layout with parameters of this dtype (paddle_checkpoint.h); nullopt:
+  // Hugging Face's.
+  LlamaTrainModel(std::unique_ptr<TrainableLlama> m, std::string base_model_name_or_path,
+                  std::optional<DType> paddle_params = std::nullopt);
   std::vector<Parameter*> parameters() override { return m_->parameters(); }
   double forward_backward(const TrainBatch& b, float grad_scale, LossStats* s) override {
     return m_->forward_backward(b, grad_scale, s);
@@ -37,6 +41,7 @@ class LlamaTrainModel : public TrainModel {
  private:
   std::unique_ptr<TrainableLlama> m_;
   std::string base_;
+  std::optional<DType> paddle_params_;
 };
 
 // The model a run starts from (before any checkpoint is restored): continue_training false -> random from

@@ -15,6 +15,7 @@
 #include "train/checkpoint.h"
 #include "train/loss_scaler.h"
 #include "train/lr_schedule.h"
+#include "train/paddle_checkpoint.h"
 #include "train/metrics_log.h"
 #include "train/optimizer.h"
 #include "train/plot.h"
@@ -160,19 +161,30 @@ struct Trainer::Impl {
     return "";
   }
 
+  bool paddle_format() const { return args.save_format == "paddle"; }
+
+  // The moments of a checkpoint in either layout, under AdamW's names. `dir`'s layout, not this run's
+  // save_format, decides: a run may resume from a checkpoint of another format.
+  std::map<std::string, Tensor> read_optimizer_state(const std::string& dir) const {
+    if (file_exists(join_path(dir, kPaddleOptimizerIndex))) return read_paddle_optimizer(dir, optim->params());
+    const std::string opath = join_path(dir, "optimizer.safetensors");
+    if (!file_exists(opath)) fail(dir, "missing optimizer.safetensors (set ignore_load_lr_and_optim to start fresh moments)");
+    WeightStore ws = WeightStore::open_file(opath);
+    std::map<std::string, Tensor> m;
+    for (const auto& n : ws.names()) m[n] = ws.get(n);
+    return m;
+  }
+
   void load_checkpoint(const std::string& dir) {
-    const std::string state_path = join_path(dir, "trainer_state.json");
+    // oar's own state: trainer_state.json, or beside PaddleNLP's in oar_trainer_state.json.
+    std::string state_path = join_path(dir, kOarTrainerStateFile);
+    if (!file_exists(state_path)) state_path = join_path(dir, "trainer_state.json");
     if (!file_exists(state_path)) fail(dir, "not a checkpoint (no trainer_state.json)");
     const nlohmann::json j = parse_json_file(state_path);
     TrainerState s = TrainerState::from_json(j, state_path);
     model.load(dir);
     if (!args.ignore_load_lr_and_optim) {
-      const std::string opath = join_path(dir, "optimizer.safetensors");
-      if (!file_exists(opath)) fail(dir, "missing optimizer.safetensors (set ignore_load_lr_and_optim to start fresh moments)");
-      WeightStore ws = WeightStore::open_file(opath);
-      std::map<std::string, Tensor> m;
-      for (const auto& n : ws.names()) m[n] = ws.get(n);
-      optim->load_state(m, s.scheduler_steps, opath);
+      optim->load_state(read_optimizer_state(dir), s.scheduler_steps, dir);
     } else {
       s.scheduler_steps = 0;
     }
@@ -186,6 +198,27 @@ struct Trainer::Impl {
     st.seed = args.seed;
   }
 
+  void save_optimizer_state(const std::string& dir) {
+    if (!paddle_format()) {
+      write_safetensors(join_path(dir, "optimizer.safetensors"), optim->state_tensors(),
+                        {{"format", "oar-adamw"}, {"step", std::to_string(optim->steps())}});
+      return;
+    }
+    save_paddle_optimizer(dir, *optim, paddle_params_dtype(args) != DType::F32);
+    save_paddle_scheduler(dir, sched->paddle_last_epoch(st.scheduler_steps), sched->at(st.scheduler_steps));
+  }
+
+  // trainer_state.json (PaddleNLP's fields only in its layout, with oar's own beside it) and training_args.json.
+  void save_trainer_state(const std::string& dir, const TrainerState& s) {
+    if (paddle_format()) {
+      write_file_atomic(join_path(dir, "trainer_state.json"), paddle_trainer_state_json(s, args.num_train_epochs));
+      write_file_atomic(join_path(dir, kOarTrainerStateFile), s.to_json().dump(1) + "\n");
+    } else {
+      write_file_atomic(join_path(dir, "trainer_state.json"), s.to_json().dump(1) + "\n");
+    }
+    write_file_atomic(join_path(dir, "training_args.json"), train_args_json(args));
+  }
+
   void save_checkpoint(int64_t step) {
     st.loss_scale = scaler.scale();
     auto ls = scaler.state();
@@ -197,13 +230,10 @@ struct Trainer::Impl {
     std::string path = write_checkpoint_dir(args.output_dir, step, [&](const std::string& tmp) {
       model.save(tmp);
       if (!opt.tokenizer_path.empty()) copy_tokenizer_files(opt.tokenizer_path, tmp);
-      if (!args.ignore_save_lr_and_optim)
-        write_safetensors(join_path(tmp, "optimizer.safetensors"), optim->state_tensors(),
-                          {{"format", "oar-adamw"}, {"step", std::to_string(optim->steps())}});
+      if (!args.ignore_save_lr_and_optim) save_optimizer_state(tmp);
       TrainerState s = st;
       if (is_best) s.best_model_checkpoint = join_path(args.output_dir, "checkpoint-" + std::to_string(step));
-      write_file_atomic(join_path(tmp, "trainer_state.json"), s.to_json().dump(1) + "\n");
-      write_file_atomic(join_path(tmp, "training_args.json"), train_args_json(args));
+      save_trainer_state(tmp, s);
     });
     if (is_best) st.best_model_checkpoint = path;
     auto removed = rotate_checkpoints(args.output_dir, args.save_total_limit, st.best_model_checkpoint);
@@ -434,8 +464,7 @@ struct Trainer::Impl {
     const auto t0 = Clock::now();
     model.save(args.output_dir);
     if (!opt.tokenizer_path.empty()) copy_tokenizer_files(opt.tokenizer_path, args.output_dir);
-    write_file_atomic(join_path(args.output_dir, "trainer_state.json"), st.to_json().dump(1) + "\n");
-    write_file_atomic(join_path(args.output_dir, "training_args.json"), train_args_json(args));
+    save_trainer_state(args.output_dir, st);
     print("Saving model to " + args.output_dir + " (" +
           py_float(std::chrono::duration<double>(Clock::now() - t0).count(), 2) + " s)");
   }

@@ -94,4 +94,50 @@ rc=0
   >merge.out 2>merge.err || rc=$?
 [ $rc -eq 2 ] && grep -qF "PaddleNLP's layout" merge.err && [ ! -e merged ] ||
   die "merge-lora on a PaddleNLP base: exit $rc: $(head -c 500 merge.err)"
+
+# save_format "paddle": PaddleNLP's Trainer (unified_checkpoint) resumes oar's checkpoint-2 - model or LoRA
+# adapter, AdamW moments and beta powers, scheduler, step - trains to step 4 and lands on oar's own step-4
+# weights. Every training row is the same, so the sample order cannot matter; the rows' ids come from oar
+# itself (a .bin/.idx for pretraining, `oar preprocess` of the text for fine-tuning).
+rm -rf resume && mkdir -p resume/data resume/sft && cp -r ref/safetensors_f32 resume/base && tokenizer_bin resume/base/tokenizer.bin
+cd resume
+for i in $(seq 40); do echo '{"src": "the largest of 3 9 4", "tgt": "9"}'; done > sft/train.json
+printf '%s\n' '{"text": "the largest of 3 9 4"}' '{"text": "9"}' > st.jsonl
+"$OAR" preprocess --model_name_or_path base --input_path st.jsonl --output_prefix st >/dev/null
+"$PY" - <<'PY'
+import struct
+import numpy as np
+seq = [1, 17, 42, 255, 3, 128, 77, 9, 200, 64, 5, 31, 99, 150, 7, 222]  # pretraining: one 16-token document, 64 times
+np.array(seq * 64, np.uint16).tofile("data/rep.bin")
+with open("data/rep.idx", "wb") as f:
+    f.write(b"MMIDIDX\x00\x00" + struct.pack("<QBQQ", 1, 8, 64, 65) + np.full(64, 16, np.int32).tobytes()
+            + (np.arange(64, dtype=np.int64) * 32).tobytes() + np.arange(65, dtype=np.int64).tobytes())
+rows = np.array([seq + seq[:1]] * 64)  # max_seq_length 16: every sample is the document and the next one's start
+np.savez("pre.npz", input_ids=rows[:, :-1], labels=rows[:, 1:])
+# Fine-tuning (PaddleNLP's rule): BOS + source, target, EOS; loss on the target and EOS, shifted in the data.
+ids = np.fromfile("st.bin", np.uint16).tolist()
+sizes = np.fromfile("st.idx", np.int32, count=2, offset=9 + 8 + 1 + 8 + 8).tolist()
+src, tgt = [1] + ids[:sizes[0]], ids[sizes[0]:]
+full, labels = src + tgt + [2], [-100] * len(src) + tgt + [2]
+np.savez("sft.npz", input_ids=np.array([full[:-1]] * 40), labels=np.array([labels[1:]] * 40))
+PY
+common='"per_device_train_batch_size": 2, "learning_rate": 0.01, "warmup_steps": 1, "lr_scheduler_type": "polynomial",
+ "logging_steps": 1, "save_steps": 2, "max_steps": 4, "do_train": true, "disable_tqdm": true, "weight_decay": 0.01,
+ "save_format": "paddle", "model_name_or_path": "base"'
+echo "{$common, \"input_dir\": \"data\", \"max_seq_length\": 16, \"split\": \"100,0,0\", \"output_dir\": \"pre\"}" > pre.json
+echo "{$common, \"dataset_name_or_path\": \"sft\", \"src_length\": 64, \"max_length\": 96, \"lora\": true, \"lora_rank\": 4,
+ \"output_dir\": \"lora\"}" > lora.json
+"$OAR" pretrain pre.json > pre.log 2>&1 || { cat pre.log; die "oar pretrain with save_format paddle"; }
+"$OAR" finetune lora.json > lora.log 2>&1 || { cat lora.log; die "oar finetune (LoRA) with save_format paddle"; }
+for f in model-00001-of-00001.safetensors model.safetensors.index.json optimizer.safetensors.index.json \
+         scheduler.pdparams trainer_state.json oar_trainer_state.json config.json; do
+  [ -f "pre/checkpoint-2/$f" ] || die "pre/checkpoint-2/$f missing"
+done
+"$PY" "$SRC/tests/reference/paddle_interop.py" resume pre/checkpoint-2 pre/model-00001-of-00001.safetensors \
+  --data pre.npz --steps 4 > resume_pre.log 2>&1 || { cat resume_pre.log; die "PaddleNLP did not resume oar's pretraining checkpoint"; }
+grep '^PaddleNLP resumed' resume_pre.log
+"$PY" "$SRC/tests/reference/paddle_interop.py" resume lora/checkpoint-2 lora/peft_model-00001-of-00001.safetensors \
+  --lora base --data sft.npz --steps 4 > resume_lora.log 2>&1 || { cat resume_lora.log; die "PaddleNLP did not resume oar's LoRA checkpoint"; }
+grep '^PaddleNLP resumed' resume_lora.log
+cd ..
 echo "paddle_interop: ok"

@@ -11,6 +11,11 @@ Run it with the venv of tests/reference/paddle_venv.sh (paddlepaddle 3.0.0 CPU +
       PaddleNLP loads DIR (with --lora: DIR is a LoRA directory applied onto BASE_DIR's model), runs forward
       on OAR_LOGITS's "input_ids" and compares with its "logits". Exit 0 within tolerance, 1 over it.
 
+  paddle_interop.py resume CHECKPOINT OAR_FINAL --data DATA.npz --steps N [--lora BASE_DIR] [--lr ...]
+      PaddleNLP's Trainer (unified_checkpoint) resumes an oar run from CHECKPOINT (oar's save_format "paddle"),
+      trains on to step N on DATA.npz's input_ids/labels rows (every row alike, so the sample order cannot
+      matter) and compares its weights (or LoRA adapter) with OAR_FINAL, the same oar run's after step N.
+
 Logits always come from the model's forward in eval mode without a cache: generate() is broken on
 paddlepaddle 3.0.0 + paddlenlp 2.8.1.
 """
@@ -353,6 +358,60 @@ def check(model_dir, oar_logits_path, lora_base, rtol):
     return 0
 
 
+# ---- resume -----------------------------------------------------------------------------------------------------
+
+
+def resume(ckpt, oar_final, data_path, steps, a):
+    """PaddleNLP resumes oar's checkpoint: model or LoRA adapter, AdamW moments and beta powers, LR scheduler,
+    global step."""
+    paddle = import_paddle()
+    from paddlenlp.peft import LoRAModel
+    from paddlenlp.trainer import Trainer, TrainingArguments
+    from paddlenlp.transformers import LlamaForCausalLM
+
+    data = np.load(data_path)
+    samples = [{"input_ids": x, "labels": y} for x, y in zip(data["input_ids"].astype("int64"), data["labels"].astype("int64"))]
+
+    def collate(features):
+        return {k: paddle.to_tensor(np.stack([f[k] for f in features])) for k in ("input_ids", "labels")}
+
+    out = os.path.join(os.path.dirname(os.path.abspath(oar_final)), "paddle_resumed")
+    args = TrainingArguments(output_dir=out, per_device_train_batch_size=a.batch_size, max_steps=steps,
+                             learning_rate=a.lr, lr_scheduler_type=a.scheduler, warmup_steps=a.warmup_steps,
+                             weight_decay=a.weight_decay, logging_steps=1, save_strategy="no",
+                             unified_checkpoint=True, disable_tqdm=True, seed=42, report_to=[])
+    # PaddleNLP predicts from the checkpoint as it is: from_pretrained, and LoRAModel.from_pretrained for an adapter.
+    if a.lora:
+        model = LoRAModel.from_pretrained(LlamaForCausalLM.from_pretrained(a.lora, dtype="float32"), ckpt)
+        shard = "peft_model-00001-of-00001.safetensors"
+    else:
+        model = LlamaForCausalLM.from_pretrained(ckpt, dtype="float32")
+        shard = "model-00001-of-00001.safetensors"
+    trainer = Trainer(model=model, args=args, train_dataset=samples, data_collator=collate)
+    trainer.train(resume_from_checkpoint=ckpt)
+    if trainer.state.global_step != steps:
+        print(f"FAIL: PaddleNLP ended at global_step {trainer.state.global_step}, not {steps}")
+        return 1
+    ours = load_file(oar_final)
+    state = trainer.model.get_trainable_state_dict() if a.lora else trainer.model.state_dict()
+    theirs = {k: state[k].numpy() for k in ours if k in state}
+    before = load_file(os.path.join(ckpt, shard))
+    if set(ours) != set(theirs) or set(before) != set(ours):
+        print(f"FAIL: tensor names differ: {sorted(set(ours) ^ set(theirs))[:5]}")
+        return 1
+    diff = max(float(np.abs(theirs[k] - ours[k]).max()) for k in ours)
+    moved = max(float(np.abs(ours[k] - before[k]).max()) for k in ours)
+    print(f"PaddleNLP resumed {ckpt} and trained to step {steps}: max |PaddleNLP - oar| {diff:.3g} over {len(ours)} "
+          f"tensors; the weights moved up to {moved:.3g} since the checkpoint")
+    # 1% of the update: Adam amplifies float32 rounding where a gradient is near zero (one LoRA element of 28 tensors
+    # differs by 0.3% of the update, the rest by 1e-5); a state restored wrong (beta powers one step off, the
+    # scheduler one step off) moves every tensor by about half the update.
+    if not diff <= moved * 1e-2:
+        print(f"FAIL: PaddleNLP's weights differ from oar's by {diff:.3g}, over 1% of the update {moved:.3g}")
+        return 1
+    return 0
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -364,7 +423,20 @@ def main():
     p_check.add_argument("--lora", metavar="BASE_DIR", help="DIR is a LoRA directory; BASE_DIR holds its base model")
     p_check.add_argument("--rtol", type=float, help=f"tolerance relative to max(1, max|logits|); "
                          f"default {F32_RTOL:g} (float32 weights), {BF16_RTOL:g} (bfloat16/float16)")
+    p_res = sub.add_parser("resume", help="PaddleNLP resumes oar's checkpoint and trains on")
+    p_res.add_argument("checkpoint")
+    p_res.add_argument("oar_final")
+    p_res.add_argument("--data", required=True, help=".npz of int arrays input_ids and labels [N, L] (-100: no loss)")
+    p_res.add_argument("--lora", metavar="BASE_DIR", help="CHECKPOINT holds a LoRA adapter of BASE_DIR's model")
+    p_res.add_argument("--steps", type=int, required=True)
+    p_res.add_argument("--batch_size", type=int, default=2)
+    p_res.add_argument("--lr", type=float, default=0.01)
+    p_res.add_argument("--scheduler", default="polynomial")
+    p_res.add_argument("--warmup_steps", type=int, default=1)
+    p_res.add_argument("--weight_decay", type=float, default=0.01)
     args = parser.parse_args()
+    if args.command == "resume":
+        return resume(args.checkpoint, args.oar_final, args.data, args.steps, args)
     if args.command == "make":
         make(args.out)
         return 0

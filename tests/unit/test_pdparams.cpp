@@ -6,6 +6,7 @@
 #include <cstring>
 #include <map>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "core/fs.h"
@@ -181,6 +182,39 @@ TEST(PaddleLayout, FusedAndTransposedWeightsReadAsHuggingFaceOnes) {
   EXPECT_TRUE(as_hf->has("model.embed_tokens.weight"));
   EXPECT_FALSE(as_hf->has("model.layers.0.mlp.down_proj.weight"));
   EXPECT_FALSE(as_hf->has("lm_head.weight"));
+}
+
+
+TEST(PaddleLayout, NamesAndOrientationOfTrainingTensors) {
+  const std::vector<std::tuple<std::string, std::string, bool>> cases = {
+      {"model.embed_tokens.weight", "llama.embed_tokens.weight", false},
+      {"model.layers.3.self_attn.q_proj.weight", "llama.layers.3.self_attn.q_proj.weight", true},
+      {"model.layers.0.mlp.down_proj.weight", "llama.layers.0.mlp.down_proj.weight", true},
+      {"model.layers.0.input_layernorm.weight", "llama.layers.0.input_layernorm.weight", false},
+      {"model.norm.weight", "llama.norm.weight", false},
+      {"lm_head.weight", "lm_head.weight", true},
+      {"model.layers.1.self_attn.v_proj.lora_A.weight", "llama.layers.1.self_attn.v_proj.lora_A", true},
+      {"model.layers.1.mlp.up_proj.lora_B.weight", "llama.layers.1.mlp.up_proj.lora_B", true},
+      {"w", "w", false},
+  };
+  for (const auto& [hf, paddle, transposed] : cases) {
+    const PaddleTensorName pn = paddle_name_of(hf);
+    EXPECT_EQ(pn.name, paddle) << hf;
+    EXPECT_EQ(pn.transposed, transposed) << hf;
+  }
+}
+
+// Python's unpickler reads it in cli_train_save_paddle; here oar's own grammar runs it to STOP (and finds a dict
+// with no arrays, which is not a state dict).
+TEST(Pdparams, ANumberDictPickleParsesToTheEnd) {
+  const std::string p = pickle_number_dict({{"last_epoch", int64_t(-3)}, {"last_lr", 0.0023333}});
+  EXPECT_EQ(p.substr(0, 2), std::string("\x80\x02"));
+  try {
+    parse_pickled_arrays(reinterpret_cast<const uint8_t*>(p.data()), p.size(), "sched");
+    FAIL() << "a dict without arrays was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("no arrays"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace
