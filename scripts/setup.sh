@@ -15,6 +15,7 @@ PKGS=(
   libcli11-dev                   # command-line parsing
   libcpp-httplib-dev             # HTTP server and client (oar serve, oar bench-serve)
   libgtest-dev                   # unit tests
+  libopenmpi-dev openmpi-bin     # MPI: multi-process training (mpirun -np N oar pretrain ...)
   python3 python3-venv           # fixture scripts and CLI tests; venvs for the openai client and peft checks
 )
 

@@ -1,15 +1,22 @@
 // `oar finetune CFG.json [--key value ...]` and `oar pretrain CFG.json [--key value ...]`: PaddleNLP's
-// run_finetune.py and run_pretrain.py on one process, with the same argument files (src/train/train_args.h).
+// run_finetune.py and run_pretrain.py with the same argument files (src/train/train_args.h), on one process or
+// as the ranks of an MPI job (`mpirun -np N oar pretrain CFG.json`: data parallelism across the ranks).
+#include <fcntl.h>
+#include <omp.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <new>
 #include <string>
 #include <vector>
 
 #include "cli/commands.h"
 #include "core/error.h"
 #include "core/fs.h"
+#include "core/mpi_world.h"
 #include "tokenizer/tokenizer.h"
 #include "train/train_args.h"
 #include "train/train_setup.h"
@@ -18,12 +25,85 @@
 namespace oar::cli {
 namespace {
 
+// Rank 0's lines also go to its workerlog (the other ranks' stdout is theirs).
+std::FILE* g_rank0_log = nullptr;
+
 void say(const std::string& s) {
   std::printf("%s\n", s.c_str());
   std::fflush(stdout);
+  if (g_rank0_log) {
+    std::fprintf(g_rank0_log, "%s\n", s.c_str());
+    std::fflush(g_rank0_log);
+  }
 }
 
+// This process's place in the run: rank 0 of 1, or a rank of the MPI job that started it.
+struct Job {
+  int rank = 0, size = 1, local_size = 1;
+  Communicator* comm = nullptr;  // null on one process
+};
+
+Job join_job() {
+  Job j;
+  if (!launched_by_mpi()) return j;
+  MpiWorld& w = MpiWorld::get();
+  j.rank = w.rank();
+  j.size = w.size();
+  j.local_size = w.local_size();
+  j.comm = &w.world();
+  // The ranks on one machine share its cores, unless OMP_NUM_THREADS says otherwise.
+  if (!std::getenv("OMP_NUM_THREADS")) omp_set_num_threads(std::max(1, omp_get_num_procs() / j.local_size));
+  return j;
+}
+
+void redirect_output(const std::string& path) {
+  std::fflush(stdout);
+  std::fflush(stderr);
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) fail(path, "cannot open for writing");
+  ::dup2(fd, 1);
+  ::dup2(fd, 2);
+  ::close(fd);
+}
+
+// paddle.distributed.launch's per-rank logs: LOG_DIR/workerlog.N holds rank N's output. Rank 0 also prints to the
+// console; the others print only there.
+void open_worker_logs(const Job& job, const std::string& log_dir) {
+  std::error_code ec;
+  std::filesystem::create_directories(log_dir, ec);
+  if (!dir_exists(log_dir)) fail(log_dir, "cannot create the log directory (log_dir): " + ec.message());
+  const std::string path = join_path(log_dir, "workerlog." + std::to_string(job.rank));
+  if (job.rank != 0) return redirect_output(path);
+  g_rank0_log = std::fopen(path.c_str(), "w");
+  if (!g_rank0_log) fail(path, "cannot open for writing");
+}
+
+int train_process(TrainMode mode, const std::vector<std::string>& argv, const Job& job);
+
 int run_training(TrainMode mode, const std::vector<std::string>& argv) {
+  const Job job = join_job();
+  if (job.size == 1) return train_process(mode, argv, job);
+  // One rank failing alone must not leave the others waiting in a collective: any error ends the whole job.
+  // Until the worker logs are open, only rank 0 speaks (every rank parses the same arguments).
+  if (job.rank != 0) redirect_output("/dev/null");
+  try {
+    const int rc = train_process(mode, argv, job);
+    job.comm->barrier();
+    return rc;
+  } catch (const Error& e) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "oar: error: rank %d: %s\n", job.rank, e.what());
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "oar: error: rank %d: out of memory\n", job.rank);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "oar: internal error: rank %d: %s\n", job.rank, e.what());
+  }
+  std::fflush(stderr);
+  if (g_rank0_log) std::fflush(g_rank0_log);
+  MpiWorld::get().abort(2);
+}
+
+int train_process(TrainMode mode, const std::vector<std::string>& argv, const Job& job) {
   const char* cmd = mode == TrainMode::Pretrain ? "pretrain" : "finetune";
   for (const auto& s : argv)
     if (s == "--help" || s == "-h") {
@@ -39,7 +119,8 @@ int run_training(TrainMode mode, const std::vector<std::string>& argv) {
     if (!file_exists(config)) fail(config, "no such config file");
   }
   ArgsReport rep;
-  TrainArgs a = parse_train_args(mode, config, rest, &rep, 1);
+  TrainArgs a = parse_train_args(mode, config, rest, &rep, job.size);
+  if (job.size > 1) open_worker_logs(job, a.log_dir);
   for (const auto& w : rep.warnings) std::fprintf(stderr, "oar: warning: %s\n", w.c_str());
   if (!rep.ignored.empty()) {
     std::string s;
@@ -56,23 +137,27 @@ int run_training(TrainMode mode, const std::vector<std::string>& argv) {
   auto tok = load_tokenizer(a.tokenizer_path());
   auto model = build_train_model(a, *tok, say);
   const LlamaConfig& cfg = model->llama().config();
-  RunData data = build_run_data(a, *tok, cfg.vocab_size, cfg.max_position_embeddings);
+  RunData data = build_run_data(a, *tok, cfg.vocab_size, cfg.max_position_embeddings, job.rank);
   say("Data: " + data.summary);
   if (a.do_eval && !data.eval) say(std::string("oar ") + cmd + ": warning: no evaluation data: evaluation skipped");
   if (a.do_predict && !data.test) say(std::string("oar ") + cmd + ": no test data (test split or test.json): do_predict skipped");
 
   TrainerOptions opt;
   opt.tokenizer_path = a.tokenizer_path();
-  opt.progress_bar = true;
+  opt.progress_bar = job.rank == 0;
+  opt.print = say;
+  if (job.size > 1) opt.data_parallel = job.comm;
   Trainer trainer(a, *model, data.train.get(), data.eval.get(), data.test.get(), opt);
   TrainResult r = trainer.run();
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::string done = std::string("oar ") + cmd + ": done in " + std::to_string(int64_t(secs + 0.5)) + " s";
-  if (a.do_train && !a.benchmark)
-    done += "; model in " + a.output_dir + (model->llama().has_lora() ? (a.save_format == "paddle" ? " (PaddleNLP LoRA checkpoint: oar predict --lora_path)"
-                                                                 : " (PEFT adapter: oar predict --lora_path)")
-                                    : "") +
-            " after " + std::to_string(r.global_step) + " steps";
+  if (a.do_train && !a.benchmark) {
+    const char* adapter = a.save_format == "paddle" ? " (PaddleNLP LoRA checkpoint: oar predict --lora_path)"
+                                                    : " (PEFT adapter: oar predict --lora_path)";
+    done += "; model in " + a.output_dir + (model->llama().has_lora() ? adapter : "") + " after " +
+            std::to_string(r.global_step) + " steps";
+  }
+  if (job.size > 1) done += "; " + std::to_string(job.size) + " data-parallel ranks, logs in " + a.log_dir;
   if (a.do_train || a.do_eval)
     done += "; metrics in " + join_path(a.output_dir, "metrics.jsonl") + "; loss curve in " +
             join_path(a.output_dir, "loss_curve.svg");

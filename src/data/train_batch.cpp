@@ -22,4 +22,23 @@ TrainBatch TrainBatch::causal(int64_t B, int64_t L, std::vector<int32_t> ids, st
   return b;
 }
 
+TrainBatch rank_rows(const TrainBatch& g, int rank, int ranks) {
+  if (ranks <= 0 || rank < 0 || rank >= ranks || g.B <= 0) throw Error("rank_rows: rank " + std::to_string(rank) + " of " + std::to_string(ranks));
+  const int64_t per = (g.B + ranks - 1) / ranks;
+  TrainBatch b;
+  b.B = per;
+  b.L = g.L;
+  for (int64_t k = 0; k < per; k++) {
+    const size_t row = size_t((int64_t(rank) * per + k) % g.B), L = size_t(g.L);
+    auto take = [&](const std::vector<int32_t>& from, std::vector<int32_t>& to) {
+      to.insert(to.end(), from.begin() + long(row * L), from.begin() + long((row + 1) * L));
+    };
+    take(g.input_ids, b.input_ids);
+    take(g.labels, b.labels);
+    take(g.position_ids, b.position_ids);
+    take(g.segment_ids, b.segment_ids);
+  }
+  return b;
+}
+
 }  // namespace oar

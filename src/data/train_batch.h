@@ -18,4 +18,9 @@ struct TrainBatch {
   static TrainBatch causal(int64_t B, int64_t L, std::vector<int32_t> ids, std::vector<int32_t> labels);
 };
 
+// Data parallelism's share of a global batch, as paddle.io.DistributedBatchSampler deals it: rank r of n takes
+// the r-th contiguous block of ceil(B / n) rows. A batch that does not divide (an epoch's last, smaller one)
+// gives its short ranks rows again from its start, as the sampler pads its index list with the first samples.
+TrainBatch rank_rows(const TrainBatch& global, int rank, int ranks);
+
 }  // namespace oar

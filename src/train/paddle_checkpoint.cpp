@@ -101,14 +101,14 @@ std::unique_ptr<WeightSource> open_paddle_weights(const std::string& dir, const 
   return paddle_layout_as_hf(std::move(paddle), cfg);
 }
 
-void save_paddle_optimizer(const std::string& dir, const AdamW& opt, bool master_weights) {
-  const Named state = opt.state_tensors();  // "<param>.exp_avg", "<param>.exp_avg_sq" per parameter, in order
-  const AdamWConfig& c = opt.config();
+void save_paddle_optimizer(const std::string& dir, const std::vector<Parameter*>& params, const Named& state,
+                           const AdamWConfig& c, int64_t steps, bool master_weights) {
+  if (state.size() != 2 * params.size()) throw Error("save_paddle_optimizer: two moments per parameter expected");
   // Paddle starts beta^t at beta and multiplies after each update: after t steps it holds beta^(t+1).
-  const double t1 = double(opt.steps() + 1);
+  const double t1 = double(steps + 1);
   Named out;
-  for (size_t i = 0; i < opt.params().size(); ++i) {
-    const PaddleTensorName pn = paddle_name_of(opt.params()[i]->name);
+  for (size_t i = 0; i < params.size(); ++i) {
+    const PaddleTensorName pn = paddle_name_of(params[i]->name);
     out.emplace_back(pn.name + "/moment1_0", to_paddle(state[2 * i].second, pn));
     out.emplace_back(pn.name + "/moment2_0", to_paddle(state[2 * i + 1].second, pn));
     for (const auto& [suffix, beta] : {std::pair{"/beta1_pow_acc_0", c.beta1}, std::pair{"/beta2_pow_acc_0", c.beta2}}) {

@@ -44,7 +44,11 @@ void save_paddle_weights(const std::string& dir, const TrainableLlama& m, const 
 // Not for LoRA runs (their adapter is float32: load_lora_adapter reads it).
 std::unique_ptr<WeightSource> open_paddle_weights(const std::string& dir, const LlamaConfig& cfg);
 
-void save_paddle_optimizer(const std::string& dir, const AdamW& opt, bool master_weights);
+// `moments`: "<param>.exp_avg" and "<param>.exp_avg_sq" for each of `params`, in order (AdamW::state_tensors, or
+// ParameterShards::gather_moments); `steps`: the updates taken.
+void save_paddle_optimizer(const std::string& dir, const std::vector<Parameter*>& params,
+                           const std::vector<std::pair<std::string, Tensor>>& moments, const AdamWConfig& c,
+                           int64_t steps, bool master_weights);
 // The moments under AdamW::load_state's names ("<param>.exp_avg", "<param>.exp_avg_sq"), in oar's orientation.
 std::map<std::string, Tensor> read_paddle_optimizer(const std::string& dir, const std::vector<Parameter*>& params);
 

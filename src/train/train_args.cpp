@@ -117,6 +117,7 @@ std::map<std::string, Field> bind_fields(TrainArgs& a) {
   I("tensor_parallel_degree", a.tensor_parallel_degree);
   I("pipeline_parallel_degree", a.pipeline_parallel_degree);
   I("sharding_parallel_degree", a.sharding_parallel_degree);
+  S("log_dir", a.log_dir);
   I("sep_parallel_degree", a.sep_parallel_degree);
   I("context_parallel_degree", a.context_parallel_degree);
   I("virtual_pp_degree", a.virtual_pp_degree);
@@ -444,7 +445,8 @@ std::string train_args_help(TrainMode mode) {
     << "logging:   logging_steps logging_first_step disable_tqdm evaluation_strategy eval_steps (eval_step)\n"
     << "saving:    save_strategy save_steps (save_step) save_total_limit save_format resume_from_checkpoint\n"
     << "           load_best_model_at_end\n"
-    << "parallel:  tensor_parallel_degree pipeline_parallel_degree sharding sharding_parallel_degree (world size 1)\n";
+    << "parallel:  tensor_parallel_degree pipeline_parallel_degree sharding sharding_parallel_degree log_dir\n"
+    << "           (mpirun -np N: data parallelism over the ranks the other degrees leave)\n";
   return o.str();
 }
 

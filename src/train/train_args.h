@@ -10,8 +10,9 @@
 //    when they would change the result;
 //  - unknown: a warning per key, then ignored (PaddleNLP's parser would refuse them; a warning keeps configs
 //    written for newer PaddleNLP versions usable).
-// Parallel degrees are checked against the world size (1 until the parallelism issue).
+// Parallel degrees are checked against the world size (mpirun -np); data parallelism is their remainder.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <map>
 #include <string>
@@ -116,6 +117,8 @@ struct TrainArgs {
   int64_t sep_parallel_degree = -1, context_parallel_degree = -1, virtual_pp_degree = 1;
   std::string sharding;
   bool sequence_parallel = false;
+  int64_t data_parallel_degree = 1;  // derived: the world size over the other degrees
+  std::string log_dir = "log";       // a multi-process run's workerlog.N files (paddle.distributed.launch's --log_dir)
 
   // Keys that were set (file or command line), after alias resolution, in first-seen order; and where the
   // value came from ("cfg.json" or "command line"), for messages.
@@ -125,6 +128,8 @@ struct TrainArgs {
 
   // Derived helpers.
   bool is_pretrain() const { return mode == TrainMode::Pretrain; }
+  // The ranks that read different data (PaddleNLP's dataset_world_size): data parallelism x sharding.
+  int64_t dataset_world_size() const { return data_parallel_degree * std::max<int64_t>(1, sharding_parallel_degree); }
   std::string tokenizer_path() const { return tokenizer_name_or_path.empty() ? model_name_or_path : tokenizer_name_or_path; }
   int64_t effective_eval_steps() const { return eval_steps > 0 ? eval_steps : logging_steps; }
 };

@@ -58,22 +58,44 @@ std::array<Degree, 5> parallel_degrees(const TrainArgs& a) {
           Degree{"context_parallel_degree", a.context_parallel_degree}};
 }
 
-// The parallel degrees against the world size: one process for now.
+std::string degree_list(const TrainArgs& a) {
+  std::string s;
+  for (Degree d : parallel_degrees(a))
+    if (d.v > 1) s += (s.empty() ? "" : " x ") + std::string(d.key) + " " + std::to_string(d.v);
+  return s;
+}
+
+// The degrees against the world size, as PaddleNLP's TrainingArguments: sharding_parallel_degree -1 with a
+// sharding stage takes what tensor, pipeline and sep/context parallelism leave; data parallelism is the rest.
+// Data parallelism is what oar runs across processes so far: any other degree above 1 is refused.
 void check_parallel_degrees(const Checker& c, int world_size) {
-  int64_t product = 1;
-  for (Degree d : parallel_degrees(c.a)) {
+  TrainArgs& a = c.a;
+  int64_t model_parallel = 1;
+  for (Degree d : parallel_degrees(a)) {
     c.need(d.v == -1 || d.v >= 1, d.key, "must be -1 (unset) or a positive degree");
-    if (d.v > 1) product *= d.v;
+    if (d.v > 1 && std::string(d.key) != "sharding_parallel_degree") model_parallel *= d.v;
   }
-  if (product > world_size) {
-    std::string which;
-    for (Degree d : parallel_degrees(c.a))
-      if (d.v > 1) { which = d.key; break; }
-    fail(c.where(which), which + " " + std::to_string(product) + " needs " + std::to_string(product) +
-                             " processes but the world size is " + std::to_string(world_size) +
-                             " (multi-process training needs the parallelism issue; set it to 1)");
+  if (a.sharding_parallel_degree == -1 && !a.sharding.empty() && world_size % model_parallel == 0)
+    a.sharding_parallel_degree = world_size / model_parallel;
+  const int64_t product = model_parallel * std::max<int64_t>(1, a.sharding_parallel_degree);
+  if (world_size % product != 0) {
+    fail(c.where(parallel_degrees(a)[0].key),
+         degree_list(a) + " = " + std::to_string(product) + " processes, which do not divide the world size " +
+             std::to_string(world_size) + (world_size == 1 ? " (one process: start oar with mpirun -np N)" : " (mpirun -np)"));
   }
-  c.need(world_size % product == 0, "tensor_parallel_degree", "the parallel degrees do not divide the world size");
+  a.data_parallel_degree = world_size / product;
+  // Built so far: data parallelism, and sharding stage1 over the whole job.
+  const bool stage1 = a.sharding.find("stage1") != std::string::npos;
+  for (Degree d : parallel_degrees(a)) {
+    if (d.v <= 1) continue;
+    const bool sharding = std::string(d.key) == "sharding_parallel_degree";
+    if (sharding && stage1 && a.data_parallel_degree == 1) continue;
+    fail(c.where(d.key), std::string(d.key) + " " + std::to_string(d.v) +
+                             (sharding && stage1 ? ": sharding stage1 with data parallelism beside it is not built yet (set "
+                                                   "sharding_parallel_degree to the world size, or -1)"
+                                                 : ": not built yet; oar trains across processes with data parallelism "
+                                                   "and sharding stage1 (mpirun -np N, the other degrees 1)"));
+  }
 }
 
 // The parallelism options that go with the degrees: sep/context, the virtual pipeline, sequence parallelism.
@@ -83,9 +105,9 @@ void check_parallel_options(const Checker& c) {
          "sep and context parallelism cannot be used together");
   c.need(a.virtual_pp_degree >= 1, "virtual_pp_degree", "must be >= 1");
   c.need(a.virtual_pp_degree == 1 || a.pipeline_parallel_degree > 1, "virtual_pp_degree",
-         "a virtual pipeline needs pipeline_parallel_degree > 1 (the parallelism issue)");
+         "a virtual pipeline needs pipeline_parallel_degree > 1");
   c.need(!a.sequence_parallel || a.tensor_parallel_degree > 1, "sequence_parallel",
-         "sequence parallelism needs tensor_parallel_degree > 1 (the parallelism issue)");
+         "sequence parallelism needs tensor_parallel_degree > 1");
 }
 
 // `sharding`: at most one of stage1/2/3, plus offload (with stage2 or stage3).

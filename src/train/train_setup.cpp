@@ -391,18 +391,26 @@ ChatRenderer make_chat_renderer(const TrainArgs& a, const Tokenizer& tok, std::s
   return jinja_renderer(std::make_shared<ChatTemplate>(source, path, bos, eos));
 }
 
-RunData build_run_data(const TrainArgs& a, const Tokenizer& tok, int64_t vocab, int64_t max_positions) {
+namespace {
+std::unique_ptr<TrainData> rank_share(std::unique_ptr<TrainData> global, const TrainArgs& a, int dp_rank) {
+  if (a.dataset_world_size() <= 1) return global;
+  return std::make_unique<DataParallelSlice>(std::move(global), dp_rank, int(a.dataset_world_size()));
+}
+}  // namespace
+
+RunData build_run_data(const TrainArgs& a, const Tokenizer& tok, int64_t vocab, int64_t max_positions, int dp_rank) {
   RunData d;
+  const int64_t global_batch = a.per_device_train_batch_size * a.dataset_world_size();
   if (a.is_pretrain()) {
     auto inputs = find_pretrain_inputs(a.input_dir);
     gpt_check_data_split(a.split, a.do_train, a.do_eval, a.do_predict);
-    auto counts = pretrain_num_samples(a.per_device_train_batch_size, a.per_device_eval_batch_size, 1,
+    auto counts = pretrain_num_samples(a.per_device_train_batch_size, a.per_device_eval_batch_size, a.dataset_world_size(),
                                        std::max<int64_t>(a.max_steps, 1), a.gradient_accumulation_steps,
                                        a.effective_eval_steps(), a.eval_iters, 100);
     PretrainDatasets ds = build_pretrain_datasets(inputs, a.split, counts, a.max_seq_length, uint32_t(a.seed));
     if (a.do_train) {
       if (!ds.train) fail(a.input_dir, "the split '" + a.split + "' leaves no training data");
-      d.train = std::make_unique<PretrainTrainData>(ds.train, a.per_device_train_batch_size, vocab);
+      d.train = rank_share(std::make_unique<PretrainTrainData>(ds.train, global_batch, vocab), a, dp_rank);
     }
     if (a.do_eval && ds.valid) d.eval = std::make_unique<PretrainEvalData>(ds.valid, a.per_device_eval_batch_size, vocab);
     if (a.do_predict && ds.test) d.test = std::make_unique<PretrainEvalData>(ds.test, a.per_device_eval_batch_size, vocab);
@@ -430,8 +438,8 @@ RunData build_run_data(const TrainArgs& a, const Tokenizer& tok, int64_t vocab, 
     auto rows = to_rows(a, ex, &dropped);
     if (rows.empty()) fail(sft_split_path(a.dataset_name_or_path, "train"), "no training examples (all longer than max_length?)");
     parts.push_back(rows_summary("train", ex.size(), rows, dropped));
-    d.train = std::make_unique<SftTrainData>(std::move(rows), a.per_device_train_batch_size, a.dataloader_drop_last,
-                                              uint64_t(a.seed), pad);
+    d.train = rank_share(std::make_unique<SftTrainData>(std::move(rows), global_batch, a.dataloader_drop_last,
+                                                        uint64_t(a.seed), pad), a, dp_rank);
   }
   if (a.do_eval) {
     std::vector<std::string> wheres;

@@ -90,6 +90,20 @@ class SftEvalData : public EvalData {
 
 // Pretraining: GPTDataset samples in order (the shuffle lives in its indices), B per micro-batch; ids are checked
 // against the model's vocabulary.
+// One data-parallel rank's micro-batches: its rows of the global batch (per_device_train_batch_size x ranks
+// rows) that `global` deals, so that n ranks together see what one process with the global batch sees.
+class DataParallelSlice : public TrainData {
+ public:
+  DataParallelSlice(std::unique_ptr<TrainData> global, int rank, int ranks)
+      : global_(std::move(global)), rank_(rank), ranks_(ranks) {}
+  int64_t batches_per_epoch() const override { return global_->batches_per_epoch(); }
+  TrainBatch batch(int64_t epoch, int64_t index) const override { return rank_rows(global_->batch(epoch, index), rank_, ranks_); }
+
+ private:
+  std::unique_ptr<TrainData> global_;
+  int rank_, ranks_;
+};
+
 class PretrainTrainData : public TrainData {
  public:
   PretrainTrainData(std::shared_ptr<PretrainSamples> s, int64_t batch_size, int64_t vocab_size);
@@ -128,6 +142,9 @@ struct RunData {
 // Reads what the arguments ask for (train when do_train, dev when do_eval, test when do_predict).
 // max_positions is the model's max_position_embeddings: a fine-tuning max_length beyond it is accepted (PaddleNLP
 // does not compare them) unless an example of the data is longer than it, which is an error naming max_length.
-RunData build_run_data(const TrainArgs& a, const Tokenizer& tok, int64_t vocab_size, int64_t max_positions);
+// With a.dataset_world_size() > 1 the training data is `dp_rank`'s slice of the global batches; evaluation data
+// is whole on every rank.
+RunData build_run_data(const TrainArgs& a, const Tokenizer& tok, int64_t vocab_size, int64_t max_positions,
+                       int dp_rank = 0);
 
 }  // namespace oar

@@ -16,6 +16,7 @@
 #include "train/loss_scaler.h"
 #include "train/lr_schedule.h"
 #include "train/paddle_checkpoint.h"
+#include "train/parameter_shards.h"
 #include "train/metrics_log.h"
 #include "train/optimizer.h"
 #include "train/plot.h"
@@ -85,6 +86,7 @@ struct Trainer::Impl {
   const EvalData* test;
   TrainerOptions opt;
   std::vector<Parameter*> params;  // trainable ones
+  std::unique_ptr<ParameterShards> shards;  // which parameters this rank's optimizer updates (all but with sharding)
   std::unique_ptr<AdamW> optim;
   std::unique_ptr<LrSchedule> sched;
   DynamicLossScaler scaler;
@@ -118,7 +120,11 @@ struct Trainer::Impl {
     oc.epsilon = args.adam_epsilon;
     oc.weight_decay = args.weight_decay;
     oc.lora_plus_scale = args.lora_plus_scale;
-    optim = std::make_unique<AdamW>(oc, params);
+    // sharding stage1 over the ranks (validated: the sharding group is the whole job): each rank's AdamW holds
+    // the moments of its own parameters only.
+    const bool stage1 = data_parallel() && args.sharding_parallel_degree > 1 && args.sharding.find("stage1") != std::string::npos;
+    shards = std::make_unique<ParameterShards>(params, stage1 ? opt.data_parallel : nullptr);
+    optim = std::make_unique<AdamW>(oc, shards->owned());
 
     LrScheduleConfig sc;
     sc.type = args.lr_scheduler_type;
@@ -166,7 +172,7 @@ struct Trainer::Impl {
   // The moments of a checkpoint in either layout, under AdamW's names. `dir`'s layout, not this run's
   // save_format, decides: a run may resume from a checkpoint of another format.
   std::map<std::string, Tensor> read_optimizer_state(const std::string& dir) const {
-    if (file_exists(join_path(dir, kPaddleOptimizerIndex))) return read_paddle_optimizer(dir, optim->params());
+    if (file_exists(join_path(dir, kPaddleOptimizerIndex))) return read_paddle_optimizer(dir, optim->params());  // its own
     const std::string opath = join_path(dir, "optimizer.safetensors");
     if (!file_exists(opath)) fail(dir, "missing optimizer.safetensors (set ignore_load_lr_and_optim to start fresh moments)");
     WeightStore ws = WeightStore::open_file(opath);
@@ -198,13 +204,14 @@ struct Trainer::Impl {
     st.seed = args.seed;
   }
 
-  void save_optimizer_state(const std::string& dir) {
+  void save_optimizer_state(const std::string& dir, const std::vector<std::pair<std::string, Tensor>>& moments) {
     if (!paddle_format()) {
-      write_safetensors(join_path(dir, "optimizer.safetensors"), optim->state_tensors(),
+      write_safetensors(join_path(dir, "optimizer.safetensors"), moments,
                         {{"format", "oar-adamw"}, {"step", std::to_string(optim->steps())}});
       return;
     }
-    save_paddle_optimizer(dir, *optim, paddle_params_dtype(args) != DType::F32);
+    save_paddle_optimizer(dir, shards->all(), moments, optim->config(), optim->steps(),
+                          paddle_params_dtype(args) != DType::F32);
     save_paddle_scheduler(dir, sched->paddle_last_epoch(st.scheduler_steps), sched->at(st.scheduler_steps));
   }
 
@@ -219,7 +226,33 @@ struct Trainer::Impl {
     write_file_atomic(join_path(dir, "training_args.json"), train_args_json(args));
   }
 
+  // Data-parallel ranks hold the same weights: rank 0 alone writes files (checkpoints, metrics, the final model).
+  bool data_parallel() const { return opt.data_parallel && opt.data_parallel->size() > 1; }
+  bool writes_files() const { return !data_parallel() || opt.data_parallel->rank() == 0; }
+
+  // Every rank starts from rank 0's trainable weights, however each built or loaded them.
+  void broadcast_weights() {
+    for (Parameter* p : params) {
+      if (p->value.device() != Device::CPU) throw Error("data parallelism: " + p->name + " is not in host memory");
+      opt.data_parallel->broadcast(p->value.raw(), int64_t(p->value.nbytes()), 0);
+    }
+  }
+
   void save_checkpoint(int64_t step) {
+    // Sharded moments travel to rank 0 (every rank takes part); the others then wait for its checkpoint.
+    std::vector<std::pair<std::string, Tensor>> moments;
+    if (!args.ignore_save_lr_and_optim) moments = shards->gather_moments(*optim);
+    if (!writes_files()) {  // the same bookkeeping as rank 0
+      if (st.has_best && st.best_step == step)
+        st.best_model_checkpoint = join_path(args.output_dir, "checkpoint-" + std::to_string(step));
+      opt.data_parallel->barrier();
+      return;
+    }
+    save_checkpoint_files(step, moments);
+    if (data_parallel()) opt.data_parallel->barrier();
+  }
+
+  void save_checkpoint_files(int64_t step, const std::vector<std::pair<std::string, Tensor>>& moments) {
     st.loss_scale = scaler.scale();
     auto ls = scaler.state();
     st.loss_scale_good_steps = ls.good_steps;
@@ -230,7 +263,7 @@ struct Trainer::Impl {
     std::string path = write_checkpoint_dir(args.output_dir, step, [&](const std::string& tmp) {
       model.save(tmp);
       if (!opt.tokenizer_path.empty()) copy_tokenizer_files(opt.tokenizer_path, tmp);
-      if (!args.ignore_save_lr_and_optim) save_optimizer_state(tmp);
+      if (!args.ignore_save_lr_and_optim) save_optimizer_state(tmp, moments);
       TrainerState s = st;
       if (is_best) s.best_model_checkpoint = join_path(args.output_dir, "checkpoint-" + std::to_string(step));
       save_trainer_state(tmp, s);
@@ -330,6 +363,12 @@ struct Trainer::Impl {
     f["interval_samples_per_second"] = round_to(double(interval_samples) / secs, 4);
     f["interval_steps_per_second"] = round_to(double(st.interval_steps) / secs, 4);
     f["interval_tokens_per_second_per_device"] = round_to(double(interval_tokens) / secs, 4);
+    if (data_parallel()) {  // the whole job's rate: every rank's tokens over the slowest rank's time
+      double job_tokens = double(interval_tokens), slowest = secs;
+      opt.data_parallel->all_reduce(&job_tokens, 1);
+      opt.data_parallel->all_reduce(&slowest, 1, ReduceOp::Max);
+      f["interval_tokens_per_second"] = round_to(job_tokens / slowest, 4);
+    }
     f["interval_hardware_tflops_per_device"] = round_to(interval_flops / secs / 1e12, 4);
     f["grad_norm"] = round_to(grad_norm, 6);
     f["loss_scale"] = scaler.scale();
@@ -415,6 +454,7 @@ struct Trainer::Impl {
                        py_float(step_loss) + "); try a lower learning_rate" + (args.fp16 ? "" : " or fp16 loss scaling"));
         clip_grads(params, grad_norm, args.max_grad_norm);
         optim->step(sched->at(st.scheduler_steps));
+        shards->broadcast_from_owners();
         st.scheduler_steps++;
         scaler.update(false);
       }
@@ -448,6 +488,7 @@ struct Trainer::Impl {
   }
 
   void write_loss_curve() {
+    if (!writes_files()) return;
     PlotSeries tr{"train loss", "#1f77b4", {}, false}, ev{"eval loss", "#d62728", {}, true};
     for (const auto& e : metrics.events()) {
       const std::string kind = e.value("event", "");
@@ -461,6 +502,7 @@ struct Trainer::Impl {
   }
 
   void save_final_model() {
+    if (!writes_files()) return;
     const auto t0 = Clock::now();
     model.save(args.output_dir);
     if (!opt.tokenizer_path.empty()) copy_tokenizer_files(opt.tokenizer_path, args.output_dir);
@@ -495,7 +537,7 @@ TrainResult Trainer::run() {
   Impl& m = *impl_;
   const TrainArgs& a = m.args;
   std::filesystem::create_directories(a.output_dir);
-  remove_stale_temporaries(a.output_dir);
+  if (m.writes_files()) remove_stale_temporaries(a.output_dir);
 
   TrainResult res;
   const std::string resume = a.do_train ? m.resume_source() : "";
@@ -506,7 +548,8 @@ TrainResult Trainer::run() {
     res.resumed_from_step = m.st.global_step;
     if (a.ignore_data_skip) m.data_skip_offset = m.st.global_step;
   }
-  m.metrics.open(join_path(a.output_dir, "metrics.jsonl"), res.resumed ? m.st.global_step : -1);
+  if (m.writes_files()) m.metrics.open(join_path(a.output_dir, "metrics.jsonl"), res.resumed ? m.st.global_step : -1);
+  if (m.data_parallel()) m.broadcast_weights();
   if (res.resumed) {
     m.print("Resuming from " + resume + ": global_step " + std::to_string(m.st.global_step) + " of " +
             std::to_string(m.max_steps) + ", loss scale " + py_float(m.scaler.scale()));
@@ -520,16 +563,18 @@ TrainResult Trainer::run() {
     m.print("***** Running training *****");
     m.print("  Num micro-batches per epoch = " + std::to_string(m.train->batches_per_epoch()) +
             ", steps per epoch = " + std::to_string(m.steps_per_epoch) + ", max_steps = " + std::to_string(m.max_steps));
+    const int64_t ranks = m.data_parallel() ? m.opt.data_parallel->size() : 1;
     m.print("  Micro-batch size = " + std::to_string(a.per_device_train_batch_size) + ", gradient accumulation = " +
-            std::to_string(a.gradient_accumulation_steps) + ", total batch size = " +
-            std::to_string(a.per_device_train_batch_size * a.gradient_accumulation_steps));
+            std::to_string(a.gradient_accumulation_steps) + (ranks > 1 ? ", data-parallel ranks = " + std::to_string(ranks) : "") +
+            ", total batch size = " + std::to_string(a.per_device_train_batch_size * a.gradient_accumulation_steps * ranks));
     int64_t trainable = 0, total = 0;
     for (Parameter* p : m.model.parameters()) {
       total += p->value.numel();
       if (p->trainable) trainable += p->value.numel();
     }
     m.print("  Trainable parameters = " + std::to_string(trainable) + " of " + std::to_string(total) +
-            "; optimizer state " + py_float(double(m.optim->state_bytes()) / 1048576.0, 1) + " MiB (float32 moments)");
+            "; optimizer state " + py_float(double(m.optim->state_bytes()) / 1048576.0, 1) + " MiB (float32 moments" +
+            (m.shards->sharded() ? ", this rank's share under sharding stage1)" : ")"));
     m.print("  Learning rate: " + m.sched->describe() + (m.scaler.enabled() ? "; fp16 dynamic loss scaling from " +
                                                              py_float(m.scaler.scale()) : ""));
     m.print("  Precision: " + precision_text(a));

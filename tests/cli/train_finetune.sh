@@ -111,8 +111,8 @@ expect_error() {  # expected-substring, then arguments
 expect_error "fp16 and bf16 cannot both be true" lora.json --fp16 true --bf16 true
 expect_error "O2 needs fp16 or bf16" lora.json --fp16_opt_level O2
 expect_error "needs lora true" lora.json --lora false --lora_path out_lora
-expect_error "parallelism issue" lora.json --tensor_parallel_degree 2
-expect_error "parallelism issue" lora.json --sharding stage1 --sharding_parallel_degree 4
+expect_error "mpirun -np" lora.json --tensor_parallel_degree 2
+expect_error "sharding_parallel_degree 4 = 4 processes" lora.json --sharding stage1 --sharding_parallel_degree 4
 expect_error "QLoRA" lora.json --weight_quantize_algo nf4
 expect_error "nosuch" lora.json --dataset_name_or_path nosuch
 expect_error "no such config file" missing.json

@@ -4,23 +4,13 @@
 set -euo pipefail
 # One thread: tiny matrices gain nothing from two, and a loaded machine (ctest -j) makes OpenMP barriers crawl.
 export OMP_NUM_THREADS=1
-mkdir -p "$WORK"; cd "$WORK"
+source "$SRC/tests/cli/lib/common.sh"
 rm -rf full cut
-die() { echo "FAIL: $*"; exit 1; }
 M="$WORK/tiny"
 "$OAR" create-model --preset tiny --dtype float32 --output_dir "$M" --force >/dev/null
 
 # A small corpus: numbered sentences, tokenized into .bin/.idx.
-python3 - <<'PY'
-import json, random
-r = random.Random(3)
-words = "the a license software copy work program source code free terms any you may of to and".split()
-with open("corpus.jsonl", "w") as f:
-    for i in range(300):
-        f.write(json.dumps({"text": " ".join(r.choice(words) for _ in range(r.randint(8, 30)))}) + "\n")
-PY
-mkdir -p data
-"$OAR" preprocess --model_name_or_path "$M" --input_path corpus.jsonl --output_prefix data/corpus --append_eos >/dev/null
+make_word_corpus "$M" data/corpus
 
 cat > pre.json <<EOF
 {"model_name_or_path": "$M", "input_dir": "data", "per_device_train_batch_size": 2, "gradient_accumulation_steps": 2,

@@ -10,15 +10,7 @@ rm -rf out_* sft
 M="$WORK/tiny"
 "$OAR" create-model --preset tiny --dtype float32 --output_dir "$M" --force >/dev/null
 
-python3 - <<'PY'
-import json, os, random
-r = random.Random(1)
-os.makedirs("sft", exist_ok=True)
-with open("sft/train.json", "w") as f:
-    for _ in range(48):
-        d = [r.randint(0, 9) for _ in range(r.randint(3, 6))]
-        f.write(json.dumps({"src": "largest of " + " ".join(map(str, d)), "tgt": str(max(d))}) + "\n")
-PY
+write_digit_sft sft 1 48
 cat > run.json <<EOF
 {"model_name_or_path": "$M", "dataset_name_or_path": "sft", "per_device_train_batch_size": 4, "learning_rate": 3e-03,
  "warmup_steps": 1, "logging_steps": 1, "save_steps": 2, "src_length": 32, "max_length": 48, "do_train": true,

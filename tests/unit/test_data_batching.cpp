@@ -131,3 +131,30 @@ TEST(Batching, SftRowsFollowTheFlags) {
   EXPECT_EQ(composition(sft_rows(v, 10, true, false)), (Comp{{0, 1}}));
   EXPECT_EQ(composition(sft_rows(exs({6, 6, 3}), 10, true, true)), (Comp{{0, 2}, {1}}));
 }
+
+// paddle.io.DistributedBatchSampler's deal: rank r of n takes the r-th contiguous ceil(B/n) rows; a short last
+// batch repeats its first rows for the ranks it cannot fill.
+TEST(Batching, DataParallelRanksTakeContiguousShares) {
+  std::vector<int32_t> ids, labels;
+  for (int32_t r = 0; r < 5; r++)
+    for (int32_t t = 0; t < 3; t++) {
+      ids.push_back(10 * r + t);
+      labels.push_back(100 * r + t);
+    }
+  const TrainBatch g = TrainBatch::causal(5, 3, ids, labels);
+  auto first_ids = [](const TrainBatch& b) {
+    std::vector<int32_t> v;
+    for (int64_t r = 0; r < b.B; r++) v.push_back(b.input_ids[size_t(r * b.L)]);
+    return v;
+  };
+  const TrainBatch r0 = rank_rows(g, 0, 2), r1 = rank_rows(g, 1, 2);
+  EXPECT_EQ(first_ids(r0), (std::vector<int32_t>{0, 10, 20}));
+  EXPECT_EQ(first_ids(r1), (std::vector<int32_t>{30, 40, 0}));
+  EXPECT_EQ(r1.labels[3], 400);  // labels, positions and segments travel with their row
+  EXPECT_EQ(r1.L, 3);
+  const TrainBatch g4 = TrainBatch::causal(4, 3, std::vector<int32_t>(ids.begin(), ids.begin() + 12),
+                                           std::vector<int32_t>(labels.begin(), labels.begin() + 12));
+  EXPECT_EQ(first_ids(rank_rows(g4, 1, 2)), (std::vector<int32_t>{20, 30}));
+  EXPECT_EQ(first_ids(rank_rows(g4, 3, 4)), (std::vector<int32_t>{30}));
+  EXPECT_THROW(rank_rows(g4, 2, 2), Error);
+}

@@ -108,11 +108,11 @@ TEST(TrainArgs, PretrainConfigs) {
   EXPECT_DOUBLE_EQ(a.min_learning_rate, 1e-5);
   EXPECT_TRUE(has(rep.ignored, "amp_master_grad"));
   EXPECT_TRUE(has(rep.ignored, "use_fused_rope"));
-  // Generic pretrain_argument.json with tp 2: refused on one process, naming the parallelism issue.
+  // Generic pretrain_argument.json with tp 2: refused on one process, saying how to start more.
   std::string e = error_of(TrainMode::Pretrain, R"({"model_name_or_path": "m", "input_dir": "d", "output_dir": "o",
     "tensor_parallel_degree": 2, "max_steps": 10, "do_train": true})");
   EXPECT_NE(e.find("tensor_parallel_degree 2"), std::string::npos) << e;
-  EXPECT_NE(e.find("parallelism issue"), std::string::npos) << e;
+  EXPECT_NE(e.find("mpirun -np"), std::string::npos) << e;
   EXPECT_NE(error_of(TrainMode::Pretrain, R"({"model_name_or_path": "m", "input_dir": "d", "output_dir": "o",
     "do_train": true})").find("max_steps"), std::string::npos);
 }
@@ -176,9 +176,14 @@ TEST(TrainArgs, ContradictionsAreErrors) {
   EXPECT_NE(err(R"("optim": "adafactor")").find("optim"), std::string::npos);
   EXPECT_NE(err(R"("weight_quantize_algo": "nf4")").find("QLoRA"), std::string::npos);
   EXPECT_NE(err(R"("neftune": true)").find("NEFTune"), std::string::npos);
-  EXPECT_NE(err(R"("pipeline_parallel_degree": 4)").find("parallelism issue"), std::string::npos);
-  EXPECT_NE(err(R"("sharding_parallel_degree": 8, "sharding": "stage1")").find("parallelism issue"), std::string::npos);
-  EXPECT_NE(err(R"("sep_parallel_degree": 2)").find("parallelism issue"), std::string::npos);
+  EXPECT_NE(err(R"("pipeline_parallel_degree": 4)").find("pipeline_parallel_degree 4 = 4 processes"), std::string::npos);
+  EXPECT_NE(err(R"("sharding_parallel_degree": 8, "sharding": "stage1")").find("sharding_parallel_degree 8 = 8 processes"),
+            std::string::npos);
+  EXPECT_NE(err(R"("sep_parallel_degree": 2)").find("world size 1"), std::string::npos);
+  // Every degree and the product are named (a pp 4 / tp 2 / sharding 2 file once read "tensor parallel degree 16").
+  EXPECT_NE(err(R"("pipeline_parallel_degree": 4, "tensor_parallel_degree": 2, "sharding_parallel_degree": 2)")
+                .find("tensor_parallel_degree 2 x pipeline_parallel_degree 4 x sharding_parallel_degree 2 = 16 processes"),
+            std::string::npos);
   EXPECT_NE(err(R"("sequence_parallel": true)").find("tensor_parallel_degree > 1"), std::string::npos);
   EXPECT_NE(err(R"("sharding": "stage4")").find("stage4"), std::string::npos);
   EXPECT_NE(err(R"("load_best_model_at_end": true, "evaluation_strategy": "steps", "eval_steps": 3, "save_steps": 10)")
@@ -214,6 +219,41 @@ TEST(TrainArgs, EvalStepsDefaultToLoggingSteps) {
   EXPECT_EQ(a.effective_eval_steps(), 7);
   EXPECT_FALSE(rep.notes.empty());
   EXPECT_NE(train_args_json(a).find("\"logging_steps\": 7"), std::string::npos);
+}
+
+TEST(TrainArgs, DegreesAgainstTheWorldSizeLeaveDataParallelism) {
+  auto parse = [](const std::string& extra, int world) {
+    return parse_train_args_text(TrainMode::Pretrain, R"({"model_name_or_path": "m", "input_dir": "d", "output_dir": "o")" +
+                                 extra + "}", "cfg.json", {}, nullptr, world);
+  };
+  auto error_at = [&](const std::string& extra, int world) -> std::string {
+    try {
+      parse(extra, world);
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "";
+  };
+  EXPECT_EQ(parse("", 1).data_parallel_degree, 1);
+  EXPECT_EQ(parse("", 4).data_parallel_degree, 4);
+  EXPECT_EQ(parse(R"(, "tensor_parallel_degree": 1, "pipeline_parallel_degree": 1)", 2).data_parallel_degree, 2);
+  // Not divisible: every degree, the product and the world size.
+  EXPECT_NE(error_at(R"(, "tensor_parallel_degree": 2)", 3).find("tensor_parallel_degree 2 = 2 processes, which do not "
+                                                                 "divide the world size 3"),
+            std::string::npos);
+  // Divisible, but only data parallelism is built: the degree is named.
+  EXPECT_NE(error_at(R"(, "pipeline_parallel_degree": 2)", 4).find("pipeline_parallel_degree 2: not built yet"),
+            std::string::npos);
+  // sharding_parallel_degree -1 with a stage takes the rest of the world, as in PaddleNLP; stage1 over the whole
+  // job is built, and reads data on every rank.
+  const TrainArgs s1 = parse(R"(, "sharding": "stage1")", 2);
+  EXPECT_EQ(s1.sharding_parallel_degree, 2);
+  EXPECT_EQ(s1.data_parallel_degree, 1);
+  EXPECT_EQ(s1.dataset_world_size(), 2);
+  EXPECT_EQ(parse(R"(, "sharding": "stage1")", 1).data_parallel_degree, 1);
+  EXPECT_NE(error_at(R"(, "sharding": "stage2")", 2).find("sharding_parallel_degree 2: not built yet"), std::string::npos);
+  EXPECT_NE(error_at(R"(, "sharding": "stage1", "sharding_parallel_degree": 2)", 4).find("with data parallelism beside it"),
+            std::string::npos);
 }
 
 }  // namespace

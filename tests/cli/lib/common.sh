@@ -60,3 +60,35 @@ reference_venv() {
   if [ $rc -eq 77 ]; then echo "SKIP: PyPI is unreachable and the venv of $1 does not exist yet"; exit 77; fi
   [ $rc -eq 0 ] || die "could not create the venv (tests/reference/$1 exit $rc)"
 }
+
+# write_digit_sft DIR SEED TRAIN_N [DEV_N]: the "largest of these digits" fine-tuning task as PaddleNLP's src/tgt
+# JSON lines, DIR/train.json (and DIR/dev.json when DEV_N is given).
+write_digit_sft() {
+  python3 - "$@" <<'PY'
+import json, os, random, sys
+out, seed, counts = sys.argv[1], int(sys.argv[2]), [("train", int(sys.argv[3]))]
+if len(sys.argv) > 4: counts.append(("dev", int(sys.argv[4])))
+r = random.Random(seed)
+os.makedirs(out, exist_ok=True)
+for name, n in counts:
+    with open(os.path.join(out, name + ".json"), "w") as f:
+        for _ in range(n):
+            d = [r.randint(0, 9) for _ in range(r.randint(3, 6))]
+            f.write(json.dumps({"src": "largest of " + " ".join(map(str, d)), "tgt": str(max(d))}) + "\n")
+PY
+}
+
+# make_word_corpus MODEL PREFIX: 300 lines of words from license texts tokenized by MODEL's tokenizer into
+# PREFIX.bin/.idx (oar preprocess), a pretraining corpus small enough for tests.
+make_word_corpus() {
+  python3 - <<'PY'
+import json, random
+r = random.Random(3)
+words = "the a license software copy work program source code free terms any you may of to and".split()
+with open("corpus.jsonl", "w") as f:
+    for i in range(300):
+        f.write(json.dumps({"text": " ".join(r.choice(words) for _ in range(r.randint(8, 30)))}) + "\n")
+PY
+  mkdir -p "$(dirname "$2")"
+  "$OAR" preprocess --model_name_or_path "$1" --input_path corpus.jsonl --output_prefix "$2" --append_eos >/dev/null
+}

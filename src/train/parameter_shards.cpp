@@ -1,0 +1,53 @@
+#include "train/parameter_shards.h"
+
+#include <algorithm>
+#include <map>
+
+#include "core/error.h"
+
+namespace oar {
+
+ParameterShards::ParameterShards(const std::vector<Parameter*>& params, Communicator* group)
+    : all_(params), group_(group && group->size() > 1 ? group : nullptr) {
+  const int ranks = group_ ? group_->size() : 1, me = group_ ? group_->rank() : 0;
+  std::vector<int64_t> held(size_t(ranks), 0);
+  for (Parameter* p : all_) {
+    if (p->value.device() != Device::CPU && group_)
+      throw Error("sharding: the communicator moves host memory, but " + p->name + " is on " + device_name(p->value.device()));
+    const int r = int(std::min_element(held.begin(), held.end()) - held.begin());
+    held[size_t(r)] += p->value.numel();
+    owner_.push_back(r);
+    if (r == me) owned_.push_back(p);
+  }
+}
+
+void ParameterShards::broadcast_from_owners() {
+  if (!group_) return;
+  for (size_t i = 0; i < all_.size(); i++) group_->broadcast(all_[i]->value.raw(), int64_t(all_[i]->value.nbytes()), owner_[i]);
+}
+
+std::vector<std::pair<std::string, Tensor>> ParameterShards::gather_moments(const AdamW& local) const {
+  std::vector<std::pair<std::string, Tensor>> mine = local.state_tensors();
+  if (!group_) return mine;
+  std::map<std::string, Tensor> by_name(mine.begin(), mine.end());
+  const int me = group_->rank();
+  std::vector<std::pair<std::string, Tensor>> out;
+  for (size_t i = 0; i < all_.size(); i++) {
+    for (const char* suffix : {".exp_avg", ".exp_avg_sq"}) {
+      const std::string name = all_[i]->name + suffix;
+      if (owner_[i] == me && me == 0) {
+        out.emplace_back(name, by_name.at(name));
+      } else if (owner_[i] == me) {
+        const Tensor& t = by_name.at(name);
+        group_->send(t.raw(), int64_t(t.nbytes()), 0);
+      } else if (me == 0) {
+        Tensor t = Tensor::empty(all_[i]->value.shape(), DType::F32);
+        group_->recv(t.raw(), int64_t(t.nbytes()), owner_[i]);
+        out.emplace_back(name, t);
+      }
+    }
+  }
+  return out;
+}
+
+}  // namespace oar

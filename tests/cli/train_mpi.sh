@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# mpirun -np 2 oar pretrain/finetune: data parallelism across processes (MPI). Two ranks with half the batch each
+# log the losses of one process with the whole batch; each rank writes log/workerlog.N and rank 0 alone writes
+# output_dir; SIGKILL of one rank stops the job and the rerun resumes to the uninterrupted run's weights; degrees
+# that do not fit the world size or are not built are one-line errors (exit 2). Oversubscribed on 2 cores.
+set -euo pipefail
+source "$SRC/tests/cli/lib/common.sh"
+export OMP_NUM_THREADS=1
+# CI runs as root; OpenMPI refuses that unless told. ASan: OpenMPI's runtime keeps allocations until exit.
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
+command -v mpirun >/dev/null || die "mpirun not found (scripts/setup.sh installs openmpi-bin)"
+MPIRUN=(mpirun -np 2 --oversubscribe)
+rm -rf one two cut log cut_log sft lora_* e_* s1 s1_cut s1_log
+M="$WORK/tiny"
+"$OAR" create-model --preset tiny --dtype float32 --output_dir "$M" --force >/dev/null
+
+make_word_corpus "$M" data/corpus
+cat > pre.json <<EOF
+{"model_name_or_path": "$M", "input_dir": "data", "per_device_train_batch_size": 2, "gradient_accumulation_steps": 2,
+ "max_seq_length": 32, "learning_rate": 0.003, "warmup_steps": 3, "logging_steps": 1, "save_steps": 5,
+ "max_steps": 60, "do_train": true, "continue_training": false, "disable_tqdm": true, "lr_scheduler_type": "cosine",
+ "weight_decay": 0.01, "split": "98,2,0"}
+EOF
+
+# The same global batch (4 rows x 2 accumulated): one process, and two ranks of 2 rows.
+"$OAR" pretrain pre.json --output_dir one --per_device_train_batch_size 4 > one.log 2>&1 || { cat one.log; die "one process"; }
+"${MPIRUN[@]}" "$OAR" pretrain pre.json --output_dir two > two.log 2>&1 || { cat two.log; die "mpirun -np 2"; }
+python3 - <<'PY' || die "dp2 losses differ from the one-process run"
+import json
+def losses(path):
+    return [e["loss"] for e in map(json.loads, open(path)) if e["event"] == "train"]
+one, two = losses("one/metrics.jsonl"), losses("two/metrics.jsonl")
+assert len(one) == len(two) == 60, (len(one), len(two))
+worst = max(abs(a - b) / abs(a) for a, b in zip(one, two))
+assert worst <= 1e-5, worst
+assert two[-1] < two[0] - 0.5, two  # and it learns
+print(f"ok: dp2 logs the one-process losses over 60 steps (max relative difference {worst:.2g})")
+PY
+for r in 0 1; do
+  [ "$(grep -c '^loss: ' "log/workerlog.$r")" -eq 60 ] || die "log/workerlog.$r lacks rank $r's 60 log lines"
+done
+grep -q '^loss: .*interval_tokens_per_second: ' two.log || die "rank 0 does not log the job's tokens/s"
+[ "$(grep -c '^loss: ' two.log)" -eq 60 ] || die "the console shows rank 0's lines once each"
+grep -q 'data-parallel ranks = 2, total batch size = 8' two.log || die "the run does not state its layout"
+
+# sharding stage1: each rank keeps the moments of half the parameters; the weights and the gathered moments of
+# every checkpoint are data parallelism's, bit for bit, and a sharded run resumed from a checkpoint ends there too.
+"${MPIRUN[@]}" "$OAR" pretrain pre.json --output_dir s1 --log_dir s1_log --sharding stage1 > s1.log 2>&1 || { cat s1.log; die "sharding stage1"; }
+grep -q "optimizer state" s1.log || die "no optimizer state line"
+cmp two/model.safetensors s1/model.safetensors || die "sharding stage1 ends on other weights than data parallelism"
+cmp two/checkpoint-60/optimizer.safetensors s1/checkpoint-60/optimizer.safetensors || die "sharding stage1's gathered moments differ"
+mkdir -p s1_cut && cp -r two/checkpoint-30 s1_cut/  # each rank takes its parameters' moments from the whole set
+"${MPIRUN[@]}" "$OAR" pretrain pre.json --output_dir s1_cut --log_dir s1_log --sharding stage1 > s1r.log 2>&1 || die "stage1 resumed"
+grep -q '^Resuming from s1_cut/checkpoint-30' s1r.log || { cat s1r.log; die "stage1 did not resume"; }
+cmp two/model.safetensors s1_cut/model.safetensors || die "a resumed sharding stage1 run ends elsewhere"
+echo "ok: sharding stage1 on two ranks: data parallelism's weights and moments, and it resumes"
+
+# SIGKILL of one rank once step 12 is logged (checkpoint-10 is on disk): the job stops; the rerun resumes from
+# the newest checkpoint and ends on the uninterrupted run's weights.
+"${MPIRUN[@]}" "$OAR" pretrain pre.json --output_dir cut --log_dir cut_log > cut1.log 2>&1 &
+JOB=$!
+for _ in $(seq 600); do
+  grep -q 'global_step: 12,' cut_log/workerlog.1 2>/dev/null && break
+  kill -0 $JOB 2>/dev/null || break
+  sleep 0.05
+done
+victim=""
+for p in $(pgrep -f -- "--output_dir cut --log_dir cut_log" || true); do  # rank 1: not mpirun, not rank 0
+  if tr '\0' '\n' < "/proc/$p/environ" 2>/dev/null | grep -qx 'OMPI_COMM_WORLD_RANK=1'; then victim=$p; break; fi
+done
+[ -n "$victim" ] || { wait $JOB || true; cat cut1.log; die "no rank 1 to kill (the job ended before step 12?)"; }
+kill -9 "$victim"
+rc=0; wait $JOB || rc=$?
+[ $rc -ne 0 ] || die "the job did not stop when a rank was killed"
+"${MPIRUN[@]}" "$OAR" pretrain pre.json --output_dir cut --log_dir cut_log > cut2.log 2>&1 || { cat cut2.log; die "resumed job"; }
+grep -Eq '^Resuming from cut/checkpoint-([1-5][05]): global_step \1 of 60' cut2.log || { cat cut2.log; die "did not resume"; }
+cmp two/model.safetensors cut/model.safetensors || die "the resumed job ends on other weights than the uninterrupted one"
+echo "ok: a rank killed with SIGKILL stops the job; the rerun resumes to the same weights"
+
+# Fine-tuning with LoRA on two ranks runs and writes its adapter once.
+write_digit_sft sft 0 32
+cat > ft.json <<EOF
+{"model_name_or_path": "$M", "dataset_name_or_path": "sft", "output_dir": "lora_two", "per_device_train_batch_size": 4,
+ "learning_rate": 3e-03, "logging_steps": 1, "max_steps": 4, "src_length": 32, "max_length": 48, "do_train": true,
+ "disable_tqdm": true, "lora": true, "lora_rank": 4, "log_dir": "lora_log"}
+EOF
+"${MPIRUN[@]}" "$OAR" finetune ft.json > ft.log 2>&1 || { cat ft.log; die "mpirun -np 2 oar finetune (LoRA)"; }
+[ -f lora_two/adapter_model.safetensors ] && [ -f lora_log/workerlog.1 ] || die "LoRA dp2: adapter or worker log missing"
+echo "ok: LoRA fine-tuning on two ranks"
+
+# Degrees against the world size: one line naming the keys and values, exit 2, nothing written.
+expect_error() {  # name what-to-grep np args...
+  local name=$1 want=$2 np=$3; shift 3
+  local rc=0
+  mpirun -np "$np" --oversubscribe "$OAR" pretrain pre.json --output_dir "e_$name" --log_dir "e_$name.log" "$@" \
+    > "e_$name.out" 2> "e_$name.err" || rc=$?
+  [ $rc -eq 2 ] || die "$name: exit $rc, expected 2: $(cat "e_$name.err")"
+  [ "$(grep -c '^oar: error' "e_$name.err")" -eq 1 ] && grep -q "$want" "e_$name.err" ||
+    die "$name: expected one oar error naming '$want': $(cat "e_$name.err")"
+  [ ! -e "e_$name" ] || die "$name: output written"
+}
+expect_error tp "tensor_parallel_degree 2: not built yet" 2 --tensor_parallel_degree 2
+expect_error stage2 "sharding_parallel_degree 2: not built yet" 2 --sharding stage2
+expect_error odd "tensor_parallel_degree 2 x pipeline_parallel_degree 2 = 4 processes, which do not divide the world size 3" 3 \
+  --tensor_parallel_degree 2 --pipeline_parallel_degree 2
+echo "train_mpi: ok"
