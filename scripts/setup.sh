@@ -16,6 +16,7 @@ PKGS=(
   libcpp-httplib-dev             # HTTP server and client (oar serve, oar bench-serve)
   libgtest-dev                   # unit tests
   libopenmpi-dev openmpi-bin     # MPI: multi-process training (mpirun -np N oar pretrain ...)
+  iproute2                       # ip netns: the two-machine MPI test
   python3 python3-venv           # fixture scripts and CLI tests; venvs for the openai client and peft checks
 )
 
