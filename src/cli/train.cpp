@@ -51,8 +51,12 @@ Job join_job() {
   j.size = w.size();
   j.local_size = w.local_size();
   j.comm = &w.world();
-  // The ranks on one machine share its cores, unless OMP_NUM_THREADS says otherwise.
-  if (!std::getenv("OMP_NUM_THREADS")) omp_set_num_threads(std::max(1, omp_get_num_procs() / j.local_size));
+  // The ranks on one machine share its cores, unless OMP_NUM_THREADS says otherwise. A launcher that bound this
+  // rank to some cores (OpenMPI binds each of 2 ranks to one core by default) has already given it its share.
+  if (!std::getenv("OMP_NUM_THREADS")) {
+    const int allowed = omp_get_num_procs(), online = int(sysconf(_SC_NPROCESSORS_ONLN));
+    omp_set_num_threads(allowed < online ? allowed : std::max(1, online / j.local_size));
+  }
   return j;
 }
 
@@ -78,26 +82,59 @@ void open_worker_logs(const Job& job, const std::string& log_dir) {
   if (!g_rank0_log) fail(path, "cannot open for writing");
 }
 
+// Set once every rank has built its model, data and trainer; an error after that ends the job with MPI_Abort.
+bool g_setup_agreed = false;
+// Thrown on the ranks that were fine when another one failed its setup (rank 0 has reported it).
+struct SetupFailedElsewhere {};
+
+// Every rank says whether its setup (arguments, files, model, data) worked. When one failed, rank 0 prints that
+// rank's error as the one line of a single process, and every rank exits 2 without MPI_Abort. True when all
+// ranks are fine.
+bool agree_on_setup(const Job& job, const std::string& error) {
+  g_setup_agreed = true;
+  double failed = error.empty() ? 0 : double(job.size - job.rank);  // the max picks the lowest failing rank
+  job.comm->all_reduce(&failed, 1, ReduceOp::Max);
+  if (failed == 0) return true;
+  const int who = job.size - int(failed);
+  int64_t len = job.rank == who ? int64_t(error.size()) : 0;
+  job.comm->broadcast(&len, sizeof len, who);
+  std::string msg = job.rank == who ? error : std::string(size_t(len), ' ');
+  job.comm->broadcast(msg.data(), len, who);
+  if (job.rank == 0) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "oar: error: %s%s\n", who == 0 ? "" : ("rank " + std::to_string(who) + ": ").c_str(), msg.c_str());
+  }
+  return false;
+}
+
 int train_process(TrainMode mode, const std::vector<std::string>& argv, const Job& job);
 
 int run_training(TrainMode mode, const std::vector<std::string>& argv) {
   const Job job = join_job();
   if (job.size == 1) return train_process(mode, argv, job);
-  // One rank failing alone must not leave the others waiting in a collective: any error ends the whole job.
   // Until the worker logs are open, only rank 0 speaks (every rank parses the same arguments).
   if (job.rank != 0) redirect_output("/dev/null");
+  std::string error;
   try {
     const int rc = train_process(mode, argv, job);
     job.comm->barrier();
     return rc;
+  } catch (const SetupFailedElsewhere&) {
+    return 2;
   } catch (const Error& e) {
-    std::fflush(stdout);
-    std::fprintf(stderr, "oar: error: rank %d: %s\n", job.rank, e.what());
+    error = e.what();
   } catch (const std::bad_alloc&) {
-    std::fprintf(stderr, "oar: error: rank %d: out of memory\n", job.rank);
+    error = "out of memory";
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "oar: internal error: rank %d: %s\n", job.rank, e.what());
+    error = std::string("internal error: ") + e.what();
   }
+  if (!g_setup_agreed) {
+    agree_on_setup(job, error);
+    return 2;
+  }
+  // Mid-run, the others may wait in a collective that this rank will never join: end the whole job.
+  std::fflush(stdout);
+  std::fprintf(stderr, "oar: error: rank %d: %s\n", job.rank, error.c_str());
   std::fflush(stderr);
   if (g_rank0_log) std::fflush(g_rank0_log);
   MpiWorld::get().abort(2);
@@ -148,6 +185,7 @@ int train_process(TrainMode mode, const std::vector<std::string>& argv, const Jo
   opt.print = say;
   if (job.size > 1) opt.data_parallel = job.comm;
   Trainer trainer(a, *model, data.train.get(), data.eval.get(), data.test.get(), opt);
+  if (job.size > 1 && !agree_on_setup(job, "")) throw SetupFailedElsewhere{};
   TrainResult r = trainer.run();
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::string done = std::string("oar ") + cmd + ": done in " + std::to_string(int64_t(secs + 0.5)) + " s";
@@ -157,7 +195,7 @@ int train_process(TrainMode mode, const std::vector<std::string>& argv, const Jo
     done += "; model in " + a.output_dir + (model->llama().has_lora() ? adapter : "") + " after " +
             std::to_string(r.global_step) + " steps";
   }
-  if (job.size > 1) done += "; " + std::to_string(job.size) + " data-parallel ranks, logs in " + a.log_dir;
+  if (job.size > 1) done += "; " + std::to_string(job.size) + " ranks, logs in " + a.log_dir;
   if (a.do_train || a.do_eval)
     done += "; metrics in " + join_path(a.output_dir, "metrics.jsonl") + "; loss curve in " +
             join_path(a.output_dir, "loss_curve.svg");

@@ -92,6 +92,9 @@ MpiWorld::MpiWorld() {
   // Only the main thread calls MPI; OpenMP threads compute between the calls.
   check(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided), "Init_thread");
   std::atexit(finalize_at_exit);
+  if (provided < MPI_THREAD_FUNNELED) throw Error("MPI: this MPI library does not support threads (MPI_THREAD_FUNNELED)");
+  // Errors come back as codes, so that check() reports them as oar errors naming the call.
+  MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
   world_ = std::make_unique<MpiCommunicator>(MPI_COMM_WORLD);
   rank_ = world_->rank();
   size_ = world_->size();

@@ -24,6 +24,9 @@ TrainBatch TrainBatch::causal(int64_t B, int64_t L, std::vector<int32_t> ids, st
 
 TrainBatch rank_rows(const TrainBatch& g, int rank, int ranks) {
   if (ranks <= 0 || rank < 0 || rank >= ranks || g.B <= 0) throw Error("rank_rows: rank " + std::to_string(rank) + " of " + std::to_string(ranks));
+  const size_t n = size_t(g.B * g.L);
+  if (g.input_ids.size() != n || g.labels.size() != n || g.position_ids.size() != n || g.segment_ids.size() != n)
+    throw Error("rank_rows: a batch of " + std::to_string(g.B) + " x " + std::to_string(g.L) + " without ids, labels, positions and segments for each");
   const int64_t per = (g.B + ranks - 1) / ranks;
   TrainBatch b;
   b.B = per;

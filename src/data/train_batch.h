@@ -20,7 +20,7 @@ struct TrainBatch {
 
 // Data parallelism's share of a global batch, as paddle.io.DistributedBatchSampler deals it: rank r of n takes
 // the r-th contiguous block of ceil(B / n) rows. A batch that does not divide (an epoch's last, smaller one)
-// gives its short ranks rows again from its start, as the sampler pads its index list with the first samples.
+// gives its short ranks rows again from its own start (the sampler pads with the epoch's first samples instead).
 TrainBatch rank_rows(const TrainBatch& global, int rank, int ranks);
 
 }  // namespace oar

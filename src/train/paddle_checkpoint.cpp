@@ -1,6 +1,7 @@
 #include "train/paddle_checkpoint.h"
 
 #include <cmath>
+#include <filesystem>
 
 #include <nlohmann/json.hpp>
 
@@ -93,12 +94,26 @@ void save_paddle_weights(const std::string& dir, const TrainableLlama& m, const 
   }
 }
 
+bool has_paddle_master_weights(const std::string& dir) { return file_exists(join_path(dir, kMasterIndex)); }
+
 std::unique_ptr<WeightSource> open_paddle_weights(const std::string& dir, const LlamaConfig& cfg) {
-  const bool master = file_exists(join_path(dir, kMasterIndex));
-  const std::string index = join_path(dir, master ? kMasterIndex : kModelIndex);
-  if (!file_exists(index)) fail(dir, std::string("not a PaddleNLP checkpoint (no ") + kModelIndex + ")");
+  const std::string index = join_path(dir, kMasterIndex);
+  if (!file_exists(index)) fail(dir, std::string("no master weights (") + kMasterIndex + ")");
   auto paddle = std::make_unique<TensorMapSource>(index, read_indexed_tensors(dir, index, read_safetensors_file));
   return paddle_layout_as_hf(std::move(paddle), cfg);
+}
+
+void remove_layout_files(const std::string& dir, CheckpointLayout layout) {
+  static const char* const hf[] = {"model.safetensors", "adapter_config.json", "adapter_model.safetensors"};
+  static const char* const paddle[] = {kModelShard, kModelIndex, kMasterShard, kMasterIndex, "lora_config.json",
+                                       "peft_model-00001-of-00001.safetensors", "peft_model.safetensors.index.json",
+                                       kOarTrainerStateFile};
+  std::error_code ec;
+  if (layout == CheckpointLayout::HuggingFace) {
+    for (const char* f : hf) std::filesystem::remove(join_path(dir, f), ec);
+  } else {
+    for (const char* f : paddle) std::filesystem::remove(join_path(dir, f), ec);
+  }
 }
 
 void save_paddle_optimizer(const std::string& dir, const std::vector<Parameter*>& params, const Named& state,

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "io/convert.h"
 #include "io/weight_source.h"
 #include "train/checkpoint.h"
 #include "train/optimizer.h"
@@ -40,9 +41,13 @@ inline constexpr const char* kPaddleOptimizerIndex = "optimizer.safetensors.inde
 // parameters (master weights written beside them). Throws for what PaddleNLP's Llama cannot hold.
 void save_paddle_weights(const std::string& dir, const TrainableLlama& m, const std::string& base_model_name_or_path,
                          DType params_dtype);
-// The weights to resume from, under Hugging Face names: the float32 master weights when present, else the model.
-// Not for LoRA runs (their adapter is float32: load_lora_adapter reads it).
+// DIR holds float32 master weights (a low-precision run's checkpoint in PaddleNLP's layout).
+bool has_paddle_master_weights(const std::string& dir);
+// The float32 master weights of DIR under Hugging Face names (open_model_source reads the model itself).
 std::unique_ptr<WeightSource> open_paddle_weights(const std::string& dir, const LlamaConfig& cfg);
+// Deletes the weight files that training writes in `layout` (model, adapter, master weights, their indexes,
+// oar_trainer_state.json for PaddleNLP's) from `dir`, if there.
+void remove_layout_files(const std::string& dir, CheckpointLayout layout);
 
 // `moments`: "<param>.exp_avg" and "<param>.exp_avg_sq" for each of `params`, in order (AdamW::state_tensors, or
 // ParameterShards::gather_moments); `steps`: the updates taken.

@@ -22,7 +22,6 @@ class ParameterShards {
 
   const std::vector<Parameter*>& all() const { return all_; }
   const std::vector<Parameter*>& owned() const { return owned_; }
-  int owner(size_t i) const { return owner_[i]; }
   bool sharded() const { return group_ != nullptr; }
 
   // After the owners' optimizer step: every rank holds every updated parameter.

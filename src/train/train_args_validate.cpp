@@ -79,7 +79,10 @@ void check_parallel_degrees(const Checker& c, int world_size) {
     a.sharding_parallel_degree = world_size / model_parallel;
   const int64_t product = model_parallel * std::max<int64_t>(1, a.sharding_parallel_degree);
   if (world_size % product != 0) {
-    fail(c.where(parallel_degrees(a)[0].key),
+    const char* first_set = parallel_degrees(a)[0].key;
+    for (Degree d : parallel_degrees(a))
+      if (d.v > 1) { first_set = d.key; break; }
+    fail(c.where(first_set),
          degree_list(a) + " = " + std::to_string(product) + " processes, which do not divide the world size " +
              std::to_string(world_size) + (world_size == 1 ? " (one process: start oar with mpirun -np N)" : " (mpirun -np)"));
   }

@@ -13,6 +13,7 @@
 #include "data/sft_dataset.h"
 #include "io/safetensors.h"
 #include "io/convert.h"
+#include "io/model_source.h"
 #include "train/lora_io.h"
 #include "train/paddle_checkpoint.h"
 
@@ -30,6 +31,9 @@ double LlamaTrainModel::train_flops(const TrainBatch& b) const {
 }
 
 void LlamaTrainModel::save(const std::string& dir) const {
+  // A directory holds one layout: the other's files (from an earlier run of another save_format) would be read
+  // first by some loaders.
+  remove_layout_files(dir, paddle_params_ ? CheckpointLayout::HuggingFace : CheckpointLayout::PaddleNLP);
   if (paddle_params_) return save_paddle_weights(dir, *m_, base_, *paddle_params_);
   if (m_->has_lora()) {
     save_lora_adapter(dir, lora_adapter_from_named(m_->export_weights(true), m_->lora(), base_));
@@ -67,13 +71,10 @@ void LlamaTrainModel::load(const std::string& dir) {
     }
     return;
   }
-  if (paddle_params_) {
-    std::unique_ptr<WeightSource> ws = open_paddle_weights(dir, m_->config());
-    for (Parameter* p : m_->parameters()) copy_into(*m_, *p, ws->get(p->name), ws->where());
-    return;
-  }
-  WeightStore ws = WeightStore::open_dir(dir);
-  for (Parameter* p : m_->parameters()) copy_into(*m_, *p, ws.get(p->name), ws.where());
+  // The directory's layout decides, not this run's save_format: a run may resume from either.
+  std::unique_ptr<WeightSource> ws = has_paddle_master_weights(dir) ? open_paddle_weights(dir, m_->config())
+                                                                    : std::move(open_model_source(dir).weights);
+  for (Parameter* p : m_->parameters()) copy_into(*m_, *p, ws->get(p->name), ws->where());
 }
 
 std::unique_ptr<LlamaTrainModel> build_train_model(const TrainArgs& a, const Tokenizer& tok,
@@ -412,8 +413,11 @@ RunData build_run_data(const TrainArgs& a, const Tokenizer& tok, int64_t vocab, 
       if (!ds.train) fail(a.input_dir, "the split '" + a.split + "' leaves no training data");
       d.train = rank_share(std::make_unique<PretrainTrainData>(ds.train, global_batch, vocab), a, dp_rank);
     }
-    if (a.do_eval && ds.valid) d.eval = std::make_unique<PretrainEvalData>(ds.valid, a.per_device_eval_batch_size, vocab);
-    if (a.do_predict && ds.test) d.test = std::make_unique<PretrainEvalData>(ds.test, a.per_device_eval_batch_size, vocab);
+    // Evaluation covers PaddleNLP's samples (eval_iters batches of every rank): each rank evaluates the whole
+    // global batch, which gives PaddleNLP's mean as every sample counts as many tokens.
+    const int64_t eval_batch = a.per_device_eval_batch_size * a.dataset_world_size();
+    if (a.do_eval && ds.valid) d.eval = std::make_unique<PretrainEvalData>(ds.valid, eval_batch, vocab);
+    if (a.do_predict && ds.test) d.test = std::make_unique<PretrainEvalData>(ds.test, eval_batch, vocab);
     d.summary = std::to_string(inputs.size()) + " input file(s) from " + a.input_dir + "; samples of " +
                 std::to_string(a.max_seq_length + 1) + " tokens: train " + std::to_string(ds.train ? ds.train->size() : 0) +
                 ", valid " + std::to_string(ds.valid ? ds.valid->size() : 0) + ", test " +

@@ -88,10 +88,10 @@ class SftEvalData : public EvalData {
   PadOptions pad_;
 };
 
-// Pretraining: GPTDataset samples in order (the shuffle lives in its indices), B per micro-batch; ids are checked
-// against the model's vocabulary.
 // One data-parallel rank's micro-batches: its rows of the global batch (per_device_train_batch_size x ranks
-// rows) that `global` deals, so that n ranks together see what one process with the global batch sees.
+// rows) that `global` deals, so that n ranks together see the samples one process with the global batch sees.
+// (The losses agree when every row counts as many tokens, as in pretraining; a fine-tuning loss is each rank's
+// token mean averaged over the ranks, as on PaddleNLP's cards.)
 class DataParallelSlice : public TrainData {
  public:
   DataParallelSlice(std::unique_ptr<TrainData> global, int rank, int ranks)
@@ -104,6 +104,8 @@ class DataParallelSlice : public TrainData {
   int rank_, ranks_;
 };
 
+// Pretraining: GPTDataset samples in order (the shuffle lives in its indices), B per micro-batch; ids are checked
+// against the model's vocabulary.
 class PretrainTrainData : public TrainData {
  public:
   PretrainTrainData(std::shared_ptr<PretrainSamples> s, int64_t batch_size, int64_t vocab_size);

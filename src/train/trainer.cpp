@@ -174,7 +174,9 @@ struct Trainer::Impl {
   std::map<std::string, Tensor> read_optimizer_state(const std::string& dir) const {
     if (file_exists(join_path(dir, kPaddleOptimizerIndex))) return read_paddle_optimizer(dir, optim->params());  // its own
     const std::string opath = join_path(dir, "optimizer.safetensors");
-    if (!file_exists(opath)) fail(dir, "missing optimizer.safetensors (set ignore_load_lr_and_optim to start fresh moments)");
+    if (!file_exists(opath))
+      fail(dir, std::string("no optimizer state (optimizer.safetensors or ") + kPaddleOptimizerIndex +
+                    "); set ignore_load_lr_and_optim to start fresh moments");
     WeightStore ws = WeightStore::open_file(opath);
     std::map<std::string, Tensor> m;
     for (const auto& n : ws.names()) m[n] = ws.get(n);
@@ -241,7 +243,7 @@ struct Trainer::Impl {
   void save_checkpoint(int64_t step) {
     // Sharded moments travel to rank 0 (every rank takes part); the others then wait for its checkpoint.
     std::vector<std::pair<std::string, Tensor>> moments;
-    if (!args.ignore_save_lr_and_optim) moments = shards->gather_moments(*optim);
+    if (!args.ignore_save_lr_and_optim && (writes_files() || shards->sharded())) moments = shards->gather_moments(*optim);
     if (!writes_files()) {  // the same bookkeeping as rank 0
       if (st.has_best && st.best_step == step)
         st.best_model_checkpoint = join_path(args.output_dir, "checkpoint-" + std::to_string(step));
@@ -609,11 +611,15 @@ TrainResult Trainer::run() {
     for (auto it = f.begin(); it != f.end(); ++it) ev[it.key()] = it.value();
     m.metrics.write(ev);
     if (a.benchmark && res.train_runtime > 0) {
-      // run_finetune.py / run_pretrain.py's benchmark line (tokens of the steps this run took).
-      double tokens = 0;
+      // run_finetune.py / run_pretrain.py's benchmark line (tokens of the steps this run took, every rank's).
+      double tokens = 0, runtime = res.train_runtime;
       for (const auto& e : m.metrics.events())
         if (e.value("event", "") == "train") tokens += e.value("interval_tokens", 0.0);
-      m.print("Effective_Tokens_per_second: " + py_float(tokens / res.train_runtime, 2));
+      if (m.data_parallel()) {
+        m.opt.data_parallel->all_reduce(&tokens, 1);
+        m.opt.data_parallel->all_reduce(&runtime, 1, ReduceOp::Max);
+      }
+      m.print("Effective_Tokens_per_second: " + py_float(tokens / runtime, 2));
     }
     if (a.load_best_model_at_end && m.st.has_best && !m.st.best_model_checkpoint.empty() &&
         dir_exists(m.st.best_model_checkpoint)) {

@@ -139,5 +139,22 @@ grep '^PaddleNLP resumed' resume_pre.log
 "$PY" "$SRC/tests/reference/paddle_interop.py" resume lora/checkpoint-2 lora/peft_model-00001-of-00001.safetensors \
   --lora base --data sft.npz --steps 4 > resume_lora.log 2>&1 || { cat resume_lora.log; die "PaddleNLP did not resume oar's LoRA checkpoint"; }
 grep '^PaddleNLP resumed' resume_lora.log
+# A negative control: the same checkpoint with its beta powers one step off must fail the comparison.
+rm -rf lora_bad && cp -r lora/checkpoint-2 lora_bad
+"$PY" - <<'PY'
+import numpy as np
+from safetensors.numpy import load_file, save_file
+path = "lora_bad/optimizer-00001-of-00001.safetensors"
+state = load_file(path)
+for k in state:
+    if k.endswith("_pow_acc_0"):
+        state[k] = state[k] / np.float32(0.9 if "beta1" in k else 0.999)
+save_file(state, path, metadata={"format": "np"})
+PY
+if "$PY" "$SRC/tests/reference/paddle_interop.py" resume lora_bad lora/peft_model-00001-of-00001.safetensors \
+  --lora base --data sft.npz --steps 4 > resume_bad.log 2>&1; then
+  cat resume_bad.log; die "the resume check passes a checkpoint whose optimizer state is wrong"
+fi
+grep -q '^FAIL' resume_bad.log || { cat resume_bad.log; die "the negative control failed for another reason"; }
 cd ..
 echo "paddle_interop: ok"

@@ -55,6 +55,16 @@ assert abs(s["last_lr"] - logged[0]["learning_rate"]) <= 1e-3 * logged[0]["learn
 print("ok: scheduler.pdparams", s)
 PY
 
+# A run resumes from a checkpoint of the other layout, and its final model replaces the other layout's files.
+"$OAR" finetune run.json --output_dir out_mixed --max_steps 3 --save_format hf > mixed.1.log 2>&1 || { cat mixed.1.log; die "hf part"; }
+[ -f out_mixed/adapter_model.safetensors ] || die "no PEFT adapter from the hf part"
+"$OAR" finetune run.json --output_dir out_mixed --max_steps 6 > mixed.2.log 2>&1 || { cat mixed.2.log; die "paddle part"; }
+grep -q '^Resuming from out_mixed/checkpoint-2' mixed.2.log || die "the paddle run did not resume the hf checkpoint"
+cmp out_mixed/peft_model-00001-of-00001.safetensors out_lora_straight/peft_model-00001-of-00001.safetensors ||
+  die "resumed across layouts, the run ends elsewhere"
+[ ! -e out_mixed/adapter_model.safetensors ] && [ ! -e out_mixed/adapter_config.json ] || die "stale PEFT files left"
+echo "ok: a paddle-format run resumes an hf checkpoint and leaves one layout in output_dir"
+
 resume_matches bf16 master_weights-00001-of-00001.safetensors --lora false --bf16 true --fp16_opt_level O2
 python3 - <<'PY' || die "bf16 O2 model files"
 import json, struct

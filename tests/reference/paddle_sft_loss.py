@@ -38,9 +38,9 @@ IGNORE = -100
 # (tokenize_example, then convert_example_common with is_test=False), as run_finetune.py applies it to train.json.
 # Restated here, not copied:
 #   * a list-valued src/tgt contributes only its first element;
-#   * the source is tokenized with special tokens (BOS for Llama) and cut to src_length tokens. data.py passes
-#     truncation_side="left", but the released tokenizer ignores that argument and keeps the START (BOS and the
-#     first src_length - 1 tokens); the released behaviour is what run_finetune.py trains on, so it is used as is;
+#   * the source is tokenized with special tokens (BOS for Llama) and cut to src_length tokens, with
+#     truncation_side="left" passed as data.py passes it (the released tokenizer ignores it and keeps the START:
+#     the call below asks exactly what data.py asks, so the tokenizer itself decides);
 #   * the target, without special tokens, is cut to max_length - len(source) tokens from the right;
 #   * EOS follows the target only when the target came out shorter than that limit (a target cut to the limit,
 #     or one exactly that long, gets none);
@@ -52,7 +52,8 @@ def first(value):
 
 def paddlenlp_example(tokenizer, record, src_length, max_length):
     source, target = first(record["src"]), first(record["tgt"])
-    src_ids = tokenizer(source, max_length=src_length, truncation=True, add_special_tokens=True)["input_ids"]
+    src_ids = tokenizer(source, max_length=src_length, truncation=True, truncation_side="left",
+                        add_special_tokens=True)["input_ids"]
     tgt_limit = max_length - len(src_ids)
     tgt_ids = tokenizer(target, max_length=tgt_limit, truncation=True, add_special_tokens=False)["input_ids"]
     eos = len(tgt_ids) < tgt_limit
