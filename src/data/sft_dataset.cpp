@@ -54,11 +54,12 @@ std::pair<std::vector<int32_t>, std::vector<int32_t>> plain_ids(const TextEncode
   // The source: BOS + text, cut to src_length keeping its START. PaddleNLP's data.py asks for
   // truncation_side="left", but the released tokenizer (paddlenlp 2.8.1) ignores that argument and cuts from the
   // right, so that is what runs there and here. BOS counts toward the limit and is kept (the tokenizer truncates
-  // before adding special tokens).
+  // before adding special tokens). A src_length that leaves no room besides BOS (1) cuts nothing: the tokenizer's
+  // truncation gives up (with an error in its log) rather than remove the whole text.
   std::vector<int32_t> body = enc.encode(rec.src.front(), false);
   const bool bos = tok.bos_id() >= 0;
-  const int64_t keep = std::max<int64_t>(0, opt.src_length - (bos ? 1 : 0));
-  if (int64_t(body.size()) > keep) body.resize(size_t(keep));
+  const int64_t keep = opt.src_length - (bos ? 1 : 0);
+  if (keep > 0 && int64_t(body.size()) > keep) body.resize(size_t(keep));
   std::vector<int32_t> src;
   if (bos) src.push_back(tok.bos_id());
   src.insert(src.end(), body.begin(), body.end());

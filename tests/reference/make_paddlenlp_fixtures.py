@@ -50,7 +50,7 @@ def cases(tok):
         out["specials"].append({"text": s, "ids": tok(s, add_special_tokens=False)["input_ids"],
                                 "ids_bos": tok(s)["input_ids"]})
     full = tok(LONG_SOURCE)["input_ids"]
-    for src_length in (2, 5, 9, len(full) - 1, len(full), len(full) + 3):
+    for src_length in (1, 2, 5, 9, len(full) - 1, len(full), len(full) + 3):  # 1: the tokenizer gives up, no cut
         left = tok(LONG_SOURCE, max_length=src_length, truncation=True, truncation_side="left",
                    add_special_tokens=True)["input_ids"]
         plain = tok(LONG_SOURCE, max_length=src_length, truncation=True, add_special_tokens=True)["input_ids"]
