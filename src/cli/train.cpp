@@ -84,25 +84,16 @@ void open_worker_logs(const Job& job, const std::string& log_dir) {
 
 // Set once every rank has built its model, data and trainer; an error after that ends the job with MPI_Abort.
 bool g_setup_agreed = false;
-// Thrown on the ranks that were fine when another one failed its setup (rank 0 has reported it).
-struct SetupFailedElsewhere {};
 
-// Every rank says whether its setup (arguments, files, model, data) worked. When one failed, rank 0 prints that
-// rank's error as the one line of a single process, and every rank exits 2 without MPI_Abort. True when all
-// ranks are fine.
+// The last agreement of setup (arguments, files, model, data): when a rank failed, rank 0 prints the lowest failing
+// rank's error as the one line of a single process, and every rank exits 2 without MPI_Abort.
 bool agree_on_setup(const Job& job, const std::string& error) {
   g_setup_agreed = true;
-  double failed = error.empty() ? 0 : double(job.size - job.rank);  // the max picks the lowest failing rank
-  job.comm->all_reduce(&failed, 1, ReduceOp::Max);
-  if (failed == 0) return true;
-  const int who = job.size - int(failed);
-  int64_t len = job.rank == who ? int64_t(error.size()) : 0;
-  job.comm->broadcast(&len, sizeof len, who);
-  std::string msg = job.rank == who ? error : std::string(size_t(len), ' ');
-  job.comm->broadcast(msg.data(), len, who);
+  std::string first;
+  if (all_ranks_ok(*job.comm, error, &first)) return true;
   if (job.rank == 0) {
     std::fflush(stdout);
-    std::fprintf(stderr, "oar: error: %s%s\n", who == 0 ? "" : ("rank " + std::to_string(who) + ": ").c_str(), msg.c_str());
+    std::fprintf(stderr, "oar: error: %s\n", first.c_str());
   }
   return false;
 }
@@ -117,9 +108,10 @@ int run_training(TrainMode mode, const std::vector<std::string>& argv) {
   std::string error;
   try {
     const int rc = train_process(mode, argv, job);
-    job.comm->barrier();
+    if (rc == 0) job.comm->barrier();  // 2: a setup failure every rank has agreed on
     return rc;
-  } catch (const SetupFailedElsewhere&) {
+  } catch (const OtherRankFailed& e) {  // agreed already, inside setup: rank 0 reports it
+    if (job.rank == 0) std::fprintf(stderr, "oar: error: %s\n", e.what());
     return 2;
   } catch (const Error& e) {
     error = e.what();
@@ -174,7 +166,7 @@ int train_process(TrainMode mode, const std::vector<std::string>& argv, const Jo
   auto tok = load_tokenizer(a.tokenizer_path());
   auto model = build_train_model(a, *tok, say);
   const LlamaConfig& cfg = model->llama().config();
-  RunData data = build_run_data(a, *tok, cfg.vocab_size, cfg.max_position_embeddings, job.rank);
+  RunData data = build_run_data(a, *tok, cfg.vocab_size, cfg.max_position_embeddings, job.rank, job.comm);
   say("Data: " + data.summary);
   if (a.do_eval && !data.eval) say(std::string("oar ") + cmd + ": warning: no evaluation data: evaluation skipped");
   if (a.do_predict && !data.test) say(std::string("oar ") + cmd + ": no test data (test split or test.json): do_predict skipped");
@@ -185,7 +177,7 @@ int train_process(TrainMode mode, const std::vector<std::string>& argv, const Jo
   opt.print = say;
   if (job.size > 1) opt.data_parallel = job.comm;
   Trainer trainer(a, *model, data.train.get(), data.eval.get(), data.test.get(), opt);
-  if (job.size > 1 && !agree_on_setup(job, "")) throw SetupFailedElsewhere{};
+  if (job.size > 1 && !agree_on_setup(job, "")) return 2;
   TrainResult r = trainer.run();
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::string done = std::string("oar ") + cmd + ": done in " + std::to_string(int64_t(secs + 0.5)) + " s";

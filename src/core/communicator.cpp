@@ -168,4 +168,17 @@ std::vector<std::unique_ptr<Communicator>> make_thread_group(int size) {
   return group;
 }
 
+bool all_ranks_ok(Communicator& c, const std::string& my_error, std::string* first_error) {
+  double failed = my_error.empty() ? 0 : double(c.size() - c.rank());  // the max picks the lowest failing rank
+  c.all_reduce(&failed, 1, ReduceOp::Max);
+  if (failed == 0) return true;
+  const int who = c.size() - int(failed);
+  int64_t len = c.rank() == who ? int64_t(my_error.size()) : 0;
+  c.broadcast(&len, sizeof len, who);
+  std::string msg = c.rank() == who ? my_error : std::string(size_t(len), ' ');
+  c.broadcast(msg.data(), len, who);
+  if (first_error) *first_error = (who == 0 ? "" : "rank " + std::to_string(who) + ": ") + msg;
+  return false;
+}
+
 }  // namespace oar

@@ -9,7 +9,10 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
+
+#include "core/error.h"
 
 namespace oar {
 
@@ -34,6 +37,17 @@ class Communicator {
   virtual void send(const void* data, int64_t bytes, int peer) = 0;
   virtual void recv(void* data, int64_t bytes, int peer) = 0;
   virtual void barrier() = 0;
+};
+
+// Setup-time agreement, so that one rank failing alone cannot leave the others waiting in another collective: every
+// rank says whether it failed, at the same points (each collective of a setup phase is preceded by one). True when
+// none did; otherwise `first_error` gets the lowest failing rank's message, prefixed "rank N: " unless N is 0.
+bool all_ranks_ok(Communicator& c, const std::string& my_error, std::string* first_error);
+
+// Thrown on a rank that learned from all_ranks_ok that another rank failed; what() is that rank's message. A rank
+// catching it must not call all_ranks_ok again for the same failure.
+struct OtherRankFailed : Error {
+  using Error::Error;
 };
 
 // The group of one: collectives copy or return at once; send and recv have no peer and throw.

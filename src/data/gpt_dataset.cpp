@@ -165,15 +165,18 @@ GptIndices build_gpt_indices(const std::vector<int32_t>& sizes, int64_t begin, i
 }
 
 GptDataset::GptDataset(std::shared_ptr<const IndexedDataset> data, std::string name, int64_t begin, int64_t end,
-                       int64_t num_samples, int64_t seq_length, uint32_t seed)
+                       int64_t num_samples, int64_t seq_length, uint32_t seed, const IndexSharing& share)
     : data_(std::move(data)), name_(std::move(name)), seq_length_(seq_length) {
-  std::vector<int32_t> sizes(size_t(data_->num_sequences()));
-  for (size_t i = 0; i < sizes.size(); i++) sizes[i] = data_->index().size(i);
-  try {
-    indices_ = build_gpt_indices(sizes, begin, end, num_samples, seq_length, seed);
-  } catch (const Error& e) {
-    fail(data_->prefix() + ".idx", std::string(e.what()) + " (" + name_ + " split)");
-  }
+  auto build = [&] {
+    std::vector<int32_t> sizes(size_t(data_->num_sequences()));
+    for (size_t i = 0; i < sizes.size(); i++) sizes[i] = data_->index().size(i);
+    try {
+      return build_gpt_indices(sizes, begin, end, num_samples, seq_length, seed);
+    } catch (const Error& e) {
+      fail(data_->prefix() + ".idx", std::string(e.what()) + " (" + name_ + " split)");
+    }
+  };
+  indices_ = share ? share(build) : build();
 }
 
 void GptDataset::sample(int64_t i, std::vector<int32_t>& out) const {
@@ -292,7 +295,7 @@ std::vector<std::pair<double, std::string>> find_pretrain_inputs(const std::stri
 
 PretrainDatasets build_pretrain_datasets(const std::vector<std::pair<double, std::string>>& inputs,
                                          const std::string& split, const std::array<int64_t, 3>& num_samples,
-                                         int64_t seq_length, uint32_t seed) {
+                                         int64_t seq_length, uint32_t seed, const IndexSharing& share) {
   if (inputs.empty()) fail("input_dir", "no datasets");
   const char* names[3] = {"train", "valid", "test"};
   auto build_one = [&](const std::string& prefix, const std::array<int64_t, 3>& n) {
@@ -301,7 +304,7 @@ PretrainDatasets build_pretrain_datasets(const std::vector<std::pair<double, std
     std::array<std::shared_ptr<PretrainSamples>, 3> out;
     for (size_t s = 0; s < 3; s++)
       if (b[s + 1] > b[s])
-        out[s] = std::make_shared<GptDataset>(data, names[s], b[s], b[s + 1], n[s], seq_length, seed);
+        out[s] = std::make_shared<GptDataset>(data, names[s], b[s], b[s + 1], n[s], seq_length, seed, share);
     return out;
   };
   PretrainDatasets result;

@@ -10,6 +10,7 @@
 #pragma once
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -49,6 +50,10 @@ struct GptIndices {
 GptIndices build_gpt_indices(const std::vector<int32_t>& sizes, int64_t begin, int64_t end, int64_t num_samples,
                              int64_t seq_length, uint32_t seed);
 
+// How a dataset gets its indices: given the local builder, returns them. Empty: build here. A multi-process run
+// builds them once (rank 0) and sends them to the other ranks, as PaddleNLP shares its index cache.
+using IndexSharing = std::function<GptIndices(const std::function<GptIndices()>& build)>;
+
 // Any source of pretraining samples: a GPT dataset or a blend of several.
 class PretrainSamples {
  public:
@@ -68,7 +73,7 @@ class GptDataset final : public PretrainSamples {
  public:
   // name: "train" / "valid" / "test" (for messages). Throws oar::Error when the range holds no tokens.
   GptDataset(std::shared_ptr<const IndexedDataset> data, std::string name, int64_t begin, int64_t end,
-             int64_t num_samples, int64_t seq_length, uint32_t seed);
+             int64_t num_samples, int64_t seq_length, uint32_t seed, const IndexSharing& share = {});
   int64_t size() const override { return indices_.num_samples(); }
   int64_t seq_length() const override { return seq_length_; }
   void sample(int64_t i, std::vector<int32_t>& out) const override;
@@ -115,6 +120,6 @@ struct PretrainDatasets {
 // samples of its own and the blend n. The same seed for every split, as PaddleNLP.
 PretrainDatasets build_pretrain_datasets(const std::vector<std::pair<double, std::string>>& inputs,
                                          const std::string& split, const std::array<int64_t, 3>& num_samples,
-                                         int64_t seq_length, uint32_t seed);
+                                         int64_t seq_length, uint32_t seed, const IndexSharing& share = {});
 
 }  // namespace oar

@@ -399,7 +399,45 @@ std::unique_ptr<TrainData> rank_share(std::unique_ptr<TrainData> global, const T
 }
 }  // namespace
 
-RunData build_run_data(const TrainArgs& a, const Tokenizer& tok, int64_t vocab, int64_t max_positions, int dp_rank) {
+namespace {
+template <class T>
+void broadcast_vector(Communicator& c, std::vector<T>& v) {
+  int64_t n = int64_t(v.size());
+  c.broadcast(&n, sizeof n, 0);
+  v.resize(size_t(n));
+  c.broadcast(v.data(), n * int64_t(sizeof(T)), 0);
+}
+}  // namespace
+
+IndexSharing share_indices_from_rank0(Communicator& ranks) {
+  return [&ranks](const std::function<GptIndices()>& build) {
+    // Each step starts with an agreement, so that a rank that failed on its own meets the others there.
+    std::string first_error;
+    if (!all_ranks_ok(ranks, "", &first_error)) throw OtherRankFailed(first_error);
+    GptIndices ix;
+    std::string error;
+    if (ranks.rank() == 0) {
+      try {
+        ix = build();
+      } catch (const Error& e) {
+        error = e.what();
+      }
+    }
+    if (!all_ranks_ok(ranks, error, &first_error)) throw OtherRankFailed(first_error);
+    int64_t head[3] = {ix.num_epochs, ix.tokens_per_epoch, ix.separate_last_epoch ? 1 : 0};
+    ranks.broadcast(head, sizeof head, 0);
+    ix.num_epochs = head[0];
+    ix.tokens_per_epoch = head[1];
+    ix.separate_last_epoch = head[2] != 0;
+    broadcast_vector(ranks, ix.doc_idx);
+    broadcast_vector(ranks, ix.sample_idx);
+    broadcast_vector(ranks, ix.shuffle_idx);
+    return ix;
+  };
+}
+
+RunData build_run_data(const TrainArgs& a, const Tokenizer& tok, int64_t vocab, int64_t max_positions, int dp_rank,
+                       Communicator* ranks) {
   RunData d;
   const int64_t global_batch = a.per_device_train_batch_size * a.dataset_world_size();
   if (a.is_pretrain()) {
@@ -408,7 +446,8 @@ RunData build_run_data(const TrainArgs& a, const Tokenizer& tok, int64_t vocab, 
     auto counts = pretrain_num_samples(a.per_device_train_batch_size, a.per_device_eval_batch_size, a.dataset_world_size(),
                                        std::max<int64_t>(a.max_steps, 1), a.gradient_accumulation_steps,
                                        a.effective_eval_steps(), a.eval_iters, 100);
-    PretrainDatasets ds = build_pretrain_datasets(inputs, a.split, counts, a.max_seq_length, uint32_t(a.seed));
+    const IndexSharing share = ranks && ranks->size() > 1 ? share_indices_from_rank0(*ranks) : IndexSharing{};
+    PretrainDatasets ds = build_pretrain_datasets(inputs, a.split, counts, a.max_seq_length, uint32_t(a.seed), share);
     if (a.do_train) {
       if (!ds.train) fail(a.input_dir, "the split '" + a.split + "' leaves no training data");
       d.train = rank_share(std::make_unique<PretrainTrainData>(ds.train, global_batch, vocab), a, dp_rank);
@@ -418,7 +457,8 @@ RunData build_run_data(const TrainArgs& a, const Tokenizer& tok, int64_t vocab, 
     const int64_t eval_batch = a.per_device_eval_batch_size * a.dataset_world_size();
     if (a.do_eval && ds.valid) d.eval = std::make_unique<PretrainEvalData>(ds.valid, eval_batch, vocab);
     if (a.do_predict && ds.test) d.test = std::make_unique<PretrainEvalData>(ds.test, eval_batch, vocab);
-    d.summary = std::to_string(inputs.size()) + " input file(s) from " + a.input_dir + "; samples of " +
+    d.summary = std::to_string(inputs.size()) + " input file(s) from " + a.input_dir +
+                (share ? "; indices built by rank 0 and shared" : "") + "; samples of " +
                 std::to_string(a.max_seq_length + 1) + " tokens: train " + std::to_string(ds.train ? ds.train->size() : 0) +
                 ", valid " + std::to_string(ds.valid ? ds.valid->size() : 0) + ", test " +
                 std::to_string(ds.test ? ds.test->size() : 0);

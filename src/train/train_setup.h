@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "data/batching.h"
+#include "core/communicator.h"
 #include "data/gpt_dataset.h"
 #include "data/sft_dataset.h"
 #include "tokenizer/tokenizer.h"
@@ -146,7 +147,11 @@ struct RunData {
 // does not compare them) unless an example of the data is longer than it, which is an error naming max_length.
 // With a.dataset_world_size() > 1 the training data is `dp_rank`'s slice of the global batches; evaluation data
 // is whole on every rank.
+// With `ranks` (a multi-process run) the pretraining indices are built once, by rank 0, and sent to the others.
 RunData build_run_data(const TrainArgs& a, const Tokenizer& tok, int64_t vocab_size, int64_t max_positions,
-                       int dp_rank = 0);
+                       int dp_rank = 0, Communicator* ranks = nullptr);
+
+// Rank 0 builds, the group receives (IndexSharing over a communicator). When rank 0 fails, every rank throws.
+IndexSharing share_indices_from_rank0(Communicator& ranks);
 
 }  // namespace oar

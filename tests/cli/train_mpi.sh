@@ -43,6 +43,7 @@ done
 grep -q '^loss: .*interval_tokens_per_second: ' two.log || die "rank 0 does not log the job's tokens/s"
 [ "$(grep -c '^loss: ' two.log)" -eq 60 ] || die "the console shows rank 0's lines once each"
 grep -q 'data-parallel ranks = 2, total batch size = 8' two.log || die "the run does not state its layout"
+grep -q 'indices built by rank 0 and shared' two.log || die "the GPTDataset indices are not built once and shared"
 
 # sharding stage1: each rank keeps the moments of half the parameters; the weights and the gathered moments of
 # every checkpoint are data parallelism's, bit for bit, and a sharded run resumed from a checkpoint ends there too.
@@ -117,4 +118,11 @@ expect_error odd "tensor_parallel_degree 2 x pipeline_parallel_degree 2 = 4 proc
 rc=0; "${MPIRUN[@]}" "$OAR" pretrain missing.json > e_missing.out 2> e_missing.err || rc=$?
 [ $rc -eq 2 ] && head -n1 e_missing.err | grep -q '^oar: error: missing.json: no such config file' &&
   ! grep -q MPI_ABORT e_missing.err || die "missing config under mpirun: exit $rc: $(cat e_missing.err)"
+# One rank alone failing its setup (its own data path, through mpirun's MPMD form) meets the others at the next
+# agreement: no hang, rank 0 prints that rank's error, exit 2.
+rc=0
+timeout 120 mpirun --oversubscribe -np 1 "$OAR" pretrain pre.json --output_dir e_r1 --log_dir e_r1.log : \
+  -np 1 "$OAR" pretrain pre.json --output_dir e_r1 --log_dir e_r1.log --input_dir nowhere > e_r1.out 2> e_r1.err || rc=$?
+[ $rc -eq 2 ] && head -n1 e_r1.err | grep -q '^oar: error: rank 1: .*nowhere' && ! grep -q MPI_ABORT e_r1.err ||
+  die "rank 1 failing alone: exit $rc: $(cat e_r1.err)"
 echo "train_mpi: ok"

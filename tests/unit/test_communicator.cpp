@@ -107,5 +107,18 @@ TEST(Communicator, AMismatchedMessageIsAnError) {
   EXPECT_THROW(make_thread_group(0), Error);
 }
 
+// Setup agreement: every rank learns the lowest failing rank's message; with none failing, all go on.
+TEST(Communicator, AllRanksOkReportsTheLowestFailingRank) {
+  on_ranks(3, [](Communicator& c) {
+    std::string first;
+    EXPECT_TRUE(all_ranks_ok(c, "", &first));
+    const std::string mine = c.rank() == 0 ? "" : "boom on " + std::to_string(c.rank());
+    EXPECT_FALSE(all_ranks_ok(c, mine, &first));
+    EXPECT_EQ(first, "rank 1: boom on 1");
+    EXPECT_FALSE(all_ranks_ok(c, c.rank() == 0 ? "rank 0 broke" : "", &first));
+    EXPECT_EQ(first, "rank 0 broke");
+  });
+}
+
 }  // namespace
 }  // namespace oar
