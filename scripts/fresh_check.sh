@@ -14,7 +14,7 @@ command -v mmdebstrap >/dev/null || { apt-get update -qq && apt-get install -y -
 
 root="${FRESH_ROOT:-$(mktemp -d /tmp/oar-fresh.XXXXXX)}"
 cleanup() {
-  for m in proc sys dev/pts dev; do umount -l "$root/$m" 2>/dev/null || true; done
+  for m in run/netns proc sys dev/pts dev; do umount -l "$root/$m" 2>/dev/null || true; done
   [ -n "${FRESH_ROOT:-}" ] || rm -rf "$root"
 }
 trap cleanup EXIT

@@ -13,6 +13,8 @@ NS0=oarn0-$$ NS1=oarn1-$$ NET=10.231.$(( $$ % 250 ))
 cleanup() { ip netns del "$NS0" 2>/dev/null || true; ip netns del "$NS1" 2>/dev/null || true; stop_all_servers; }
 trap cleanup EXIT
 ip netns add "$NS0" 2>/dev/null || { echo "SKIP: cannot create a network namespace here"; exit 77; }
+# In a chroot (scripts/fresh_check.sh) namespaces can be made but not entered: / is no mount point there.
+ip netns exec "$NS0" true 2>/dev/null || { echo "SKIP: cannot enter a network namespace here (a chroot?)"; exit 77; }
 ip netns add "$NS1"
 ip link add "oarv0-$$" type veth peer name "oarv1-$$"
 ip link set "oarv0-$$" netns "$NS0"
