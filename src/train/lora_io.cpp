@@ -475,10 +475,11 @@ void save_lora_adapter_paddle(const std::string& dir, const LoraAdapter& a) {
   int64_t total = 0;
   const std::string shard = "peft_model-00001-of-00001.safetensors";
   for (const auto& [name, p] : a.modules) {
-    const std::string module = "llama." + name.substr(6, name.size() - 6 - 7);  // model.X.weight -> llama.X
+    const std::string module = name.substr(0, name.size() - 7);  // model.X.weight -> model.X
     for (const auto& [suffix, t] : {std::pair{".lora_A", &p.A}, std::pair{".lora_B", &p.B}}) {
-      ts.emplace_back(module + suffix, t->to(DType::F32).transpose(0, 1).contiguous());
-      weight_map[module + suffix] = shard;
+      const std::string key = paddle_name_of(module + suffix + ".weight").name;  // llama.X.lora_A, [in, r]
+      ts.emplace_back(key, t->to(DType::F32).transpose(0, 1).contiguous());
+      weight_map[key] = shard;
       total += int64_t(ts.back().second.nbytes());
     }
   }

@@ -46,16 +46,10 @@ Tensor to_paddle(const Tensor& t, const PaddleTensorName& pn) {
   return pn.transposed ? t.transpose(0, 1).contiguous() : t.contiguous();
 }
 
-Named converted(const Named& named, DType dtype) {
-  Named out;
-  for (const auto& [name, t] : named) out.emplace_back(name, t.to(dtype));
-  return out;
-}
-
-// The model in PaddleNLP's layout and `dtype`, as oar convert --to paddle writes it.
-Named paddle_model_tensors(const TrainableLlama& m, DType dtype, LlamaConfig& cfg) {
+// `weights` (Hugging Face names) in PaddleNLP's layout and `dtype`, as oar convert --to paddle writes them.
+Named paddle_model_tensors(const Named& weights, DType dtype, LlamaConfig& cfg) {
   std::map<std::string, Tensor> by_name;
-  for (auto& [name, t] : converted(m.export_weights(false), dtype)) by_name.emplace(name, t);
+  for (const auto& [name, t] : weights) by_name.emplace(name, t.to(dtype));
   TensorMapSource src("the trained model", std::move(by_name));
   return paddle_checkpoint_tensors(cfg, src, "the trained model");
 }
@@ -83,15 +77,13 @@ void save_paddle_weights(const std::string& dir, const TrainableLlama& m, const 
     }
     return;
   }
+  const Named weights = m.export_weights(false);
   LlamaConfig cfg = m.config();
   cfg.torch_dtype = dtype_name(params_dtype);
-  const Named model = paddle_model_tensors(m, params_dtype, cfg);
+  LlamaConfig master_cfg = cfg;  // paddle_model_tensors unties the config it is given; the model's is written
+  write_single_shard(dir, kModelShard, kModelIndex, paddle_model_tensors(weights, params_dtype, cfg));
   write_file_atomic(join_path(dir, "config.json"), to_hf_config_json(cfg));
-  write_single_shard(dir, kModelShard, kModelIndex, model);
-  if (master) {
-    LlamaConfig unused = m.config();
-    write_single_shard(dir, kMasterShard, kMasterIndex, paddle_model_tensors(m, DType::F32, unused));
-  }
+  if (master) write_single_shard(dir, kMasterShard, kMasterIndex, paddle_model_tensors(weights, DType::F32, master_cfg));
 }
 
 bool has_paddle_master_weights(const std::string& dir) { return file_exists(join_path(dir, kMasterIndex)); }

@@ -88,7 +88,7 @@ void check_parallel_degrees(const Checker& c, int world_size) {
   }
   a.data_parallel_degree = world_size / product;
   // Built so far: data parallelism, and sharding stage1 over the whole job.
-  const bool stage1 = a.sharding.find("stage1") != std::string::npos;
+  const bool stage1 = a.sharding_stage1();
   for (Degree d : parallel_degrees(a)) {
     if (d.v <= 1) continue;
     const bool sharding = std::string(d.key) == "sharding_parallel_degree";

@@ -397,9 +397,7 @@ std::unique_ptr<TrainData> rank_share(std::unique_ptr<TrainData> global, const T
   if (a.dataset_world_size() <= 1) return global;
   return std::make_unique<DataParallelSlice>(std::move(global), dp_rank, int(a.dataset_world_size()));
 }
-}  // namespace
 
-namespace {
 template <class T>
 void broadcast_vector(Communicator& c, std::vector<T>& v) {
   int64_t n = int64_t(v.size());

@@ -122,7 +122,7 @@ struct Trainer::Impl {
     oc.lora_plus_scale = args.lora_plus_scale;
     // sharding stage1 over the ranks (validated: the sharding group is the whole job): each rank's AdamW holds
     // the moments of its own parameters only.
-    const bool stage1 = data_parallel() && args.sharding_parallel_degree > 1 && args.sharding.find("stage1") != std::string::npos;
+    const bool stage1 = data_parallel() && args.sharding_parallel_degree > 1 && args.sharding_stage1();
     shards = std::make_unique<ParameterShards>(params, stage1 ? opt.data_parallel : nullptr);
     optim = std::make_unique<AdamW>(oc, shards->owned());
 
@@ -433,7 +433,7 @@ struct Trainer::Impl {
         interval_flops += model.train_flops(b);
         st.micro_batches++;
       }
-      if (opt.data_parallel && opt.data_parallel->size() > 1) average_over_ranks(step_loss);
+      if (data_parallel()) average_over_ranks(step_loss);
       bool skipped = false;
       double grad_norm = NAN;
       if (scaler.enabled()) {

@@ -26,17 +26,8 @@ EOF
 # The same global batch (4 rows x 2 accumulated): one process, and two ranks of 2 rows.
 "$OAR" pretrain pre.json --output_dir one --per_device_train_batch_size 4 > one.log 2>&1 || { cat one.log; die "one process"; }
 "${MPIRUN[@]}" "$OAR" pretrain pre.json --output_dir two > two.log 2>&1 || { cat two.log; die "mpirun -np 2"; }
-python3 - <<'PY' || die "dp2 losses differ from the one-process run"
-import json
-def losses(path):
-    return [e["loss"] for e in map(json.loads, open(path)) if e["event"] == "train"]
-one, two = losses("one/metrics.jsonl"), losses("two/metrics.jsonl")
-assert len(one) == len(two) == 60, (len(one), len(two))
-worst = max(abs(a - b) / abs(a) for a, b in zip(one, two))
-assert worst <= 1e-6, worst
-assert two[-1] < two[0] - 0.5, two  # and it learns
-print(f"ok: dp2 logs the one-process losses over 60 steps (max relative difference {worst:.2g})")
-PY
+same_losses one/metrics.jsonl two/metrics.jsonl 60 1e-6 "dp2 logs the one-process losses over 60 steps" 0.5 ||
+  die "dp2 losses differ from the one-process run"
 for r in 0 1; do
   [ "$(grep -c '^loss: ' "log/workerlog.$r")" -eq 60 ] || die "log/workerlog.$r lacks rank $r's 60 log lines"
 done

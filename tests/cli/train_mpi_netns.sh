@@ -54,15 +54,8 @@ timeout 300 ip netns exec "$NS0" mpirun --hostfile hosts -np 2 --map-by node --m
   --mca btl self,tcp --mca btl_tcp_if_include "$NET.0/24" --mca oob_tcp_if_include "$NET.0/24" \
   "$OAR" pretrain pre.json --output_dir two --log_dir two_log > two.log 2>&1 || { cat two.log; die "mpirun across the namespaces"; }
 grep -q "oarv1-$$" <(ip netns exec "$NS1" ip -br addr) || die "the second namespace lost its link"
-python3 - <<'PY' || die "the two-machine run's losses differ from one process's"
-import json
-def losses(path):
-    return [e["loss"] for e in map(json.loads, open(path)) if e["event"] == "train"]
-one, two = losses("one/metrics.jsonl"), losses("two/metrics.jsonl")
-assert len(one) == len(two) == 10, (len(one), len(two))
-worst = max(abs(a - b) / abs(a) for a, b in zip(one, two))
-assert worst <= 1e-5, worst
-print(f"ok: two ranks in two network namespaces over TCP log the one-process losses (max relative difference {worst:.2g})")
-PY
+same_losses one/metrics.jsonl two/metrics.jsonl 10 1e-5 \
+  "two ranks in two network namespaces over TCP log the one-process losses" ||
+  die "the two-machine run's losses differ from one process's"
 [ -f two_log/workerlog.1 ] || die "no worker log of the rank on the second machine"
 echo "train_mpi_netns: ok"

@@ -78,6 +78,25 @@ for name, n in counts:
 PY
 }
 
+# same_losses ONE.jsonl TWO.jsonl STEPS TOL WHAT [MIN_DROP]: both metrics.jsonl files log STEPS training losses that
+# agree within TOL relative (and, with MIN_DROP, the second run's loss falls by at least that much); prints WHAT.
+same_losses() {
+  python3 - "$@" <<'PY'
+import json, sys
+one_path, two_path, steps, tol, what = sys.argv[1:6]
+min_drop = float(sys.argv[6]) if len(sys.argv) > 6 else None
+def losses(path):
+    return [e["loss"] for e in map(json.loads, open(path)) if e["event"] == "train"]
+one, two = losses(one_path), losses(two_path)
+assert len(one) == len(two) == int(steps), (len(one), len(two))
+worst = max(abs(a - b) / abs(a) for a, b in zip(one, two))
+assert worst <= float(tol), worst
+if min_drop is not None:
+    assert two[-1] < two[0] - min_drop, two  # and it learns
+print(f"ok: {what} (max relative difference {worst:.2g})")
+PY
+}
+
 # make_word_corpus MODEL PREFIX: 300 lines of words from license texts tokenized by MODEL's tokenizer into
 # PREFIX.bin/.idx (oar preprocess), a pretraining corpus small enough for tests.
 make_word_corpus() {
