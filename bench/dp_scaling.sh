@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
-# Data-parallel scaling on this machine: `oar pretrain --benchmark` on the 110M Llama (llama-110m preset, float32)
-# as 2 MPI ranks x 1 thread against 1 process x 2 threads, the same global batch, alternating which runs first.
-# Prints each run's Effective_Tokens_per_second (every rank's tokens over the run) and the ratio dp2 / one process,
-# median over rounds. The issue's target: >= 0.9. Run it on a quiet machine, from the repository root, after
-# `bash scripts/build.sh release`.
+# Data parallelism on this machine, on the 110M Llama (llama-110m preset, float32), `oar pretrain --benchmark`:
+#  1. scaling: 2 MPI ranks x 1 thread against 1 process x 2 threads, the same global batch, alternating which runs
+#     first; each run's Effective_Tokens_per_second (every rank's tokens over the run) and the ratio dp2 / one
+#     process, median over rounds. The issue's target: >= 0.9.
+#  2. overlap over a 10 Gbit/s link (root only): the two ranks in two network namespaces joined by a veth pair
+#     shaped with tc (tbf, 10 Gbit/s each way), the gradient sums summed after the backward (OAR_GRAD_OVERLAP=0)
+#     and overlapped with it. From rank 0's metrics.jsonl (steps after the first): the step time, the time of the
+#     sums, and the share of the blocking sums' time that the overlapped run hides. The issue's target: >= 70%.
+# Run it on a quiet machine, from the repository root, after `bash scripts/build.sh release`.
 #
 #   bench/dp_scaling.sh [ROUNDS=3] [STEPS=6] [SEQ=256] [BATCH_PER_RANK=2]
 set -euo pipefail
 rounds="${1:-3}" steps="${2:-6}" seq="${3:-256}" per_rank="${4:-2}"
 OAR="$(pwd)/build/oar"
+NETNS_LIB="$(pwd)/tests/cli/lib/netns.sh"
 [ -x "$OAR" ] || { echo "$0: build/oar is missing (bash scripts/build.sh release)" >&2; exit 2; }
 command -v mpirun >/dev/null || { echo "$0: mpirun is missing (bash scripts/setup.sh)" >&2; exit 2; }
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
+trap 'delete_netns_pair 2>/dev/null; rm -rf "$work"' EXIT
 cd "$work"
 
 "$OAR" create-model --preset llama-110m --dtype float32 --output_dir model --force >/dev/null
@@ -57,3 +62,75 @@ for r in $(seq "$rounds"); do
   printf '%-6s %16s %16s %8s\n' "$r" "$a" "$b" "$ratio"
 done
 python3 -c "import statistics, sys; print('median ratio (2 ranks / 1 process):', statistics.median(map(float, sys.argv[1:])))" "${ratios[@]}"
+
+# 2. Overlap across two network namespaces over a shaped 10 Gbit/s link.
+source "$NETNS_LIB"
+if ! make_netns_pair $$ > netns.txt; then
+  echo "overlap over 10 Gbit/s: skipped ($(cat netns.txt))"
+  exit 0
+fi
+ip netns exec "$NS0" tc qdisc add dev "$DEV0" root tbf rate 10gbit burst 2mb latency 20ms
+ip netns exec "$NS1" tc qdisc add dev "$DEV1" root tbf rate 10gbit burst 2mb latency 20ms
+tx_bytes() { ip -n "$NS0" -s -j link show dev "$DEV0" | python3 -c "import json,sys; print(json.load(sys.stdin)[0]['stats64']['tx']['bytes'])"; }
+across() {  # OAR_GRAD_OVERLAP value, output dir, more arguments; writes the bytes rank 0 sent to the other rank in DIR.bytes
+  local before ov=$1 out=$2; shift 2; before=$(tx_bytes)
+  ip netns exec "$NS0" mpirun "${NETNS_MPIRUN_ARGS[@]}" -x OMP_NUM_THREADS=1 -x OAR_GRAD_OVERLAP="$ov" \
+    -x OMPI_ALLOW_RUN_AS_ROOT -x OMPI_ALLOW_RUN_AS_ROOT_CONFIRM "$OAR" pretrain cfg.json \
+    --per_device_train_batch_size "$per_rank" --output_dir "$out" --log_dir "${out}_log" "$@" > "$out.log" 2>&1 ||
+    { cat "$out.log"; exit 1; }
+  echo $(( $(tx_bytes) - before )) > "$out.bytes"
+}
+# Bytes rank 0 sends per step, net of the start's broadcast of the weights (one copy), in copies of the gradients;
+# and the step time (steps after the first).
+per_step() {  # output dir
+  python3 - "$1" <<'PY'
+import json, re, sys
+d = sys.argv[1]
+params = int(re.search(r"Trainable parameters = (\d+)", open(f"{d}.log").read()).group(1))
+ev = [e for e in map(json.loads, open(f"{d}/metrics.jsonl")) if e.get("event") == "train"]
+copies = (int(open(f"{d}.bytes").read()) - 4 * params) / len(ev) / (4 * params)
+step = sum(e["interval_runtime"] for e in ev[1:]) / (len(ev) - 1)
+# Rank 0's share of the parameters under sharding (its moments' MiB over all of them): what it broadcasts.
+share = re.search(r"optimizer state ([0-9.]+) MiB \(float32 moments, this rank's share", open(f"{d}.log").read())
+owned = f", rank 0 owns {float(share.group(1)) * 2**20 / (8 * params):.3f} of the parameters" if share else ""
+print(f"{copies:.3f} copies ({copies * 4 * params / 1e6:.1f} MB) a step, step {step:.3f} s{owned}")
+PY
+}
+echo
+echo "overlap: 2 ranks in two network namespaces, tc tbf 10 Gbit/s each way, TCP; steps 2..$steps"
+printf '%-11s %10s %10s %12s\n' mode "step (s)" "sums (s)" "exposed (s)"
+shares=()
+for r in $(seq "$rounds"); do
+  across 0 blocking
+  across 1 overlapped
+  share=$(python3 - <<'PY'
+import json
+def steps(d):
+    ev = [e for e in map(json.loads, open(f"{d}/metrics.jsonl")) if e.get("event") == "train"][1:]
+    n = len(ev)
+    step = sum(e["interval_runtime"] for e in ev) / n
+    sums = sum(e["grad_sync_seconds"] for e in ev) / n
+    exposed = sum(e["grad_sync_seconds"] * (1 - e["grad_sync_hidden_share"]) for e in ev) / n
+    return step, sums, exposed
+b, o = steps("blocking"), steps("overlapped")
+share = 1 - o[2] / b[1]
+import sys
+for name, (st, su, ex) in (("blocking", b), ("overlapped", o)):
+    print(f"{name:<11} {st:10.3f} {su:10.3f} {ex:12.3f}", file=sys.stderr)
+print(f"{share:.3f}")
+PY
+)
+  shares+=("$share")
+  echo "round $r: hidden share of the blocking sums: $share"
+done
+python3 -c "import statistics, sys; print('median hidden share:', statistics.median(map(float, sys.argv[1:])))" "${shares[@]}"
+# Bytes per step against theory, rank 0's side, per layout (2 ranks): data parallelism's all-reduce sends 1 copy of
+# the gradients; sharding stage1 adds the broadcast of rank 0's updated share f (1 + f); stage2 reduces each
+# gradient to its owner instead (1 - f) and broadcasts (f): 1.
+echo "bytes on the link, rank 0 (theory: data 1.0, stage1 1 + f, stage2 1.0 copies of the gradients a step):"
+echo "  data parallel (blocking): $(per_step blocking)"
+echo "  data parallel (overlapped): $(per_step overlapped)"
+for stage in stage1 stage2; do
+  across 1 "$stage" --sharding "$stage"
+  echo "  sharding $stage (overlapped): $(per_step "$stage")"
+done

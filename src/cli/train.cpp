@@ -18,6 +18,7 @@
 #include "core/fs.h"
 #include "core/mpi_world.h"
 #include "tokenizer/tokenizer.h"
+#include "train/parallel_groups.h"
 #include "train/train_args.h"
 #include "train/train_setup.h"
 #include "train/trainer.h"
@@ -175,7 +176,20 @@ int train_process(TrainMode mode, const std::vector<std::string>& argv, const Jo
   opt.tokenizer_path = a.tokenizer_path();
   opt.progress_bar = job.rank == 0;
   opt.print = say;
-  if (job.size > 1) opt.data_parallel = job.comm;
+  ParallelGroups groups;
+  if (job.size > 1) {
+    const ParallelDegrees degrees{int(a.data_parallel_degree), 1, int(std::max<int64_t>(1, a.sharding_parallel_degree)), 1};
+    groups = make_parallel_groups(*job.comm, degrees);
+    say("Parallel layout: " + describe_layout(degrees, job.rank));
+    opt.data_parallel = job.comm;
+    // OAR_GRAD_OVERLAP=0: sum the gradients after the backward (bench/dp_scaling.sh measures what overlap hides).
+    const char* overlap = std::getenv("OAR_GRAD_OVERLAP");
+    opt.overlap_grad_reduce = !(overlap && std::string(overlap) == "0");
+    if (a.sharding_stage() > 0) {
+      opt.sharding = groups.sharding.get();
+      opt.shard_replicas = groups.data.get();
+    }
+  }
   Trainer trainer(a, *model, data.train.get(), data.eval.get(), data.test.get(), opt);
   if (job.size > 1 && !agree_on_setup(job, "")) return 2;
   TrainResult r = trainer.run();

@@ -1,11 +1,14 @@
 #include "core/communicator.h"
 
 #include <algorithm>
+#include <chrono>
 #include <condition_variable>
 #include <cstring>
+#include <deque>
 #include <map>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <utility>
 
 #include "core/error.h"
@@ -33,12 +36,14 @@ class SingleProcess final : public Communicator {
   int size() const override { return 1; }
   void all_reduce(float*, int64_t, ReduceOp) override {}
   void all_reduce(double*, int64_t, ReduceOp) override {}
+  void reduce(float*, int64_t, int root, ReduceOp) override { check_rank(root, 1); }
   void reduce_scatter(const float* in, float* out, int64_t n, ReduceOp) override { copy(in, out, n); }
   void all_gather(const float* in, float* out, int64_t n) override { copy(in, out, n); }
   void broadcast(void*, int64_t, int root) override { check_rank(root, 1); }
   void send(const void*, int64_t, int peer) override { no_peer(peer); }
   void recv(void*, int64_t, int peer) override { no_peer(peer); }
   void barrier() override {}
+  std::unique_ptr<Communicator> split(int, int) override { return std::make_unique<SingleProcess>(); }
 
  private:
   static void copy(const float* in, float* out, int64_t n) {
@@ -82,6 +87,19 @@ class ThreadRank final : public Communicator {
 
   void all_reduce(float* data, int64_t n, ReduceOp op) override { all_reduce_t(data, n, op); }
   void all_reduce(double* data, int64_t n, ReduceOp op) override { all_reduce_t(data, n, op); }
+
+  void reduce(float* data, int64_t n, int root, ReduceOp op) override {
+    check_rank(root, s_->size);
+    s_->posted[size_t(rank_)] = data;
+    s_->wait_all();
+    std::vector<float> acc;
+    if (rank_ == root) {
+      acc.assign(static_cast<const float*>(s_->posted[0]), static_cast<const float*>(s_->posted[0]) + n);
+      for (int r = 1; r < s_->size; r++) reduce_into(acc.data(), static_cast<const float*>(s_->posted[size_t(r)]), n, op);
+    }
+    s_->wait_all();
+    if (rank_ == root) std::memcpy(data, acc.data(), size_t(n) * sizeof(float));
+  }
 
   void reduce_scatter(const float* in, float* out, int64_t n, ReduceOp op) override {
     exchange(in, [&] {
@@ -130,6 +148,9 @@ class ThreadRank final : public Communicator {
   }
 
   void barrier() override { s_->wait_all(); }
+  std::unique_ptr<Communicator> split(int, int) override {
+    throw Error("communicator: an in-process thread group cannot be split");
+  }
 
  private:
   template <class T>
@@ -166,6 +187,91 @@ std::vector<std::unique_ptr<Communicator>> make_thread_group(int size) {
   std::vector<std::unique_ptr<Communicator>> group;
   for (int r = 0; r < size; r++) group.push_back(std::make_unique<ThreadRank>(shared, r));
   return group;
+}
+
+struct BackgroundSums::State {
+  struct Sum {
+    Communicator* comm;
+    float* data;
+    int64_t n;
+    int root;  // -1: all-reduce
+  };
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<Sum> queue;
+  bool running = false, quit = false;
+  std::string error;
+  double busy = 0, exposed = 0;
+  std::thread thread;
+
+  State() : thread([this] { loop(); }) {}
+
+  void push(const Sum& sum) {
+    std::lock_guard lock(mu);
+    queue.push_back(sum);
+    cv.notify_all();
+  }
+
+  void loop() {
+    std::unique_lock lock(mu);
+    for (;;) {
+      cv.wait(lock, [&] { return quit || !queue.empty(); });
+      if (queue.empty()) return;  // quit, with nothing left
+      const Sum sum = queue.front();
+      queue.pop_front();
+      running = true;
+      lock.unlock();
+      const auto t0 = std::chrono::steady_clock::now();
+      std::string failure;
+      try {
+        if (sum.root < 0) sum.comm->all_reduce_overlapped(sum.data, sum.n);
+        else sum.comm->reduce_overlapped(sum.data, sum.n, sum.root);
+      } catch (const std::exception& e) {
+        failure = e.what();
+      }
+      lock.lock();
+      busy += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      if (error.empty()) error = failure;
+      running = false;
+      cv.notify_all();
+    }
+  }
+};
+
+BackgroundSums::BackgroundSums() : s_(std::make_unique<State>()) {}
+
+BackgroundSums::~BackgroundSums() {
+  {
+    std::lock_guard lock(s_->mu);
+    s_->quit = true;
+  }
+  s_->cv.notify_all();
+  s_->thread.join();
+}
+
+void BackgroundSums::start_all_reduce(Communicator& c, float* data, int64_t n) { s_->push({&c, data, n, -1}); }
+
+void BackgroundSums::start_reduce(Communicator& c, float* data, int64_t n, int root) {
+  check_rank(root, c.size());
+  s_->push({&c, data, n, root});
+}
+
+void BackgroundSums::wait() {
+  const auto t0 = std::chrono::steady_clock::now();
+  std::unique_lock lock(s_->mu);
+  s_->cv.wait(lock, [&] { return s_->queue.empty() && !s_->running; });
+  s_->exposed += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (!s_->error.empty()) throw Error(std::exchange(s_->error, ""));
+}
+
+double BackgroundSums::busy_seconds() {
+  std::lock_guard lock(s_->mu);
+  return std::exchange(s_->busy, 0.0);
+}
+
+double BackgroundSums::exposed_seconds() {
+  std::lock_guard lock(s_->mu);
+  return std::exchange(s_->exposed, 0.0);
 }
 
 bool all_ranks_ok(Communicator& c, const std::string& my_error, std::string* first_error) {

@@ -27,6 +27,12 @@ class Communicator {
   // In place: every rank's data[0, n) becomes the elementwise reduction over the ranks.
   virtual void all_reduce(float* data, int64_t n, ReduceOp op = ReduceOp::Sum) = 0;
   virtual void all_reduce(double* data, int64_t n, ReduceOp op = ReduceOp::Sum) = 0;
+  // all_reduce and reduce (sums) for a background thread overlapping computation: the MPI ones wait in short sleeps
+  // instead of spinning, so they leave the cores to the computation.
+  virtual void all_reduce_overlapped(float* data, int64_t n) { all_reduce(data, n); }
+  virtual void reduce_overlapped(float* data, int64_t n, int root) { reduce(data, n, root); }
+  // In place on `root`: its data[0, n) becomes the reduction over the ranks; the other ranks' data is unchanged.
+  virtual void reduce(float* data, int64_t n, int root, ReduceOp op = ReduceOp::Sum) = 0;
   // in[0, size() * n): rank r receives in out[0, n) the reduction over the ranks of block r (in[r*n, (r+1)*n)).
   virtual void reduce_scatter(const float* in, float* out, int64_t n, ReduceOp op = ReduceOp::Sum) = 0;
   // Each rank gives in[0, n); every rank receives out[0, size() * n), the ranks' blocks in rank order.
@@ -37,6 +43,30 @@ class Communicator {
   virtual void send(const void* data, int64_t bytes, int peer) = 0;
   virtual void recv(void* data, int64_t bytes, int peer) = 0;
   virtual void barrier() = 0;
+  // The sub-group of the ranks that pass the same `color`, ranked by `key` (MPI_Comm_split): the hybrid-parallel
+  // groups (data, sharding, ...) of one job. Every rank must call it.
+  virtual std::unique_ptr<Communicator> split(int color, int key) = 0;
+};
+
+// Sums started in order on one background thread while the caller computes (the gradient buckets of a backward):
+// start_*() return at once, wait() returns when every started sum is done and rethrows the first failure. Every
+// rank of a group must start the same sums on it in the same order. Between the first start and wait(), the caller
+// uses no communicator itself (MPI: one thread calls at a time; MpiWorld asks for MPI_THREAD_SERIALIZED).
+class BackgroundSums {
+ public:
+  BackgroundSums();
+  ~BackgroundSums();
+  void start_all_reduce(Communicator& c, float* data, int64_t n);
+  void start_reduce(Communicator& c, float* data, int64_t n, int root);
+  void wait();
+  // Seconds the thread spent in the sums since the last call, and of them the time wait() waited (the part the
+  // computation did not hide).
+  double busy_seconds();
+  double exposed_seconds();
+
+ private:
+  struct State;
+  std::unique_ptr<State> s_;
 };
 
 // Setup-time agreement, so that one rank failing alone cannot leave the others waiting in another collective: every
@@ -54,7 +84,7 @@ struct OtherRankFailed : Error {
 std::unique_ptr<Communicator> make_single_process_communicator();
 
 // `size` communicators over shared memory, one per thread; rank i is element i. Each must be used by its own
-// thread. Reductions add in rank order, so every rank gets the same bits. The ranks share the process: models
+// thread; they cannot be split. Reductions add in rank order, so every rank gets the same bits. The ranks share the process: models
 // that run on the CPU kernels (which keep scratch buffers in one instance per process) must not run on two
 // ranks at once until scratch belongs to a backend instance; nothing broadcasts initial weights either.
 std::vector<std::unique_ptr<Communicator>> make_thread_group(int size);

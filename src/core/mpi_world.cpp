@@ -6,9 +6,11 @@
 #include <mpi.h>
 
 #include <algorithm>
+#include <chrono>
 #include <climits>
 #include <cstdlib>
 #include <string>
+#include <thread>
 
 #include "core/error.h"
 
@@ -27,18 +29,55 @@ MPI_Op mpi_op(ReduceOp op) { return op == ReduceOp::Sum ? MPI_SUM : MPI_MAX; }
 
 // MPI counts are int: larger buffers go in chunks.
 constexpr int64_t kChunk = INT_MAX / 8;
+// Non-blocking collectives go in chunks of 4 MB: OpenMPI 4.1's libnbc runs each round that completes at once (its
+// data already arrived) by recursing into the next, and a reduce of ~100 MB over TCP, thousands of pipelined rounds,
+// overflowed the thread's stack (a SIGSEGV in opal_convertor_unpack under NBC_Progress, found by
+// bench/dp_scaling.sh).
+constexpr int64_t kNonBlockingChunk = int64_t(1) << 20;
 
 class MpiCommunicator final : public Communicator {
  public:
-  explicit MpiCommunicator(MPI_Comm comm) : comm_(comm) {
+  // `owned`: a communicator split from another, freed with this object (unless MPI has already finalised).
+  MpiCommunicator(MPI_Comm comm, bool owned) : comm_(comm), owned_(owned) {
     check(MPI_Comm_rank(comm_, &rank_), "Comm_rank");
     check(MPI_Comm_size(comm_, &size_), "Comm_size");
+  }
+  ~MpiCommunicator() override {
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (owned_ && !finalized) MPI_Comm_free(&comm_);
   }
   int rank() const override { return rank_; }
   int size() const override { return size_; }
 
   void all_reduce(float* data, int64_t n, ReduceOp op) override { all_reduce_t(data, n, MPI_FLOAT, op); }
   void all_reduce(double* data, int64_t n, ReduceOp op) override { all_reduce_t(data, n, MPI_DOUBLE, op); }
+  void all_reduce_overlapped(float* data, int64_t n) override {
+    for (int64_t off = 0; off < n; off += kNonBlockingChunk) {
+      MPI_Request req;
+      check(MPI_Iallreduce(MPI_IN_PLACE, data + off, int(std::min(kNonBlockingChunk, n - off)), MPI_FLOAT, MPI_SUM,
+                           comm_, &req), "Iallreduce");
+      wait_sleeping(req);
+    }
+  }
+  void reduce_overlapped(float* data, int64_t n, int root) override {
+    for (int64_t off = 0; off < n; off += kNonBlockingChunk) {
+      MPI_Request req;
+      float* p = data + off;
+      check(MPI_Ireduce(rank_ == root ? MPI_IN_PLACE : p, rank_ == root ? p : nullptr,
+                        int(std::min(kNonBlockingChunk, n - off)), MPI_FLOAT, MPI_SUM, root, comm_, &req), "Ireduce");
+      wait_sleeping(req);
+    }
+  }
+  void reduce(float* data, int64_t n, int root, ReduceOp op) override {
+    for (int64_t off = 0; off < n; off += kChunk) {
+      const int count = int(std::min(kChunk, n - off));
+      float* p = data + off;
+      // The root reduces into its own buffer; the others only send theirs.
+      check(MPI_Reduce(rank_ == root ? MPI_IN_PLACE : p, rank_ == root ? p : nullptr, count, MPI_FLOAT, mpi_op(op), root,
+                       comm_), "Reduce");
+    }
+  }
   void reduce_scatter(const float* in, float* out, int64_t n, ReduceOp op) override {
     if (n > kChunk) throw Error("MPI reduce_scatter: blocks over 2^28 elements are not supported");
     check(MPI_Reduce_scatter_block(in, out, int(n), MPI_FLOAT, mpi_op(op), comm_), "Reduce_scatter_block");
@@ -61,6 +100,12 @@ class MpiCommunicator final : public Communicator {
                      MPI_STATUS_IGNORE), "Recv");
   }
   void barrier() override { check(MPI_Barrier(comm_), "Barrier"); }
+  std::unique_ptr<Communicator> split(int color, int key) override {
+    MPI_Comm sub;
+    check(MPI_Comm_split(comm_, color, key, &sub), "Comm_split");
+    MPI_Comm_set_errhandler(sub, MPI_ERRORS_RETURN);
+    return std::make_unique<MpiCommunicator>(sub, true);
+  }
 
  private:
   template <class T>
@@ -68,7 +113,16 @@ class MpiCommunicator final : public Communicator {
     for (int64_t off = 0; off < n; off += kChunk)
       check(MPI_Allreduce(MPI_IN_PLACE, data + off, int(std::min(kChunk, n - off)), type, mpi_op(op), comm_), "Allreduce");
   }
+  // MPI progresses a non-blocking operation inside MPI_Test; between tests this thread sleeps instead of spinning.
+  static void wait_sleeping(MPI_Request& req) {
+    for (int done = 0;;) {
+      check(MPI_Test(&req, &done, MPI_STATUS_IGNORE), "Test");
+      if (done) return;
+      std::this_thread::sleep_for(std::chrono::microseconds(50));
+    }
+  }
   MPI_Comm comm_;
+  bool owned_;
   int rank_ = 0, size_ = 1;
 };
 
@@ -89,13 +143,15 @@ bool launched_by_mpi() { return std::getenv("OMPI_COMM_WORLD_SIZE") || std::gete
 
 MpiWorld::MpiWorld() {
   int provided = 0;
-  // Only the main thread calls MPI; OpenMP threads compute between the calls.
-  check(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided), "Init_thread");
+  // One thread calls MPI at a time: the main thread, or the background thread summing gradients while the main
+  // one computes the backward (BackgroundSums); OpenMP threads compute between the calls.
+  check(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_SERIALIZED, &provided), "Init_thread");
   std::atexit(finalize_at_exit);
-  if (provided < MPI_THREAD_FUNNELED) throw Error("MPI: this MPI library does not support threads (MPI_THREAD_FUNNELED)");
+  if (provided < MPI_THREAD_SERIALIZED)
+    throw Error("MPI: this MPI library does not support calls from several threads (MPI_THREAD_SERIALIZED)");
   // Errors come back as codes, so that check() reports them as oar errors naming the call.
   MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
-  world_ = std::make_unique<MpiCommunicator>(MPI_COMM_WORLD);
+  world_ = std::make_unique<MpiCommunicator>(MPI_COMM_WORLD, false);
   rank_ = world_->rank();
   size_ = world_->size();
   local_rank_ = env_int("OMPI_COMM_WORLD_LOCAL_RANK", env_int("MPI_LOCALRANKID", 0));

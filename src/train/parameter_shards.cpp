@@ -1,7 +1,6 @@
 #include "train/parameter_shards.h"
 
 #include <algorithm>
-#include <map>
 
 #include "core/error.h"
 
@@ -17,7 +16,23 @@ ParameterShards::ParameterShards(const std::vector<Parameter*>& params, Communic
     const int r = int(std::min_element(held.begin(), held.end()) - held.begin());
     held[size_t(r)] += p->value.numel();
     owner_.push_back(r);
+    owner_of_[p] = r;
     if (r == me) owned_.push_back(p);
+  }
+}
+
+void ParameterShards::reduce_grads_to_owners(const std::vector<Parameter*>& ps, Communicator* replicas,
+                                             BackgroundSums* background) {
+  if (!group_) return;
+  for (Parameter* p : ps) {
+    const int owner = owner_of_.at(p);
+    float* g = p->grad.data<float>();
+    const int64_t n = p->grad.numel();
+    if (background) background->start_reduce(*group_, g, n, owner);
+    else group_->reduce(g, n, owner);
+    if (owner != group_->rank() || !replicas) continue;
+    if (background) background->start_all_reduce(*replicas, g, n);
+    else replicas->all_reduce(g, n);
   }
 }
 

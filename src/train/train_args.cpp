@@ -450,4 +450,10 @@ std::string train_args_help(TrainMode mode) {
   return o.str();
 }
 
+int TrainArgs::sharding_stage() const {
+  for (int stage : {1, 2, 3})
+    if (sharding.find("stage" + std::to_string(stage)) != std::string::npos) return stage;
+  return 0;
+}
+
 }  // namespace oar

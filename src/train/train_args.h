@@ -128,7 +128,8 @@ struct TrainArgs {
 
   // Derived helpers.
   bool is_pretrain() const { return mode == TrainMode::Pretrain; }
-  bool sharding_stage1() const { return sharding.find("stage1") != std::string::npos; }
+  // The ZeRO stage of `sharding` (1, 2 or 3), 0 without one.
+  int sharding_stage() const;
   // The ranks that read different data (PaddleNLP's dataset_world_size): data parallelism x sharding.
   int64_t dataset_world_size() const { return data_parallel_degree * std::max<int64_t>(1, sharding_parallel_degree); }
   std::string tokenizer_path() const { return tokenizer_name_or_path.empty() ? model_name_or_path : tokenizer_name_or_path; }

@@ -87,18 +87,20 @@ void check_parallel_degrees(const Checker& c, int world_size) {
              std::to_string(world_size) + (world_size == 1 ? " (one process: start oar with mpirun -np N)" : " (mpirun -np)"));
   }
   a.data_parallel_degree = world_size / product;
-  // Built so far: data parallelism, and sharding stage1 over the whole job.
-  const bool stage1 = a.sharding_stage1();
+  // Built so far: data parallelism, and sharding stage1 or stage2 beside it in any split.
+  const int stage = a.sharding_stage();
   for (Degree d : parallel_degrees(a)) {
     if (d.v <= 1) continue;
     const bool sharding = std::string(d.key) == "sharding_parallel_degree";
-    if (sharding && stage1 && a.data_parallel_degree == 1) continue;
+    if (sharding && (stage == 1 || stage == 2)) continue;
     fail(c.where(d.key), std::string(d.key) + " " + std::to_string(d.v) +
-                             (sharding && stage1 ? ": sharding stage1 with data parallelism beside it is not built yet (set "
-                                                   "sharding_parallel_degree to the world size, or -1)"
-                                                 : ": not built yet; oar trains across processes with data parallelism "
-                                                   "and sharding stage1 (mpirun -np N, the other degrees 1)"));
+                             (sharding && stage == 3 ? ": sharding stage3 is not built yet (stage1 and stage2 are)"
+                              : sharding             ? ": needs a sharding stage (sharding \"stage1\" or \"stage2\")"
+                                                     : ": not built yet; oar trains across processes with data parallelism "
+                                                       "and sharding stage1/stage2 (mpirun -np N, the other degrees 1)"));
   }
+  if (stage == 2 && a.sharding_parallel_degree > 1 && a.sharding.find("offload") != std::string::npos)
+    c.note("sharding offload ignored: the optimizer state is in host memory already");
 }
 
 // The parallelism options that go with the degrees: sep/context, the virtual pipeline, sequence parallelism.

@@ -29,8 +29,8 @@ class LlamaTrainModel : public TrainModel {
   LlamaTrainModel(std::unique_ptr<TrainableLlama> m, std::string base_model_name_or_path,
                   std::optional<DType> paddle_params = std::nullopt);
   std::vector<Parameter*> parameters() override { return m_->parameters(); }
-  double forward_backward(const TrainBatch& b, float grad_scale, LossStats* s) override {
-    return m_->forward_backward(b, grad_scale, s);
+  double forward_backward(const TrainBatch& b, float grad_scale, LossStats* s, const GradsReady& ready) override {
+    return m_->forward_backward(b, grad_scale, s, ready);
   }
   double forward_loss(const TrainBatch& b, LossStats* s) override { return m_->forward_loss(b, s); }
   void zero_grad() override { m_->zero_grad(); }

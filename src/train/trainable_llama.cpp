@@ -506,12 +506,39 @@ void TrainableLlama::set_value(Parameter& p, const Tensor& host) {
 
 // ---- passes ----
 
-double TrainableLlama::forward_backward(const TrainBatch& batch, float grad_scale, LossStats* stats) {
+namespace {
+
+// The trainable parameters in the groups forward_backward reports them in: [0] the LM head and final norm, [1 + i]
+// layer N-1-i, [N + 1] the embedding (and a head tied to it, whose gradient is complete only then).
+std::vector<std::vector<Parameter*>> backward_groups(const TrainableLlama::Impl& M) {
+  const int64_t N = M.cfg.num_hidden_layers;
+  std::vector<std::vector<Parameter*>> g(size_t(N + 2));
+  const std::string layers = "model.layers.";
+  for (Parameter* p : M.order) {
+    if (!p->trainable || !p->grad.defined()) continue;
+    if (p == M.embed) g[size_t(N + 1)].push_back(p);
+    else if (p->name.rfind(layers, 0) == 0) g[size_t(N - std::stoll(p->name.substr(layers.size())))].push_back(p);
+    else g[0].push_back(p);
+  }
+  return g;
+}
+
+}  // namespace
+
+double TrainableLlama::forward_backward(const TrainBatch& batch, float grad_scale, LossStats* stats,
+                                        const GradsReady& ready) {
   Impl& M = *impl_;
   Ctx c = M.ctx();
   BatchInfo bi = M.batch_info(batch);
   const int64_t N = M.cfg.num_hidden_layers, T = bi.T, C = M.C();
   const bool rc = M.opt.recompute;
+  // The CPU backends compute synchronously: a gradient is in memory when its op returns.
+  const std::vector<std::vector<Parameter*>> groups = ready ? backward_groups(M) : std::vector<std::vector<Parameter*>>{};
+  size_t reported = 0;
+  auto report_through = [&](size_t last) {
+    for (; reported <= last && reported < groups.size(); reported++)
+      if (!groups[reported].empty()) ready(groups[reported]);
+  };
   M.alloc_acts(M.train_acts, M.train_key, rc ? 1 : N, bi, c.cdt);
   Tensor resid, rstd_f;
   Tensor hf = M.forward_trunk(c, bi, M.train_acts, !rc, resid, rstd_f);
@@ -524,6 +551,7 @@ double TrainableLlama::forward_backward(const TrainBatch& batch, float grad_scal
   if (r.counted > 0) {
     layers::rmsnorm_backward(c, *M.final_norm, resid.slice0(N, N + 1).view({T, C}), rstd_f, dhf, dres,
                              c.cdt == DType::F32 ? nullptr : &dres_c);
+    report_through(0);
     for (int64_t l = N - 1; l >= 0; l--) {
       Tensor x_in = resid.slice0(l, l + 1).view({T, C});
       LayerActs& A = M.train_acts[rc ? 0 : size_t(l)];
@@ -533,9 +561,11 @@ double TrainableLlama::forward_backward(const TrainBatch& batch, float grad_scal
         M.layer_forward(c, l, bi, x_in, x_out, A);
       }
       M.layer_backward(c, l, bi, x_in, A, dres, dres_c, l > 0 || M.embed->trainable);
+      report_through(size_t(N - l));
     }
     layers::embedding_backward(c, *M.embed, bi.ids, dres);
   }
+  if (ready) report_through(groups.size());  // all of them (no counted token: no backward ran)
   if (stats) *stats = LossStats{r.loss_sum, r.counted, r.correct};
   return r.counted > 0 ? r.loss_sum / double(r.counted) : 0.0;
 }

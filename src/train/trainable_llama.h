@@ -27,6 +27,7 @@
 //    deterministic, so gradients are bitwise identical to those without it.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -53,6 +54,10 @@ struct Parameter {
   Tensor grad;        // float32, same shape; accumulated by forward_backward; undefined while frozen
   bool trainable = true;
 };
+
+// Called during a backward with parameters whose gradients for the micro-batch are complete, in backward order,
+// so that a data-parallel trainer can start reducing them while the backward goes on.
+using GradsReady = std::function<void(const std::vector<Parameter*>&)>;
 
 struct LoraOptions {
   int64_t rank = 8;
@@ -102,7 +107,10 @@ class TrainableLlama {
   // Forward and backward over one micro-batch. Returns the mean loss over counted tokens. Gradients of
   // (mean loss x grad_scale) are ADDED to Parameter::grad (grad_scale carries 1/accumulation steps and the
   // fp16 loss scale). Frozen parameters get no gradient (and their weight-gradient GEMMs are skipped).
-  double forward_backward(const TrainBatch& batch, float grad_scale, LossStats* stats = nullptr);
+  // `ready` (optional) hears of the trainable parameters in groups as their gradients complete: the LM head and
+  // final norm, each layer from the last, the embedding (with a tied head).
+  double forward_backward(const TrainBatch& batch, float grad_scale, LossStats* stats = nullptr,
+                          const GradsReady& ready = {});
   // Loss only (evaluation), no gradients, no saved activations.
   double forward_loss(const TrainBatch& batch, LossStats* stats = nullptr);
   // Logits [B*L, V] in host memory (tests, LoRA checks).

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -88,6 +89,8 @@ struct Trainer::Impl {
   std::vector<Parameter*> params;  // trainable ones
   std::unique_ptr<ParameterShards> shards;  // which parameters this rank's optimizer updates (all but with sharding)
   std::unique_ptr<AdamW> optim;
+  std::unique_ptr<BackgroundSums> overlap;  // the gradient sums started during the backward (data parallelism)
+  int64_t overlap_started = 0;                    // elements started this step (every trainable one, once)
   std::unique_ptr<LrSchedule> sched;
   DynamicLossScaler scaler;
   TrainerState st;
@@ -97,6 +100,7 @@ struct Trainer::Impl {
   int64_t data_skip_offset = 0;  // ignore_data_skip: steps resumed without skipping their data
   // Measured over the current logging interval (not saved: time is not reproducible anyway).
   double interval_seconds = 0, interval_flops = 0;
+  double interval_sync_seconds = 0, interval_sync_exposed = 0;  // gradient sums: their time, and what was not hidden
   int64_t interval_tokens = 0, interval_samples = 0;
 
   Impl(const TrainArgs& a, TrainModel& m, const TrainData* tr, const EvalData* ev, const EvalData* te, TrainerOptions o)
@@ -120,10 +124,14 @@ struct Trainer::Impl {
     oc.epsilon = args.adam_epsilon;
     oc.weight_decay = args.weight_decay;
     oc.lora_plus_scale = args.lora_plus_scale;
-    // sharding stage1 over the ranks (validated: the sharding group is the whole job): each rank's AdamW holds
-    // the moments of its own parameters only.
-    const bool stage1 = data_parallel() && args.sharding_parallel_degree > 1 && args.sharding_stage1();
-    shards = std::make_unique<ParameterShards>(params, stage1 ? opt.data_parallel : nullptr);
+    // Sharding: each rank's AdamW holds the moments of its own parameters only.
+    if (data_parallel())
+      for (Parameter* p : params)
+        if (p->grad.device() != Device::CPU)
+          throw Error("data parallelism: the trainer's communicator reduces host memory, but " + p->name + " is on " +
+                      device_name(p->grad.device()));
+    shards = std::make_unique<ParameterShards>(params, opt.sharding);
+    if (data_parallel() && opt.overlap_grad_reduce) overlap = std::make_unique<BackgroundSums>();
     optim = std::make_unique<AdamW>(oc, shards->owned());
 
     LrScheduleConfig sc;
@@ -381,28 +389,80 @@ struct Trainer::Impl {
     ev["step"] = step;
     for (auto it = f.begin(); it != f.end(); ++it) ev[it.key()] = it.value();
     ev["interval_tokens"] = interval_tokens;
+    if (data_parallel()) {  // this rank's gradient sums: their time, and the share the backward hid
+      ev["grad_sync_seconds"] = round_to(interval_sync_seconds, 4);
+      ev["grad_sync_hidden_share"] =
+          interval_sync_seconds > 0 ? round_to(1.0 - interval_sync_exposed / interval_sync_seconds, 4) : 0.0;
+    }
     metrics.write(ev);
     st.log_history.push_back(nlohmann::json::parse(ev.dump()));
     st.interval_loss_sum = 0;
     st.interval_steps = 0;
     interval_seconds = interval_flops = 0;
+    interval_sync_seconds = interval_sync_exposed = 0;
     interval_tokens = interval_samples = 0;
   }
 
   // Data parallelism: each trainable gradient (and the step's loss, for the log) becomes its mean over the ranks.
-  // The trainer's communicator works on host memory, so the gradients must be host tensors (the CPU backend); a
-  // device backend's ranks will reduce through Backend::communicator() (the distributed-training issue).
+  // The sums were started during the backward (overlap), or run now. The trainer's communicator works on host
+  // memory (checked in setup); a device backend's ranks will reduce through Backend::communicator(). Sharding
+  // stage2 reduces each gradient to its owner only (PaddleNLP's reduce to the parameter's rank), so the rank holds
+  // the averaged gradients of its own shard (reduced_params()) and the rest are stale.
   void average_over_ranks(double& step_loss) {
     Communicator& c = *opt.data_parallel;
-    for (Parameter* p : params) {
-      if (p->grad.device() != Device::CPU)
-        throw Error("data parallelism: the trainer's communicator reduces host memory, but " + p->name + " is on " +
-                    device_name(p->grad.device()));
-      c.all_reduce(p->grad.data<float>(), p->grad.numel());
+    const auto t0 = Clock::now();
+    if (overlap) {
+      overlap->wait();
+      interval_sync_seconds += overlap->busy_seconds();
+      interval_sync_exposed += overlap->exposed_seconds();
+      int64_t total = 0;
+      for (Parameter* p : params) total += p->grad.numel();
+      if (overlap_started != total)
+        throw Error("data parallelism: the backward reported " + std::to_string(overlap_started) + " of " +
+                    std::to_string(total) + " gradient elements");
+      overlap_started = 0;
+    } else {
+      if (stage2()) shards->reduce_grads_to_owners(params, opt.shard_replicas, nullptr);
+      else for (Parameter* p : params) c.all_reduce(p->grad.data<float>(), p->grad.numel());
+      const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+      interval_sync_seconds += secs;
+      interval_sync_exposed += secs;
     }
-    scale_grads(params, 1.0f / float(c.size()));
+    scale_grads(reduced_params(), 1.0f / float(c.size()));
     c.all_reduce(&step_loss, 1);
     step_loss /= double(c.size());
+  }
+
+  bool stage2() const { return shards->sharded() && args.sharding_stage() == 2; }
+
+  // The backward's report of completed gradients: stage2 reduces each to its owner; otherwise each run of them
+  // adjacent in memory (a layer's parameters follow each other in the flat gradient buffer) starts one all-reduce.
+  // The report's order, the same on every rank, is kept: the ranks must start the same sums in the same order.
+  void start_sums(const std::vector<Parameter*>& ps) {
+    for (Parameter* p : ps) overlap_started += p->grad.numel();
+    if (stage2()) {
+      shards->reduce_grads_to_owners(ps, opt.shard_replicas, overlap.get());
+      return;
+    }
+    for (size_t i = 0; i < ps.size();) {
+      float* begin = ps[i]->grad.data<float>();
+      float* end = begin + ps[i]->grad.numel();
+      for (i++; i < ps.size() && ps[i]->grad.data<float>() == end; i++) end += ps[i]->grad.numel();
+      overlap->start_all_reduce(*opt.data_parallel, begin, end - begin);
+    }
+  }
+  const std::vector<Parameter*>& reduced_params() const { return stage2() ? shards->owned() : params; }
+
+  // Over every gradient of the job: with stage2 each rank sees its shard, and the sharding group adds them up.
+  bool all_grads_finite() const {
+    double bad = grads_finite(reduced_params()) ? 0 : 1;
+    if (stage2()) opt.sharding->all_reduce(&bad, 1, ReduceOp::Max);
+    return bad == 0;
+  }
+  double global_grad_norm() const {
+    double sq = grad_sq_sum(reduced_params());
+    if (stage2()) opt.sharding->all_reduce(&sq, 1);
+    return std::sqrt(sq);
   }
 
   TrainResult train_loop() {
@@ -426,7 +486,9 @@ struct Trainer::Impl {
       for (int64_t a = 0; a < accum; a++) {
         TrainBatch b = train->batch(epoch, in_epoch * accum + a);
         LossStats s;
-        const double l = model.forward_backward(b, float(scale / double(accum)), &s);
+        GradsReady ready;
+        if (overlap && a == accum - 1) ready = [this](const std::vector<Parameter*>& ps) { start_sums(ps); };
+        const double l = model.forward_backward(b, float(scale / double(accum)), &s, ready);
         step_loss += l / double(accum);
         interval_tokens += counted_positions(b);
         interval_samples += b.B;
@@ -437,8 +499,8 @@ struct Trainer::Impl {
       bool skipped = false;
       double grad_norm = NAN;
       if (scaler.enabled()) {
-        scale_grads(params, float(1.0 / scale));
-        if (!grads_finite(params)) {
+        scale_grads(reduced_params(), float(1.0 / scale));
+        if (!all_grads_finite()) {
           skipped = true;
           const double before = scaler.scale();
           scaler.update(true);
@@ -450,11 +512,11 @@ struct Trainer::Impl {
         }
       }
       if (!skipped) {
-        grad_norm = std::sqrt(grad_sq_sum(params));
+        grad_norm = global_grad_norm();
         if (!std::isfinite(grad_norm) || !std::isfinite(step_loss))
           fail("", "step " + std::to_string(step) + ": the loss or the gradients are not finite (loss " +
                        py_float(step_loss) + "); try a lower learning_rate" + (args.fp16 ? "" : " or fp16 loss scaling"));
-        clip_grads(params, grad_norm, args.max_grad_norm);
+        clip_grads(reduced_params(), grad_norm, args.max_grad_norm);
         optim->step(sched->at(st.scheduler_steps));
         shards->broadcast_from_owners();
         st.scheduler_steps++;
@@ -576,7 +638,9 @@ TrainResult Trainer::run() {
     }
     m.print("  Trainable parameters = " + std::to_string(trainable) + " of " + std::to_string(total) +
             "; optimizer state " + py_float(double(m.optim->state_bytes()) / 1048576.0, 1) + " MiB (float32 moments" +
-            (m.shards->sharded() ? ", this rank's share under sharding stage1)" : ")"));
+            (m.shards->sharded() ? ", this rank's share under sharding stage" + std::to_string(a.sharding_stage()) +
+                                       " over " + std::to_string(m.opt.sharding->size()) + " ranks)"
+                                 : ")"));
     m.print("  Learning rate: " + m.sched->describe() + (m.scaler.enabled() ? "; fp16 dynamic loss scaling from " +
                                                              py_float(m.scaler.scale()) : ""));
     m.print("  Precision: " + precision_text(a));

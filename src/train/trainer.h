@@ -33,7 +33,8 @@ class TrainModel {
   // In a fixed order; frozen parameters have trainable == false.
   virtual std::vector<Parameter*> parameters() = 0;
   // Mean loss over the counted tokens of `b`; ADDS d(mean loss x grad_scale)/dparam to each trainable grad.
-  virtual double forward_backward(const TrainBatch& b, float grad_scale, LossStats* stats) = 0;
+  // `ready`, when set, must hear of every trainable parameter once, as its gradient completes.
+  virtual double forward_backward(const TrainBatch& b, float grad_scale, LossStats* stats, const GradsReady& ready) = 0;
   virtual double forward_loss(const TrainBatch& b, LossStats* stats) = 0;
   virtual void zero_grad() = 0;
   // Floating-point operations of one forward + backward over `b` as the hardware executes them (PaddleNLP's
@@ -89,6 +90,15 @@ struct TrainerOptions {
   // micro-batches; the gradients (and the logged loss) are averaged over the ranks before the loss-scale check,
   // the norm, the clip and the optimizer step, so every rank takes the same step.
   Communicator* data_parallel = nullptr;
+  // Sharding (the `sharding` argument's stage): the group, within data_parallel, that splits the optimizer state
+  // (stage1) and the averaged gradients (stage2) between its ranks; null without sharding. With data parallelism
+  // beside it, `shard_replicas` is the group of the ranks holding the same shard (null when there is one replica).
+  Communicator* sharding = nullptr;
+  Communicator* shard_replicas = nullptr;
+  // Data parallelism (and stage1): sum each group of gradients on a background thread as soon as the backward of
+  // the step's last micro-batch completes it, hiding the communication behind the rest of the backward. Off: one
+  // blocking sum after the backward (for measuring what the overlap hides).
+  bool overlap_grad_reduce = true;
 };
 
 class Trainer {

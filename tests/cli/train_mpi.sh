@@ -11,7 +11,7 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
 command -v mpirun >/dev/null || die "mpirun not found (scripts/setup.sh installs openmpi-bin)"
 MPIRUN=(mpirun -np 2 --oversubscribe)
-rm -rf one two cut log cut_log sft lora_* e_* s1 s1_cut s1_log
+rm -rf one two cut log cut_log sft lora_* e_* s1 s1_cut s1_log s2 s2_log dp_* blocking blocking_log
 M="$WORK/tiny"
 "$OAR" create-model --preset tiny --dtype float32 --output_dir "$M" --force >/dev/null
 
@@ -35,6 +35,12 @@ grep -q '^loss: .*interval_tokens_per_second: ' two.log || die "rank 0 does not 
 [ "$(grep -c '^loss: ' two.log)" -eq 60 ] || die "the console shows rank 0's lines once each"
 grep -q 'data-parallel ranks = 2, total batch size = 8' two.log || die "the run does not state its layout"
 grep -q 'indices built by rank 0 and shared' two.log || die "the GPTDataset indices are not built once and shared"
+# The gradient sums overlap the backward (each rank logs their time and the share hidden); summed after the
+# backward instead (OAR_GRAD_OVERLAP=0), they give the same weights.
+grep -q '"grad_sync_hidden_share":' two/metrics.jsonl || die "no gradient-sum timing in metrics.jsonl"
+OAR_GRAD_OVERLAP=0 "${MPIRUN[@]}" -x OAR_GRAD_OVERLAP "$OAR" pretrain pre.json --output_dir blocking --log_dir blocking_log \
+  > blocking.log 2>&1 || { cat blocking.log; die "OAR_GRAD_OVERLAP=0"; }
+cmp two/model.safetensors blocking/model.safetensors || die "overlapped and blocking gradient sums end on other weights"
 
 # sharding stage1: each rank keeps the moments of half the parameters; the weights and the gathered moments of
 # every checkpoint are data parallelism's, bit for bit, and a sharded run resumed from a checkpoint ends there too.
@@ -55,6 +61,28 @@ mkdir -p s1_cut && cp -r two/checkpoint-30 s1_cut/  # each rank takes its parame
 grep -q '^Resuming from s1_cut/checkpoint-30' s1r.log || { cat s1r.log; die "stage1 did not resume"; }
 cmp two/model.safetensors s1_cut/model.safetensors || die "a resumed sharding stage1 run ends elsewhere"
 echo "ok: sharding stage1 on two ranks: data parallelism's weights and moments, and it resumes"
+
+# sharding stage2 on the two ranks (each gradient reduced to its owner only), then stage1 and stage2 beside data
+# parallelism on four ranks (data 2 x sharding 2, one row each): the one-process losses.
+"${MPIRUN[@]}" "$OAR" pretrain pre.json --output_dir s2 --log_dir s2_log --sharding stage2 > s2.log 2>&1 || { cat s2.log; die "sharding stage2"; }
+grep -q "this rank's share under sharding stage2 over 2 ranks" s2_log/workerlog.1 || die "stage2 does not shard over the two ranks"
+same_losses one/metrics.jsonl s2/metrics.jsonl 60 1e-5 "sharding stage2 on 2 ranks logs the one-process losses"
+for stage in stage1 stage2; do
+  mpirun -np 4 --oversubscribe "$OAR" pretrain pre.json --output_dir "dp_$stage" --log_dir "dp_${stage}_log" \
+    --sharding "$stage" --sharding_parallel_degree 2 --per_device_train_batch_size 1 > "dp_$stage.log" 2>&1 ||
+    { cat "dp_$stage.log"; die "data 2 x sharding 2 $stage"; }
+  grep -q "data-parallel ranks = 4, total batch size = 8" "dp_$stage.log" &&
+    grep -q "this rank's share under sharding $stage over 2 ranks" "dp_${stage}_log/workerlog.3" &&
+    grep -q "Parallel layout: data 2 x sharding 2 (this rank: data 0, sharding 1)" "dp_${stage}_log/workerlog.1" &&
+    grep -q "Parallel layout: data 2 x sharding 2 (this rank: data 1, sharding 0)" "dp_${stage}_log/workerlog.2" ||
+    die "dp2 x $stage layout (fleet's order: sharding groups of adjacent ranks)"
+  same_losses one/metrics.jsonl "dp_$stage/metrics.jsonl" 60 1e-5 "data 2 x sharding 2 $stage (4 ranks) logs the one-process losses"
+done
+# stage2's reduces overlap the backward too: summed after it instead, the same weights.
+OAR_GRAD_OVERLAP=0 mpirun -np 4 --oversubscribe -x OAR_GRAD_OVERLAP "$OAR" pretrain pre.json --output_dir dp_stage2_blocking \
+  --log_dir dp_stage2_blocking_log --sharding stage2 --sharding_parallel_degree 2 --per_device_train_batch_size 1 \
+  > dp_stage2_blocking.log 2>&1 || { cat dp_stage2_blocking.log; die "stage2, blocking sums"; }
+cmp dp_stage2/model.safetensors dp_stage2_blocking/model.safetensors || die "stage2: overlapped and blocking sums differ"
 
 # SIGKILL of one rank once step 12 is logged (checkpoint-10 is on disk): the job stops; the rerun resumes from
 # the newest checkpoint and ends on the uninterrupted run's weights.
@@ -102,7 +130,8 @@ expect_error() {  # name what-to-grep np args...
   [ ! -e "e_$name" ] || die "$name: output written"
 }
 expect_error tp "tensor_parallel_degree 2: not built yet" 2 --tensor_parallel_degree 2
-expect_error stage2 "sharding_parallel_degree 2: not built yet" 2 --sharding stage2
+expect_error stage3 "sharding_parallel_degree 2: sharding stage3 is not built yet" 2 --sharding stage3
+expect_error nostage "sharding_parallel_degree 2: needs a sharding stage" 2 --sharding_parallel_degree 2
 expect_error odd "tensor_parallel_degree 2 x pipeline_parallel_degree 2 = 4 processes, which do not divide the world size 3" 3 \
   --tensor_parallel_degree 2 --pipeline_parallel_degree 2
 # A setup error on every rank: rank 0 reports it in one line and every rank exits 2 (no MPI_Abort).

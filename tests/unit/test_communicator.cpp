@@ -31,6 +31,10 @@ TEST(Communicator, SingleProcessIsTheIdentityAndHasNoPeers) {
   EXPECT_EQ(out, x);
   c->reduce_scatter(x.data(), out.data(), 3, ReduceOp::Max);
   EXPECT_EQ(out, x);
+  c->reduce(x.data(), 3, 0);
+  EXPECT_EQ(x, (std::vector<float>{1.5f, -2.0f, 3.25f}));
+  EXPECT_THROW(c->reduce(x.data(), 3, 1), Error);
+  EXPECT_EQ(c->split(7, 0)->size(), 1);
   c->broadcast(x.data(), 12, 0);
   EXPECT_THROW(c->broadcast(x.data(), 12, 1), Error);
   EXPECT_THROW(c->send(x.data(), 12, 1), Error);
@@ -55,6 +59,39 @@ TEST(Communicator, AllReduceGivesEveryRankTheSameSumAndMax) {
       EXPECT_EQ(d[1], 0.0);
     });
   }
+}
+
+TEST(Communicator, ReduceSumsIntoTheRootAndLeavesTheOthers) {
+  for (int root : {0, 2}) {
+    on_ranks(3, [root](Communicator& c) {
+      std::vector<float> x = {float(c.rank() + 1), -float(c.rank())};
+      c.reduce(x.data(), 2, root);
+      if (c.rank() == root) {
+        EXPECT_EQ(x, (std::vector<float>{6.0f, -3.0f}));
+      } else {
+        EXPECT_EQ(x, (std::vector<float>{float(c.rank() + 1), -float(c.rank())}));
+      }
+    });
+  }
+  on_ranks(2, [](Communicator& c) { EXPECT_THROW(c.split(0, 0), Error); });
+}
+
+// Sums started on the background thread run in order while the caller goes on; wait() returns them done.
+TEST(Communicator, BackgroundSumsFinishByWait) {
+  on_ranks(3, [](Communicator& c) {
+    BackgroundSums bg;
+    std::vector<float> a(1000, float(c.rank() + 1)), b = {float(c.rank()), 1.0f};
+    bg.start_all_reduce(c, a.data(), int64_t(a.size()));
+    bg.start_reduce(c, b.data(), 2, 1);
+    bg.start_all_reduce(c, a.data(), 10);  // after the first: 6 x 3 ranks
+    bg.wait();
+    EXPECT_EQ(a[0], 18.0f);
+    EXPECT_EQ(a[999], 6.0f);
+    if (c.rank() == 1) EXPECT_EQ(b, (std::vector<float>{3.0f, 3.0f}));
+    else EXPECT_EQ(b, (std::vector<float>{float(c.rank()), 1.0f}));
+    EXPECT_GE(bg.busy_seconds(), 0.0);
+    EXPECT_THROW(bg.start_reduce(c, b.data(), 2, 3), Error);  // no rank 3
+  });
 }
 
 TEST(Communicator, ReduceScatterAndAllGatherAreInverseHalvesOfAnAllReduce) {

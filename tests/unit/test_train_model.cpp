@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
@@ -148,6 +149,36 @@ TEST(TrainableLlama, RecomputeGivesIdenticalGradients) {
     EXPECT_EQ(l1, l2);
     ASSERT_EQ(g1.size(), g2.size());
     for (size_t i = 0; i < g1.size(); i++) EXPECT_TRUE(bitwise_equal(g1[i], g2[i])) << dtype_name(dt) << " parameter " << i;
+  }
+}
+
+// The backward reports each trainable parameter once, in backward order (head and final norm, the last layer
+// first, the embedding), and only once its gradient is complete: the gradient seen at the report is the final one.
+TEST(TrainableLlama, ReportsEachGradientWhenComplete) {
+  for (bool lora : {false, true}) {
+    auto m = TrainableLlama::from_pretrained(model_dir("gqa"), TrainOptions{DType::F32, lora});
+    if (lora) m->add_lora(LoraOptions{});
+    TrainBatch b = fixture_batch(fixtures() + "/grads/gqa.json");
+    m->zero_grad();
+    std::map<Parameter*, Tensor> seen;
+    std::vector<std::string> order;
+    m->forward_backward(b, 1.0f, nullptr, [&](const std::vector<Parameter*>& ps) {
+      for (Parameter* p : ps) {
+        EXPECT_TRUE(seen.emplace(p, p->grad.contiguous()).second) << p->name << " reported twice";
+        order.push_back(p->name);
+      }
+    });
+    size_t trainable = 0;
+    for (Parameter* p : m->parameters()) {
+      if (!p->trainable) continue;
+      trainable++;
+      ASSERT_TRUE(seen.count(p)) << p->name << " never reported";
+      EXPECT_TRUE(bitwise_equal(seen[p], p->grad)) << p->name << " reported before its gradient was complete";
+    }
+    EXPECT_EQ(seen.size(), trainable);
+    const std::string last_layer = "model.layers." + std::to_string(m->config().num_hidden_layers - 1) + ".";
+    EXPECT_EQ(order.front(), lora ? last_layer + "self_attn.q_proj.lora_A.weight" : "model.norm.weight");
+    if (!lora) EXPECT_EQ(order.back(), "model.embed_tokens.weight");
   }
 }
 

@@ -251,8 +251,15 @@ TEST(TrainArgs, DegreesAgainstTheWorldSizeLeaveDataParallelism) {
   EXPECT_EQ(s1.data_parallel_degree, 1);
   EXPECT_EQ(s1.dataset_world_size(), 2);
   EXPECT_EQ(parse(R"(, "sharding": "stage1")", 1).data_parallel_degree, 1);
-  EXPECT_NE(error_at(R"(, "sharding": "stage2")", 2).find("sharding_parallel_degree 2: not built yet"), std::string::npos);
-  EXPECT_NE(error_at(R"(, "sharding": "stage1", "sharding_parallel_degree": 2)", 4).find("with data parallelism beside it"),
+  // stage2, and either stage beside data parallelism: 4 ranks = data 2 x sharding 2, reading data on all four.
+  const TrainArgs s2 = parse(R"(, "sharding": "stage2", "sharding_parallel_degree": 2)", 4);
+  EXPECT_EQ(s2.sharding_stage(), 2);
+  EXPECT_EQ(s2.data_parallel_degree, 2);
+  EXPECT_EQ(s2.dataset_world_size(), 4);
+  EXPECT_EQ(parse(R"(, "sharding": "stage1 offload", "sharding_parallel_degree": 2)", 2).sharding_stage(), 1);
+  EXPECT_NE(error_at(R"(, "sharding": "stage3")", 2).find("sharding_parallel_degree 2: sharding stage3 is not built yet"),
+            std::string::npos);
+  EXPECT_NE(error_at(R"(, "sharding_parallel_degree": 2)", 2).find("sharding_parallel_degree 2: needs a sharding stage"),
             std::string::npos);
 }
 

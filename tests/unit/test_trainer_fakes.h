@@ -73,7 +73,11 @@ class FakeBigram : public TrainModel {
     if (stats) { stats->loss_sum = loss; stats->tokens = n; stats->correct = correct; }
     return n ? loss / double(n) : 0.0;
   }
-  double forward_backward(const TrainBatch& b, float grad_scale, LossStats* s) override { return run(b, grad_scale, s, true); }
+  double forward_backward(const TrainBatch& b, float grad_scale, LossStats* s, const GradsReady& ready) override {
+    const double loss = run(b, grad_scale, s, true);
+    if (ready) ready({&W_, &b_});
+    return loss;
+  }
   double forward_loss(const TrainBatch& b, LossStats* s) override { return run(b, 0, s, false); }
   void zero_grad() override {
     std::fill(W_.grad.data<float>(), W_.grad.data<float>() + W_.grad.numel(), 0.0f);

@@ -179,8 +179,8 @@ TEST(Trainer, GradientAccumulationAveragesMicroBatchMeans) {
   Trainer(a, model, &data, nullptr, nullptr, quiet()).run();
 
   ref.zero_grad();
-  ref.forward_backward(data.batch(0, 0), 0.5f, nullptr);
-  ref.forward_backward(data.batch(0, 1), 0.5f, nullptr);
+  ref.forward_backward(data.batch(0, 0), 0.5f, nullptr, {});
+  ref.forward_backward(data.batch(0, 1), 0.5f, nullptr, {});
   AdamWConfig c;
   c.weight_decay = 0.01;
   AdamW opt(c, ref.parameters());
