@@ -178,6 +178,10 @@ int train_process(TrainMode mode, const std::vector<std::string>& argv, const Jo
   opt.print = say;
   ParallelGroups groups;
   if (job.size > 1) {
+    // Splitting the world is collective: first make sure that every rank got this far (one that failed alone is
+    // waiting in all_ranks_ok, through agree_on_setup).
+    std::string first;
+    if (!all_ranks_ok(*job.comm, "", &first)) throw OtherRankFailed(first);
     const ParallelDegrees degrees{int(a.data_parallel_degree), 1, int(std::max<int64_t>(1, a.sharding_parallel_degree)), 1};
     groups = make_parallel_groups(*job.comm, degrees);
     say("Parallel layout: " + describe_layout(degrees, job.rank));

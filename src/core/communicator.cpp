@@ -216,7 +216,14 @@ struct BackgroundSums::State {
     std::unique_lock lock(mu);
     for (;;) {
       cv.wait(lock, [&] { return quit || !queue.empty(); });
-      if (queue.empty()) return;  // quit, with nothing left
+      // After a failure, or when the owner goes away mid-step (an exception), the queued sums are dropped: the
+      // peers may never make them, and the job is ending anyway.
+      if (quit || !error.empty()) queue.clear();
+      if (queue.empty()) {
+        cv.notify_all();
+        if (quit) return;
+        continue;
+      }
       const Sum sum = queue.front();
       queue.pop_front();
       running = true;
@@ -228,6 +235,8 @@ struct BackgroundSums::State {
         else sum.comm->reduce_overlapped(sum.data, sum.n, sum.root);
       } catch (const std::exception& e) {
         failure = e.what();
+      } catch (...) {
+        failure = "background sum: unknown failure";
       }
       lock.lock();
       busy += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

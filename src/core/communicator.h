@@ -49,7 +49,8 @@ class Communicator {
 };
 
 // Sums started in order on one background thread while the caller computes (the gradient buckets of a backward):
-// start_*() return at once, wait() returns when every started sum is done and rethrows the first failure. Every
+// start_*() return at once, wait() returns when every started sum is done and rethrows the first failure (the
+// sums queued behind a failed one are dropped, as are those pending when the object is destroyed). Every
 // rank of a group must start the same sums on it in the same order. Between the first start and wait(), the caller
 // uses no communicator itself (MPI: one thread calls at a time; MpiWorld asks for MPI_THREAD_SERIALIZED).
 class BackgroundSums {
@@ -83,8 +84,8 @@ struct OtherRankFailed : Error {
 // The group of one: collectives copy or return at once; send and recv have no peer and throw.
 std::unique_ptr<Communicator> make_single_process_communicator();
 
-// `size` communicators over shared memory, one per thread; rank i is element i. Each must be used by its own
-// thread; they cannot be split. Reductions add in rank order, so every rank gets the same bits. The ranks share the process: models
+// `size` communicators over shared memory, one per rank; rank i is element i. Each rank's must be used by one
+// thread at a time (each rank on its own thread); they cannot be split. Reductions add in rank order, so every rank gets the same bits. The ranks share the process: models
 // that run on the CPU kernels (which keep scratch buffers in one instance per process) must not run on two
 // ranks at once until scratch belongs to a backend instance; nothing broadcasts initial weights either.
 std::vector<std::unique_ptr<Communicator>> make_thread_group(int size);

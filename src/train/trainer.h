@@ -95,7 +95,7 @@ struct TrainerOptions {
   // beside it, `shard_replicas` is the group of the ranks holding the same shard (null when there is one replica).
   Communicator* sharding = nullptr;
   Communicator* shard_replicas = nullptr;
-  // Data parallelism (and stage1): sum each group of gradients on a background thread as soon as the backward of
+  // Data parallelism and sharding: sum each group of gradients on a background thread as soon as the backward of
   // the step's last micro-batch completes it, hiding the communication behind the rest of the backward. Off: one
   // blocking sum after the backward (for measuring what the overlap hides).
   bool overlap_grad_reduce = true;

@@ -145,4 +145,11 @@ timeout 120 mpirun --oversubscribe -np 1 "$OAR" pretrain pre.json --output_dir e
   -np 1 "$OAR" pretrain pre.json --output_dir e_r1 --log_dir e_r1.log --input_dir nowhere > e_r1.out 2> e_r1.err || rc=$?
 [ $rc -eq 2 ] && head -n1 e_r1.err | grep -q '^oar: error: rank 1: .*nowhere' && ! grep -q MPI_ABORT e_r1.err ||
   die "rank 1 failing alone: exit $rc: $(cat e_r1.err)"
+# The same for fine-tuning, where rank 1 fails alone later (its dataset, after the model is built): met before the
+# ranks split into their groups.
+rc=0
+timeout 120 mpirun --oversubscribe -np 1 "$OAR" finetune ft.json --output_dir e_ft1 --log_dir e_ft1.log : \
+  -np 1 "$OAR" finetune ft.json --output_dir e_ft1 --log_dir e_ft1.log --dataset_name_or_path nowhere > e_ft1.out 2> e_ft1.err || rc=$?
+[ $rc -eq 2 ] && head -n1 e_ft1.err | grep -q '^oar: error: rank 1: .*nowhere' && ! grep -q MPI_ABORT e_ft1.err ||
+  die "fine-tuning, rank 1 failing alone: exit $rc: $(cat e_ft1.err)"
 echo "train_mpi: ok"

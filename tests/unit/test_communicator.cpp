@@ -89,7 +89,6 @@ TEST(Communicator, BackgroundSumsFinishByWait) {
     EXPECT_EQ(a[999], 6.0f);
     if (c.rank() == 1) EXPECT_EQ(b, (std::vector<float>{3.0f, 3.0f}));
     else EXPECT_EQ(b, (std::vector<float>{float(c.rank()), 1.0f}));
-    EXPECT_GE(bg.busy_seconds(), 0.0);
     EXPECT_THROW(bg.start_reduce(c, b.data(), 2, 3), Error);  // no rank 3
   });
 }

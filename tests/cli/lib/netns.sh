@@ -11,16 +11,12 @@ make_netns_pair() {
   ip netns add "$NS0" 2>/dev/null || { echo "SKIP: cannot create a network namespace here"; return 77; }
   # In a chroot (scripts/fresh_check.sh) namespaces can be made but not entered: / is no mount point there.
   ip netns exec "$NS0" true 2>/dev/null || { echo "SKIP: cannot enter a network namespace here (a chroot?)"; return 77; }
-  ip netns add "$NS1"
-  ip link add "$DEV0" type veth peer name "$DEV1"
-  ip link set "$DEV0" netns "$NS0"
-  ip link set "$DEV1" netns "$NS1"
-  ip -n "$NS0" addr add "$NET.1/24" dev "$DEV0"
-  ip -n "$NS1" addr add "$NET.2/24" dev "$DEV1"
-  ip -n "$NS0" link set "$DEV0" up
-  ip -n "$NS1" link set "$DEV1" up
-  ip -n "$NS0" link set lo up
-  ip -n "$NS1" link set lo up
+  # Chained: called as `make_netns_pair || ...`, the function runs without set -e.
+  { ip netns add "$NS1" && ip link add "$DEV0" type veth peer name "$DEV1" &&
+    ip link set "$DEV0" netns "$NS0" && ip link set "$DEV1" netns "$NS1" &&
+    ip -n "$NS0" addr add "$NET.1/24" dev "$DEV0" && ip -n "$NS1" addr add "$NET.2/24" dev "$DEV1" &&
+    ip -n "$NS0" link set "$DEV0" up && ip -n "$NS1" link set "$DEV1" up &&
+    ip -n "$NS0" link set lo up && ip -n "$NS1" link set lo up; } || { echo "make_netns_pair: setting up the link failed" >&2; return 1; }
   cat > rsh.sh <<EOS
 #!/bin/sh
 host=\$1; shift
