@@ -11,7 +11,7 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
 command -v mpirun >/dev/null || die "mpirun not found (scripts/setup.sh installs openmpi-bin)"
 MPIRUN=(mpirun -np 2 --oversubscribe)
-rm -rf one two cut log cut_log sft lora_* e_* s1 s1_cut s1_log s2 s2_log dp_* blocking blocking_log
+rm -rf one two cut log cut_log sft lora_* e_* s1 s1_cut s1_log s2 s2_log dp_* blocking blocking_log fp16_*
 M="$WORK/tiny"
 "$OAR" create-model --preset tiny --dtype float32 --output_dir "$M" --force >/dev/null
 
@@ -78,6 +78,17 @@ for stage in stage1 stage2; do
     die "dp2 x $stage layout (fleet's order: sharding groups of adjacent ranks)"
   same_losses one/metrics.jsonl "dp_$stage/metrics.jsonl" 60 1e-5 "data 2 x sharding 2 $stage (4 ranks) logs the one-process losses"
 done
+# fp16 with a loss scale that overflows at first: stage2's finite check (each rank sees its shard, the group
+# combines them) skips the same steps as data parallelism, and the losses after are the same.
+for layout in dp stage2; do
+  extra=(); [ $layout = stage2 ] && extra=(--sharding stage2)
+  "${MPIRUN[@]}" "$OAR" pretrain pre.json --output_dir "fp16_$layout" --log_dir "fp16_${layout}_log" --max_steps 20 \
+    --fp16 true --scale_loss 1e8 "${extra[@]}" > "fp16_$layout.log" 2>&1 || { cat "fp16_$layout.log"; die "fp16 $layout"; }
+done
+skips=$(grep -c 'update skipped' fp16_dp.log || true)
+[ "$skips" -gt 0 ] && [ "$skips" -lt 20 ] && [ "$(grep -c 'update skipped' fp16_stage2.log || true)" -eq "$skips" ] ||
+  die "fp16: stage2 skips other steps than data parallelism ($skips skipped there)"
+same_losses fp16_dp/metrics.jsonl fp16_stage2/metrics.jsonl 20 1e-6 "fp16 stage2 skips the $skips steps data parallelism skips"
 # stage2's reduces overlap the backward too: summed after it instead, the same weights.
 OAR_GRAD_OVERLAP=0 mpirun -np 4 --oversubscribe -x OAR_GRAD_OVERLAP "$OAR" pretrain pre.json --output_dir dp_stage2_blocking \
   --log_dir dp_stage2_blocking_log --sharding stage2 --sharding_parallel_degree 2 --per_device_train_batch_size 1 \
