@@ -2,7 +2,6 @@
 
 #include <unistd.h>
 
-#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -240,12 +239,10 @@ struct Trainer::Impl {
   bool data_parallel() const { return opt.data_parallel && opt.data_parallel->size() > 1; }
   bool writes_files() const { return !data_parallel() || opt.data_parallel->rank() == 0; }
 
-  // Every rank starts from rank 0's trainable weights, however each built or loaded them.
+  // Every rank starts from rank 0's trainable weights, however each built or loaded them (host memory: checked in
+  // setup).
   void broadcast_weights() {
-    for (Parameter* p : params) {
-      if (p->value.device() != Device::CPU) throw Error("data parallelism: " + p->name + " is not in host memory");
-      opt.data_parallel->broadcast(p->value.raw(), int64_t(p->value.nbytes()), 0);
-    }
+    for (Parameter* p : params) opt.data_parallel->broadcast(p->value.raw(), int64_t(p->value.nbytes()), 0);
   }
 
   void save_checkpoint(int64_t step) {
@@ -410,6 +407,14 @@ struct Trainer::Impl {
   // the averaged gradients of its own shard (reduced_params()) and the rest are stale.
   void average_over_ranks(double& step_loss) {
     Communicator& c = *opt.data_parallel;
+    complete_sums();
+    scale_grads(reduced_params(), 1.0f / float(c.size()));
+    c.all_reduce(&step_loss, 1);
+    step_loss /= double(c.size());
+  }
+
+  // The step's gradient sums: waited for when the backward started them, run now otherwise; timed for the log.
+  void complete_sums() {
     const auto t0 = Clock::now();
     if (overlap) {
       overlap->wait();
@@ -423,17 +428,15 @@ struct Trainer::Impl {
       overlap_started = 0;
     } else {
       if (stage2()) shards->reduce_grads_to_owners(params, opt.shard_replicas, nullptr);
-      else for (Parameter* p : params) c.all_reduce(p->grad.data<float>(), p->grad.numel());
+      else for (Parameter* p : params) opt.data_parallel->all_reduce(p->grad.data<float>(), p->grad.numel());
       const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
       interval_sync_seconds += secs;
       interval_sync_exposed += secs;
     }
-    scale_grads(reduced_params(), 1.0f / float(c.size()));
-    c.all_reduce(&step_loss, 1);
-    step_loss /= double(c.size());
   }
 
   bool stage2() const { return shards->sharded() && args.sharding_stage() == 2; }
+  const std::vector<Parameter*>& reduced_params() const { return stage2() ? shards->owned() : params; }
 
   // The backward's report of completed gradients: stage2 reduces each to its owner; otherwise each run of them
   // adjacent in memory (a layer's parameters follow each other in the flat gradient buffer) starts one all-reduce.
@@ -451,7 +454,6 @@ struct Trainer::Impl {
       overlap->start_all_reduce(*opt.data_parallel, begin, end - begin);
     }
   }
-  const std::vector<Parameter*>& reduced_params() const { return stage2() ? shards->owned() : params; }
 
   // Over every gradient of the job: with stage2 each rank sees its shard, and the sharding group adds them up.
   bool all_grads_finite() const {
