@@ -48,7 +48,6 @@ ParallelGroups make_parallel_groups(Communicator& world, const ParallelDegrees& 
                 std::to_string(d.sharding) + " x tensor " + std::to_string(d.tensor) + " != world size " +
                 std::to_string(world.size()));
   ParallelGroups g;
-  g.world = &world;
   g.data = axis_group(world, d, 0);
   g.sharding = axis_group(world, d, 2);
   return g;

@@ -17,7 +17,6 @@ struct ParallelDegrees {
 std::string describe_layout(const ParallelDegrees& degrees, int rank);
 
 struct ParallelGroups {
-  Communicator* world = nullptr;
   // The ranks that differ only on that axis; null where its degree is 1.
   std::unique_ptr<Communicator> data, sharding;
 };

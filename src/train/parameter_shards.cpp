@@ -15,7 +15,6 @@ ParameterShards::ParameterShards(const std::vector<Parameter*>& params, Communic
       throw Error("sharding: the communicator moves host memory, but " + p->name + " is on " + device_name(p->value.device()));
     const int r = int(std::min_element(held.begin(), held.end()) - held.begin());
     held[size_t(r)] += p->value.numel();
-    owner_.push_back(r);
     owner_of_[p] = r;
     if (r == me) owned_.push_back(p);
   }
@@ -38,7 +37,7 @@ void ParameterShards::reduce_grads_to_owners(const std::vector<Parameter*>& ps, 
 
 void ParameterShards::broadcast_from_owners() {
   if (!group_) return;
-  for (size_t i = 0; i < all_.size(); i++) group_->broadcast(all_[i]->value.raw(), int64_t(all_[i]->value.nbytes()), owner_[i]);
+  for (Parameter* p : all_) group_->broadcast(p->value.raw(), int64_t(p->value.nbytes()), owner_of_.at(p));
 }
 
 std::vector<std::pair<std::string, Tensor>> ParameterShards::gather_moments(const AdamW& local) const {
@@ -47,17 +46,18 @@ std::vector<std::pair<std::string, Tensor>> ParameterShards::gather_moments(cons
   std::map<std::string, Tensor> by_name(mine.begin(), mine.end());
   const int me = group_->rank();
   std::vector<std::pair<std::string, Tensor>> out;
-  for (size_t i = 0; i < all_.size(); i++) {
+  for (Parameter* p : all_) {
+    const int owner = owner_of_.at(p);
     for (const char* suffix : {".exp_avg", ".exp_avg_sq"}) {
-      const std::string name = all_[i]->name + suffix;
-      if (owner_[i] == me && me == 0) {
+      const std::string name = p->name + suffix;
+      if (owner == me && me == 0) {
         out.emplace_back(name, by_name.at(name));
-      } else if (owner_[i] == me) {
+      } else if (owner == me) {
         const Tensor& t = by_name.at(name);
         group_->send(t.raw(), int64_t(t.nbytes()), 0);
       } else if (me == 0) {
-        Tensor t = Tensor::empty(all_[i]->value.shape(), DType::F32);
-        group_->recv(t.raw(), int64_t(t.nbytes()), owner_[i]);
+        Tensor t = Tensor::empty(p->value.shape(), DType::F32);
+        group_->recv(t.raw(), int64_t(t.nbytes()), owner);
         out.emplace_back(name, t);
       }
     }

@@ -38,7 +38,6 @@ class ParameterShards {
 
  private:
   std::vector<Parameter*> all_, owned_;
-  std::vector<int> owner_;
   std::map<const Parameter*, int> owner_of_;
   Communicator* group_ = nullptr;
 };

@@ -117,6 +117,9 @@ struct TrainableLlama::Impl {
   std::vector<Parameter*> open_group;
   FlatLayout open_layout;
   std::vector<Parameter*> order;
+  // The trainable parameters as the backward completes them: [0] the LM head and final norm, [1 + i] layer N-1-i,
+  // [N + 1] the embedding (and a head tied to it, whose gradient is complete only then).
+  std::vector<std::vector<Parameter*>> backward_groups;
   std::map<std::string, Parameter*> by_name;
   Parameter* embed = nullptr;
   Parameter* final_norm = nullptr;
@@ -203,19 +206,27 @@ struct TrainableLlama::Impl {
     rope = make_rope_table(cfg, cfg.max_position_embeddings);
   }
 
-  // Hugging Face's named_parameters() order, LoRA A/B right after the weight they adapt.
+  // Hugging Face's named_parameters() order, LoRA A/B right after the weight they adapt; and the trainable ones
+  // in the groups forward_backward reports them in (backward_groups).
   void rebuild_order() {
     order.clear();
-    order.push_back(embed);
-    for (LayerParams& P : layer) {
+    backward_groups.assign(layer.size() + 2, {});
+    auto add = [&](Parameter* p, size_t group) {
+      order.push_back(p);
+      if (p->trainable && p->grad.defined()) backward_groups[group].push_back(p);
+    };
+    add(embed, layer.size() + 1);
+    for (size_t l = 0; l < layer.size(); l++) {
+      LayerParams& P = layer[l];
+      const size_t group = layer.size() - l;
       for (Linear& lin : P.proj)
         for (Parameter* p : {lin.weight, lin.bias, lin.lora_a, lin.lora_b})
-          if (p) order.push_back(p);
-      order.push_back(P.input_norm);
-      order.push_back(P.post_norm);
+          if (p) add(p, group);
+      add(P.input_norm, group);
+      add(P.post_norm, group);
     }
-    order.push_back(final_norm);
-    if (!cfg.tie_word_embeddings) order.push_back(lm_head);
+    add(final_norm, 0);
+    if (!cfg.tie_word_embeddings) add(lm_head, 0);
   }
 
   Ctx ctx() {
@@ -506,25 +517,6 @@ void TrainableLlama::set_value(Parameter& p, const Tensor& host) {
 
 // ---- passes ----
 
-namespace {
-
-// The trainable parameters in the groups forward_backward reports them in: [0] the LM head and final norm, [1 + i]
-// layer N-1-i, [N + 1] the embedding (and a head tied to it, whose gradient is complete only then).
-std::vector<std::vector<Parameter*>> backward_groups(const TrainableLlama::Impl& M) {
-  const int64_t N = M.cfg.num_hidden_layers;
-  std::vector<std::vector<Parameter*>> g(size_t(N + 2));
-  const std::string layers = "model.layers.";
-  for (Parameter* p : M.order) {
-    if (!p->trainable || !p->grad.defined()) continue;
-    if (p == M.embed) g[size_t(N + 1)].push_back(p);
-    else if (p->name.rfind(layers, 0) == 0) g[size_t(N - std::stoll(p->name.substr(layers.size())))].push_back(p);
-    else g[0].push_back(p);
-  }
-  return g;
-}
-
-}  // namespace
-
 double TrainableLlama::forward_backward(const TrainBatch& batch, float grad_scale, LossStats* stats,
                                         const GradsReady& ready) {
   Impl& M = *impl_;
@@ -533,9 +525,10 @@ double TrainableLlama::forward_backward(const TrainBatch& batch, float grad_scal
   const int64_t N = M.cfg.num_hidden_layers, T = bi.T, C = M.C();
   const bool rc = M.opt.recompute;
   // The CPU backends compute synchronously: a gradient is in memory when its op returns.
-  const std::vector<std::vector<Parameter*>> groups = ready ? backward_groups(M) : std::vector<std::vector<Parameter*>>{};
+  const std::vector<std::vector<Parameter*>>& groups = M.backward_groups;
   size_t reported = 0;
   auto report_through = [&](size_t last) {
+    if (!ready) return;
     for (; reported <= last && reported < groups.size(); reported++)
       if (!groups[reported].empty()) ready(groups[reported]);
   };
@@ -565,7 +558,7 @@ double TrainableLlama::forward_backward(const TrainBatch& batch, float grad_scal
     }
     layers::embedding_backward(c, *M.embed, bi.ids, dres);
   }
-  if (ready) report_through(groups.size());  // all of them (no counted token: no backward ran)
+  report_through(groups.size());  // all of them (no counted token: no backward ran)
   if (stats) *stats = LossStats{r.loss_sum, r.counted, r.correct};
   return r.counted > 0 ? r.loss_sum / double(r.counted) : 0.0;
 }

@@ -89,6 +89,7 @@ struct Trainer::Impl {
   std::unique_ptr<ParameterShards> shards;  // which parameters this rank's optimizer updates (all but with sharding)
   std::unique_ptr<AdamW> optim;
   std::unique_ptr<BackgroundSums> overlap;  // the gradient sums started during the backward (data parallelism)
+  bool stage2_ = false;  // sharding stage2: each rank holds the averaged gradients of its own shard only
   int64_t overlap_started = 0;                    // elements started this step (every trainable one, once)
   std::unique_ptr<LrSchedule> sched;
   DynamicLossScaler scaler;
@@ -130,6 +131,7 @@ struct Trainer::Impl {
           throw Error("data parallelism: the trainer's communicator reduces host memory, but " + p->name + " is on " +
                       device_name(p->grad.device()));
     shards = std::make_unique<ParameterShards>(params, opt.sharding);
+    stage2_ = shards->sharded() && args.sharding_stage() == 2;
     if (data_parallel() && opt.overlap_grad_reduce) overlap = std::make_unique<BackgroundSums>();
     optim = std::make_unique<AdamW>(oc, shards->owned());
 
@@ -435,7 +437,7 @@ struct Trainer::Impl {
     }
   }
 
-  bool stage2() const { return shards->sharded() && args.sharding_stage() == 2; }
+  bool stage2() const { return stage2_; }
   const std::vector<Parameter*>& reduced_params() const { return stage2() ? shards->owned() : params; }
 
   // The backward's report of completed gradients: stage2 reduces each to its owner; otherwise each run of them
