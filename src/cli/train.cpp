@@ -1,6 +1,6 @@
 // `oar finetune CFG.json [--key value ...]` and `oar pretrain CFG.json [--key value ...]`: PaddleNLP's
 // run_finetune.py and run_pretrain.py with the same argument files (src/train/train_args.h), on one process or
-// as the ranks of an MPI job (`mpirun -np N oar pretrain CFG.json`: data parallelism across the ranks).
+// as the ranks of an MPI job (`mpirun -np N oar pretrain CFG.json`: data and pipeline parallelism, sharding).
 #include <fcntl.h>
 #include <omp.h>
 #include <unistd.h>
@@ -164,10 +164,15 @@ int train_process(TrainMode mode, const std::vector<std::string>& argv, const Jo
   }
 
   const auto t0 = std::chrono::steady_clock::now();
+  // fleet's layout of the ranks: this rank's pipeline stage and share of the data follow from its coordinates.
+  const ParallelDegrees degrees{int(a.data_parallel_degree), int(std::max<int64_t>(1, a.pipeline_parallel_degree)),
+                                int(std::max<int64_t>(1, a.sharding_parallel_degree)), 1};
+  const ParallelDegrees coords = coordinates_of(degrees, job.rank);
   auto tok = load_tokenizer(a.tokenizer_path());
-  auto model = build_train_model(a, *tok, say);
+  auto model = build_train_model(a, *tok, say, coords.pipe);
   const LlamaConfig& cfg = model->llama().config();
-  RunData data = build_run_data(a, *tok, cfg.vocab_size, cfg.max_position_embeddings, job.rank, job.comm);
+  RunData data = build_run_data(a, *tok, cfg.vocab_size, cfg.max_position_embeddings, dataset_rank(degrees, job.rank),
+                                job.comm);
   say("Data: " + data.summary);
   if (a.do_eval && !data.eval) say(std::string("oar ") + cmd + ": warning: no evaluation data: evaluation skipped");
   if (a.do_predict && !data.test) say(std::string("oar ") + cmd + ": no test data (test split or test.json): do_predict skipped");
@@ -182,10 +187,13 @@ int train_process(TrainMode mode, const std::vector<std::string>& argv, const Jo
     // waiting in all_ranks_ok, through agree_on_setup).
     std::string first;
     if (!all_ranks_ok(*job.comm, "", &first)) throw OtherRankFailed(first);
-    const ParallelDegrees degrees{int(a.data_parallel_degree), 1, int(std::max<int64_t>(1, a.sharding_parallel_degree)), 1};
     groups = make_parallel_groups(*job.comm, degrees);
     say("Parallel layout: " + describe_layout(degrees, job.rank));
-    opt.data_parallel = job.comm;
+    opt.data_parallel = groups.replicas.get();
+    if (groups.pipe) {
+      opt.pipeline = groups.pipe.get();
+      model->set_pipeline(*groups.pipe);
+    }
     // OAR_GRAD_OVERLAP=0: sum the gradients after the backward (bench/dp_scaling.sh measures what overlap hides).
     const char* overlap = std::getenv("OAR_GRAD_OVERLAP");
     opt.overlap_grad_reduce = !(overlap && std::string(overlap) == "0");

@@ -42,6 +42,13 @@ class Communicator {
   // Point to point (pipeline stages): a send to `peer` is matched by that peer's recv from this rank.
   virtual void send(const void* data, int64_t bytes, int peer) = 0;
   virtual void recv(void* data, int64_t bytes, int peer) = 0;
+  // A send and a receive at once (MPI_Sendrecv): two pipeline stages exchanging activations and gradients, which
+  // would deadlock as blocking sends on both sides. The default sends first (the thread group's sends do not block).
+  virtual void send_recv(const void* send_data, int64_t send_bytes, int send_peer, void* recv_data, int64_t recv_bytes,
+                         int recv_peer) {
+    send(send_data, send_bytes, send_peer);
+    recv(recv_data, recv_bytes, recv_peer);
+  }
   virtual void barrier() = 0;
   // The sub-group of the ranks that pass the same `color`, ranked by `key` (MPI_Comm_split): the hybrid-parallel
   // groups (data, sharding, ...) of one job. Every rank must call it.

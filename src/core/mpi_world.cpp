@@ -99,6 +99,18 @@ class MpiCommunicator final : public Communicator {
       check(MPI_Recv(static_cast<char*>(data) + off, int(std::min(kChunk, bytes - off)), MPI_BYTE, peer, 0, comm_,
                      MPI_STATUS_IGNORE), "Recv");
   }
+  void send_recv(const void* send_data, int64_t send_bytes, int send_peer, void* recv_data, int64_t recv_bytes,
+                 int recv_peer) override {
+    // In the chunks of send and recv, so that either side may be a plain send or recv; a side with no chunk left
+    // talks to MPI_PROC_NULL.
+    const char* out = static_cast<const char*>(send_data);
+    char* in = static_cast<char*>(recv_data);
+    for (int64_t off = 0; off < std::max(send_bytes, recv_bytes); off += kChunk) {
+      const int64_t sn = std::clamp<int64_t>(send_bytes - off, 0, kChunk), rn = std::clamp<int64_t>(recv_bytes - off, 0, kChunk);
+      check(MPI_Sendrecv(out + off, int(sn), MPI_BYTE, sn > 0 ? send_peer : MPI_PROC_NULL, 0, in + off, int(rn), MPI_BYTE,
+                         rn > 0 ? recv_peer : MPI_PROC_NULL, 0, comm_, MPI_STATUS_IGNORE), "Sendrecv");
+    }
+  }
   void barrier() override { check(MPI_Barrier(comm_), "Barrier"); }
   std::unique_ptr<Communicator> split(int color, int key) override {
     MPI_Comm sub;

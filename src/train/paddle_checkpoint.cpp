@@ -61,24 +61,26 @@ DType paddle_params_dtype(const TrainArgs& a) {
   return a.bf16 ? DType::BF16 : a.fp16 ? DType::F16 : DType::F32;
 }
 
-void save_paddle_weights(const std::string& dir, const TrainableLlama& m, const std::string& base, DType params_dtype) {
+void save_paddle_weights(const std::string& dir, const Named& named, const LlamaConfig& model_cfg, const LoraOptions* lora,
+                         const std::string& base, DType params_dtype) {
   const bool master = params_dtype != DType::F32;
-  if (m.has_lora()) {
-    const Named named = m.export_weights(true);
-    save_lora_adapter_paddle(dir, lora_adapter_from_named(named, m.lora(), base));
+  if (lora) {
+    save_lora_adapter_paddle(dir, lora_adapter_from_named(named, *lora, base));
     if (master) {  // PaddleNLP keeps the adapter's float32 copy as master weights
-      Named lora;
+      Named adapter;
       for (const auto& [name, t] : named)
         if (name.find(".lora_") != std::string::npos) {
           const PaddleTensorName pn = paddle_name_of(name);
-          lora.emplace_back(pn.name, to_paddle(t.to(DType::F32), pn));
+          adapter.emplace_back(pn.name, to_paddle(t.to(DType::F32), pn));
         }
-      write_single_shard(dir, kMasterShard, kMasterIndex, lora);
+      write_single_shard(dir, kMasterShard, kMasterIndex, adapter);
     }
     return;
   }
-  const Named weights = m.export_weights(false);
-  LlamaConfig cfg = m.config();
+  Named weights;
+  for (const auto& [name, t] : named)
+    if (name.find(".lora_") == std::string::npos) weights.emplace_back(name, t);
+  LlamaConfig cfg = model_cfg;
   cfg.torch_dtype = dtype_name(params_dtype);
   LlamaConfig master_cfg = cfg;  // paddle_model_tensors unties the config it is given; the model's is written
   write_single_shard(dir, kModelShard, kModelIndex, paddle_model_tensors(weights, params_dtype, cfg));
@@ -108,14 +110,23 @@ void remove_layout_files(const std::string& dir, CheckpointLayout layout) {
   }
 }
 
-void save_paddle_optimizer(const std::string& dir, const std::vector<Parameter*>& params, const Named& state,
-                           const AdamWConfig& c, int64_t steps, bool master_weights) {
-  if (state.size() != 2 * params.size()) throw Error("save_paddle_optimizer: two moments per parameter expected");
+void save_paddle_optimizer(const std::string& dir, const Named& state, const AdamWConfig& c, int64_t steps,
+                           bool master_weights) {
+  const std::string m1 = ".exp_avg", m2 = ".exp_avg_sq";
+  auto param_of = [&](size_t i, const std::string& suffix) {
+    const std::string& n = state[i].first;
+    if (n.size() <= suffix.size() || n.compare(n.size() - suffix.size(), suffix.size(), suffix) != 0)
+      throw Error("save_paddle_optimizer: '" + n + "' is not a parameter's " + suffix);
+    return n.substr(0, n.size() - suffix.size());
+  };
+  if (state.size() % 2 != 0) throw Error("save_paddle_optimizer: two moments per parameter expected");
   // Paddle starts beta^t at beta and multiplies after each update: after t steps it holds beta^(t+1).
   const double t1 = double(steps + 1);
   Named out;
-  for (size_t i = 0; i < params.size(); ++i) {
-    const PaddleTensorName pn = paddle_name_of(params[i]->name);
+  for (size_t i = 0; i < state.size() / 2; ++i) {
+    const std::string param = param_of(2 * i, m1);
+    if (param_of(2 * i + 1, m2) != param) throw Error("save_paddle_optimizer: the moments of '" + param + "' are not paired");
+    const PaddleTensorName pn = paddle_name_of(param);
     out.emplace_back(pn.name + "/moment1_0", to_paddle(state[2 * i].second, pn));
     out.emplace_back(pn.name + "/moment2_0", to_paddle(state[2 * i + 1].second, pn));
     for (const auto& [suffix, beta] : {std::pair{"/beta1_pow_acc_0", c.beta1}, std::pair{"/beta2_pow_acc_0", c.beta2}}) {

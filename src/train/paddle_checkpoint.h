@@ -37,9 +37,11 @@ DType paddle_params_dtype(const TrainArgs& a);
 inline constexpr const char* kOarTrainerStateFile = "oar_trainer_state.json";
 inline constexpr const char* kPaddleOptimizerIndex = "optimizer.safetensors.index.json";
 
-// The model's weights (or its LoRA adapter) as above. `params_dtype`: F32, or BF16/F16 for low-precision
-// parameters (master weights written beside them). Throws for what PaddleNLP's Llama cannot hold.
-void save_paddle_weights(const std::string& dir, const TrainableLlama& m, const std::string& base_model_name_or_path,
+// The model's weights (or, with `lora`, its adapter) as above: `weights` as TrainableLlama::export_weights(true)
+// gives them, of the whole model (a pipeline's stages gathered). `params_dtype`: F32, or BF16/F16 for
+// low-precision parameters (master weights written beside them). Throws for what PaddleNLP's Llama cannot hold.
+void save_paddle_weights(const std::string& dir, const std::vector<std::pair<std::string, Tensor>>& weights,
+                         const LlamaConfig& cfg, const LoraOptions* lora, const std::string& base_model_name_or_path,
                          DType params_dtype);
 // DIR holds float32 master weights (a low-precision run's checkpoint in PaddleNLP's layout).
 bool has_paddle_master_weights(const std::string& dir);
@@ -49,11 +51,10 @@ std::unique_ptr<WeightSource> open_paddle_weights(const std::string& dir, const 
 // oar_trainer_state.json for PaddleNLP's) from `dir`, if there.
 void remove_layout_files(const std::string& dir, CheckpointLayout layout);
 
-// `moments`: "<param>.exp_avg" and "<param>.exp_avg_sq" for each of `params`, in order (AdamW::state_tensors, or
-// ParameterShards::gather_moments); `steps`: the updates taken.
-void save_paddle_optimizer(const std::string& dir, const std::vector<Parameter*>& params,
-                           const std::vector<std::pair<std::string, Tensor>>& moments, const AdamWConfig& c,
-                           int64_t steps, bool master_weights);
+// `moments`: "<param>.exp_avg" then "<param>.exp_avg_sq" for each parameter (AdamW::state_tensors,
+// ParameterShards::gather_moments, a pipeline's stages gathered); `steps`: the updates taken.
+void save_paddle_optimizer(const std::string& dir, const std::vector<std::pair<std::string, Tensor>>& moments,
+                           const AdamWConfig& c, int64_t steps, bool master_weights);
 // The moments under AdamW::load_state's names ("<param>.exp_avg", "<param>.exp_avg_sq"), in oar's orientation.
 std::map<std::string, Tensor> read_paddle_optimizer(const std::string& dir, const std::vector<Parameter*>& params);
 

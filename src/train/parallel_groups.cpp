@@ -41,6 +41,18 @@ std::string describe_layout(const ParallelDegrees& d, int rank) {
   return degrees.empty() ? "one rank" : degrees + " (this rank: " + coords + ")";
 }
 
+ParallelDegrees coordinates_of(const ParallelDegrees& d, int rank) {
+  const std::array<int, 4> n = sizes(d);
+  std::array<int, 4> c{};
+  for (int a = 0; a < 4; a++) c[size_t(a)] = rank / stride_of(n, a) % n[size_t(a)];
+  return ParallelDegrees{c[0], c[1], c[2], c[3]};
+}
+
+int dataset_rank(const ParallelDegrees& d, int rank) {
+  const ParallelDegrees c = coordinates_of(d, rank);
+  return c.data * d.sharding + c.sharding;
+}
+
 ParallelGroups make_parallel_groups(Communicator& world, const ParallelDegrees& d) {
   const int product = d.data * d.pipe * d.sharding * d.tensor;
   if (product != world.size())
@@ -49,7 +61,11 @@ ParallelGroups make_parallel_groups(Communicator& world, const ParallelDegrees& 
                 std::to_string(world.size()));
   ParallelGroups g;
   g.data = axis_group(world, d, 0);
+  g.pipe = axis_group(world, d, 1);
   g.sharding = axis_group(world, d, 2);
+  // Colour: the pipe and tensor coordinates; key: the dataset rank.
+  const ParallelDegrees c = coordinates_of(d, world.rank());
+  g.replicas = world.split(c.pipe * d.tensor + c.tensor, dataset_rank(d, world.rank()));
   return g;
 }
 

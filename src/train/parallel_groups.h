@@ -16,13 +16,21 @@ struct ParallelDegrees {
 // "data 2 x sharding 2 (this rank: data 0, sharding 1)": the degrees above 1 and this rank's coordinates on them.
 std::string describe_layout(const ParallelDegrees& degrees, int rank);
 
+// A rank's coordinate on each axis.
+ParallelDegrees coordinates_of(const ParallelDegrees& degrees, int rank);
+// The rank's place among the ranks that read different data (data x sharding: PaddleNLP's dataset_rank).
+int dataset_rank(const ParallelDegrees& degrees, int rank);
+
 struct ParallelGroups {
   // The ranks that differ only on that axis; null where its degree is 1.
-  std::unique_ptr<Communicator> data, sharding;
+  std::unique_ptr<Communicator> data, pipe, sharding;
+  // The ranks that hold the same part of the model (the same pipeline stage): data x sharding, the group that
+  // averages gradients. Never null.
+  std::unique_ptr<Communicator> replicas;
 };
 
-// Splits `world` (of size data x pipe x sharding x tensor); every rank must call it. Pipeline and tensor groups
-// come with those dimensions.
+// Splits `world` (of size data x pipe x sharding x tensor); every rank must call it. Tensor-parallel groups come
+// with that dimension.
 ParallelGroups make_parallel_groups(Communicator& world, const ParallelDegrees& degrees);
 
 }  // namespace oar

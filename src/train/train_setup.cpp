@@ -24,25 +24,53 @@ namespace oar {
 LlamaTrainModel::LlamaTrainModel(std::unique_ptr<TrainableLlama> m, std::string base, std::optional<DType> paddle_params)
     : m_(std::move(m)), base_(std::move(base)), paddle_params_(paddle_params) {}
 
+double LlamaTrainModel::forward_backward(const TrainBatch& b, float grad_scale, LossStats* s, const GradsReady& ready) {
+  if (pipeline_) throw Error("forward_backward: a pipeline stage runs a step's micro-batches together (forward_backward_step)");
+  return m_->forward_backward(b, grad_scale, s, ready);
+}
+
+std::vector<double> LlamaTrainModel::forward_backward_step(const std::vector<TrainBatch>& batches, float grad_scale,
+                                                           const GradsReady& ready) {
+  if (pipeline_) return pipeline_->train_step(batches, grad_scale, ready);
+  return TrainModel::forward_backward_step(batches, grad_scale, ready);
+}
+
+double LlamaTrainModel::forward_loss(const TrainBatch& b, LossStats* s) {
+  return pipeline_ ? pipeline_->eval(b, s) : m_->forward_loss(b, s);
+}
+
+void LlamaTrainModel::set_pipeline(Communicator& pipe) {
+  pipeline_ = std::make_unique<PipelineStage>(*m_, pipe);
+  pipe_ = &pipe;
+}
+
 double LlamaTrainModel::train_flops(const TrainBatch& b) const {
+  // A pipeline stage's share: its layers, and the LM head on the last stage.
   const LlamaConfig& c = m_->config();
-  return llama_train_flops(c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.vocab_size, c.num_attention_heads,
-                           c.num_key_value_heads, c.head_dim, b.B * b.L, b.L, m_->options().recompute, m_->has_lora());
+  const TrainOptions& o = m_->options();
+  const int64_t layers = c.num_hidden_layers / o.pipeline_stages, vocab = m_->last_stage() ? c.vocab_size : 0;
+  return llama_train_flops(c.hidden_size, c.intermediate_size, layers, vocab, c.num_attention_heads,
+                           c.num_key_value_heads, c.head_dim, b.B * b.L, b.L, o.recompute, m_->has_lora());
+}
+
+void LlamaTrainModel::collect_stages() {
+  if (pipe_) gathered_ = gather_stages(*pipe_, m_->export_weights(true));
 }
 
 void LlamaTrainModel::save(const std::string& dir) const {
   // A directory holds one layout: the other's files (from an earlier run of another save_format) would be read
   // first by some loaders.
   remove_layout_files(dir, paddle_params_ ? CheckpointLayout::HuggingFace : CheckpointLayout::PaddleNLP);
-  if (paddle_params_) return save_paddle_weights(dir, *m_, base_, *paddle_params_);
-  if (m_->has_lora()) {
-    save_lora_adapter(dir, lora_adapter_from_named(m_->export_weights(true), m_->lora(), base_));
-    return;
-  }
+  std::vector<std::pair<std::string, Tensor>> named = pipe_ ? std::move(gathered_) : m_->export_weights(true);
+  gathered_.clear();
+  if (pipe_ && named.empty()) throw Error("saving a pipeline stage: collect_stages() was not called on every stage");
+  const LoraOptions* lora = m_->has_lora() ? &m_->lora() : nullptr;
+  if (paddle_params_) return save_paddle_weights(dir, named, m_->config(), lora, base_, *paddle_params_);
+  if (lora) return save_lora_adapter(dir, lora_adapter_from_named(named, *lora, base_));
   LlamaConfig c = m_->config();
   c.torch_dtype = "float32";  // the float32 master weights: a resumed run continues bit for bit
   write_file_atomic(join_path(dir, "config.json"), to_hf_config_json(c));
-  write_safetensors(join_path(dir, "model.safetensors"), m_->export_weights(false), {{"format", "pt"}});
+  write_safetensors(join_path(dir, "model.safetensors"), named, {{"format", "pt"}});
 }
 
 namespace {
@@ -77,16 +105,39 @@ void LlamaTrainModel::load(const std::string& dir) {
   for (Parameter* p : m_->parameters()) copy_into(*m_, *p, ws->get(p->name), ws->where());
 }
 
+namespace {
+
+// Pipeline parallelism splits the layers evenly over the stages, and the embedding and the LM head sit apart.
+void check_pipeline_split(const TrainArgs& a, const LlamaConfig& c, const std::string& config_src) {
+  const int64_t pp = a.pipeline_parallel_degree;
+  if (pp <= 1) return;
+  if (c.num_hidden_layers % pp != 0)
+    fail(key_origin(a, "pipeline_parallel_degree"),
+         "pipeline_parallel_degree " + std::to_string(pp) + " does not divide num_hidden_layers " +
+             std::to_string(c.num_hidden_layers) + " (" + config_src + "): the stages hold equal shares of the layers");
+  if (c.tie_word_embeddings)
+    fail(key_origin(a, "pipeline_parallel_degree"),
+         "pipeline_parallel_degree " + std::to_string(pp) + ": a model with tie_word_embeddings (" + config_src +
+             ") is not built yet for pipelines (its embedding and LM head sit on different stages)");
+}
+
+}  // namespace
+
 std::unique_ptr<LlamaTrainModel> build_train_model(const TrainArgs& a, const Tokenizer& tok,
-                                                   const std::function<void(const std::string&)>& log) {
+                                                   const std::function<void(const std::string&)>& log,
+                                                   int pipeline_stage) {
   TrainOptions to;
   to.compute = a.bf16 ? DType::BF16 : (a.fp16 && a.fp16_opt_level != "O0") ? DType::F16 : DType::F32;
   to.recompute = a.recompute;
+  to.pipeline_stages = int(std::max<int64_t>(1, a.pipeline_parallel_degree));
+  to.pipeline_stage = pipeline_stage;
   const std::string& src = a.model_name_or_path;
   const int64_t needed_positions = a.is_pretrain() ? a.max_seq_length : a.max_length;
   std::unique_ptr<TrainableLlama> m;
   if (a.continue_training) {
-    m = TrainableLlama::from_pretrained(src, to);
+    const ModelSource ms = open_model_source(src);
+    check_pipeline_split(a, ms.config, src);
+    m = TrainableLlama::from_weights(ms.config, *ms.weights, to);
     const LlamaConfig& c = m->config();
     // Every pretraining sample is max_seq_length tokens, so the data always reaches it. Fine-tuning's max_length
     // is only a limit: build_run_data checks the examples themselves against the model.
@@ -107,6 +158,7 @@ std::unique_ptr<LlamaTrainModel> build_train_model(const TrainArgs& a, const Tok
     // covering the tokenizer rounded up to a multiple of 128.
     c.max_position_embeddings = std::max(c.max_position_embeddings, needed_positions);
     if (a.is_pretrain()) c.vocab_size = std::max<int64_t>(c.vocab_size, (int64_t(tok.vocab_size()) + 127) / 128 * 128);
+    check_pipeline_split(a, c, cfg_path);
     m = TrainableLlama::random(c, to, uint64_t(a.seed));
     log("Initialised a " + std::to_string(c.num_parameters()) + "-parameter Llama at random from " + cfg_path + " (" +
         std::to_string(c.num_hidden_layers) + " layers, hidden " + std::to_string(c.hidden_size) + ", vocabulary " +

@@ -13,6 +13,7 @@
 #include "data/gpt_dataset.h"
 #include "data/sft_dataset.h"
 #include "tokenizer/tokenizer.h"
+#include "train/pipeline.h"
 #include "train/train_args.h"
 #include "train/trainable_llama.h"
 #include "train/trainer.h"
@@ -29,20 +30,26 @@ class LlamaTrainModel : public TrainModel {
   LlamaTrainModel(std::unique_ptr<TrainableLlama> m, std::string base_model_name_or_path,
                   std::optional<DType> paddle_params = std::nullopt);
   std::vector<Parameter*> parameters() override { return m_->parameters(); }
-  double forward_backward(const TrainBatch& b, float grad_scale, LossStats* s, const GradsReady& ready) override {
-    return m_->forward_backward(b, grad_scale, s, ready);
-  }
-  double forward_loss(const TrainBatch& b, LossStats* s) override { return m_->forward_loss(b, s); }
+  double forward_backward(const TrainBatch& b, float grad_scale, LossStats* s, const GradsReady& ready) override;
+  std::vector<double> forward_backward_step(const std::vector<TrainBatch>& batches, float grad_scale,
+                                            const GradsReady& ready) override;
+  double forward_loss(const TrainBatch& b, LossStats* s) override;
   void zero_grad() override { m_->zero_grad(); }
   double train_flops(const TrainBatch& b) const override;
+  void collect_stages() override;
   void save(const std::string& dir) const override;
   void load(const std::string& dir) override;
   TrainableLlama& llama() { return *m_; }
+  // Pipeline parallelism: the model is one stage (TrainOptions::pipeline_stage) of `pipe`'s pipeline.
+  void set_pipeline(Communicator& pipe);
 
  private:
   std::unique_ptr<TrainableLlama> m_;
   std::string base_;
   std::optional<DType> paddle_params_;
+  std::unique_ptr<PipelineStage> pipeline_;
+  Communicator* pipe_ = nullptr;
+  mutable std::vector<std::pair<std::string, Tensor>> gathered_;  // every stage's weights (collect_stages), for save()
 };
 
 // The model a run starts from (before any checkpoint is restored): continue_training false -> random from
@@ -50,9 +57,10 @@ class LlamaTrainModel : public TrainModel {
 // PaddleNLP's max_position_embeddings >= max_seq_length and vocabulary rounded up to a multiple of 128 covering
 // the tokenizer); true -> from_pretrained. Then LoRA (rank lora_rank, alpha 2 x rank as PaddleNLP hard-codes;
 // rsLoRA alpha 4 / sqrt(rank) scaling) on all seven projections, started from lora_path when given.
-// `log` receives one-line descriptions.
+// `log` receives one-line descriptions. With pipeline_parallel_degree > 1 the model is stage `pipeline_stage`.
 std::unique_ptr<LlamaTrainModel> build_train_model(const TrainArgs& a, const Tokenizer& tok,
-                                                   const std::function<void(const std::string&)>& log);
+                                                   const std::function<void(const std::string&)>& log,
+                                                   int pipeline_stage = 0);
 
 // Fine-tuning: rows (one example each, or packs with zero_padding) shuffled per epoch by (seed, epoch), batched
 // per_device_train_batch_size rows at a time, padded to the longest row (pad_to_max_length / pad_to_multiple_of

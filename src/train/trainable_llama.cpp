@@ -124,8 +124,9 @@ struct TrainableLlama::Impl {
   Parameter* embed = nullptr;
   Parameter* final_norm = nullptr;
   Parameter* lm_head = nullptr;  // the embedding when tied
-  std::vector<LayerParams> layer;
-  Linear head;
+  std::vector<LayerParams> layer;  // this stage's layers: layer[i] is the model's layer layer0 + i
+  int64_t layer0 = 0;
+  Linear head;  // on the last stage
 
   RopeTable rope;
   Backend* be = &cpu_backend();  // where parameters, gradients, activations and scratch live
@@ -139,8 +140,19 @@ struct TrainableLlama::Impl {
     int64_t rank = -1;
     bool operator==(const ActsKey&) const = default;
   };
-  std::vector<LayerActs> train_acts, eval_acts;
+  std::vector<LayerActs> train_acts, eval_acts;  // train_acts: the one set of every slot under recompute
   ActsKey train_key, eval_key;
+
+  // One micro-batch between its forward and its backward (a pipeline keeps several in flight, one per slot).
+  struct Pass {
+    BatchInfo bi;
+    Tensor resid;                 // [n+1, T, C]: each layer's input, then the last layer's output
+    Tensor dres, dres_c;          // [T, C]: the gradient down the residual stream (dres_c: compute dtype)
+    std::vector<LayerActs> acts;  // one set per layer (not used under recompute)
+    ActsKey key;
+    bool counted = false;         // the last stage saw counted tokens (one stage: else no backward)
+  };
+  std::deque<Pass> passes;  // a deque: a new slot keeps the others' addresses (bi.attn points into bi)
 
   int64_t C() const { return cfg.hidden_size; }
   int64_t QD() const { return cfg.q_dim(); }
@@ -183,11 +195,20 @@ struct TrainableLlama::Impl {
     be = &backend;
     ws = layers::Workspace(backend);
     const int64_t C = this->C(), F = cfg.intermediate_size, V = cfg.vocab_size;
-    embed = add_param("model.embed_tokens.weight", {V, C});
-    layer.resize(size_t(cfg.num_hidden_layers));
-    for (int64_t l = 0; l < cfg.num_hidden_layers; l++) {
+    const int64_t N = cfg.num_hidden_layers, S = opt.pipeline_stages;
+    if (S < 1 || opt.pipeline_stage < 0 || opt.pipeline_stage >= S || N % S != 0)
+      throw Error("pipeline stage " + std::to_string(opt.pipeline_stage) + " of " + std::to_string(S) + ": " +
+                  std::to_string(N) + " layers do not split evenly");
+    if (S > 1 && cfg.tie_word_embeddings)
+      throw Error("tie_word_embeddings with pipeline parallelism is not built yet (the embedding and the LM head sit "
+                  "on different stages)");
+    layer0 = opt.pipeline_stage * (N / S);
+    const bool first = opt.pipeline_stage == 0, last = opt.pipeline_stage == S - 1;
+    if (first) embed = add_param("model.embed_tokens.weight", {V, C});
+    layer.resize(size_t(N / S));
+    for (int64_t l = 0; l < N / S; l++) {
       LayerParams& P = layer[size_t(l)];
-      const std::string pre = "model.layers." + std::to_string(l) + ".";
+      const std::string pre = "model.layers." + std::to_string(layer0 + l) + ".";
       const Shape shapes[kNumProj] = {{QD(), C}, {KVD(), C}, {KVD(), C}, {C, QD()}, {F, C}, {F, C}, {C, F}};
       for (int i = 0; i < kNumProj; i++) {
         Linear& lin = P.proj[i];
@@ -198,9 +219,11 @@ struct TrainableLlama::Impl {
       P.input_norm = add_param(pre + "input_layernorm.weight", {C});
       P.post_norm = add_param(pre + "post_attention_layernorm.weight", {C});
     }
-    final_norm = add_param("model.norm.weight", {C});
-    lm_head = cfg.tie_word_embeddings ? embed : add_param("lm_head.weight", {V, C});
-    head.weight = lm_head;
+    if (last) {
+      final_norm = add_param("model.norm.weight", {C});
+      lm_head = cfg.tie_word_embeddings ? embed : add_param("lm_head.weight", {V, C});
+      head.weight = lm_head;
+    }
     allocate_group();
     rebuild_order();
     rope = make_rope_table(cfg, cfg.max_position_embeddings);
@@ -215,7 +238,7 @@ struct TrainableLlama::Impl {
       order.push_back(p);
       if (p->trainable && p->grad.defined()) backward_groups[group].push_back(p);
     };
-    add(embed, layer.size() + 1);
+    if (embed) add(embed, layer.size() + 1);
     for (size_t l = 0; l < layer.size(); l++) {
       LayerParams& P = layer[l];
       const size_t group = layer.size() - l;
@@ -225,8 +248,8 @@ struct TrainableLlama::Impl {
       add(P.input_norm, group);
       add(P.post_norm, group);
     }
-    add(final_norm, 0);
-    if (!cfg.tie_word_embeddings) add(lm_head, 0);
+    if (final_norm) add(final_norm, 0);
+    if (lm_head && !cfg.tie_word_embeddings) add(lm_head, 0);
   }
 
   Ctx ctx() {
@@ -240,7 +263,7 @@ struct TrainableLlama::Impl {
   void prepare_weights(Ctx& c) {
     for (LayerParams& P : layer)
       for (Linear& lin : P.proj) lin.prepare(c);
-    head.prepare(c);
+    if (head.weight) head.prepare(c);
   }
 
   BatchInfo batch_info(const TrainBatch& b) const {
@@ -373,23 +396,51 @@ struct TrainableLlama::Impl {
     if (want_dh) layers::rmsnorm_backward(c, *P.input_norm, x_in, A.rstd1, dh, dres, dres_copy);  // dres = dL/dx_in
   }
 
-  // Embedding and all layers; returns the final norm's output (compute dtype) and keeps the residual stream in
-  // `resid` ([N+1, T, C]: the input of each layer, then the last layer's output).
-  Tensor forward_trunk(Ctx& c, BatchInfo& bi, std::vector<LayerActs>& acts, bool per_layer, Tensor& resid, Tensor& rstd_f) {
-    const int64_t N = cfg.num_hidden_layers, T = bi.T, C = this->C();
+  // The stage's layers over the batch, from the embedding (first stage) or `input` (the previous stage's output),
+  // keeping the residual stream in `resid` ([n+1, T, C]: each layer's input, then the last layer's output).
+  void forward_layers(Ctx& c, BatchInfo& bi, const Tensor& input, std::vector<LayerActs>& acts, bool per_layer,
+                      Tensor& resid) {
+    const int64_t n = int64_t(layer.size()), T = bi.T, C = this->C();
     bi.attn.key_begin = bi.key_begin.data();
     prepare_weights(c);
-    resid = ws.get("resid", {N + 1, T, C}, DType::F32);
     Tensor x0 = resid.slice0(0, 1).view({T, C});
-    layers::embedding_forward(c, *embed, bi.ids, x0);
-    for (int64_t l = 0; l < N; l++) {
+    if (embed) {
+      layers::embedding_forward(c, *embed, bi.ids, x0);
+    } else {
+      if (input.shape() != Shape{T, C} || input.dtype() != DType::F32)
+        throw Error("pipeline stage " + std::to_string(opt.pipeline_stage) + ": input " + shape_str(input.shape()) +
+                    ", expected float32 " + shape_str({T, C}));
+      c.be.copy(input, x0);
+    }
+    for (int64_t l = 0; l < n; l++) {
       Tensor x_in = resid.slice0(l, l + 1).view({T, C}), x_out = resid.slice0(l + 1, l + 2).view({T, C});
       layer_forward(c, l, bi, x_in, x_out, acts[per_layer ? size_t(l) : 0]);
     }
-    Tensor hf = ws.get("final_h", {T, C}, c.cdt);
+  }
+
+  // The last stage's final norm: its output (compute dtype) of the residual stream's end x, rstd_f [T] saved.
+  Tensor final_norm_forward(Ctx& c, const Tensor& x, Tensor& rstd_f) {
+    const int64_t T = x.dim(0);
+    Tensor hf = ws.get("final_h", {T, C()}, c.cdt);
     rstd_f = ws.get("final_rstd", {T}, DType::F32);
-    layers::rmsnorm_forward(c, *final_norm, eps(), resid.slice0(N, N + 1).view({T, C}), hf, rstd_f);
+    layers::rmsnorm_forward(c, *final_norm, eps(), x, hf, rstd_f);
     return hf;
+  }
+
+  // Slot `slot`'s pass for batch b, with buffers for its shape.
+  Pass& pass_for(int slot, const TrainBatch& b, DType cdt) {
+    while (passes.size() <= size_t(slot)) passes.emplace_back();
+    Pass& p = passes[size_t(slot)];
+    p.bi = batch_info(b);
+    const int64_t n = int64_t(layer.size()), T = p.bi.T, C = this->C();
+    if (!p.resid.defined() || p.resid.dim(1) != T || p.dres_c.dtype() != cdt) {
+      p.resid = be->empty({n + 1, T, C}, DType::F32);
+      p.dres = be->empty({T, C}, DType::F32);
+      p.dres_c = cdt == DType::F32 ? p.dres : be->empty({T, C}, cdt);
+    }
+    if (opt.recompute) alloc_acts(train_acts, train_key, 1, p.bi, cdt);
+    else alloc_acts(p.acts, p.key, n, p.bi, cdt);
+    return p;
   }
 };
 
@@ -470,8 +521,8 @@ void TrainableLlama::add_lora(const LoraOptions& lo) {
                   "up_proj, down_proj)");
     wanted[it - std::begin(kProjName)] = true;
   }
-  for (int64_t l = 0; l < M.cfg.num_hidden_layers; l++) {
-    const std::string pre = "model.layers." + std::to_string(l) + ".";
+  for (int64_t l = 0; l < int64_t(M.layer.size()); l++) {
+    const std::string pre = "model.layers." + std::to_string(M.layer0 + l) + ".";
     for (int i = 0; i < kNumProj; i++) {
       if (!wanted[i]) continue;
       Linear& lin = M.layer[size_t(l)].proj[i];
@@ -501,6 +552,7 @@ void TrainableLlama::add_lora(const LoraOptions& lo) {
   M.lora_on = true;
   M.rebuild_order();
   M.train_key = M.eval_key = Impl::ActsKey{};
+  for (Impl::Pass& p : M.passes) p.key = Impl::ActsKey{};
 }
 
 bool TrainableLlama::has_lora() const { return impl_->lora_on; }
@@ -517,13 +569,46 @@ void TrainableLlama::set_value(Parameter& p, const Tensor& host) {
 
 // ---- passes ----
 
-double TrainableLlama::forward_backward(const TrainBatch& batch, float grad_scale, LossStats* stats,
-                                        const GradsReady& ready) {
+bool TrainableLlama::first_stage() const { return impl_->opt.pipeline_stage == 0; }
+bool TrainableLlama::last_stage() const { return impl_->opt.pipeline_stage == impl_->opt.pipeline_stages - 1; }
+
+StageOutput TrainableLlama::stage_forward(int slot, const TrainBatch& batch, const Tensor& input, float grad_scale) {
   Impl& M = *impl_;
   Ctx c = M.ctx();
-  BatchInfo bi = M.batch_info(batch);
-  const int64_t N = M.cfg.num_hidden_layers, T = bi.T, C = M.C();
+  Impl::Pass& P = M.pass_for(slot, batch, c.cdt);
   const bool rc = M.opt.recompute;
+  const int64_t n = int64_t(M.layer.size()), T = P.bi.T, C = M.C();
+  M.forward_layers(c, P.bi, input, rc ? M.train_acts : P.acts, !rc, P.resid);
+  StageOutput out;
+  Tensor x_last = P.resid.slice0(n, n + 1).view({T, C});
+  if (!last_stage()) {
+    out.output = x_last;
+    return out;
+  }
+  // The loss and its gradient down to the final norm's input, where the backward picks it up.
+  Tensor rstd_f;
+  Tensor hf = M.final_norm_forward(c, x_last, rstd_f);
+  Tensor dhf = M.ws.get("final_dh", {T, C}, DType::F32);
+  CrossEntropyResult r = layers::lm_head_loss(c, M.head, hf, P.bi.labels, grad_scale, &dhf);
+  P.counted = r.counted > 0;
+  c.K.zero(P.dres);
+  if (c.cdt != DType::F32) c.K.zero(P.dres_c);
+  if (P.counted)
+    layers::rmsnorm_backward(c, *M.final_norm, x_last, rstd_f, dhf, P.dres, c.cdt == DType::F32 ? nullptr : &P.dres_c);
+  out.stats = LossStats{r.loss_sum, r.counted, r.correct};
+  out.loss = r.counted > 0 ? r.loss_sum / double(r.counted) : 0.0;
+  return out;
+}
+
+Tensor TrainableLlama::stage_backward(int slot, const Tensor& output_grad, const GradsReady& ready) {
+  Impl& M = *impl_;
+  Ctx c = M.ctx();
+  Impl::Pass& P = M.passes.at(size_t(slot));
+  BatchInfo& bi = P.bi;
+  bi.attn.key_begin = bi.key_begin.data();
+  const int64_t n = int64_t(M.layer.size()), T = bi.T, C = M.C();
+  const bool rc = M.opt.recompute;
+  if (rc) M.alloc_acts(M.train_acts, M.train_key, 1, bi, c.cdt);  // another slot's forward may have had another shape
   // The CPU backends compute synchronously: a gradient is in memory when its op returns.
   const std::vector<std::vector<Parameter*>>& groups = M.backward_groups;
   size_t reported = 0;
@@ -532,56 +617,84 @@ double TrainableLlama::forward_backward(const TrainBatch& batch, float grad_scal
     for (; reported <= last && reported < groups.size(); reported++)
       if (!groups[reported].empty()) ready(groups[reported]);
   };
-  M.alloc_acts(M.train_acts, M.train_key, rc ? 1 : N, bi, c.cdt);
-  Tensor resid, rstd_f;
-  Tensor hf = M.forward_trunk(c, bi, M.train_acts, !rc, resid, rstd_f);
-
-  Tensor dhf = M.ws.get("final_dh", {T, C}, DType::F32);
-  CrossEntropyResult r = layers::lm_head_loss(c, M.head, hf, bi.labels, grad_scale, &dhf);
-  Tensor dres = M.ws.get("dres", {T, C}, DType::F32);
-  Tensor dres_c = c.cdt == DType::F32 ? dres : M.ws.get("dres_c", {T, C}, c.cdt);
-  c.K.zero(dres);
-  if (r.counted > 0) {
-    layers::rmsnorm_backward(c, *M.final_norm, resid.slice0(N, N + 1).view({T, C}), rstd_f, dhf, dres,
-                             c.cdt == DType::F32 ? nullptr : &dres_c);
+  if (!last_stage()) {
+    if (output_grad.shape() != Shape{T, C})
+      throw Error("pipeline stage " + std::to_string(M.opt.pipeline_stage) + ": output gradient " +
+                  shape_str(output_grad.shape()) + ", expected " + shape_str({T, C}));
+    c.be.copy(output_grad, P.dres);
+    if (c.cdt != DType::F32) c.K.convert(P.dres, P.dres_c);
+  }
+  // One stage alone skips the backward of a micro-batch without counted tokens; a pipeline's earlier stages
+  // wait for a gradient, so it runs there (on zeros).
+  if (P.counted || !first_stage() || !last_stage()) {
     report_through(0);
-    for (int64_t l = N - 1; l >= 0; l--) {
-      Tensor x_in = resid.slice0(l, l + 1).view({T, C});
-      LayerActs& A = M.train_acts[rc ? 0 : size_t(l)];
+    for (int64_t l = n - 1; l >= 0; l--) {
+      Tensor x_in = P.resid.slice0(l, l + 1).view({T, C});
+      LayerActs& A = rc ? M.train_acts[0] : P.acts[size_t(l)];
       if (rc) {
         // Activation checkpointing: rerun this layer's forward from its saved input, then its backward.
         Tensor x_out = M.ws.get("recompute_out", {T, C}, DType::F32);
         M.layer_forward(c, l, bi, x_in, x_out, A);
       }
-      M.layer_backward(c, l, bi, x_in, A, dres, dres_c, l > 0 || M.embed->trainable);
-      report_through(size_t(N - l));
+      M.layer_backward(c, l, bi, x_in, A, P.dres, P.dres_c, M.layer0 + l > 0 || (M.embed && M.embed->trainable));
+      report_through(size_t(n - l));
     }
-    layers::embedding_backward(c, *M.embed, bi.ids, dres);
+    if (M.embed) layers::embedding_backward(c, *M.embed, bi.ids, P.dres);
   }
   report_through(groups.size());  // all of them (no counted token: no backward ran)
-  if (stats) *stats = LossStats{r.loss_sum, r.counted, r.correct};
-  return r.counted > 0 ? r.loss_sum / double(r.counted) : 0.0;
+  return first_stage() ? Tensor() : P.dres;
 }
 
-double TrainableLlama::forward_loss(const TrainBatch& batch, LossStats* stats) {
+double TrainableLlama::forward_backward(const TrainBatch& batch, float grad_scale, LossStats* stats,
+                                        const GradsReady& ready) {
+  if (!first_stage() || !last_stage())
+    throw Error("forward_backward: a pipeline stage runs stage_forward and stage_backward");
+  StageOutput o = stage_forward(0, batch, Tensor(), grad_scale);
+  stage_backward(0, Tensor(), ready);
+  if (stats) *stats = o.stats;
+  return o.loss;
+}
+
+StageOutput TrainableLlama::stage_eval(const TrainBatch& batch, const Tensor& input) {
   Impl& M = *impl_;
   Ctx c = M.ctx();
   BatchInfo bi = M.batch_info(batch);
   M.alloc_acts(M.eval_acts, M.eval_key, 1, bi, c.cdt);
-  Tensor resid, rstd_f;
-  Tensor hf = M.forward_trunk(c, bi, M.eval_acts, false, resid, rstd_f);
+  const int64_t n = int64_t(M.layer.size()), T = bi.T, C = M.C();
+  Tensor resid = M.ws.get("resid", {n + 1, T, C}, DType::F32);
+  M.forward_layers(c, bi, input, M.eval_acts, false, resid);
+  StageOutput out;
+  Tensor x_last = resid.slice0(n, n + 1).view({T, C});
+  if (!last_stage()) {
+    out.output = x_last;
+    return out;
+  }
+  Tensor rstd_f;
+  Tensor hf = M.final_norm_forward(c, x_last, rstd_f);
   CrossEntropyResult r = layers::lm_head_loss(c, M.head, hf, bi.labels, 1.0f, nullptr);
-  if (stats) *stats = LossStats{r.loss_sum, r.counted, r.correct};
-  return r.counted > 0 ? r.loss_sum / double(r.counted) : 0.0;
+  out.stats = LossStats{r.loss_sum, r.counted, r.correct};
+  out.loss = r.counted > 0 ? r.loss_sum / double(r.counted) : 0.0;
+  return out;
+}
+
+double TrainableLlama::forward_loss(const TrainBatch& batch, LossStats* stats) {
+  if (!first_stage() || !last_stage()) throw Error("forward_loss: a pipeline stage runs stage_eval");
+  StageOutput o = stage_eval(batch, Tensor());
+  if (stats) *stats = o.stats;
+  return o.loss;
 }
 
 Tensor TrainableLlama::forward_logits(const TrainBatch& batch) {
   Impl& M = *impl_;
+  if (!first_stage() || !last_stage()) throw Error("forward_logits: needs the whole model, not a pipeline stage");
   Ctx c = M.ctx();
   BatchInfo bi = M.batch_info(batch);
   M.alloc_acts(M.eval_acts, M.eval_key, 1, bi, c.cdt);
-  Tensor resid, rstd_f;
-  Tensor hf = M.forward_trunk(c, bi, M.eval_acts, false, resid, rstd_f);
+  const int64_t n = int64_t(M.layer.size()), T = bi.T, C = M.C();
+  Tensor resid = M.ws.get("resid", {n + 1, T, C}, DType::F32);
+  M.forward_layers(c, bi, Tensor(), M.eval_acts, false, resid);
+  Tensor rstd_f;
+  Tensor hf = M.final_norm_forward(c, resid.slice0(n, n + 1).view({T, C}), rstd_f);
   Tensor logits = M.be->empty({bi.T, M.cfg.vocab_size}, DType::F32);
   layers::lm_head_logits(c, M.head, hf, logits);
   return M.be->download(logits);

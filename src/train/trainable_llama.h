@@ -69,6 +69,17 @@ struct LoraOptions {
 struct TrainOptions {
   DType compute = DType::F32;  // F32, BF16 (fp32 master) or F16 (fp32 master, loss scaling by the trainer)
   bool recompute = false;      // keep only layer inputs; recompute each layer's activations in backward
+  // Pipeline parallelism: the model is stage `pipeline_stage` of `pipeline_stages` and holds an even share of the
+  // layers, the first stage also the embedding and the last the final norm and LM head. Parameter names stay the
+  // whole model's ("model.layers.<global index>..."), so checkpoints are re-laid out by name.
+  int pipeline_stages = 1, pipeline_stage = 0;
+};
+
+// What one stage's forward hands on: the output for the next stage, or on the last stage the loss.
+struct StageOutput {
+  Tensor output;      // [T, C] float32 on the model's backend (a view, valid until the slot is used again); none on the last stage
+  double loss = 0;    // the last stage's mean loss over counted tokens (0 when none)
+  LossStats stats;    // the last stage's
 };
 
 class TrainableLlama {
@@ -111,6 +122,19 @@ class TrainableLlama {
   // final norm, each layer from the last, the embedding (with a tied head).
   double forward_backward(const TrainBatch& batch, float grad_scale, LossStats* stats = nullptr,
                           const GradsReady& ready = {});
+  // The same, one pipeline stage at a time (forward_backward is both on a model of one stage). The forward of
+  // micro-batch `b` keeps its activations in `slot` until stage_backward(slot): a pipeline schedule keeps several
+  // micro-batches in flight, each in its own slot. `input` is the previous stage's output [T, C] float32 (unused on
+  // the first stage). The last stage also runs the loss and its gradient (of mean loss x grad_scale) in the
+  // forward. The backward takes the next stage's gradient of this stage's output (unused on the last stage) and
+  // returns the gradient of its input (a view, valid until the slot is used again; none on the first stage).
+  bool first_stage() const;
+  bool last_stage() const;
+  StageOutput stage_forward(int slot, const TrainBatch& b, const Tensor& input, float grad_scale);
+  Tensor stage_backward(int slot, const Tensor& output_grad, const GradsReady& ready = {});
+  // Evaluation through one stage: no gradients, no saved activations.
+  StageOutput stage_eval(const TrainBatch& b, const Tensor& input);
+
   // Loss only (evaluation), no gradients, no saved activations.
   double forward_loss(const TrainBatch& batch, LossStats* stats = nullptr);
   // Logits [B*L, V] in host memory (tests, LoRA checks).

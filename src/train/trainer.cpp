@@ -16,6 +16,7 @@
 #include "train/loss_scaler.h"
 #include "train/lr_schedule.h"
 #include "train/paddle_checkpoint.h"
+#include "train/pipeline.h"
 #include "train/parameter_shards.h"
 #include "train/metrics_log.h"
 #include "train/optimizer.h"
@@ -77,6 +78,16 @@ double lr_3e(double lr) {  // PaddleNLP logs float("{0:.3e}".format(lr))
 }
 
 }  // namespace
+
+std::vector<double> TrainModel::forward_backward_step(const std::vector<TrainBatch>& batches, float grad_scale,
+                                                      const GradsReady& ready) {
+  std::vector<double> losses;
+  for (size_t i = 0; i < batches.size(); i++) {
+    LossStats s;
+    losses.push_back(forward_backward(batches[i], grad_scale, &s, i + 1 == batches.size() ? ready : GradsReady{}));
+  }
+  return losses;
+}
 
 struct Trainer::Impl {
   TrainArgs args;
@@ -221,7 +232,7 @@ struct Trainer::Impl {
                         {{"format", "oar-adamw"}, {"step", std::to_string(optim->steps())}});
       return;
     }
-    save_paddle_optimizer(dir, shards->all(), moments, optim->config(), optim->steps(),
+    save_paddle_optimizer(dir, moments, optim->config(), optim->steps(),
                           paddle_params_dtype(args) != DType::F32);
     save_paddle_scheduler(dir, sched->paddle_last_epoch(st.scheduler_steps), sched->at(st.scheduler_steps));
   }
@@ -237,9 +248,17 @@ struct Trainer::Impl {
     write_file_atomic(join_path(dir, "training_args.json"), train_args_json(args));
   }
 
-  // Data-parallel ranks hold the same weights: rank 0 alone writes files (checkpoints, metrics, the final model).
+  // Data-parallel ranks hold the same weights: rank 0 alone writes files (checkpoints, metrics, the final model),
+  // with pipeline parallelism after the stages of the first replica have sent it theirs.
   bool data_parallel() const { return opt.data_parallel && opt.data_parallel->size() > 1; }
-  bool writes_files() const { return !data_parallel() || opt.data_parallel->rank() == 0; }
+  bool pipeline() const { return opt.pipeline && opt.pipeline->size() > 1; }
+  bool first_replica() const { return !data_parallel() || opt.data_parallel->rank() == 0; }
+  bool writes_files() const { return first_replica() && (!pipeline() || opt.pipeline->rank() == 0); }
+  // The others wait for rank 0's files: through the data-parallel group, then the pipe group, every rank meets it.
+  void wait_for_writer() {
+    if (data_parallel()) opt.data_parallel->barrier();
+    if (pipeline()) opt.pipeline->barrier();
+  }
 
   // Every rank starts from rank 0's trainable weights, however each built or loaded them (host memory: checked in
   // setup).
@@ -250,15 +269,20 @@ struct Trainer::Impl {
   void save_checkpoint(int64_t step) {
     // Sharded moments travel to rank 0 (every rank takes part); the others then wait for its checkpoint.
     std::vector<std::pair<std::string, Tensor>> moments;
-    if (!args.ignore_save_lr_and_optim && (writes_files() || shards->sharded())) moments = shards->gather_moments(*optim);
+    const bool with_moments = !args.ignore_save_lr_and_optim;
+    if (with_moments && (first_replica() || shards->sharded())) moments = shards->gather_moments(*optim);
+    if (pipeline() && first_replica()) {  // the stages' weights and moments to the first stage
+      model.collect_stages();
+      if (with_moments) moments = gather_stages(*opt.pipeline, moments);
+    }
     if (!writes_files()) {  // the same bookkeeping as rank 0
       if (st.has_best && st.best_step == step)
         st.best_model_checkpoint = join_path(args.output_dir, "checkpoint-" + std::to_string(step));
-      opt.data_parallel->barrier();
+      wait_for_writer();
       return;
     }
     save_checkpoint_files(step, moments);
-    if (data_parallel()) opt.data_parallel->barrier();
+    wait_for_writer();
   }
 
   void save_checkpoint_files(int64_t step, const std::vector<std::pair<std::string, Tensor>>& moments) {
@@ -372,10 +396,13 @@ struct Trainer::Impl {
     f["interval_samples_per_second"] = round_to(double(interval_samples) / secs, 4);
     f["interval_steps_per_second"] = round_to(double(st.interval_steps) / secs, 4);
     f["interval_tokens_per_second_per_device"] = round_to(double(interval_tokens) / secs, 4);
-    if (data_parallel()) {  // the whole job's rate: every rank's tokens over the slowest rank's time
+    if (data_parallel() || pipeline()) {  // the whole job's rate: every replica's tokens over the slowest rank's time
       double job_tokens = double(interval_tokens), slowest = secs;
-      opt.data_parallel->all_reduce(&job_tokens, 1);
-      opt.data_parallel->all_reduce(&slowest, 1, ReduceOp::Max);
+      if (data_parallel()) {
+        opt.data_parallel->all_reduce(&job_tokens, 1);
+        opt.data_parallel->all_reduce(&slowest, 1, ReduceOp::Max);
+      }
+      if (pipeline()) opt.pipeline->all_reduce(&slowest, 1, ReduceOp::Max);
       f["interval_tokens_per_second"] = round_to(job_tokens / slowest, 4);
     }
     f["interval_hardware_tflops_per_device"] = round_to(interval_flops / secs / 1e12, 4);
@@ -458,14 +485,17 @@ struct Trainer::Impl {
   }
 
   // Over every gradient of the job: with stage2 each rank sees its shard, and the sharding group adds them up.
+  // A pipeline's stages add theirs.
   bool all_grads_finite() const {
     double bad = grads_finite(reduced_params()) ? 0 : 1;
     if (stage2()) opt.sharding->all_reduce(&bad, 1, ReduceOp::Max);
+    if (pipeline()) opt.pipeline->all_reduce(&bad, 1, ReduceOp::Max);
     return bad == 0;
   }
   double global_grad_norm() const {
     double sq = grad_sq_sum(reduced_params());
     if (stage2()) opt.sharding->all_reduce(&sq, 1);
+    if (pipeline()) opt.pipeline->all_reduce(&sq, 1);
     return std::sqrt(sq);
   }
 
@@ -486,20 +516,21 @@ struct Trainer::Impl {
       const int64_t epoch = data_step / steps_per_epoch, in_epoch = data_step % steps_per_epoch;
       model.zero_grad();
       const double scale = scaler.scale();
+      std::vector<TrainBatch> batches;
+      for (int64_t a = 0; a < accum; a++) batches.push_back(train->batch(epoch, in_epoch * accum + a));
+      GradsReady ready;
+      if (overlap) ready = [this](const std::vector<Parameter*>& ps) { start_sums(ps); };
+      const std::vector<double> losses = model.forward_backward_step(batches, float(scale / double(accum)), ready);
       double step_loss = 0;
-      for (int64_t a = 0; a < accum; a++) {
-        TrainBatch b = train->batch(epoch, in_epoch * accum + a);
-        LossStats s;
-        GradsReady ready;
-        if (overlap && a == accum - 1) ready = [this](const std::vector<Parameter*>& ps) { start_sums(ps); };
-        const double l = model.forward_backward(b, float(scale / double(accum)), &s, ready);
-        step_loss += l / double(accum);
-        interval_tokens += counted_positions(b);
-        interval_samples += b.B;
-        interval_flops += model.train_flops(b);
+      for (size_t a = 0; a < batches.size(); a++) {
+        step_loss += losses[a] / double(accum);
+        interval_tokens += counted_positions(batches[a]);
+        interval_samples += batches[a].B;
+        interval_flops += model.train_flops(batches[a]);
         st.micro_batches++;
       }
       if (data_parallel()) average_over_ranks(step_loss);
+      if (pipeline()) opt.pipeline->broadcast(&step_loss, sizeof step_loss, opt.pipeline->size() - 1);  // the last stage's
       bool skipped = false;
       double grad_norm = NAN;
       if (scaler.enabled()) {
@@ -570,6 +601,7 @@ struct Trainer::Impl {
   }
 
   void save_final_model() {
+    if (pipeline() && first_replica()) model.collect_stages();
     if (!writes_files()) return;
     const auto t0 = Clock::now();
     model.save(args.output_dir);
@@ -634,6 +666,7 @@ TrainResult Trainer::run() {
     const int64_t ranks = m.data_parallel() ? m.opt.data_parallel->size() : 1;
     m.print("  Micro-batch size = " + std::to_string(a.per_device_train_batch_size) + ", gradient accumulation = " +
             std::to_string(a.gradient_accumulation_steps) + (ranks > 1 ? ", data-parallel ranks = " + std::to_string(ranks) : "") +
+            (m.pipeline() ? ", pipeline stages = " + std::to_string(m.opt.pipeline->size()) : "") +
             ", total batch size = " + std::to_string(a.per_device_train_batch_size * a.gradient_accumulation_steps * ranks));
     int64_t trainable = 0, total = 0;
     for (Parameter* p : m.model.parameters()) {
@@ -687,6 +720,7 @@ TrainResult Trainer::run() {
         m.opt.data_parallel->all_reduce(&tokens, 1);
         m.opt.data_parallel->all_reduce(&runtime, 1, ReduceOp::Max);
       }
+      if (m.pipeline()) m.opt.pipeline->all_reduce(&runtime, 1, ReduceOp::Max);
       m.print("Effective_Tokens_per_second: " + py_float(tokens / runtime, 2));
     }
     if (a.load_best_model_at_end && m.st.has_best && !m.st.best_model_checkpoint.empty() &&

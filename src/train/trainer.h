@@ -35,11 +35,19 @@ class TrainModel {
   // Mean loss over the counted tokens of `b`; ADDS d(mean loss x grad_scale)/dparam to each trainable grad.
   // `ready`, when set, must hear of every trainable parameter once, as its gradient completes.
   virtual double forward_backward(const TrainBatch& b, float grad_scale, LossStats* stats, const GradsReady& ready) = 0;
+  // One optimizer step's micro-batches, each as forward_backward (gradients added), `ready` hearing of the last
+  // one's. Returns each micro-batch's mean loss. The default runs forward_backward on each in turn; a pipeline
+  // stage runs them through the stages together and knows the losses on the last stage only (zeros elsewhere).
+  virtual std::vector<double> forward_backward_step(const std::vector<TrainBatch>& batches, float grad_scale,
+                                                    const GradsReady& ready);
   virtual double forward_loss(const TrainBatch& b, LossStats* stats) = 0;
   virtual void zero_grad() = 0;
   // Floating-point operations of one forward + backward over `b` as the hardware executes them (PaddleNLP's
   // interval_hardware_tflops_per_device: matmuls and attention, x3 for backward, + a forward when recomputing).
   virtual double train_flops(const TrainBatch& b) const = 0;
+  // A pipeline stage's part of saving: every stage of the pipeline that saves calls it, then save() on its
+  // first stage writes the whole model. Nothing to do for a whole model.
+  virtual void collect_stages() {}
   // Writes the weights a checkpoint needs into `dir` (Hugging Face layout, or a PEFT adapter for LoRA runs).
   virtual void save(const std::string& dir) const = 0;
   // Restores the trainable weights from a directory written by save(). `where` names it in errors.
@@ -95,6 +103,10 @@ struct TrainerOptions {
   // beside it, `shard_replicas` is the group of the ranks holding the same shard (null when there is one replica).
   Communicator* sharding = nullptr;
   Communicator* shard_replicas = nullptr;
+  // Pipeline parallelism: the pipe group of this rank's stage (null without). data_parallel is then the group of
+  // the ranks holding the same stage. The stages' gradient norms and finite checks are combined over it, the loss
+  // comes from the last stage, and checkpoints gather the stages' weights and moments on its first stage.
+  Communicator* pipeline = nullptr;
   // Data parallelism and sharding: sum each group of gradients on a background thread as soon as the backward of
   // the step's last micro-batch completes it, hiding the communication behind the rest of the backward. Off: one
   // blocking sum after the backward (for measuring what the overlap hides).

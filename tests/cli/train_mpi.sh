@@ -5,11 +5,7 @@
 # that do not fit the world size or are not built are one-line errors (exit 2). Oversubscribed on 2 cores.
 set -euo pipefail
 source "$SRC/tests/cli/lib/common.sh"
-export OMP_NUM_THREADS=1
-# CI runs as root; OpenMPI refuses that unless told. ASan: OpenMPI's runtime keeps allocations until exit.
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
-command -v mpirun >/dev/null || die "mpirun not found (scripts/setup.sh installs openmpi-bin)"
+source "$SRC/tests/cli/lib/mpi.sh"
 MPIRUN=(mpirun -np 2 --oversubscribe)
 rm -rf one two cut log cut_log sft lora_* e_* s1 s1_cut s1_log s2 s2_log dp_* blocking blocking_log fp16_*
 M="$WORK/tiny"
@@ -129,21 +125,10 @@ EOF
 echo "ok: LoRA fine-tuning on two ranks"
 
 # Degrees against the world size: one line naming the keys and values, exit 2, nothing written.
-expect_error() {  # name what-to-grep np args...
-  local name=$1 want=$2 np=$3; shift 3
-  local rc=0
-  mpirun -np "$np" --oversubscribe "$OAR" pretrain pre.json --output_dir "e_$name" --log_dir "e_$name.log" "$@" \
-    > "e_$name.out" 2> "e_$name.err" || rc=$?
-  [ $rc -eq 2 ] || die "$name: exit $rc, expected 2: $(cat "e_$name.err")"
-  # oar's one line comes first; mpirun then adds its own report of the exit code.
-  [ "$(grep -c '^oar: error' "e_$name.err")" -eq 1 ] && head -n1 "e_$name.err" | grep -q "^oar: error: .*$want" ||
-    die "$name: expected one oar error naming '$want': $(cat "e_$name.err")"
-  [ ! -e "e_$name" ] || die "$name: output written"
-}
-expect_error tp "tensor_parallel_degree 2: not built yet" 2 --tensor_parallel_degree 2
-expect_error stage3 "sharding_parallel_degree 2: sharding stage3 is not built yet" 2 --sharding stage3
-expect_error nostage "sharding_parallel_degree 2: needs a sharding stage" 2 --sharding_parallel_degree 2
-expect_error odd "tensor_parallel_degree 2 x pipeline_parallel_degree 2 = 4 processes, which do not divide the world size 3" 3 \
+expect_mpi_error tp "tensor_parallel_degree 2: not built yet" 2 --tensor_parallel_degree 2
+expect_mpi_error stage3 "sharding_parallel_degree 2: sharding stage3 is not built yet" 2 --sharding stage3
+expect_mpi_error nostage "sharding_parallel_degree 2: needs a sharding stage" 2 --sharding_parallel_degree 2
+expect_mpi_error odd "tensor_parallel_degree 2 x pipeline_parallel_degree 2 = 4 processes, which do not divide the world size 3" 3 \
   --tensor_parallel_degree 2 --pipeline_parallel_degree 2
 # A setup error on every rank: rank 0 reports it in one line and every rank exits 2 (no MPI_Abort).
 rc=0; "${MPIRUN[@]}" "$OAR" pretrain missing.json > e_missing.out 2> e_missing.err || rc=$?

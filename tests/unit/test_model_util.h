@@ -11,6 +11,22 @@
 
 namespace oar::test {
 
+// A small random model's shape (GQA, untied) for the training tests' property checks.
+inline LlamaConfig small_train_config(int64_t layers = 2) {
+  LlamaConfig c;
+  c.vocab_size = 96;
+  c.hidden_size = 32;
+  c.intermediate_size = 56;
+  c.num_hidden_layers = layers;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;
+  c.head_dim = 8;
+  c.max_position_embeddings = 64;
+  c.rms_norm_eps = 1e-5;
+  c.initializer_range = 0.2;
+  return c;
+}
+
 // All-position logits of one prompt, prefilled in one pass through a KV cache of the given kind.
 inline Tensor prompt_logits(LlamaModel& m, const std::vector<int32_t>& ids, KVCacheDType q = KVCacheDType::F32,
                             const KVStaticScales* scales = nullptr) {

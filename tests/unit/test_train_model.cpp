@@ -14,6 +14,7 @@
 #include "io/safetensors.h"
 #include "train/optimizer.h"
 #include "train/trainable_llama.h"
+#include "test_model_util.h"
 
 using namespace oar;
 
@@ -55,21 +56,7 @@ std::vector<Tensor> grads_copy(TrainableLlama& m) {
   return g;
 }
 
-// A small random model (GQA, untied) for the property tests.
-LlamaConfig small_config() {
-  LlamaConfig c;
-  c.vocab_size = 96;
-  c.hidden_size = 32;
-  c.intermediate_size = 56;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.head_dim = 8;
-  c.max_position_embeddings = 64;
-  c.rms_norm_eps = 1e-5;
-  c.initializer_range = 0.2;
-  return c;
-}
+LlamaConfig small_config() { return test::small_train_config(); }
 
 std::vector<int32_t> seq_ids(int64_t n, int64_t vocab, int seed) {
   std::vector<int32_t> v(static_cast<size_t>(n));

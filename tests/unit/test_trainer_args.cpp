@@ -241,8 +241,17 @@ TEST(TrainArgs, DegreesAgainstTheWorldSizeLeaveDataParallelism) {
   EXPECT_NE(error_at(R"(, "tensor_parallel_degree": 2)", 3).find("tensor_parallel_degree 2 = 2 processes, which do not "
                                                                  "divide the world size 3"),
             std::string::npos);
-  // Divisible, but only data parallelism is built: the degree is named.
-  EXPECT_NE(error_at(R"(, "pipeline_parallel_degree": 2)", 4).find("pipeline_parallel_degree 2: not built yet"),
+  // Divisible, but tensor parallelism is not built: the degree is named. Pipeline parallelism is, and data
+  // parallelism takes the rest.
+  EXPECT_NE(error_at(R"(, "tensor_parallel_degree": 2)", 4).find("tensor_parallel_degree 2: not built yet"),
+            std::string::npos);
+  const TrainArgs pp = parse(R"(, "pipeline_parallel_degree": 2, "sharding": "stage1")", 8);
+  EXPECT_EQ(pp.sharding_parallel_degree, 4);
+  EXPECT_EQ(pp.data_parallel_degree, 1);
+  EXPECT_EQ(pp.dataset_world_size(), 4);
+  EXPECT_EQ(parse(R"(, "pipeline_parallel_degree": 2)", 4).data_parallel_degree, 2);
+  EXPECT_NE(error_at(R"(, "pipeline_parallel_degree": 2, "virtual_pp_degree": 2)", 2)
+                .find("virtual_pp_degree 2: the interleaved pipeline is not built yet"),
             std::string::npos);
   // sharding_parallel_degree -1 with a stage takes the rest of the world, as in PaddleNLP; stage1 over the whole
   // job is built, and reads data on every rank.
