@@ -3,14 +3,16 @@
 #  1. scaling: 2 MPI ranks x 1 thread against 1 process x 2 threads, the same global batch, alternating which runs
 #     first; each run's Effective_Tokens_per_second (every rank's tokens over the run) and the ratio dp2 / one
 #     process, median over rounds. The issue's target: >= 0.9.
-#  2. overlap over a 10 Gbit/s link (root only): the two ranks in two network namespaces joined by a veth pair
-#     shaped with tc (tbf, 10 Gbit/s each way), the gradient sums summed after the backward (OAR_GRAD_OVERLAP=0)
-#     and overlapped with it. From rank 0's metrics.jsonl (steps after the first): the step time, the time of the
-#     sums, and the share of the blocking sums' time that the overlapped run hides. The issue's target: >= 70%.
-#  3. pipeline parallelism: pp2 (2 ranks x 1 thread, 1F1B over PP_MICRO micro-batches of the whole batch) against
+#  2. pipeline parallelism: pp2 (2 ranks x 1 thread, 1F1B over PP_MICRO micro-batches of the whole batch) against
 #     1 process x 2 threads on the same micro-batches; 1F1B's bubble bounds the ratio by PP_MICRO / (PP_MICRO + 1),
 #     and the stages are unequal (the last also holds the LM head). With root, the bytes stage 0 sends across the
 #     namespaces per step against theory (PP_MICRO x rows x seq x hidden float32 activations).
+#  3. overlap over a 10 Gbit/s link (root only): the two ranks in two network namespaces joined by a veth pair
+#     shaped with tc (tbf, 10 Gbit/s each way), the gradient sums summed after the backward (OAR_GRAD_OVERLAP=0)
+#     and overlapped with it. From rank 0's metrics.jsonl (steps after the first): the step time, the time of the
+#     sums, and the share of the blocking sums' time that the overlapped run hides. The issue's target: >= 70%.
+#     Then the bytes rank 0 sends per step against theory for each layout: data parallelism, sharding stage1 and
+#     stage2, pp2, tp2. ONLY=bytes runs this last part alone.
 # Run it on a quiet machine, from the repository root, after `bash scripts/build.sh release`.
 #
 #   bench/dp_scaling.sh [ROUNDS=3] [STEPS=6] [SEQ=256] [BATCH_PER_RANK=2] [PP_MICRO=4]
@@ -57,6 +59,8 @@ two() {
 
 echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) cores; $(date -u +%F)"
 echo "llama-110m float32, seq $seq, global batch $((2 * per_rank)) x $steps steps (first step included)"
+PP_ARGS=(--per_device_train_batch_size $((2 * per_rank)) --gradient_accumulation_steps "$pp_micro")
+if [ "${ONLY:-}" != bytes ]; then
 printf '%-6s %16s %16s %8s\n' round "1x2 threads" "2 ranks x 1" ratio
 ratios=()
 for r in $(seq "$rounds"); do
@@ -67,8 +71,7 @@ for r in $(seq "$rounds"); do
 done
 python3 -c "import statistics, sys; print('median ratio (2 ranks / 1 process):', statistics.median(map(float, sys.argv[1:])))" "${ratios[@]}"
 
-# 3. The pipeline on this machine: the same micro-batches through 2 stages against one process.
-PP_ARGS=(--per_device_train_batch_size $((2 * per_rank)) --gradient_accumulation_steps "$pp_micro")
+# 2. The pipeline on this machine: the same micro-batches through 2 stages against one process.
 one_micro() {
   OMP_NUM_THREADS=2 "$OAR" pretrain cfg.json "${PP_ARGS[@]}" > one_micro.log 2>&1 || { cat one_micro.log; exit 1; }
   tokens_per_second one_micro.log
@@ -89,8 +92,9 @@ for r in $(seq "$rounds"); do
   printf '%-6s %16s %16s %8s\n' "$r" "$a" "$b" "$ratio"
 done
 python3 -c "import statistics, sys; print('median ratio (pp2 / 1 process):', statistics.median(map(float, sys.argv[1:])))" "${pp_ratios[@]}"
+fi
 
-# 2. Overlap across two network namespaces over a shaped 10 Gbit/s link.
+# 3. Overlap across two network namespaces over a shaped 10 Gbit/s link.
 source "$NETNS_LIB"
 if ! make_netns_pair $$ > netns.txt; then
   echo "overlap over 10 Gbit/s: skipped ($(cat netns.txt))"
@@ -127,7 +131,8 @@ echo
 echo "overlap: 2 ranks in two network namespaces, tc tbf 10 Gbit/s each way, TCP; steps 2..$steps"
 printf '%-11s %10s %10s %12s\n' mode "step (s)" "sums (s)" "exposed (s)"
 shares=()
-for r in $(seq "$rounds"); do
+[ "${ONLY:-}" = bytes ] && rounds_link=1 || rounds_link=$rounds
+for r in $(seq "$rounds_link"); do
   across 0 blocking
   across 1 overlapped
   share=$(python3 - <<'PY'
@@ -171,4 +176,19 @@ hidden = json.load(open("model/config.json"))["hidden_size"]
 steps = sum(1 for e in map(json.loads, open("pp_link/metrics.jsonl")) if e.get("event") == "train")
 got, theory = int(open("pp_link.bytes").read()) / steps, micro * rows * seq * hidden * 4
 print(f"  pipeline pp2, stage 0: {got / 1e6:.2f} MB a step against {theory / 1e6:.2f} MB of activations ({got / theory:.3f}x)")
+PY
+# Tensor parallelism: in each micro-batch a rank sends its part of every sum over the group, [rows x seq, hidden]
+# float32 each: per layer two in the forward (o_proj, down_proj) and two in the backward (the input gradients of
+# q/k/v and of gate/up), and two more (the embedding; the LM head's input gradient), plus the cross-entropy's
+# row statistics (4 floats a row).
+across 1 tp_link --per_device_train_batch_size $((2 * per_rank)) --tensor_parallel_degree 2
+python3 - "$((2 * per_rank))" "$seq" <<'PY'
+import json, sys
+rows, seq = map(int, sys.argv[1:])
+cfg = json.load(open("model/config.json"))
+steps = sum(1 for e in map(json.loads, open("tp_link/metrics.jsonl")) if e.get("event") == "train")
+tokens = rows * seq
+theory = (4 * cfg["num_hidden_layers"] + 2) * tokens * cfg["hidden_size"] * 4 + 4 * tokens * 4
+got = int(open("tp_link.bytes").read()) / steps
+print(f"  tensor tp2, rank 0: {got / 1e6:.2f} MB a step against {theory / 1e6:.2f} MB of partial sums ({got / theory:.3f}x)")
 PY

@@ -166,10 +166,11 @@ int train_process(TrainMode mode, const std::vector<std::string>& argv, const Jo
   const auto t0 = std::chrono::steady_clock::now();
   // fleet's layout of the ranks: this rank's pipeline stage and share of the data follow from its coordinates.
   const ParallelDegrees degrees{int(a.data_parallel_degree), int(std::max<int64_t>(1, a.pipeline_parallel_degree)),
-                                int(std::max<int64_t>(1, a.sharding_parallel_degree)), 1};
+                                int(std::max<int64_t>(1, a.sharding_parallel_degree)),
+                                int(std::max<int64_t>(1, a.tensor_parallel_degree))};
   const ParallelDegrees coords = coordinates_of(degrees, job.rank);
   auto tok = load_tokenizer(a.tokenizer_path());
-  auto model = build_train_model(a, *tok, say, coords.pipe);
+  auto model = build_train_model(a, *tok, say, coords.pipe, coords.tensor);
   const LlamaConfig& cfg = model->llama().config();
   RunData data = build_run_data(a, *tok, cfg.vocab_size, cfg.max_position_embeddings, dataset_rank(degrees, job.rank),
                                 job.comm);
@@ -193,6 +194,10 @@ int train_process(TrainMode mode, const std::vector<std::string>& argv, const Jo
     if (groups.pipe) {
       opt.pipeline = groups.pipe.get();
       model->set_pipeline(*groups.pipe);
+    }
+    if (groups.tensor) {
+      opt.tensor = groups.tensor.get();
+      model->set_tensor_group(*groups.tensor);
     }
     // OAR_GRAD_OVERLAP=0: sum the gradients after the backward (bench/dp_scaling.sh measures what overlap hides).
     const char* overlap = std::getenv("OAR_GRAD_OVERLAP");

@@ -11,7 +11,9 @@
 // size, F MLP width, V vocabulary.
 #pragma once
 #include <cstdint>
+#include <functional>
 
+#include "core/communicator.h"
 #include "core/tensor.h"
 #include "kernels/kernels.h"
 
@@ -105,6 +107,14 @@ class TrainKernels {
   // in [0, V), else oar::Error). With want_grad, logits are replaced by dloss/dlogits x grad_scale, i.e.
   // (softmax - onehot) * grad_scale on counted rows and 0 on the others; without, logits are left as they are.
   virtual CrossEntropyResult cross_entropy(Tensor& logits, const int32_t* labels, float grad_scale, bool want_grad) = 0;
+  // The same over a vocabulary split across ranks (tensor parallelism): logits [R, Vl] are the columns
+  // [vocab_begin, vocab_begin + Vl) of the full rows of a `vocab_size` vocabulary; `combine` reduces a host array
+  // elementwise over the ranks, every rank giving the same bits back (each rank calls it twice, with R and 3R
+  // values). The loss, counts and this rank's columns of the gradient are the whole vocabulary's.
+  using Combine = std::function<void(float* values, int64_t n, ReduceOp op)>;
+  virtual CrossEntropyResult cross_entropy_split(Tensor& logits, const int32_t* labels, int64_t vocab_begin,
+                                                 int64_t vocab_size, float grad_scale, bool want_grad,
+                                                 const Combine& combine) = 0;
 
   // ---- whole tensors and rows (contiguous operands) ----
   // x = 0, any dtype.

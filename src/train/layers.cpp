@@ -203,7 +203,7 @@ int64_t head_chunk() {
 }  // namespace
 
 CrossEntropyResult lm_head_loss(Ctx& c, Linear& head, const Tensor& x, const std::vector<int32_t>& labels,
-                                float grad_scale, Tensor* dx) {
+                                float grad_scale, Tensor* dx, const VocabSplit* split) {
   Timed t_("lm_head_loss");
   const int64_t T = x.dim(0), C = x.dim(1), V = head.out();
   if (int64_t(labels.size()) != T) throw Error("lm_head_loss: one label per row expected");
@@ -226,7 +226,9 @@ CrossEntropyResult lm_head_loss(Ctx& c, Linear& head, const Tensor& x, const std
     for (int64_t i = 0; i < n; i++) lab[size_t(i)] = labels[size_t(rows[size_t(r0 + i)])];
     Tensor logits = c.ws.get("head_logits", {n, V}, DType::F32);
     c.K.matmul(xs, head.w.transpose(0, 1), logits);
-    CrossEntropyResult r = c.K.cross_entropy(logits, lab.data(), scale, dx != nullptr);
+    CrossEntropyResult r =
+        split ? c.K.cross_entropy_split(logits, lab.data(), split->begin, split->vocab_size, scale, dx != nullptr, split->combine)
+              : c.K.cross_entropy(logits, lab.data(), scale, dx != nullptr);
     total.loss_sum += r.loss_sum;
     total.counted += r.counted;
     total.correct += r.correct;
@@ -234,6 +236,7 @@ CrossEntropyResult lm_head_loss(Ctx& c, Linear& head, const Tensor& x, const std
     Tensor dl = c.compute_copy(logits, "head_dlogits_c");
     Tensor dxs = c.ws.get("head_dx", {n, C}, DType::F32);
     c.K.matmul(dl, head.w, dxs);
+    if (split) split->sum(dxs);
     if (head.weight->trainable) c.K.matmul(dl.transpose(0, 1), xs, head.weight->grad, 1.0f, 1.0f);
     c.K.scatter_rows(dxs, rows.data() + r0, n, *dx);
   }

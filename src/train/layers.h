@@ -9,6 +9,7 @@
 // flowing to a layer's input is overwritten or added as each function says.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -105,8 +106,15 @@ void swiglu_backward(Ctx& c, const Tensor& dact, const Tensor& gate, const Tenso
 // go through the head, in chunks, so the [T, V] logits never exist at once. With dx non-null, the gradients of
 // (mean loss x grad_scale) are formed: dx [T, C] overwritten (zero on rows not counted) and head.grad added
 // (unless frozen). No counted token: loss 0 and no gradient.
+// With `split` (tensor parallelism), the head holds this rank's rows of the vocabulary (vocab-parallel) and the
+// cross-entropy combines the ranks' parts (TrainKernels::cross_entropy_split); dx is summed over the ranks.
+struct VocabSplit {
+  int64_t begin = 0, vocab_size = 0;  // this rank's first row of the LM head; the whole vocabulary
+  TrainKernels::Combine combine;      // host values over the ranks
+  std::function<void(Tensor&)> sum;   // a float32 tensor summed over the ranks, the same bits on each
+};
 CrossEntropyResult lm_head_loss(Ctx& c, Linear& head, const Tensor& x, const std::vector<int32_t>& labels,
-                                float grad_scale, Tensor* dx);
+                                float grad_scale, Tensor* dx, const VocabSplit* split = nullptr);
 // logits [T, V] of every row (tests, evaluation of generations).
 void lm_head_logits(Ctx& c, const Linear& head, const Tensor& x, Tensor& logits);
 

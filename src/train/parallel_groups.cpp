@@ -63,6 +63,7 @@ ParallelGroups make_parallel_groups(Communicator& world, const ParallelDegrees& 
   g.data = axis_group(world, d, 0);
   g.pipe = axis_group(world, d, 1);
   g.sharding = axis_group(world, d, 2);
+  g.tensor = axis_group(world, d, 3);
   // Colour: the pipe and tensor coordinates; key: the dataset rank.
   const ParallelDegrees c = coordinates_of(d, world.rank());
   g.replicas = world.split(c.pipe * d.tensor + c.tensor, dataset_rank(d, world.rank()));

@@ -23,14 +23,13 @@ int dataset_rank(const ParallelDegrees& degrees, int rank);
 
 struct ParallelGroups {
   // The ranks that differ only on that axis; null where its degree is 1.
-  std::unique_ptr<Communicator> data, pipe, sharding;
+  std::unique_ptr<Communicator> data, pipe, sharding, tensor;
   // The ranks that hold the same part of the model (the same pipeline stage): data x sharding, the group that
   // averages gradients. Never null.
   std::unique_ptr<Communicator> replicas;
 };
 
-// Splits `world` (of size data x pipe x sharding x tensor); every rank must call it. Tensor-parallel groups come
-// with that dimension.
+// Splits `world` (of size data x pipe x sharding x tensor); every rank must call it.
 ParallelGroups make_parallel_groups(Communicator& world, const ParallelDegrees& degrees);
 
 }  // namespace oar

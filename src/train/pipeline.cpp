@@ -82,8 +82,11 @@ std::vector<double> PipelineStage::train_step(const std::vector<TrainBatch>& bat
   const int stages = pipe_.size(), stage = pipe_.rank(), m = int(batches.size());
   const int slots = std::max(1, std::min(stages - stage, m));  // micro-batches in flight at most
   std::vector<double> losses(size_t(m), 0.0);
+  // The first stage sends nothing after its last backward, so its sums may start during it; the other stages
+  // hold them until their last message is sent (MPI takes one thread at a time).
   std::vector<std::vector<Parameter*>> ready_groups;
-  const GradsReady collect = [&](const std::vector<Parameter*>& ps) { ready_groups.push_back(ps); };
+  const GradsReady collect = model_.first_stage() ? last_ready
+                                                  : GradsReady([&](const std::vector<Parameter*>& ps) { ready_groups.push_back(ps); });
   for (const PipeAction& a : one_f_one_b(stages, stage, m)) {
     if (a.kind == PipeAction::Forward) {
       StageOutput o = model_.stage_forward(a.micro % slots, batches[size_t(a.micro)], in_act_, grad_scale);

@@ -38,8 +38,9 @@ class PipelineStage {
 
   // Forward and backward of one step's micro-batches, gradients added as TrainableLlama::forward_backward adds
   // them. Returns each micro-batch's mean loss on the last stage (zeros elsewhere). `last_ready` hears of the
-  // last micro-batch's gradients once this stage has sent its last message, so that the caller can sum them on
-  // another communicator while the other stages finish.
+  // last micro-batch's gradients as they complete on the first stage (which sends nothing after them), on the
+  // others once the stage has sent its last message, so that the caller can sum them on another communicator
+  // while the other stages finish.
   std::vector<double> train_step(const std::vector<TrainBatch>& batches, float grad_scale, const GradsReady& last_ready);
   // Evaluation of one batch through the stages: every stage returns the last stage's loss and stats.
   double eval(const TrainBatch& b, LossStats* stats);

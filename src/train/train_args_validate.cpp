@@ -67,8 +67,8 @@ std::string degree_list(const TrainArgs& a) {
 
 // The degrees against the world size, as PaddleNLP's TrainingArguments: sharding_parallel_degree -1 with a
 // sharding stage takes what tensor, pipeline and sep/context parallelism leave; data parallelism is the rest.
-// Built so far: data parallelism, sharding stage1/stage2 and pipeline parallelism; the other degrees above 1 are
-// refused.
+// Built so far: data, pipeline and tensor parallelism and sharding stage1/stage2; the other degrees above 1
+// (sep, context) are refused.
 void check_parallel_degrees(const Checker& c, int world_size) {
   TrainArgs& a = c.a;
   int64_t model_parallel = 1;
@@ -90,14 +90,14 @@ void check_parallel_degrees(const Checker& c, int world_size) {
   a.data_parallel_degree = world_size / product;
   const int stage = a.sharding_stage();
   for (Degree d : parallel_degrees(a)) {
-    if (d.v <= 1 || std::string(d.key) == "pipeline_parallel_degree") continue;
+    if (d.v <= 1 || std::string(d.key) == "pipeline_parallel_degree" || std::string(d.key) == "tensor_parallel_degree") continue;
     const bool sharding = std::string(d.key) == "sharding_parallel_degree";
     if (sharding && (stage == 1 || stage == 2)) continue;
     fail(c.where(d.key), std::string(d.key) + " " + std::to_string(d.v) +
                              (sharding && stage == 3 ? ": sharding stage3 is not built yet (stage1 and stage2 are)"
                               : sharding             ? ": needs a sharding stage (sharding \"stage1\" or \"stage2\")"
-                                                     : ": not built yet; oar trains across processes with data and "
-                                                       "pipeline parallelism and sharding stage1/stage2 (mpirun -np N)"));
+                                                     : ": not built yet; oar trains across processes with data, "
+                                                       "pipeline and tensor parallelism and sharding stage1/stage2 (mpirun -np N)"));
   }
   if (stage == 2 && a.sharding_parallel_degree > 1 && a.sharding.find("offload") != std::string::npos)
     c.note("sharding offload ignored: the optimizer state is in host memory already");
@@ -111,11 +111,14 @@ void check_parallel_options(const Checker& c) {
   c.need(a.virtual_pp_degree >= 1, "virtual_pp_degree", "must be >= 1");
   c.need(a.virtual_pp_degree == 1 || a.pipeline_parallel_degree > 1, "virtual_pp_degree",
          "a virtual pipeline needs pipeline_parallel_degree > 1");
-  c.need(a.virtual_pp_degree == 1, "virtual_pp_degree",
-         "virtual_pp_degree " + std::to_string(a.virtual_pp_degree) + ": the interleaved pipeline is not built yet (1F1B is: "
-         "virtual_pp_degree 1)");
+  if (a.virtual_pp_degree > 1)
+    fail(c.where("virtual_pp_degree"), "virtual_pp_degree " + std::to_string(a.virtual_pp_degree) +
+                                           ": the interleaved pipeline is not built yet (1F1B is: virtual_pp_degree 1)");
   c.need(!a.sequence_parallel || a.tensor_parallel_degree > 1, "sequence_parallel",
          "sequence parallelism needs tensor_parallel_degree > 1");
+  if (a.sequence_parallel)
+    c.note("sequence_parallel ignored: the norms run on every tensor-parallel rank (the same numbers, without "
+           "splitting their activations)");
 }
 
 // `sharding`: at most one of stage1/2/3, plus offload (with stage2 or stage3).

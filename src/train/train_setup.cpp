@@ -1,5 +1,6 @@
 #include "train/train_setup.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -16,6 +17,7 @@
 #include "io/model_source.h"
 #include "train/lora_io.h"
 #include "train/paddle_checkpoint.h"
+#include "train/tensor_parallel.h"
 
 namespace oar {
 
@@ -31,8 +33,16 @@ double LlamaTrainModel::forward_backward(const TrainBatch& b, float grad_scale, 
 
 std::vector<double> LlamaTrainModel::forward_backward_step(const std::vector<TrainBatch>& batches, float grad_scale,
                                                            const GradsReady& ready) {
-  if (pipeline_) return pipeline_->train_step(batches, grad_scale, ready);
-  return TrainModel::forward_backward_step(batches, grad_scale, ready);
+  auto run = [&](const GradsReady& r) {
+    return pipeline_ ? pipeline_->train_step(batches, grad_scale, r) : TrainModel::forward_backward_step(batches, grad_scale, r);
+  };
+  if (!tp_ || !ready) return run(ready);
+  // Tensor parallelism communicates inside the backward, and MPI takes one thread at a time: the gradient sums
+  // start once the backward is over.
+  std::vector<std::vector<Parameter*>> groups;
+  std::vector<double> losses = run([&](const std::vector<Parameter*>& ps) { groups.push_back(ps); });
+  for (const auto& g : groups) ready(g);
+  return losses;
 }
 
 double LlamaTrainModel::forward_loss(const TrainBatch& b, LossStats* s) {
@@ -44,26 +54,61 @@ void LlamaTrainModel::set_pipeline(Communicator& pipe) {
   pipe_ = &pipe;
 }
 
+void LlamaTrainModel::set_tensor_group(Communicator& group) {
+  m_->set_tensor_group(group);
+  tp_ = &group;
+}
+
 double LlamaTrainModel::train_flops(const TrainBatch& b) const {
   // A pipeline stage's share: its layers, and the LM head on the last stage.
   const LlamaConfig& c = m_->config();
   const TrainOptions& o = m_->options();
   const int64_t layers = c.num_hidden_layers / o.pipeline_stages, vocab = m_->last_stage() ? c.vocab_size : 0;
   return llama_train_flops(c.hidden_size, c.intermediate_size, layers, vocab, c.num_attention_heads,
-                           c.num_key_value_heads, c.head_dim, b.B * b.L, b.L, o.recompute, m_->has_lora());
+                           c.num_key_value_heads, c.head_dim, b.B * b.L, b.L, o.recompute, m_->has_lora()) /
+         double(o.tensor_parallel);  // a tensor-parallel rank's share of the products
 }
 
-void LlamaTrainModel::collect_stages() {
-  if (pipe_) gathered_ = gather_stages(*pipe_, m_->export_weights(true));
+void LlamaTrainModel::collect_parts() {
+  if (!pipe_ && !tp_) return;
+  std::vector<std::pair<std::string, Tensor>> mine = m_->export_weights(true);
+  if (m_->has_lora())  // a LoRA checkpoint holds the adapters only
+    mine.erase(std::remove_if(mine.begin(), mine.end(), [](const auto& nt) { return nt.first.find(".lora_") == std::string::npos; }),
+               mine.end());
+  gathered_ = gather_whole(mine);
+}
+
+std::vector<std::pair<std::string, Tensor>> LlamaTrainModel::gather_whole(
+    const std::vector<std::pair<std::string, Tensor>>& mine) {
+  std::vector<std::pair<std::string, Tensor>> out = mine;
+  if (tp_)  // every part of the tensor group, then the first parts of the stages
+    for (auto& [name, t] : out)
+      if (const int dim = tensor_split_dim(name); dim >= 0) t = join_parts(*tp_, t, dim);
+  const bool first_part = !tp_ || tp_->rank() == 0;
+  if (pipe_ && first_part) out = gather_stages(*pipe_, out);
+  if (!first_part || (pipe_ && pipe_->rank() != 0)) out.clear();
+  return out;
+}
+
+void LlamaTrainModel::take_local_parts(std::map<std::string, Tensor>& tensors) const {
+  const TrainOptions& o = m_->options();
+  if (o.tensor_parallel == 1) return;
+  for (auto& [name, t] : tensors)
+    if (const int dim = tensor_split_dim(name); dim >= 0) t = take_part(t, dim, o.tensor_parallel, o.tensor_rank);
+}
+
+bool LlamaTrainModel::split_over_tensor_ranks(const Parameter& p) const {
+  return m_->options().tensor_parallel > 1 && tensor_split_dim(p.name) >= 0;
 }
 
 void LlamaTrainModel::save(const std::string& dir) const {
   // A directory holds one layout: the other's files (from an earlier run of another save_format) would be read
   // first by some loaders.
   remove_layout_files(dir, paddle_params_ ? CheckpointLayout::HuggingFace : CheckpointLayout::PaddleNLP);
-  std::vector<std::pair<std::string, Tensor>> named = pipe_ ? std::move(gathered_) : m_->export_weights(true);
+  const bool parts = pipe_ || tp_;
+  std::vector<std::pair<std::string, Tensor>> named = parts ? std::move(gathered_) : m_->export_weights(true);
   gathered_.clear();
-  if (pipe_ && named.empty()) throw Error("saving a pipeline stage: collect_stages() was not called on every stage");
+  if (parts && named.empty()) throw Error("saving a model split over ranks: collect_parts() was not called on every rank");
   const LoraOptions* lora = m_->has_lora() ? &m_->lora() : nullptr;
   if (paddle_params_) return save_paddle_weights(dir, named, m_->config(), lora, base_, *paddle_params_);
   if (lora) return save_lora_adapter(dir, lora_adapter_from_named(named, *lora, base_));
@@ -81,24 +126,27 @@ std::string key_origin(const TrainArgs& a, const std::string& key) {
   return a.source.count(key) ? a.source.at(key) : a.config_file;
 }
 
+// A checkpoint's whole tensor into p (this rank's part of it under tensor parallelism).
 void copy_into(TrainableLlama& m, Parameter& p, const Tensor& t, const std::string& where) {
-  if (t.shape() != p.value.shape())
-    fail(where, "tensor '" + p.name + "' has shape " + shape_str(t.shape()) + ", the model " + shape_str(p.value.shape()));
-  m.set_value(p, t);
+  if (t.shape() != m.whole_shape(p))
+    fail(where, "tensor '" + p.name + "' has shape " + shape_str(t.shape()) + ", the model " + shape_str(m.whole_shape(p)));
+  m.set_whole_value(p, t);
+}
+
+// An adapter's tensors into the model's LoRA parameters (a pipeline stage takes its own layers').
+void copy_adapter_into(TrainableLlama& m, const LoraAdapter& ad) {
+  for (auto& [name, t] : lora_named_tensors(ad)) {
+    Parameter* p = m.find(name);
+    if (!p && !m.on_this_stage(name)) continue;
+    if (!p) fail(ad.where, "adapter tensor for '" + name + "' has no place in this model (other target modules or rank?)");
+    copy_into(m, *p, t, ad.where);
+  }
 }
 
 }  // namespace
 
 void LlamaTrainModel::load(const std::string& dir) {
-  if (m_->has_lora()) {
-    LoraAdapter ad = load_lora_adapter(dir);
-    for (auto& [name, t] : lora_named_tensors(ad)) {
-      Parameter* p = m_->find(name);
-      if (!p) fail(ad.where, "adapter tensor for '" + name + "' has no place in this model (other targets or rank?)");
-      copy_into(*m_, *p, t, ad.where);
-    }
-    return;
-  }
+  if (m_->has_lora()) return copy_adapter_into(*m_, load_lora_adapter(dir));
   // The directory's layout decides, not this run's save_format: a run may resume from either.
   std::unique_ptr<WeightSource> ws = has_paddle_master_weights(dir) ? open_paddle_weights(dir, m_->config())
                                                                     : std::move(open_model_source(dir).weights);
@@ -107,14 +155,35 @@ void LlamaTrainModel::load(const std::string& dir) {
 
 namespace {
 
+// Tensor parallelism splits the heads, key/value heads, MLP features and vocabulary evenly over the ranks.
+void check_tensor_split(const TrainArgs& a, const LlamaConfig& c, const std::string& config_src) {
+  const int64_t tp = a.tensor_parallel_degree;
+  if (tp <= 1) return;
+  for (const auto& [key, n] : {std::pair<const char*, int64_t>{"num_attention_heads", c.num_attention_heads},
+                               {"num_key_value_heads", c.num_key_value_heads},
+                               {"intermediate_size", c.intermediate_size},
+                               {"vocab_size", c.vocab_size}})
+    if (n % tp != 0)
+      fail(key_origin(a, "tensor_parallel_degree"),
+           "tensor_parallel_degree " + std::to_string(tp) + " does not divide " + key + " " + std::to_string(n) + " (" +
+               config_src + "): each rank holds an equal share");
+  if (c.o_proj_bias)
+    fail(key_origin(a, "tensor_parallel_degree"), "tensor_parallel_degree " + std::to_string(tp) +
+                                                      ": a model with an o_proj bias (" + config_src + ") is not built yet");
+  if (a.lora)
+    fail(key_origin(a, "tensor_parallel_degree"), "tensor_parallel_degree " + std::to_string(tp) +
+                                                      " with lora is not built yet (train LoRA with data or pipeline parallelism)");
+}
+
 // Pipeline parallelism splits the layers evenly over the stages, and the embedding and the LM head sit apart.
 void check_pipeline_split(const TrainArgs& a, const LlamaConfig& c, const std::string& config_src) {
   const int64_t pp = a.pipeline_parallel_degree;
   if (pp <= 1) return;
+  const std::string layers_from = a.num_hidden_layers > 0 ? key_origin(a, "num_hidden_layers") : config_src;
   if (c.num_hidden_layers % pp != 0)
     fail(key_origin(a, "pipeline_parallel_degree"),
          "pipeline_parallel_degree " + std::to_string(pp) + " does not divide num_hidden_layers " +
-             std::to_string(c.num_hidden_layers) + " (" + config_src + "): the stages hold equal shares of the layers");
+             std::to_string(c.num_hidden_layers) + " (" + layers_from + "): the stages hold equal shares of the layers");
   if (c.tie_word_embeddings)
     fail(key_origin(a, "pipeline_parallel_degree"),
          "pipeline_parallel_degree " + std::to_string(pp) + ": a model with tie_word_embeddings (" + config_src +
@@ -125,18 +194,21 @@ void check_pipeline_split(const TrainArgs& a, const LlamaConfig& c, const std::s
 
 std::unique_ptr<LlamaTrainModel> build_train_model(const TrainArgs& a, const Tokenizer& tok,
                                                    const std::function<void(const std::string&)>& log,
-                                                   int pipeline_stage) {
+                                                   int pipeline_stage, int tensor_rank) {
   TrainOptions to;
   to.compute = a.bf16 ? DType::BF16 : (a.fp16 && a.fp16_opt_level != "O0") ? DType::F16 : DType::F32;
   to.recompute = a.recompute;
   to.pipeline_stages = int(std::max<int64_t>(1, a.pipeline_parallel_degree));
   to.pipeline_stage = pipeline_stage;
+  to.tensor_parallel = int(std::max<int64_t>(1, a.tensor_parallel_degree));
+  to.tensor_rank = tensor_rank;
   const std::string& src = a.model_name_or_path;
   const int64_t needed_positions = a.is_pretrain() ? a.max_seq_length : a.max_length;
   std::unique_ptr<TrainableLlama> m;
   if (a.continue_training) {
     const ModelSource ms = open_model_source(src);
     check_pipeline_split(a, ms.config, src);
+    check_tensor_split(a, ms.config, src);
     m = TrainableLlama::from_weights(ms.config, *ms.weights, to);
     const LlamaConfig& c = m->config();
     // Every pretraining sample is max_seq_length tokens, so the data always reaches it. Fine-tuning's max_length
@@ -159,6 +231,7 @@ std::unique_ptr<LlamaTrainModel> build_train_model(const TrainArgs& a, const Tok
     c.max_position_embeddings = std::max(c.max_position_embeddings, needed_positions);
     if (a.is_pretrain()) c.vocab_size = std::max<int64_t>(c.vocab_size, (int64_t(tok.vocab_size()) + 127) / 128 * 128);
     check_pipeline_split(a, c, cfg_path);
+    check_tensor_split(a, c, cfg_path);
     m = TrainableLlama::random(c, to, uint64_t(a.seed));
     log("Initialised a " + std::to_string(c.num_parameters()) + "-parameter Llama at random from " + cfg_path + " (" +
         std::to_string(c.num_hidden_layers) + " layers, hidden " + std::to_string(c.hidden_size) + ", vocabulary " +
@@ -179,11 +252,7 @@ std::unique_ptr<LlamaTrainModel> build_train_model(const TrainArgs& a, const Tok
       lo = lora_options_of(ad);
       lo.seed = uint64_t(a.seed);
       m->add_lora(lo);
-      for (auto& [name, t] : lora_named_tensors(ad)) {
-        Parameter* p = m->find(name);
-        if (!p) fail(ad.where, "adapter tensor for '" + name + "' has no place in this model");
-        copy_into(*m, *p, t, ad.where);
-      }
+      copy_adapter_into(*m, ad);
       log("LoRA from " + a.lora_path + ": rank " + std::to_string(lo.rank) + ", alpha " + std::to_string(lo.alpha));
     } else {
       lo.rank = a.lora_rank;

@@ -36,12 +36,17 @@ class LlamaTrainModel : public TrainModel {
   double forward_loss(const TrainBatch& b, LossStats* s) override;
   void zero_grad() override { m_->zero_grad(); }
   double train_flops(const TrainBatch& b) const override;
-  void collect_stages() override;
+  void collect_parts() override;
+  std::vector<std::pair<std::string, Tensor>> gather_whole(const std::vector<std::pair<std::string, Tensor>>& mine) override;
+  void take_local_parts(std::map<std::string, Tensor>& tensors) const override;
+  bool split_over_tensor_ranks(const Parameter& p) const override;
   void save(const std::string& dir) const override;
   void load(const std::string& dir) override;
   TrainableLlama& llama() { return *m_; }
   // Pipeline parallelism: the model is one stage (TrainOptions::pipeline_stage) of `pipe`'s pipeline.
   void set_pipeline(Communicator& pipe);
+  // Tensor parallelism: the model is one part (TrainOptions::tensor_rank) of each split parameter.
+  void set_tensor_group(Communicator& group);
 
  private:
   std::unique_ptr<TrainableLlama> m_;
@@ -49,7 +54,8 @@ class LlamaTrainModel : public TrainModel {
   std::optional<DType> paddle_params_;
   std::unique_ptr<PipelineStage> pipeline_;
   Communicator* pipe_ = nullptr;
-  mutable std::vector<std::pair<std::string, Tensor>> gathered_;  // every stage's weights (collect_stages), for save()
+  Communicator* tp_ = nullptr;
+  mutable std::vector<std::pair<std::string, Tensor>> gathered_;  // the whole model's weights (collect_parts), for save()
 };
 
 // The model a run starts from (before any checkpoint is restored): continue_training false -> random from
@@ -57,10 +63,11 @@ class LlamaTrainModel : public TrainModel {
 // PaddleNLP's max_position_embeddings >= max_seq_length and vocabulary rounded up to a multiple of 128 covering
 // the tokenizer); true -> from_pretrained. Then LoRA (rank lora_rank, alpha 2 x rank as PaddleNLP hard-codes;
 // rsLoRA alpha 4 / sqrt(rank) scaling) on all seven projections, started from lora_path when given.
-// `log` receives one-line descriptions. With pipeline_parallel_degree > 1 the model is stage `pipeline_stage`.
+// `log` receives one-line descriptions. With pipeline_parallel_degree > 1 the model is stage `pipeline_stage`,
+// with tensor_parallel_degree > 1 part `tensor_rank` of each split parameter.
 std::unique_ptr<LlamaTrainModel> build_train_model(const TrainArgs& a, const Tokenizer& tok,
                                                    const std::function<void(const std::string&)>& log,
-                                                   int pipeline_stage = 0);
+                                                   int pipeline_stage = 0, int tensor_rank = 0);
 
 // Fine-tuning: rows (one example each, or packs with zero_padding) shuffled per epoch by (seed, epoch), batched
 // per_device_train_batch_size rows at a time, padded to the longest row (pad_to_max_length / pad_to_multiple_of

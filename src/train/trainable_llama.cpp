@@ -18,6 +18,7 @@
 #include "kernels/kernels.h"
 #include "train/flat_params.h"
 #include "train/layers.h"
+#include "train/tensor_parallel.h"
 
 namespace oar {
 
@@ -129,6 +130,7 @@ struct TrainableLlama::Impl {
   Linear head;  // on the last stage
 
   RopeTable rope;
+  std::unique_ptr<TensorGroup> tgroup;  // tensor parallelism: this rank's group (set_tensor_group)
   Backend* be = &cpu_backend();  // where parameters, gradients, activations and scratch live
   layers::Workspace ws{*be};
 
@@ -155,8 +157,12 @@ struct TrainableLlama::Impl {
   std::deque<Pass> passes;  // a deque: a new slot keeps the others' addresses (bi.attn points into bi)
 
   int64_t C() const { return cfg.hidden_size; }
-  int64_t QD() const { return cfg.q_dim(); }
-  int64_t KVD() const { return cfg.kv_dim(); }
+  // This rank's share under tensor parallelism (the whole with one rank): heads, key/value heads, MLP features.
+  int64_t Hl() const { return cfg.num_attention_heads / opt.tensor_parallel; }
+  int64_t Gl() const { return cfg.num_key_value_heads / opt.tensor_parallel; }
+  int64_t Fl() const { return cfg.intermediate_size / opt.tensor_parallel; }
+  int64_t QD() const { return Hl() * cfg.head_dim; }
+  int64_t KVD() const { return Gl() * cfg.head_dim; }
   float eps() const { return float(cfg.rms_norm_eps); }
 
   // Parameters are declared into the open group, then allocate_group() gives them views of the group's flat
@@ -194,11 +200,13 @@ struct TrainableLlama::Impl {
   void build(Backend& backend) {
     be = &backend;
     ws = layers::Workspace(backend);
-    const int64_t C = this->C(), F = cfg.intermediate_size, V = cfg.vocab_size;
+    const int64_t C = this->C(), F = Fl(), V = cfg.vocab_size / opt.tensor_parallel;
     const int64_t N = cfg.num_hidden_layers, S = opt.pipeline_stages;
-    if (S < 1 || opt.pipeline_stage < 0 || opt.pipeline_stage >= S || N % S != 0)
-      throw Error("pipeline stage " + std::to_string(opt.pipeline_stage) + " of " + std::to_string(S) + ": " +
-                  std::to_string(N) + " layers do not split evenly");
+    check_tensor_split();
+    if (S < 1 || opt.pipeline_stage < 0 || opt.pipeline_stage >= S)
+      throw Error("pipeline stage " + std::to_string(opt.pipeline_stage) + " of " + std::to_string(S) + ": no such stage");
+    if (N % S != 0)
+      throw Error(std::to_string(N) + " layers do not split evenly over " + std::to_string(S) + " pipeline stages");
     if (S > 1 && cfg.tie_word_embeddings)
       throw Error("tie_word_embeddings with pipeline parallelism is not built yet (the embedding and the LM head sit "
                   "on different stages)");
@@ -290,8 +298,8 @@ struct TrainableLlama::Impl {
     }
     bi.attn.B = b.B;
     bi.attn.L = b.L;
-    bi.attn.H = cfg.num_attention_heads;
-    bi.attn.G = cfg.num_key_value_heads;
+    bi.attn.H = Hl();
+    bi.attn.G = Gl();
     bi.attn.D = cfg.head_dim;
     bi.attn.scale = 1.0f / std::sqrt(float(cfg.head_dim));
     bi.attn.compute = opt.compute;
@@ -304,7 +312,7 @@ struct TrainableLlama::Impl {
     if (key == want) return;
     acts.clear();
     acts.resize(size_t(count));
-    const int64_t T = bi.T, C = this->C(), F = cfg.intermediate_size, H = cfg.num_attention_heads;
+    const int64_t T = bi.T, C = this->C(), F = Fl(), H = Hl();
     for (LayerActs& A : acts) {
       A.x_mid = be->empty({T, C}, DType::F32);
       A.rstd1 = be->empty({T}, DType::F32);
@@ -331,7 +339,7 @@ struct TrainableLlama::Impl {
   // backward needs.
   void layer_forward(Ctx& c, int64_t l, const BatchInfo& bi, const Tensor& x_in, Tensor& x_out, LayerActs& A) {
     LayerParams& P = layer[size_t(l)];
-    const int64_t T = bi.T, H = cfg.num_attention_heads, G = cfg.num_key_value_heads, D = cfg.head_dim;
+    const int64_t T = bi.T, H = Hl(), G = Gl(), D = cfg.head_dim;
     // attention block
     layers::rmsnorm_forward(c, *P.input_norm, eps(), x_in, A.h1, A.rstd1);
     layers::linear_forward(c, P.proj[kQ], A.h1, A.q, lora_u(A, P, kQ));
@@ -341,16 +349,13 @@ struct TrainableLlama::Impl {
     layers::rope_forward(c, q3, bi.positions, rope);
     layers::rope_forward(c, k3, bi.positions, rope);
     layers::attention_forward(c, bi.attn, A.q, A.k, A.v, A.att, A.probs);
-    // x_mid = x_in + o_proj(att): the product adds straight into a copy of the residual
-    c.be.copy(x_in, A.x_mid);
-    layers::linear_forward(c, P.proj[kO], A.att, A.x_mid, lora_u(A, P, kO), true);
+    residual_linear(c, P.proj[kO], A.att, x_in, A.x_mid, lora_u(A, P, kO));  // x_mid = x_in + o_proj(att)
     // MLP block
     layers::rmsnorm_forward(c, *P.post_norm, eps(), A.x_mid, A.h2, A.rstd2);
     layers::linear_forward(c, P.proj[kGate], A.h2, A.gate, lora_u(A, P, kGate));
     layers::linear_forward(c, P.proj[kUp], A.h2, A.up, lora_u(A, P, kUp));
     layers::swiglu_forward(c, A.gate, A.up, A.act);
-    c.be.copy(A.x_mid, x_out);
-    layers::linear_forward(c, P.proj[kDown], A.act, x_out, lora_u(A, P, kDown), true);
+    residual_linear(c, P.proj[kDown], A.act, A.x_mid, x_out, lora_u(A, P, kDown));
   }
 
   // The layer's backward: dres holds dL/dx_out on entry and dL/dx_in on return (unless need_dx is false, when the
@@ -359,8 +364,7 @@ struct TrainableLlama::Impl {
   void layer_backward(Ctx& c, int64_t l, const BatchInfo& bi, const Tensor& x_in, LayerActs& A, Tensor& dres,
                       Tensor& dres_c, bool need_dx) {
     LayerParams& P = layer[size_t(l)];
-    const int64_t T = bi.T, C = this->C(), F = cfg.intermediate_size, H = cfg.num_attention_heads;
-    const int64_t G = cfg.num_key_value_heads, D = cfg.head_dim;
+    const int64_t T = bi.T, C = this->C(), F = Fl(), H = Hl(), G = Gl(), D = cfg.head_dim;
     Tensor* dres_copy = c.cdt == DType::F32 ? nullptr : &dres_c;
     // MLP block: x_out = x_mid + down(act)
     Tensor dact = c.ws.get("dact", {T, F}, DType::F32);
@@ -373,6 +377,7 @@ struct TrainableLlama::Impl {
     Tensor dh = c.ws.get("dh", {T, C}, DType::F32);
     layers::linear_backward(c, P.proj[kGate], A.h2, lora_u(A, P, kGate), dgate_c, dgate_c, &dh, false);
     layers::linear_backward(c, P.proj[kUp], A.h2, lora_u(A, P, kUp), dup_c, dup_c, &dh, true);
+    tp_sum(dh);  // column-parallel gate/up: the ranks' parts of the input gradient
     layers::rmsnorm_backward(c, *P.post_norm, A.x_mid, A.rstd2, dh, dres, dres_copy);  // dres = dL/dx_mid
     // attention block: x_mid = x_in + o(att)
     Tensor datt = c.ws.get("datt", {T, QD()}, DType::F32);
@@ -393,7 +398,9 @@ struct TrainableLlama::Impl {
     layers::linear_backward(c, P.proj[kQ], A.h1, lora_u(A, P, kQ), dq, dq_c, dhp, false);
     layers::linear_backward(c, P.proj[kK], A.h1, lora_u(A, P, kK), dk, dk_c, dhp, true);
     layers::linear_backward(c, P.proj[kV], A.h1, lora_u(A, P, kV), dv, dv_c, dhp, true);
-    if (want_dh) layers::rmsnorm_backward(c, *P.input_norm, x_in, A.rstd1, dh, dres, dres_copy);  // dres = dL/dx_in
+    if (!want_dh) return;
+    tp_sum(dh);  // column-parallel q/k/v
+    layers::rmsnorm_backward(c, *P.input_norm, x_in, A.rstd1, dh, dres, dres_copy);  // dres = dL/dx_in
   }
 
   // The stage's layers over the batch, from the embedding (first stage) or `input` (the previous stage's output),
@@ -405,7 +412,7 @@ struct TrainableLlama::Impl {
     prepare_weights(c);
     Tensor x0 = resid.slice0(0, 1).view({T, C});
     if (embed) {
-      layers::embedding_forward(c, *embed, bi.ids, x0);
+      embed_forward(c, bi, x0);
     } else {
       if (input.shape() != Shape{T, C} || input.dtype() != DType::F32)
         throw Error("pipeline stage " + std::to_string(opt.pipeline_stage) + ": input " + shape_str(input.shape()) +
@@ -427,17 +434,132 @@ struct TrainableLlama::Impl {
     return hf;
   }
 
-  // Slot `slot`'s pass for batch b, with buffers for its shape.
+  // ---- tensor parallelism (train/tensor_parallel.h) ----
+
+  void check_tensor_split() const {
+    const int64_t t = opt.tensor_parallel;
+    auto need = [&](int64_t n, const char* what) {
+      if (n % t != 0)
+        throw Error("tensor parallelism over " + std::to_string(t) + " ranks: " + what + " " + std::to_string(n) +
+                    " does not split evenly");
+    };
+    need(cfg.num_attention_heads, "num_attention_heads");
+    need(cfg.num_key_value_heads, "num_key_value_heads");
+    need(cfg.intermediate_size, "intermediate_size");
+    need(cfg.vocab_size, "vocab_size");
+    if (t > 1 && cfg.o_proj_bias) throw Error("tensor parallelism: an o_proj bias is not built yet");
+    if (opt.tensor_rank < 0 || opt.tensor_rank >= t) throw Error("tensor parallelism: rank " + std::to_string(opt.tensor_rank));
+  }
+
+  // x summed over the tensor group (a float32 tensor in host memory), the same bits on every rank.
+  void tp_sum(Tensor& x) {
+    if (tgroup) tgroup->combine(x.data<float>(), x.numel(), ReduceOp::Sum);
+  }
+
+  layers::VocabSplit vocab_split() {
+    layers::VocabSplit s;
+    if (!tgroup) return s;
+    s.begin = opt.tensor_rank * (cfg.vocab_size / opt.tensor_parallel);
+    s.vocab_size = cfg.vocab_size;
+    s.combine = [this](float* v, int64_t n, ReduceOp op) { tgroup->combine(v, n, op); };
+    s.sum = [this](Tensor& t) { tp_sum(t); };
+    return s;
+  }
+
+  // out = residual + lin(x) for o_proj and down_proj; row-parallel, the ranks' partial products summed first.
+  void residual_linear(Ctx& c, Linear& lin, const Tensor& x, const Tensor& residual, Tensor& out, Tensor* u) {
+    if (!tgroup) {  // the product adds straight into a copy of the residual
+      c.be.copy(residual, out);
+      layers::linear_forward(c, lin, x, out, u, true);
+      return;
+    }
+    Tensor part = ws.get("row_parallel_out", out.shape(), DType::F32);
+    layers::linear_forward(c, lin, x, part, u, false);
+    tp_sum(part);
+    c.be.copy(residual, out);
+    c.K.add(out, part);
+  }
+
+  // The token ids this rank's rows of a vocab-parallel table hold (shifted to its rows), and where the others are.
+  void vocab_rows(const std::vector<int32_t>& ids, std::vector<int32_t>& mine, std::vector<int64_t>& at,
+                  std::vector<int64_t>& others) const {
+    const int64_t rows = embed->value.dim(0), begin = opt.tensor_rank * rows;
+    for (size_t t = 0; t < ids.size(); t++) {
+      if (ids[t] >= begin && ids[t] < begin + rows) {
+        mine.push_back(int32_t(ids[t] - begin));
+        at.push_back(int64_t(t));
+      } else {
+        others.push_back(int64_t(t));
+      }
+    }
+  }
+
+  // Vocab-parallel: each rank looks up the tokens in its rows, zeros the others', and the ranks add up.
+  void embed_forward(Ctx& c, const BatchInfo& bi, Tensor& x0) {
+    if (!tgroup) return layers::embedding_forward(c, *embed, bi.ids, x0);
+    std::vector<int32_t> ids(bi.ids.size(), 0), mine;
+    std::vector<int64_t> at, others;
+    vocab_rows(bi.ids, mine, at, others);
+    for (size_t i = 0; i < at.size(); i++) ids[size_t(at[i])] = mine[i];
+    layers::embedding_forward(c, *embed, ids, x0);
+    if (!others.empty()) {
+      Tensor zeros = ws.get("embed_zeros", {int64_t(others.size()), C()}, DType::F32);
+      c.K.zero(zeros);
+      c.K.scatter_rows(zeros, others.data(), int64_t(others.size()), x0);
+    }
+    tp_sum(x0);
+  }
+
+  void embed_backward(Ctx& c, const BatchInfo& bi, const Tensor& dx) {
+    if (!tgroup) return layers::embedding_backward(c, *embed, bi.ids, dx);
+    std::vector<int32_t> mine;
+    std::vector<int64_t> at, others;
+    vocab_rows(bi.ids, mine, at, others);
+    if (mine.empty()) return;
+    Tensor rows = ws.get("embed_dx", {int64_t(mine.size()), C()}, DType::F32);
+    c.K.gather_rows(dx, at.data(), int64_t(at.size()), rows);
+    layers::embedding_backward(c, *embed, mine, rows);
+  }
+
+  // p's values from the whole model's tensor (host float32): this rank's part under tensor parallelism.
+  void set_whole(Parameter& p, const Tensor& whole) {
+    const int dim = opt.tensor_parallel > 1 ? tensor_split_dim(p.name) : -1;
+    set_value(p, dim < 0 ? whole : take_part(whole, dim, opt.tensor_parallel, opt.tensor_rank));
+  }
+  Shape whole_shape(const Parameter& p) const {
+    Shape s = p.value.shape();
+    const int dim = opt.tensor_parallel > 1 ? tensor_split_dim(p.name) : -1;
+    if (dim >= 0) s[size_t(dim)] *= opt.tensor_parallel;
+    return s;
+  }
+
+  // The residual stream of slot `slot` ([n+1, T, C]); slot 0's also serves evaluation, between steps.
+  Tensor resid_of(int slot, int64_t T) {
+    return ws.get("resid" + std::to_string(slot), {int64_t(layer.size()) + 1, T, C()}, DType::F32);
+  }
+
+  // Evaluation's pass through the stage's layers (no activations kept): the residual stream's end [T, C].
+  Tensor eval_layers(Ctx& c, BatchInfo& bi, const Tensor& input) {
+    alloc_acts(eval_acts, eval_key, 1, bi, c.cdt);
+    const int64_t n = int64_t(layer.size());
+    Tensor resid = resid_of(0, bi.T);
+    forward_layers(c, bi, input, eval_acts, false, resid);
+    return resid.slice0(n, n + 1).view({bi.T, C()});
+  }
+
+  // Slot `slot`'s pass for batch b, with buffers for its shape (grown, never shrunk: steps allocate nothing).
   Pass& pass_for(int slot, const TrainBatch& b, DType cdt) {
     while (passes.size() <= size_t(slot)) passes.emplace_back();
     Pass& p = passes[size_t(slot)];
     p.bi = batch_info(b);
     const int64_t n = int64_t(layer.size()), T = p.bi.T, C = this->C();
-    if (!p.resid.defined() || p.resid.dim(1) != T || p.dres_c.dtype() != cdt) {
-      p.resid = be->empty({n + 1, T, C}, DType::F32);
-      p.dres = be->empty({T, C}, DType::F32);
-      p.dres_c = cdt == DType::F32 ? p.dres : be->empty({T, C}, cdt);
-    }
+    const std::string s = std::to_string(slot);
+    p.resid = resid_of(slot, T);
+    p.dres = ws.get("dres" + s, {T, C}, DType::F32);
+    p.dres_c = cdt == DType::F32 ? p.dres : ws.get("dres_c" + s, {T, C}, cdt);
+    // Every stage knows whether the micro-batch counts a token (labels travel with the batch): without one, one
+    // process skips the backward, and so does each stage (sending zeros on).
+    p.counted = std::any_of(p.bi.labels.begin(), p.bi.labels.end(), [](int32_t l) { return l != -100; });
     if (opt.recompute) alloc_acts(train_acts, train_key, 1, p.bi, cdt);
     else alloc_acts(p.acts, p.key, n, p.bi, cdt);
     return p;
@@ -462,10 +584,10 @@ std::unique_ptr<TrainableLlama> TrainableLlama::random(const LlamaConfig& cfg, c
     const bool norm = n.find("norm.weight") != std::string::npos;
     const bool bias = n.size() > 5 && n.compare(n.size() - 5, 5, ".bias") == 0;
     if (bias) continue;  // zeros already
-    Tensor host = Tensor::empty(p->value.shape(), DType::F32);
+    Tensor host = Tensor::empty(M.whole_shape(*p), DType::F32);  // drawn whole: the same model on any layout
     if (norm) fill_value(host, 1.0f);
     else fill_normal(host, cfg.initializer_range, name_seed(n, seed));
-    M.set_value(*p, host);
+    M.set_whole(*p, host);
   }
   return m;
 }
@@ -482,10 +604,10 @@ std::unique_ptr<TrainableLlama> TrainableLlama::from_weights(const LlamaConfig& 
     Tensor t = src.get(p->name);
     if (t.dtype() != DType::F32 && t.dtype() != DType::BF16 && t.dtype() != DType::F16)
       fail(src.where(), "tensor '" + p->name + "' has dtype " + dtype_name(t.dtype()) + ", expected float32, bfloat16 or float16");
-    if (t.shape() != p->value.shape())
+    if (t.shape() != M.whole_shape(*p))
       fail(src.where(), "tensor '" + p->name + "' has shape " + shape_str(t.shape()) + " but the config implies " +
-                            shape_str(p->value.shape()));
-    M.set_value(*p, t.to(DType::F32));
+                            shape_str(M.whole_shape(*p)));
+    M.set_whole(*p, t.to(DType::F32));
   }
   return m;
 }
@@ -566,11 +688,36 @@ std::vector<TrainableLlama::FlatGroup> TrainableLlama::flat_groups() const {
 void TrainableLlama::set_value(Parameter& p, const Tensor& host) {
   impl_->set_value(p, host.dtype() == DType::F32 ? host.contiguous() : host.to(DType::F32));
 }
+Shape TrainableLlama::whole_shape(const Parameter& p) const { return impl_->whole_shape(p); }
+void TrainableLlama::set_whole_value(Parameter& p, const Tensor& whole) {
+  if (whole.shape() != impl_->whole_shape(p))
+    throw Error("tensor '" + p.name + "' has shape " + shape_str(whole.shape()) + ", the model " + shape_str(impl_->whole_shape(p)));
+  impl_->set_whole(p, whole.dtype() == DType::F32 ? whole.contiguous() : whole.to(DType::F32));
+}
+void TrainableLlama::set_tensor_group(Communicator& group) {
+  const TrainOptions& o = impl_->opt;
+  if (group.size() != o.tensor_parallel || group.rank() != o.tensor_rank)
+    throw Error("tensor parallelism: the model is part " + std::to_string(o.tensor_rank) + " of " +
+                std::to_string(o.tensor_parallel) + " but this rank is " + std::to_string(group.rank()) + " of " +
+                std::to_string(group.size()) + " in its tensor group");
+  if (impl_->be->device() != Device::CPU)
+    throw Error("tensor parallelism: the ranks combine host memory; the model is on " + std::string(device_name(impl_->be->device())));
+  impl_->tgroup = std::make_unique<TensorGroup>(group);
+}
 
 // ---- passes ----
 
 bool TrainableLlama::first_stage() const { return impl_->opt.pipeline_stage == 0; }
 bool TrainableLlama::last_stage() const { return impl_->opt.pipeline_stage == impl_->opt.pipeline_stages - 1; }
+bool TrainableLlama::on_this_stage(const std::string& name) const {
+  const std::string layers = "model.layers.";
+  if (name.rfind(layers, 0) == 0) {
+    const int64_t l = std::atoll(name.c_str() + layers.size());
+    return l >= impl_->layer0 && l < impl_->layer0 + int64_t(impl_->layer.size());
+  }
+  if (name.rfind("model.embed_tokens.", 0) == 0) return first_stage();
+  return last_stage();
+}
 
 StageOutput TrainableLlama::stage_forward(int slot, const TrainBatch& batch, const Tensor& input, float grad_scale) {
   Impl& M = *impl_;
@@ -589,8 +736,8 @@ StageOutput TrainableLlama::stage_forward(int slot, const TrainBatch& batch, con
   Tensor rstd_f;
   Tensor hf = M.final_norm_forward(c, x_last, rstd_f);
   Tensor dhf = M.ws.get("final_dh", {T, C}, DType::F32);
-  CrossEntropyResult r = layers::lm_head_loss(c, M.head, hf, P.bi.labels, grad_scale, &dhf);
-  P.counted = r.counted > 0;
+  const layers::VocabSplit split = M.vocab_split();
+  CrossEntropyResult r = layers::lm_head_loss(c, M.head, hf, P.bi.labels, grad_scale, &dhf, M.tgroup ? &split : nullptr);
   c.K.zero(P.dres);
   if (c.cdt != DType::F32) c.K.zero(P.dres_c);
   if (P.counted)
@@ -618,15 +765,14 @@ Tensor TrainableLlama::stage_backward(int slot, const Tensor& output_grad, const
       if (!groups[reported].empty()) ready(groups[reported]);
   };
   if (!last_stage()) {
-    if (output_grad.shape() != Shape{T, C})
+    if (output_grad.shape() != Shape{T, C} || output_grad.dtype() != DType::F32)
       throw Error("pipeline stage " + std::to_string(M.opt.pipeline_stage) + ": output gradient " +
-                  shape_str(output_grad.shape()) + ", expected " + shape_str({T, C}));
+                  shape_str(output_grad.shape()) + ", expected float32 " + shape_str({T, C}));
     c.be.copy(output_grad, P.dres);
     if (c.cdt != DType::F32) c.K.convert(P.dres, P.dres_c);
   }
-  // One stage alone skips the backward of a micro-batch without counted tokens; a pipeline's earlier stages
-  // wait for a gradient, so it runs there (on zeros).
-  if (P.counted || !first_stage() || !last_stage()) {
+  if (!P.counted) c.K.zero(P.dres);  // no counted token: no backward, a zero gradient for the previous stage
+  if (P.counted) {
     report_through(0);
     for (int64_t l = n - 1; l >= 0; l--) {
       Tensor x_in = P.resid.slice0(l, l + 1).view({T, C});
@@ -639,7 +785,7 @@ Tensor TrainableLlama::stage_backward(int slot, const Tensor& output_grad, const
       M.layer_backward(c, l, bi, x_in, A, P.dres, P.dres_c, M.layer0 + l > 0 || (M.embed && M.embed->trainable));
       report_through(size_t(n - l));
     }
-    if (M.embed) layers::embedding_backward(c, *M.embed, bi.ids, P.dres);
+    if (M.embed) M.embed_backward(c, bi, P.dres);
   }
   report_through(groups.size());  // all of them (no counted token: no backward ran)
   return first_stage() ? Tensor() : P.dres;
@@ -659,19 +805,16 @@ StageOutput TrainableLlama::stage_eval(const TrainBatch& batch, const Tensor& in
   Impl& M = *impl_;
   Ctx c = M.ctx();
   BatchInfo bi = M.batch_info(batch);
-  M.alloc_acts(M.eval_acts, M.eval_key, 1, bi, c.cdt);
-  const int64_t n = int64_t(M.layer.size()), T = bi.T, C = M.C();
-  Tensor resid = M.ws.get("resid", {n + 1, T, C}, DType::F32);
-  M.forward_layers(c, bi, input, M.eval_acts, false, resid);
+  Tensor x_last = M.eval_layers(c, bi, input);
   StageOutput out;
-  Tensor x_last = resid.slice0(n, n + 1).view({T, C});
   if (!last_stage()) {
     out.output = x_last;
     return out;
   }
   Tensor rstd_f;
   Tensor hf = M.final_norm_forward(c, x_last, rstd_f);
-  CrossEntropyResult r = layers::lm_head_loss(c, M.head, hf, bi.labels, 1.0f, nullptr);
+  const layers::VocabSplit split = M.vocab_split();
+  CrossEntropyResult r = layers::lm_head_loss(c, M.head, hf, bi.labels, 1.0f, nullptr, M.tgroup ? &split : nullptr);
   out.stats = LossStats{r.loss_sum, r.counted, r.correct};
   out.loss = r.counted > 0 ? r.loss_sum / double(r.counted) : 0.0;
   return out;
@@ -686,15 +829,12 @@ double TrainableLlama::forward_loss(const TrainBatch& batch, LossStats* stats) {
 
 Tensor TrainableLlama::forward_logits(const TrainBatch& batch) {
   Impl& M = *impl_;
-  if (!first_stage() || !last_stage()) throw Error("forward_logits: needs the whole model, not a pipeline stage");
+  if (!first_stage() || !last_stage() || M.opt.tensor_parallel > 1)
+    throw Error("forward_logits: needs the whole model, not a pipeline stage or a tensor-parallel part");
   Ctx c = M.ctx();
   BatchInfo bi = M.batch_info(batch);
-  M.alloc_acts(M.eval_acts, M.eval_key, 1, bi, c.cdt);
-  const int64_t n = int64_t(M.layer.size()), T = bi.T, C = M.C();
-  Tensor resid = M.ws.get("resid", {n + 1, T, C}, DType::F32);
-  M.forward_layers(c, bi, Tensor(), M.eval_acts, false, resid);
   Tensor rstd_f;
-  Tensor hf = M.final_norm_forward(c, resid.slice0(n, n + 1).view({T, C}), rstd_f);
+  Tensor hf = M.final_norm_forward(c, M.eval_layers(c, bi, Tensor()), rstd_f);
   Tensor logits = M.be->empty({bi.T, M.cfg.vocab_size}, DType::F32);
   layers::lm_head_logits(c, M.head, hf, logits);
   return M.be->download(logits);

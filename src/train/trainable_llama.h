@@ -32,6 +32,7 @@
 #include <string>
 #include <vector>
 
+#include "core/communicator.h"
 #include "core/model_config.h"
 #include "core/tensor.h"
 #include "data/train_batch.h"
@@ -73,6 +74,10 @@ struct TrainOptions {
   // layers, the first stage also the embedding and the last the final norm and LM head. Parameter names stay the
   // whole model's ("model.layers.<global index>..."), so checkpoints are re-laid out by name.
   int pipeline_stages = 1, pipeline_stage = 0;
+  // Tensor parallelism (train/tensor_parallel.h): the model holds part `tensor_rank` of `tensor_parallel` of each
+  // split parameter (whole shapes divided along tensor_split_dim), and set_tensor_group() must give it its group
+  // before a pass when tensor_parallel > 1.
+  int tensor_parallel = 1, tensor_rank = 0;
 };
 
 // What one stage's forward hands on: the output for the next stage, or on the last stage the loss.
@@ -114,6 +119,11 @@ class TrainableLlama {
   std::vector<FlatGroup> flat_groups() const;
   // Sets a parameter's values from a host tensor of its shape (any float dtype; converted to float32).
   void set_value(Parameter& p, const Tensor& host);
+  // The same from the whole model's tensor (a checkpoint's): this rank's part of it under tensor parallelism.
+  void set_whole_value(Parameter& p, const Tensor& whole);
+  Shape whole_shape(const Parameter& p) const;
+  // Tensor parallelism: the ranks holding the other parts (host memory; the CPU backend).
+  void set_tensor_group(Communicator& group);
 
   // Forward and backward over one micro-batch. Returns the mean loss over counted tokens. Gradients of
   // (mean loss x grad_scale) are ADDED to Parameter::grad (grad_scale carries 1/accumulation steps and the
@@ -130,6 +140,9 @@ class TrainableLlama {
   // returns the gradient of its input (a view, valid until the slot is used again; none on the first stage).
   bool first_stage() const;
   bool last_stage() const;
+  // Whether the parameter `name` (Hugging Face name, LoRA included) belongs to this stage: its own layers, the
+  // embedding on the first stage, the final norm and LM head on the last. Always true for a whole model.
+  bool on_this_stage(const std::string& name) const;
   StageOutput stage_forward(int slot, const TrainBatch& b, const Tensor& input, float grad_scale);
   Tensor stage_backward(int slot, const Tensor& output_grad, const GradsReady& ready = {});
   // Evaluation through one stage: no gradients, no saved activations.

@@ -212,7 +212,9 @@ struct Trainer::Impl {
     TrainerState s = TrainerState::from_json(j, state_path);
     model.load(dir);
     if (!args.ignore_load_lr_and_optim) {
-      optim->load_state(read_optimizer_state(dir), s.scheduler_steps, dir);
+      std::map<std::string, Tensor> moments = read_optimizer_state(dir);
+      model.take_local_parts(moments);
+      optim->load_state(moments, s.scheduler_steps, dir);
     } else {
       s.scheduler_steps = 0;
     }
@@ -252,12 +254,16 @@ struct Trainer::Impl {
   // with pipeline parallelism after the stages of the first replica have sent it theirs.
   bool data_parallel() const { return opt.data_parallel && opt.data_parallel->size() > 1; }
   bool pipeline() const { return opt.pipeline && opt.pipeline->size() > 1; }
+  bool tensor() const { return opt.tensor && opt.tensor->size() > 1; }
   bool first_replica() const { return !data_parallel() || opt.data_parallel->rank() == 0; }
-  bool writes_files() const { return first_replica() && (!pipeline() || opt.pipeline->rank() == 0); }
-  // The others wait for rank 0's files: through the data-parallel group, then the pipe group, every rank meets it.
+  bool writes_files() const {
+    return first_replica() && (!pipeline() || opt.pipeline->rank() == 0) && (!tensor() || opt.tensor->rank() == 0);
+  }
+  // The others wait for rank 0's files: through the data-parallel, pipe and tensor groups, every rank meets it.
   void wait_for_writer() {
     if (data_parallel()) opt.data_parallel->barrier();
     if (pipeline()) opt.pipeline->barrier();
+    if (tensor()) opt.tensor->barrier();
   }
 
   // Every rank starts from rank 0's trainable weights, however each built or loaded them (host memory: checked in
@@ -271,9 +277,9 @@ struct Trainer::Impl {
     std::vector<std::pair<std::string, Tensor>> moments;
     const bool with_moments = !args.ignore_save_lr_and_optim;
     if (with_moments && (first_replica() || shards->sharded())) moments = shards->gather_moments(*optim);
-    if (pipeline() && first_replica()) {  // the stages' weights and moments to the first stage
-      model.collect_stages();
-      if (with_moments) moments = gather_stages(*opt.pipeline, moments);
+    if ((pipeline() || tensor()) && first_replica()) {  // the parts of the model and its moments to rank 0
+      model.collect_parts();
+      if (with_moments) moments = model.gather_whole(moments);
     }
     if (!writes_files()) {  // the same bookkeeping as rank 0
       if (st.has_best && st.best_step == step)
@@ -395,16 +401,10 @@ struct Trainer::Impl {
     f["interval_runtime"] = round_to(interval_seconds, 4);
     f["interval_samples_per_second"] = round_to(double(interval_samples) / secs, 4);
     f["interval_steps_per_second"] = round_to(double(st.interval_steps) / secs, 4);
-    f["interval_tokens_per_second_per_device"] = round_to(double(interval_tokens) / secs, 4);
-    if (data_parallel() || pipeline()) {  // the whole job's rate: every replica's tokens over the slowest rank's time
-      double job_tokens = double(interval_tokens), slowest = secs;
-      if (data_parallel()) {
-        opt.data_parallel->all_reduce(&job_tokens, 1);
-        opt.data_parallel->all_reduce(&slowest, 1, ReduceOp::Max);
-      }
-      if (pipeline()) opt.pipeline->all_reduce(&slowest, 1, ReduceOp::Max);
-      f["interval_tokens_per_second"] = round_to(job_tokens / slowest, 4);
-    }
+    // Per device: a replica's tokens shared by the ranks (stages, tensor parts) that process them together.
+    f["interval_tokens_per_second_per_device"] = round_to(double(interval_tokens) / secs / double(ranks_per_replica()), 4);
+    if (data_parallel() || pipeline() || tensor())
+      f["interval_tokens_per_second"] = round_to(job_rate(double(interval_tokens), secs), 4);
     f["interval_hardware_tflops_per_device"] = round_to(interval_flops / secs / 1e12, 4);
     f["grad_norm"] = round_to(grad_norm, 6);
     f["loss_scale"] = scaler.scale();
@@ -427,6 +427,21 @@ struct Trainer::Impl {
     interval_seconds = interval_flops = 0;
     interval_sync_seconds = interval_sync_exposed = 0;
     interval_tokens = interval_samples = 0;
+  }
+
+  int ranks_per_replica() const {
+    return (pipeline() ? opt.pipeline->size() : 1) * (tensor() ? opt.tensor->size() : 1);
+  }
+
+  // The whole job's rate: every replica's tokens over the slowest rank's time (every rank calls it).
+  double job_rate(double tokens, double seconds) {
+    if (data_parallel()) {
+      opt.data_parallel->all_reduce(&tokens, 1);
+      opt.data_parallel->all_reduce(&seconds, 1, ReduceOp::Max);
+    }
+    if (pipeline()) opt.pipeline->all_reduce(&seconds, 1, ReduceOp::Max);
+    if (tensor()) opt.tensor->all_reduce(&seconds, 1, ReduceOp::Max);
+    return tokens / seconds;
   }
 
   // Data parallelism: each trainable gradient (and the step's loss, for the log) becomes its mean over the ranks.
@@ -485,17 +500,23 @@ struct Trainer::Impl {
   }
 
   // Over every gradient of the job: with stage2 each rank sees its shard, and the sharding group adds them up.
-  // A pipeline's stages add theirs.
+  // A pipeline's stages add theirs, and a tensor group's ranks their parts (the whole parameters, the same on every
+  // rank of the group, counted by its rank 0).
   bool all_grads_finite() const {
     double bad = grads_finite(reduced_params()) ? 0 : 1;
     if (stage2()) opt.sharding->all_reduce(&bad, 1, ReduceOp::Max);
     if (pipeline()) opt.pipeline->all_reduce(&bad, 1, ReduceOp::Max);
+    if (tensor()) opt.tensor->all_reduce(&bad, 1, ReduceOp::Max);
     return bad == 0;
   }
   double global_grad_norm() const {
-    double sq = grad_sq_sum(reduced_params());
+    std::vector<Parameter*> counted;
+    for (Parameter* p : reduced_params())
+      if (!tensor() || opt.tensor->rank() == 0 || model.split_over_tensor_ranks(*p)) counted.push_back(p);
+    double sq = grad_sq_sum(counted);
     if (stage2()) opt.sharding->all_reduce(&sq, 1);
     if (pipeline()) opt.pipeline->all_reduce(&sq, 1);
+    if (tensor()) opt.tensor->all_reduce(&sq, 1);
     return std::sqrt(sq);
   }
 
@@ -601,7 +622,7 @@ struct Trainer::Impl {
   }
 
   void save_final_model() {
-    if (pipeline() && first_replica()) model.collect_stages();
+    if ((pipeline() || tensor()) && first_replica()) model.collect_parts();
     if (!writes_files()) return;
     const auto t0 = Clock::now();
     model.save(args.output_dir);
@@ -667,13 +688,15 @@ TrainResult Trainer::run() {
     m.print("  Micro-batch size = " + std::to_string(a.per_device_train_batch_size) + ", gradient accumulation = " +
             std::to_string(a.gradient_accumulation_steps) + (ranks > 1 ? ", data-parallel ranks = " + std::to_string(ranks) : "") +
             (m.pipeline() ? ", pipeline stages = " + std::to_string(m.opt.pipeline->size()) : "") +
+            (m.tensor() ? ", tensor-parallel ranks = " + std::to_string(m.opt.tensor->size()) : "") +
             ", total batch size = " + std::to_string(a.per_device_train_batch_size * a.gradient_accumulation_steps * ranks));
     int64_t trainable = 0, total = 0;
     for (Parameter* p : m.model.parameters()) {
       total += p->value.numel();
       if (p->trainable) trainable += p->value.numel();
     }
-    m.print("  Trainable parameters = " + std::to_string(trainable) + " of " + std::to_string(total) +
+    m.print(std::string("  Trainable parameters") + (m.pipeline() || m.tensor() ? " (this rank's part)" : "") + " = " +
+            std::to_string(trainable) + " of " + std::to_string(total) +
             "; optimizer state " + py_float(double(m.optim->state_bytes()) / 1048576.0, 1) + " MiB (float32 moments" +
             (m.shards->sharded() ? ", this rank's share under sharding stage" + std::to_string(a.sharding_stage()) +
                                        " over " + std::to_string(m.opt.sharding->size()) + " ranks)"
@@ -713,15 +736,10 @@ TrainResult Trainer::run() {
     m.metrics.write(ev);
     if (a.benchmark && res.train_runtime > 0) {
       // run_finetune.py / run_pretrain.py's benchmark line (tokens of the steps this run took, every rank's).
-      double tokens = 0, runtime = res.train_runtime;
+      double tokens = 0;
       for (const auto& e : m.metrics.events())
         if (e.value("event", "") == "train") tokens += e.value("interval_tokens", 0.0);
-      if (m.data_parallel()) {
-        m.opt.data_parallel->all_reduce(&tokens, 1);
-        m.opt.data_parallel->all_reduce(&runtime, 1, ReduceOp::Max);
-      }
-      if (m.pipeline()) m.opt.pipeline->all_reduce(&runtime, 1, ReduceOp::Max);
-      m.print("Effective_Tokens_per_second: " + py_float(tokens / runtime, 2));
+      m.print("Effective_Tokens_per_second: " + py_float(m.job_rate(tokens, res.train_runtime), 2));
     }
     if (a.load_best_model_at_end && m.st.has_best && !m.st.best_model_checkpoint.empty() &&
         dir_exists(m.st.best_model_checkpoint)) {

@@ -15,6 +15,7 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -45,9 +46,18 @@ class TrainModel {
   // Floating-point operations of one forward + backward over `b` as the hardware executes them (PaddleNLP's
   // interval_hardware_tflops_per_device: matmuls and attention, x3 for backward, + a forward when recomputing).
   virtual double train_flops(const TrainBatch& b) const = 0;
-  // A pipeline stage's part of saving: every stage of the pipeline that saves calls it, then save() on its
-  // first stage writes the whole model. Nothing to do for a whole model.
-  virtual void collect_stages() {}
+  // A model split over ranks (pipeline stages, tensor-parallel parts): every rank of the first replica calls
+  // collect_parts() before save(), which then writes the whole model on the writing rank (rank 0).
+  virtual void collect_parts() {}
+  // The whole model's tensors from this rank's parts (parameters, or AdamW moments "<param>.exp_avg[_sq]"), on
+  // rank 0 (empty elsewhere); collective over the first replica's ranks. A whole model returns `mine`.
+  virtual std::vector<std::pair<std::string, Tensor>> gather_whole(const std::vector<std::pair<std::string, Tensor>>& mine) {
+    return mine;
+  }
+  // The reverse for a checkpoint's whole tensors (parameters or moments, by name): this rank's parts, in place.
+  virtual void take_local_parts(std::map<std::string, Tensor>& tensors) const { (void)tensors; }
+  // Whether a tensor-parallel rank holds only its part of `p` (else every rank of the group holds it whole).
+  virtual bool split_over_tensor_ranks(const Parameter& p) const { (void)p; return false; }
   // Writes the weights a checkpoint needs into `dir` (Hugging Face layout, or a PEFT adapter for LoRA runs).
   virtual void save(const std::string& dir) const = 0;
   // Restores the trainable weights from a directory written by save(). `where` names it in errors.
@@ -107,6 +117,9 @@ struct TrainerOptions {
   // the ranks holding the same stage. The stages' gradient norms and finite checks are combined over it, the loss
   // comes from the last stage, and checkpoints gather the stages' weights and moments on its first stage.
   Communicator* pipeline = nullptr;
+  // Tensor parallelism: the ranks holding the other parts of this rank's parameters (null without). The norm and
+  // the finite check add their parts; the gradient sums run after the backward (the model uses this group in it).
+  Communicator* tensor = nullptr;
   // Data parallelism and sharding: sum each group of gradients on a background thread as soon as the backward of
   // the step's last micro-batch completes it, hiding the communication behind the rest of the backward. Off: one
   // blocking sum after the backward (for measuring what the overlap hides).

@@ -125,7 +125,7 @@ EOF
 echo "ok: LoRA fine-tuning on two ranks"
 
 # Degrees against the world size: one line naming the keys and values, exit 2, nothing written.
-expect_mpi_error tp "tensor_parallel_degree 2: not built yet" 2 --tensor_parallel_degree 2
+expect_mpi_error sep "sep_parallel_degree 2: not built yet" 2 --sep_parallel_degree 2
 expect_mpi_error stage3 "sharding_parallel_degree 2: sharding stage3 is not built yet" 2 --sharding stage3
 expect_mpi_error nostage "sharding_parallel_degree 2: needs a sharding stage" 2 --sharding_parallel_degree 2
 expect_mpi_error odd "tensor_parallel_degree 2 x pipeline_parallel_degree 2 = 4 processes, which do not divide the world size 3" 3 \

@@ -92,8 +92,14 @@ cat > ft.json <<EOF
 EOF
 "$OAR" finetune ft.json --output_dir ft_one > ft_one.log 2>&1 || { cat ft_one.log; die "LoRA, one process"; }
 timeout 300 mpirun -np 2 --oversubscribe "$OAR" finetune ft.json --output_dir ft_pp2 --log_dir ft_pp2_log \
-  --pipeline_parallel_degree 2 > ft_pp2.log 2>&1 || { cat ft_pp2.log; die "LoRA, pp2"; }
+  --pipeline_parallel_degree 2 --save_steps 3 > ft_pp2.log 2>&1 || { cat ft_pp2.log; die "LoRA, pp2"; }
 cmp ft_one/adapter_model.safetensors ft_pp2/adapter_model.safetensors || die "LoRA pp2: another adapter than one process"
+# Resumed from its checkpoint, each stage takes its layers' adapters: the same adapter at the end.
+mkdir -p ft_re && cp -r ft_pp2/checkpoint-3 ft_re/
+timeout 300 mpirun -np 2 --oversubscribe "$OAR" finetune ft.json --output_dir ft_re --log_dir ft_re_log \
+  --pipeline_parallel_degree 2 > ft_re.log 2>&1 || { cat ft_re.log; die "LoRA, pp2, resumed"; }
+grep -q '^Resuming from ft_re/checkpoint-3' ft_re.log && cmp ft_one/adapter_model.safetensors ft_re/adapter_model.safetensors ||
+  die "LoRA pp2 resumed from its checkpoint ends on another adapter"
 python3 - <<'PY' || die "LoRA pp2: other eval losses"
 import json
 def ev(p): return [e["eval_loss"] for e in map(json.loads, open(p)) if e["event"] == "eval"]

@@ -6,10 +6,26 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "data/train_batch.h"
 #include "model/kv_cache.h"
 #include "model/llama.h"
 
 namespace oar::test {
+
+// A language-modelling micro-batch of B rows of L pseudo-random tokens below `vocab` (each row's next token as
+// its label, the last position not counted).
+inline TrainBatch lm_batch(int64_t B, int64_t L, int seed, int64_t vocab = 96) {
+  TrainBatch b;
+  b.B = B;
+  b.L = L;
+  uint32_t x = uint32_t(seed) * 2654435761u + 7u;
+  for (int64_t i = 0; i < B * L; i++) {
+    x = x * 1664525u + 1013904223u;
+    b.input_ids.push_back(int32_t((x >> 8) % uint32_t(vocab)));
+  }
+  for (int64_t i = 0; i < B * L; i++) b.labels.push_back(i % L == L - 1 ? -100 : b.input_ids[size_t(i + 1)]);
+  return b;
+}
 
 // A small random model's shape (GQA, untied) for the training tests' property checks.
 inline LlamaConfig small_train_config(int64_t layers = 2) {

@@ -241,10 +241,11 @@ TEST(TrainArgs, DegreesAgainstTheWorldSizeLeaveDataParallelism) {
   EXPECT_NE(error_at(R"(, "tensor_parallel_degree": 2)", 3).find("tensor_parallel_degree 2 = 2 processes, which do not "
                                                                  "divide the world size 3"),
             std::string::npos);
-  // Divisible, but tensor parallelism is not built: the degree is named. Pipeline parallelism is, and data
-  // parallelism takes the rest.
-  EXPECT_NE(error_at(R"(, "tensor_parallel_degree": 2)", 4).find("tensor_parallel_degree 2: not built yet"),
+  // Divisible, but sep parallelism is not built: the degree is named. Pipeline and tensor parallelism are, and
+  // data parallelism takes the rest.
+  EXPECT_NE(error_at(R"(, "sep_parallel_degree": 2)", 4).find("sep_parallel_degree 2: not built yet"),
             std::string::npos);
+  EXPECT_EQ(parse(R"(, "tensor_parallel_degree": 2, "pipeline_parallel_degree": 2)", 8).data_parallel_degree, 2);
   const TrainArgs pp = parse(R"(, "pipeline_parallel_degree": 2, "sharding": "stage1")", 8);
   EXPECT_EQ(pp.sharding_parallel_degree, 4);
   EXPECT_EQ(pp.data_parallel_degree, 1);

@@ -2,6 +2,7 @@
 // loops over rows, the row kernels (cpu_train_row_ops.h) inside, split over the cores; reductions over rows (the
 // weight gradient of the norm, the loss) add per-thread partial sums in thread order.
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -181,6 +182,58 @@ CrossEntropyResult cross_entropy(const TrainIsa& ti, Tensor& logits, const int32
     res.counted++;
     res.correct += hit[size_t(r)];
   }
+  return res;
+}
+
+// Three passes over the rows, the ranks combining between them: the row maxima, then each row's sum of exp(x - max)
+// with the target's logit (from the rank holding it) and whether it is the maximum, then the gradient.
+CrossEntropyResult cross_entropy_split(Tensor& logits, const int32_t* labels, int64_t vocab_begin, int64_t vocab_size,
+                                       float grad_scale, bool want_grad, const TrainKernels::Combine& combine) {
+  require(logits.dtype() == DType::F32 && logits.ndim() == 2 && logits.is_contiguous(),
+          "cross_entropy_split: float32 [R, V] logits");
+  const int64_t R = logits.dim(0), Vl = logits.dim(1);
+  for (int64_t r = 0; r < R; r++)
+    if (labels[r] != -100 && (labels[r] < 0 || labels[r] >= vocab_size))
+      bad("label " + std::to_string(labels[r]) + " is outside the vocabulary (size " + std::to_string(vocab_size) + ")");
+  float* x = logits.data<float>();
+  auto local = [&](int64_t r) { return labels[r] - vocab_begin; };  // the target's column here, if in [0, Vl)
+  auto here = [&](int64_t r) { return labels[r] != -100 && local(r) >= 0 && local(r) < Vl; };
+  std::vector<float> mx(static_cast<size_t>(R)), part(static_cast<size_t>(3 * R));
+  parallel_ranges(R, [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; r++) mx[size_t(r)] = *std::max_element(x + r * Vl, x + (r + 1) * Vl);
+  }, Vl);
+  combine(mx.data(), R, ReduceOp::Max);
+  parallel_ranges(R, [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; r++) {
+      const float* row = x + r * Vl;
+      float sum = 0;
+      for (int64_t j = 0; j < Vl; j++) sum += std::exp(row[j] - mx[size_t(r)]);
+      part[size_t(3 * r)] = sum;
+      part[size_t(3 * r + 1)] = here(r) ? row[local(r)] : 0.0f;
+      part[size_t(3 * r + 2)] = here(r) && row[local(r)] >= mx[size_t(r)] ? 1.0f : 0.0f;
+    }
+  }, Vl);
+  combine(part.data(), 3 * R, ReduceOp::Sum);
+  CrossEntropyResult res;
+  for (int64_t r = 0; r < R; r++) {
+    if (labels[r] == -100) continue;
+    res.loss_sum += double(mx[size_t(r)]) + std::log(double(part[size_t(3 * r)])) - double(part[size_t(3 * r + 1)]);
+    res.counted++;
+    res.correct += part[size_t(3 * r + 2)] > 0.5f;
+  }
+  if (!want_grad) return res;
+  parallel_ranges(R, [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; r++) {
+      float* row = x + r * Vl;
+      if (labels[r] == -100) {
+        std::memset(row, 0, size_t(Vl) * 4);
+        continue;
+      }
+      const float k = grad_scale / part[size_t(3 * r)];
+      for (int64_t j = 0; j < Vl; j++) row[j] = std::exp(row[j] - mx[size_t(r)]) * k;
+      if (here(r)) row[local(r)] -= grad_scale;
+    }
+  }, Vl);
   return res;
 }
 

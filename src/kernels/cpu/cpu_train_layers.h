@@ -39,6 +39,8 @@ void swiglu_backward(const TrainIsa& ti, const Tensor& dout, const Tensor& gate,
                      Tensor& dup);
 CrossEntropyResult cross_entropy(const TrainIsa& ti, Tensor& logits, const int32_t* labels, float grad_scale,
                                  bool want_grad);
+CrossEntropyResult cross_entropy_split(Tensor& logits, const int32_t* labels, int64_t vocab_begin, int64_t vocab_size,
+                                       float grad_scale, bool want_grad, const TrainKernels::Combine& combine);
 
 // ---- cpu_train_attention.cpp ----
 // What attention keeps between calls: its block size and the buffers of its operands in a 16-bit compute dtype.

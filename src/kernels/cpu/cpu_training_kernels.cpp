@@ -81,6 +81,10 @@ class CpuTrainKernels final : public TrainKernels {
   CrossEntropyResult cross_entropy(Tensor& logits, const int32_t* labels, float grad_scale, bool want_grad) override {
     return cpu::cross_entropy(ti_, logits, labels, grad_scale, want_grad);
   }
+  CrossEntropyResult cross_entropy_split(Tensor& logits, const int32_t* labels, int64_t vocab_begin, int64_t vocab_size,
+                                         float grad_scale, bool want_grad, const Combine& combine) override {
+    return cpu::cross_entropy_split(logits, labels, vocab_begin, vocab_size, grad_scale, want_grad, combine);
+  }
 
  private:
   const cpu::IsaOps& isa_;

@@ -279,6 +279,11 @@ class SimTrainKernels final : public TrainKernels {
     Open o{&logits};
     return cpu_->cross_entropy(logits, labels, grad_scale, want_grad);
   }
+  CrossEntropyResult cross_entropy_split(Tensor& logits, const int32_t* labels, int64_t vocab_begin, int64_t vocab_size,
+                                         float grad_scale, bool want_grad, const Combine& combine) override {
+    Open o{&logits};
+    return cpu_->cross_entropy_split(logits, labels, vocab_begin, vocab_size, grad_scale, want_grad, combine);
+  }
 
  private:
   std::unique_ptr<TrainKernels> cpu_;
