@@ -109,7 +109,7 @@ class TrainKernels {
   virtual CrossEntropyResult cross_entropy(Tensor& logits, const int32_t* labels, float grad_scale, bool want_grad) = 0;
   // The same over a vocabulary split across ranks (tensor parallelism): logits [R, Vl] are the columns
   // [vocab_begin, vocab_begin + Vl) of the full rows of a `vocab_size` vocabulary; `combine` reduces a host array
-  // elementwise over the ranks, every rank giving the same bits back (each rank calls it twice, with R and 3R
+  // elementwise over the ranks, every rank giving the same bits back (each rank calls it three times: R, R and 2R
   // values). The loss, counts and this rank's columns of the gradient are the whole vocabulary's.
   using Combine = std::function<void(float* values, int64_t n, ReduceOp op)>;
   virtual CrossEntropyResult cross_entropy_split(Tensor& logits, const int32_t* labels, int64_t vocab_begin,

@@ -8,6 +8,7 @@ namespace oar {
 
 int tensor_split_dim(const std::string& name) {
   auto has = [&](const char* s) { return name.find(s) != std::string::npos; };
+  if (has(".lora_")) return -1;  // LoRA with tensor parallelism is not built: adapters are whole
   if (has("embed_tokens.") || has("lm_head.")) return 0;
   if (has(".q_proj.") || has(".k_proj.") || has(".v_proj.") || has(".gate_proj.") || has(".up_proj.")) return 0;
   if (has(".o_proj.weight") || has(".down_proj.weight")) return 1;

@@ -16,7 +16,7 @@ namespace oar {
 
 // The dimension along which tensor parallelism splits the parameter `name` (Hugging Face name, or an optimizer
 // moment "<name>.exp_avg"): 0 for q/k/v/gate/up (and their biases), the embedding and the LM head; 1 for o/down;
-// -1 for the rest (norms, o_proj's bias), which every rank holds whole.
+// -1 for the rest (norms, o_proj's bias, LoRA adapters), which every rank holds whole.
 int tensor_split_dim(const std::string& name);
 
 // Part `index` of `parts` equal parts of `whole` along `dim` (a host copy).

@@ -33,16 +33,8 @@ double LlamaTrainModel::forward_backward(const TrainBatch& b, float grad_scale, 
 
 std::vector<double> LlamaTrainModel::forward_backward_step(const std::vector<TrainBatch>& batches, float grad_scale,
                                                            const GradsReady& ready) {
-  auto run = [&](const GradsReady& r) {
-    return pipeline_ ? pipeline_->train_step(batches, grad_scale, r) : TrainModel::forward_backward_step(batches, grad_scale, r);
-  };
-  if (!tp_ || !ready) return run(ready);
-  // Tensor parallelism communicates inside the backward, and MPI takes one thread at a time: the gradient sums
-  // start once the backward is over.
-  std::vector<std::vector<Parameter*>> groups;
-  std::vector<double> losses = run([&](const std::vector<Parameter*>& ps) { groups.push_back(ps); });
-  for (const auto& g : groups) ready(g);
-  return losses;
+  if (pipeline_) return pipeline_->train_step(batches, grad_scale, ready);
+  return TrainModel::forward_backward_step(batches, grad_scale, ready);
 }
 
 double LlamaTrainModel::forward_loss(const TrainBatch& b, LossStats* s) {
@@ -81,10 +73,13 @@ void LlamaTrainModel::collect_parts() {
 std::vector<std::pair<std::string, Tensor>> LlamaTrainModel::gather_whole(
     const std::vector<std::pair<std::string, Tensor>>& mine) {
   std::vector<std::pair<std::string, Tensor>> out = mine;
-  if (tp_)  // every part of the tensor group, then the first parts of the stages
-    for (auto& [name, t] : out)
-      if (const int dim = tensor_split_dim(name); dim >= 0) t = join_parts(*tp_, t, dim);
   const bool first_part = !tp_ || tp_->rank() == 0;
+  if (tp_)  // every part of the tensor group (the others keep no whole tensor), then the first parts of the stages
+    for (auto& [name, t] : out)
+      if (const int dim = tensor_split_dim(name); dim >= 0) {
+        Tensor whole = join_parts(*tp_, t, dim);
+        t = first_part ? whole : Tensor();
+      }
   if (pipe_ && first_part) out = gather_stages(*pipe_, out);
   if (!first_part || (pipe_ && pipe_->rank() != 0)) out.clear();
   return out;

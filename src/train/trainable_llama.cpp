@@ -200,9 +200,9 @@ struct TrainableLlama::Impl {
   void build(Backend& backend) {
     be = &backend;
     ws = layers::Workspace(backend);
+    check_tensor_split();
     const int64_t C = this->C(), F = Fl(), V = cfg.vocab_size / opt.tensor_parallel;
     const int64_t N = cfg.num_hidden_layers, S = opt.pipeline_stages;
-    check_tensor_split();
     if (S < 1 || opt.pipeline_stage < 0 || opt.pipeline_stage >= S)
       throw Error("pipeline stage " + std::to_string(opt.pipeline_stage) + " of " + std::to_string(S) + ": no such stage");
     if (N % S != 0)
@@ -264,6 +264,7 @@ struct TrainableLlama::Impl {
     const DType cdt = opt.compute;
     if (cdt != DType::F32 && cdt != DType::BF16 && cdt != DType::F16)
       throw Error(std::string("training compute dtype ") + dtype_name(cdt) + " is not supported (float32, bfloat16, float16)");
+    if (opt.tensor_parallel > 1 && !tgroup) throw Error("tensor parallelism: set_tensor_group() before a pass");
     return Ctx{*be, be->train_ops(), cdt, ws};
   }
 
@@ -438,6 +439,7 @@ struct TrainableLlama::Impl {
 
   void check_tensor_split() const {
     const int64_t t = opt.tensor_parallel;
+    if (t < 1) throw Error("tensor parallelism over " + std::to_string(t) + " ranks");
     auto need = [&](int64_t n, const char* what) {
       if (n % t != 0)
         throw Error("tensor parallelism over " + std::to_string(t) + " ranks: " + what + " " + std::to_string(n) +
@@ -485,6 +487,8 @@ struct TrainableLlama::Impl {
                   std::vector<int64_t>& others) const {
     const int64_t rows = embed->value.dim(0), begin = opt.tensor_rank * rows;
     for (size_t t = 0; t < ids.size(); t++) {
+      if (ids[t] < 0 || ids[t] >= cfg.vocab_size)  // every rank sees the same ids: all fail alike
+        throw Error("token id " + std::to_string(ids[t]) + " is outside the vocabulary (size " + std::to_string(cfg.vocab_size) + ")");
       if (ids[t] >= begin && ids[t] < begin + rows) {
         mine.push_back(int32_t(ids[t] - begin));
         at.push_back(int64_t(t));
@@ -634,6 +638,7 @@ Parameter* TrainableLlama::find(const std::string& name) {
 void TrainableLlama::add_lora(const LoraOptions& lo) {
   Impl& M = *impl_;
   if (M.lora_on) throw Error("add_lora: this model already has LoRA adapters");
+  if (M.opt.tensor_parallel > 1) throw Error("add_lora: LoRA with tensor parallelism is not built yet");
   if (lo.rank <= 0) throw Error("lora_rank must be positive, got " + std::to_string(lo.rank));
   bool wanted[kNumProj] = {};
   for (const std::string& t : lo.targets) {
@@ -713,6 +718,7 @@ bool TrainableLlama::on_this_stage(const std::string& name) const {
   const std::string layers = "model.layers.";
   if (name.rfind(layers, 0) == 0) {
     const int64_t l = std::atoll(name.c_str() + layers.size());
+    if (l < 0 || l >= impl_->cfg.num_hidden_layers) return true;  // no stage's: "here", so that a lookup fails
     return l >= impl_->layer0 && l < impl_->layer0 + int64_t(impl_->layer.size());
   }
   if (name.rfind("model.embed_tokens.", 0) == 0) return first_stage();

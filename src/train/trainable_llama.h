@@ -141,7 +141,8 @@ class TrainableLlama {
   bool first_stage() const;
   bool last_stage() const;
   // Whether the parameter `name` (Hugging Face name, LoRA included) belongs to this stage: its own layers, the
-  // embedding on the first stage, the final norm and LM head on the last. Always true for a whole model.
+  // embedding on the first stage, the final norm and LM head on the last (true for a name of no stage, so that
+  // looking it up fails). Always true for a whole model.
   bool on_this_stage(const std::string& name) const;
   StageOutput stage_forward(int slot, const TrainBatch& b, const Tensor& input, float grad_scale);
   Tensor stage_backward(int slot, const Tensor& output_grad, const GradsReady& ready = {});

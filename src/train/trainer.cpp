@@ -143,7 +143,9 @@ struct Trainer::Impl {
                       device_name(p->grad.device()));
     shards = std::make_unique<ParameterShards>(params, opt.sharding);
     stage2_ = shards->sharded() && args.sharding_stage() == 2;
-    if (data_parallel() && opt.overlap_grad_reduce) overlap = std::make_unique<BackgroundSums>();
+    // Tensor parallelism communicates inside the backward, and MPI takes one thread at a time: its replicas sum
+    // their gradients after it.
+    if (data_parallel() && opt.overlap_grad_reduce && !tensor()) overlap = std::make_unique<BackgroundSums>();
     optim = std::make_unique<AdamW>(oc, shards->owned());
 
     LrScheduleConfig sc;

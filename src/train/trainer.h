@@ -118,7 +118,8 @@ struct TrainerOptions {
   // comes from the last stage, and checkpoints gather the stages' weights and moments on its first stage.
   Communicator* pipeline = nullptr;
   // Tensor parallelism: the ranks holding the other parts of this rank's parameters (null without). The norm and
-  // the finite check add their parts; the gradient sums run after the backward (the model uses this group in it).
+  // the finite check add their parts; the data-parallel gradient sums run after the backward, not overlapped
+  // with it (the model uses this group inside the backward, and MPI takes one thread at a time).
   Communicator* tensor = nullptr;
   // Data parallelism and sharding: sum each group of gradients on a background thread as soon as the backward of
   // the step's last micro-batch completes it, hiding the communication behind the rest of the backward. Off: one

@@ -58,6 +58,11 @@ grep -q 'Precision: fp16 O2' seed_pp8.log && grep -q 'Parallel layout: pipe 8 (t
   die "seed shape: precision or layout not stated"
 cmp seed_one/model.safetensors seed_pp8/model.safetensors || die "seed shape: pp8 ends on other weights than one process"
 same_losses seed_one/metrics.jsonl seed_pp8/metrics.jsonl 20 0 "the seed's shape (pp8, stage1, fp16 O2, recompute) on 8 ranks" 0.5
+# Its checkpoint (fp16 loss scale included) resumed on one process: the same weights at the end.
+mkdir -p re_seed && cp -r seed_pp8/checkpoint-10 re_seed/
+"$OAR" pretrain pre.json --output_dir re_seed "${SEED[@]}" > re_seed.log 2>&1 || { cat re_seed.log; die "pp8 checkpoint on one process"; }
+grep -q "^Resuming from re_seed/checkpoint-10" re_seed.log && cmp seed_one/model.safetensors re_seed/model.safetensors ||
+  die "the seed shape's pp8 checkpoint resumed on one process ends elsewhere"
 
 # Checkpoints hold the whole model whatever the layout: pp2's resumes on one process and under pp4, one process's
 # under data 2 x pipe 2.

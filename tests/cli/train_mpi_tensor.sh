@@ -7,7 +7,7 @@
 set -euo pipefail
 source "$SRC/tests/cli/lib/common.sh"
 source "$SRC/tests/cli/lib/mpi.sh"
-rm -rf one* tp2* dp2_tp2* pp2_tp2* pp2_tp2_dp2* re_* e_* sft *.log
+rm -rf one* tp2* dp2_tp2* s2_tp2* pp2_tp2* pp2_tp2_dp2* re_* e_* sft *.log
 M="$WORK/tiny"
 "$OAR" create-model --preset tiny --dtype float32 --output_dir "$M" --force >/dev/null  # 4 heads, 2 key/value heads
 make_word_corpus "$M" data/corpus
@@ -34,6 +34,9 @@ same_losses one/metrics.jsonl tp2/metrics.jsonl 20 1e-5 "tp2 logs the one-proces
 run dp2_tp2 4 --tensor_parallel_degree 2 --per_device_train_batch_size 2
 grep -q 'Parallel layout: data 2 x tensor 2 (this rank: data 1, tensor 0)' dp2_tp2_log/workerlog.2 || die "dp2 x tp2 layout"
 same_losses one/metrics.jsonl dp2_tp2/metrics.jsonl 20 1e-5 "data 2 x tensor 2 logs the one-process losses"
+run s2_tp2 4 --tensor_parallel_degree 2 --sharding stage2 --per_device_train_batch_size 2
+grep -q "this rank's share under sharding stage2 over 2 ranks" s2_tp2_log/workerlog.1 || die "sharding 2 x tp2: no sharding"
+same_losses one/metrics.jsonl s2_tp2/metrics.jsonl 20 1e-5 "sharding 2 (stage2) x tensor 2 logs the one-process losses"
 run pp2_tp2 4 --tensor_parallel_degree 2 --pipeline_parallel_degree 2
 grep -q 'Parallel layout: pipe 2 x tensor 2 (this rank: pipe 1, tensor 0)' pp2_tp2_log/workerlog.2 || die "pp2 x tp2 layout"
 same_losses one/metrics.jsonl pp2_tp2/metrics.jsonl 20 1e-5 "pipe 2 x tensor 2 logs the one-process losses"
@@ -41,6 +44,11 @@ run pp2_tp2_dp2 8 --tensor_parallel_degree 2 --pipeline_parallel_degree 2 --per_
 grep -q 'Parallel layout: data 2 x pipe 2 x tensor 2 (this rank: data 1, pipe 1, tensor 1)' pp2_tp2_dp2_log/workerlog.7 ||
   die "pp2 x tp2 x dp2 layout"
 same_losses one/metrics.jsonl pp2_tp2_dp2/metrics.jsonl 20 1e-5 "data 2 x pipe 2 x tensor 2 (8 ranks) logs the one-process losses"
+# bfloat16 products: the parts' sums round differently from the whole products (3.4e-4 relative measured over 20
+# steps; tolerance 2e-3, bfloat16 itself keeping 3.9e-3).
+"$OAR" pretrain pre.json --output_dir one_bf16 --bf16 true > one_bf16.log 2>&1 || { cat one_bf16.log; die "one process, bf16"; }
+run tp2_bf16 2 --tensor_parallel_degree 2 --bf16 true
+same_losses one_bf16/metrics.jsonl tp2_bf16/metrics.jsonl 20 2e-3 "tp2 in bfloat16 logs the one-process losses" 0.5
 
 # Whole tensors in the checkpoints: tp2's resumes under pp2, one process's under dp2 x tp2.
 mkdir -p re_pp2 re_dp2_tp2

@@ -131,3 +131,43 @@ TEST(TensorParallel, UnevenSplitIsRefused) {
   o.tensor_parallel = 3;  // 4 heads
   EXPECT_THROW(TrainableLlama::random(test::small_train_config(2), o, 1), Error);
 }
+
+// The vocab-split cross-entropy over two ranks (each half of the columns) gives the whole one's loss, counts (the
+// first maximum decides a hit, as one process's argmax: a label tied with an earlier column misses) and gradient.
+TEST(TensorParallel, SplitCrossEntropyEqualsTheWholeOne) {
+  const int64_t R = 5, V = 12, half = V / 2;
+  Tensor logits = Tensor::empty({R, V}, DType::F32);
+  for (int64_t i = 0; i < R * V; i++) logits.data<float>()[i] = float((i * 37) % 11) * 0.3f - 1.0f;
+  float* tie = logits.data<float>() + 3 * V;
+  tie[2] = tie[9] = 9.0f;  // row 3: two maxima, in different halves
+  float* hit = logits.data<float>() + 4 * V;
+  hit[7] = 8.0f;  // row 4: its label's logit is the maximum
+  const int32_t labels[R] = {1, -100, 11, 9, 7};
+  Tensor whole = Tensor::empty({R, V}, DType::F32);  // a copy: the whole kernel writes its gradient in place
+  std::memcpy(whole.raw(), logits.raw(), logits.nbytes());
+  auto be = make_backend("cpu");
+  const CrossEntropyResult want = be->train_ops().cross_entropy(whole, labels, 0.5f, true);
+  ASSERT_EQ(want.counted, 4);
+  ASSERT_EQ(want.correct, 1);  // row 4 only: row 3's label is the second of two equal maxima
+
+  auto group = make_thread_group(2);
+  CrossEntropyResult got[2];
+  Tensor part[2];
+  std::vector<std::thread> threads;
+  for (int r = 0; r < 2; r++)
+    threads.emplace_back([&, r] {
+      auto mine = make_backend("cpu");
+      TensorGroup tg(*group[size_t(r)]);
+      part[r] = take_part(logits, 1, 2, r);
+      got[r] = mine->train_ops().cross_entropy_split(part[r], labels, r * half, V, 0.5f, true,
+                                                     [&](float* v, int64_t n, ReduceOp op) { tg.combine(v, n, op); });
+    });
+  for (auto& t : threads) t.join();
+  for (int r = 0; r < 2; r++) {
+    EXPECT_NEAR(got[r].loss_sum, want.loss_sum, 1e-5 * want.loss_sum);
+    EXPECT_EQ(got[r].counted, want.counted);
+    EXPECT_EQ(got[r].correct, want.correct);
+    EXPECT_LE(rel_err(part[r], take_part(whole, 1, 2, r)), 1e-5) << "rank " << r << "'s gradient columns";
+  }
+  EXPECT_EQ(got[0].loss_sum, got[1].loss_sum);
+}

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -185,8 +186,9 @@ CrossEntropyResult cross_entropy(const TrainIsa& ti, Tensor& logits, const int32
   return res;
 }
 
-// Three passes over the rows, the ranks combining between them: the row maxima, then each row's sum of exp(x - max)
-// with the target's logit (from the rank holding it) and whether it is the maximum, then the gradient.
+// Passes over the rows, the ranks combining between them: the row maxima; the first column holding it (as one
+// process's argmax: the smallest global index, through a Max of its negation); each row's sum of exp(x - max) with
+// the target's logit (from the rank holding it); then the gradient.
 CrossEntropyResult cross_entropy_split(Tensor& logits, const int32_t* labels, int64_t vocab_begin, int64_t vocab_size,
                                        float grad_scale, bool want_grad, const TrainKernels::Combine& combine) {
   require(logits.dtype() == DType::F32 && logits.ndim() == 2 && logits.is_contiguous(),
@@ -198,7 +200,7 @@ CrossEntropyResult cross_entropy_split(Tensor& logits, const int32_t* labels, in
   float* x = logits.data<float>();
   auto local = [&](int64_t r) { return labels[r] - vocab_begin; };  // the target's column here, if in [0, Vl)
   auto here = [&](int64_t r) { return labels[r] != -100 && local(r) >= 0 && local(r) < Vl; };
-  std::vector<float> mx(static_cast<size_t>(R)), part(static_cast<size_t>(3 * R));
+  std::vector<float> mx(static_cast<size_t>(R)), first(static_cast<size_t>(R)), part(static_cast<size_t>(2 * R));
   parallel_ranges(R, [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; r++) mx[size_t(r)] = *std::max_element(x + r * Vl, x + (r + 1) * Vl);
   }, Vl);
@@ -206,20 +208,22 @@ CrossEntropyResult cross_entropy_split(Tensor& logits, const int32_t* labels, in
   parallel_ranges(R, [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; r++) {
       const float* row = x + r * Vl;
+      const int64_t j = std::find(row, row + Vl, mx[size_t(r)]) - row;  // exact below 2^24 columns
+      first[size_t(r)] = j < Vl ? -float(vocab_begin + j) : -std::numeric_limits<float>::infinity();
       float sum = 0;
-      for (int64_t j = 0; j < Vl; j++) sum += std::exp(row[j] - mx[size_t(r)]);
-      part[size_t(3 * r)] = sum;
-      part[size_t(3 * r + 1)] = here(r) ? row[local(r)] : 0.0f;
-      part[size_t(3 * r + 2)] = here(r) && row[local(r)] >= mx[size_t(r)] ? 1.0f : 0.0f;
+      for (int64_t k = 0; k < Vl; k++) sum += std::exp(row[k] - mx[size_t(r)]);
+      part[size_t(2 * r)] = sum;
+      part[size_t(2 * r + 1)] = here(r) ? row[local(r)] : 0.0f;
     }
   }, Vl);
-  combine(part.data(), 3 * R, ReduceOp::Sum);
+  combine(first.data(), R, ReduceOp::Max);
+  combine(part.data(), 2 * R, ReduceOp::Sum);
   CrossEntropyResult res;
   for (int64_t r = 0; r < R; r++) {
     if (labels[r] == -100) continue;
-    res.loss_sum += double(mx[size_t(r)]) + std::log(double(part[size_t(3 * r)])) - double(part[size_t(3 * r + 1)]);
+    res.loss_sum += double(mx[size_t(r)]) + std::log(double(part[size_t(2 * r)])) - double(part[size_t(2 * r + 1)]);
     res.counted++;
-    res.correct += part[size_t(3 * r + 2)] > 0.5f;
+    res.correct += -first[size_t(r)] == float(labels[r]);
   }
   if (!want_grad) return res;
   parallel_ranges(R, [&](int64_t b, int64_t e) {
@@ -229,7 +233,7 @@ CrossEntropyResult cross_entropy_split(Tensor& logits, const int32_t* labels, in
         std::memset(row, 0, size_t(Vl) * 4);
         continue;
       }
-      const float k = grad_scale / part[size_t(3 * r)];
+      const float k = grad_scale / part[size_t(2 * r)];
       for (int64_t j = 0; j < Vl; j++) row[j] = std::exp(row[j] - mx[size_t(r)]) * k;
       if (here(r)) row[local(r)] -= grad_scale;
     }
