@@ -12,7 +12,7 @@
 #     and overlapped with it. From rank 0's metrics.jsonl (steps after the first): the step time, the time of the
 #     sums, and the share of the blocking sums' time that the overlapped run hides. The issue's target: >= 70%.
 #     Then the bytes rank 0 sends per step against theory for each layout: data parallelism, sharding stage1 and
-#     stage2, pp2, tp2. ONLY=bytes runs this last part alone.
+#     stage2, pp2, tp2. ONLY=bytes runs this last part alone; ONLY=scaling runs part 1 alone.
 # Run it on a quiet machine, from the repository root, after `bash scripts/build.sh release`.
 #
 #   bench/dp_scaling.sh [ROUNDS=3] [STEPS=6] [SEQ=256] [BATCH_PER_RANK=2] [PP_MICRO=4]
@@ -71,6 +71,7 @@ for r in $(seq "$rounds"); do
 done
 python3 -c "import statistics, sys; print('median ratio (2 ranks / 1 process):', statistics.median(map(float, sys.argv[1:])))" "${ratios[@]}"
 
+[ "${ONLY:-}" = scaling ] && exit 0
 # 2. The pipeline on this machine: the same micro-batches through 2 stages against one process.
 one_micro() {
   OMP_NUM_THREADS=2 "$OAR" pretrain cfg.json "${PP_ARGS[@]}" > one_micro.log 2>&1 || { cat one_micro.log; exit 1; }

@@ -18,5 +18,6 @@ bash scripts/build.sh asan
 
 echo "== fuzzing, ${fuzz_seconds}s per target"
 bash scripts/build.sh fuzz
-(cd build-fuzz && OAR_FUZZ_SECONDS="$fuzz_seconds" ctest --output-on-failure)
+# Each fuzzer runs on one core: as many at once as there are cores.
+(cd build-fuzz && OAR_FUZZ_SECONDS="$fuzz_seconds" ctest --output-on-failure -j "$jobs")
 echo "all test stages passed"

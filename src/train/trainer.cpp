@@ -16,7 +16,6 @@
 #include "train/loss_scaler.h"
 #include "train/lr_schedule.h"
 #include "train/paddle_checkpoint.h"
-#include "train/pipeline.h"
 #include "train/parameter_shards.h"
 #include "train/metrics_log.h"
 #include "train/optimizer.h"
@@ -253,7 +252,7 @@ struct Trainer::Impl {
   }
 
   // Data-parallel ranks hold the same weights: rank 0 alone writes files (checkpoints, metrics, the final model),
-  // with pipeline parallelism after the stages of the first replica have sent it theirs.
+  // with pipeline or tensor parallelism after the first replica's other stages and parts have sent it theirs.
   bool data_parallel() const { return opt.data_parallel && opt.data_parallel->size() > 1; }
   bool pipeline() const { return opt.pipeline && opt.pipeline->size() > 1; }
   bool tensor() const { return opt.tensor && opt.tensor->size() > 1; }

@@ -93,21 +93,7 @@ cmp dp_stage2/model.safetensors dp_stage2_blocking/model.safetensors || die "sta
 
 # SIGKILL of one rank once step 12 is logged (checkpoint-10 is on disk): the job stops; the rerun resumes from
 # the newest checkpoint and ends on the uninterrupted run's weights.
-"${MPIRUN[@]}" "$OAR" pretrain pre.json --output_dir cut --log_dir cut_log > cut1.log 2>&1 &
-JOB=$!
-for _ in $(seq 600); do
-  grep -q 'global_step: 12,' cut_log/workerlog.1 2>/dev/null && break
-  kill -0 $JOB 2>/dev/null || break
-  sleep 0.05
-done
-victim=""
-for p in $(pgrep -f -- "--output_dir cut --log_dir cut_log" || true); do  # rank 1: not mpirun, not rank 0
-  if tr '\0' '\n' < "/proc/$p/environ" 2>/dev/null | grep -qx 'OMPI_COMM_WORLD_RANK=1'; then victim=$p; break; fi
-done
-[ -n "$victim" ] || { wait $JOB || true; cat cut1.log; die "no rank 1 to kill (the job ended before step 12?)"; }
-kill -9 "$victim"
-rc=0; wait $JOB || rc=$?
-[ $rc -ne 0 ] || die "the job did not stop when a rank was killed"
+sigkill_rank_at_step cut1.log cut_log 12 1 "${MPIRUN[@]}" "$OAR" pretrain pre.json --output_dir cut --log_dir cut_log
 "${MPIRUN[@]}" "$OAR" pretrain pre.json --output_dir cut --log_dir cut_log > cut2.log 2>&1 || { cat cut2.log; die "resumed job"; }
 grep -Eq '^Resuming from cut/checkpoint-([1-5][05]): global_step \1 of 60' cut2.log || { cat cut2.log; die "did not resume"; }
 cmp two/model.safetensors cut/model.safetensors || die "the resumed job ends on other weights than the uninterrupted one"

@@ -18,3 +18,24 @@ expect_mpi_error() {
     die "$name: expected one oar error naming '$want': $(cat "e_$name.err")"
   [ ! -e "e_$name" ] || die "$name: output written"
 }
+
+# sigkill_rank_at_step OUT LOG_DIR STEP RANK MPIRUN-COMMAND...: runs the command in the background (output to OUT),
+# SIGKILLs world rank RANK once LOG_DIR/workerlog.RANK has logged global_step STEP, and checks that the job stops
+# (a non-zero exit).
+sigkill_rank_at_step() {
+  local out=$1 log_dir=$2 step=$3 rank=$4; shift 4
+  "$@" > "$out" 2>&1 &
+  local job=$! victim="" rc=0
+  for _ in $(seq 600); do
+    grep -q "global_step: $step," "$log_dir/workerlog.$rank" 2>/dev/null && break
+    kill -0 $job 2>/dev/null || break
+    sleep 0.05
+  done
+  for p in $(pgrep -f -- "--log_dir $log_dir" || true); do  # the rank's process: not mpirun, not another rank
+    if tr '\0' '\n' < "/proc/$p/environ" 2>/dev/null | grep -qx "OMPI_COMM_WORLD_RANK=$rank"; then victim=$p; break; fi
+  done
+  [ -n "$victim" ] || { wait $job || true; cat "$out"; die "no rank $rank to kill (the job ended before step $step?)"; }
+  kill -9 "$victim"
+  wait $job || rc=$?
+  [ $rc -ne 0 ] || die "the job did not stop when rank $rank was killed"
+}
