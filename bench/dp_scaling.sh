@@ -61,15 +61,21 @@ echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *
 echo "llama-110m float32, seq $seq, global batch $((2 * per_rank)) x $steps steps (first step included)"
 PP_ARGS=(--per_device_train_batch_size $((2 * per_rank)) --gradient_accumulation_steps "$pp_micro")
 if [ "${ONLY:-}" != bytes ]; then
-printf '%-6s %16s %16s %8s\n' round "1x2 threads" "2 ranks x 1" ratio
-ratios=()
-for r in $(seq "$rounds"); do
-  if [ $((r % 2)) -eq 1 ]; then a=$(one); b=$(two); else b=$(two); a=$(one); fi
-  ratio=$(python3 -c "print(f'{$b / $a:.3f}')")
-  ratios+=("$ratio")
-  printf '%-6s %16s %16s %8s\n' "$r" "$a" "$b" "$ratio"
-done
-python3 -c "import statistics, sys; print('median ratio (2 ranks / 1 process):', statistics.median(map(float, sys.argv[1:])))" "${ratios[@]}"
+# rounds_of LABEL BASELINE CANDIDATE: each round runs both (alternating which goes first) and prints their tokens/s and
+# the ratio candidate / baseline; then the median ratio.
+rounds_of() {
+  local label=$1 base=$2 cand=$3 a b ratio ratios=()
+  printf '%-6s %16s %16s %8s\n' round "1x2 threads" "$label" ratio
+  for r in $(seq "$rounds"); do
+    if [ $((r % 2)) -eq 1 ]; then a=$($base); b=$($cand); else b=$($cand); a=$($base); fi
+    ratio=$(python3 -c "print(f'{$b / $a:.3f}')")
+    ratios+=("$ratio")
+    printf '%-6s %16s %16s %8s\n' "$r" "$a" "$b" "$ratio"
+  done
+  python3 -c "import statistics, sys; print(f'median ratio ({sys.argv[1]} / 1 process):', statistics.median(map(float, sys.argv[2:])))" \
+    "$label" "${ratios[@]}"
+}
+rounds_of "2 ranks x 1" one two
 
 [ "${ONLY:-}" = scaling ] && exit 0
 # 2. The pipeline on this machine: the same micro-batches through 2 stages against one process.
@@ -84,15 +90,7 @@ pp2() {
 }
 echo
 echo "pipeline: $pp_micro micro-batches of $((2 * per_rank)) rows a step; bound from the bubble $pp_micro/$((pp_micro + 1))"
-printf '%-6s %16s %16s %8s\n' round "1x2 threads" "pp2 x 1 thread" ratio
-pp_ratios=()
-for r in $(seq "$rounds"); do
-  if [ $((r % 2)) -eq 1 ]; then a=$(one_micro); b=$(pp2); else b=$(pp2); a=$(one_micro); fi
-  ratio=$(python3 -c "print(f'{$b / $a:.3f}')")
-  pp_ratios+=("$ratio")
-  printf '%-6s %16s %16s %8s\n' "$r" "$a" "$b" "$ratio"
-done
-python3 -c "import statistics, sys; print('median ratio (pp2 / 1 process):', statistics.median(map(float, sys.argv[1:])))" "${pp_ratios[@]}"
+rounds_of "pp2 x 1 thread" one_micro pp2
 fi
 
 # 3. Overlap across two network namespaces over a shaped 10 Gbit/s link.

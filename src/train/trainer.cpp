@@ -257,6 +257,8 @@ struct Trainer::Impl {
   bool pipeline() const { return opt.pipeline && opt.pipeline->size() > 1; }
   bool tensor() const { return opt.tensor && opt.tensor->size() > 1; }
   bool first_replica() const { return !data_parallel() || opt.data_parallel->rank() == 0; }
+  // This rank holds part of the model and takes part in gathering it for rank 0's files.
+  bool gathers_parts() const { return (pipeline() || tensor()) && first_replica(); }
   bool writes_files() const {
     return first_replica() && (!pipeline() || opt.pipeline->rank() == 0) && (!tensor() || opt.tensor->rank() == 0);
   }
@@ -278,7 +280,7 @@ struct Trainer::Impl {
     std::vector<std::pair<std::string, Tensor>> moments;
     const bool with_moments = !args.ignore_save_lr_and_optim;
     if (with_moments && (first_replica() || shards->sharded())) moments = shards->gather_moments(*optim);
-    if ((pipeline() || tensor()) && first_replica()) {  // the parts of the model and its moments to rank 0
+    if (gathers_parts()) {  // the parts of the model and its moments to rank 0
       model.collect_parts();
       if (with_moments) moments = model.gather_whole(moments);
     }
@@ -623,7 +625,7 @@ struct Trainer::Impl {
   }
 
   void save_final_model() {
-    if ((pipeline() || tensor()) && first_replica()) model.collect_parts();
+    if (gathers_parts()) model.collect_parts();
     if (!writes_files()) return;
     const auto t0 = Clock::now();
     model.save(args.output_dir);

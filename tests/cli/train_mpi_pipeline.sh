@@ -19,15 +19,10 @@ cat > pre.json <<EOF
  "save_steps": 10, "max_steps": 20, "do_train": true, "continue_training": false, "disable_tqdm": true,
  "lr_scheduler_type": "cosine", "weight_decay": 0.01, "split": "98,2,0"}
 EOF
-run() {  # NAME NP ARGS...: mpirun -np NP oar pretrain pre.json into NAME with its logs in NAME_log
-  local name=$1 np=$2; shift 2
-  timeout 300 mpirun -np "$np" --oversubscribe "$OAR" pretrain pre.json --output_dir "$name" --log_dir "${name}_log" "$@" \
-    > "$name.log" 2>&1 || { cat "$name.log"; die "$name: mpirun -np $np $*"; }
-}
 
 "$OAR" pretrain pre.json --output_dir one > one.log 2>&1 || { cat one.log; die "one process"; }
 for pp in 2 4; do
-  run "pp$pp" "$pp" --pipeline_parallel_degree "$pp"
+  mpi_pretrain "pp$pp" "$pp" --pipeline_parallel_degree "$pp"
   cmp one/model.safetensors "pp$pp/model.safetensors" && cmp one/checkpoint-20/optimizer.safetensors "pp$pp/checkpoint-20/optimizer.safetensors" ||
     die "pp$pp ends on other weights or moments than one process"
   same_losses one/metrics.jsonl "pp$pp/metrics.jsonl" 20 0 "pp$pp: the one-process losses, weights and moments" 0.5
@@ -38,11 +33,11 @@ grep -q '^loss: .*interval_tokens_per_second: ' pp4.log || die "rank 0 does not 
 [ "$(grep -c '^loss: ' pp4_log/workerlog.2)" -eq 20 ] || die "stage 2 does not log the step losses"
 
 # Beside data parallelism and sharding (4 ranks, 2 rows per micro-batch on each replica).
-run dp2_pp2 4 --pipeline_parallel_degree 2 --per_device_train_batch_size 2
+mpi_pretrain dp2_pp2 4 --pipeline_parallel_degree 2 --per_device_train_batch_size 2
 grep -q 'Parallel layout: data 2 x pipe 2 (this rank: data 1, pipe 0)' dp2_pp2_log/workerlog.2 || die "dp2 x pp2 layout (fleet's order)"
 same_losses one/metrics.jsonl dp2_pp2/metrics.jsonl 20 1e-5 "data 2 x pipe 2 logs the one-process losses"
 [ "$(stat -c %s dp2_pp2/model.safetensors)" -eq "$(stat -c %s one/model.safetensors)" ] || die "dp2 x pp2 saved a partial model"
-run s2_pp2 4 --pipeline_parallel_degree 2 --sharding stage2 --per_device_train_batch_size 2
+mpi_pretrain s2_pp2 4 --pipeline_parallel_degree 2 --sharding stage2 --per_device_train_batch_size 2
 grep -q "this rank's share under sharding stage2 over 2 ranks" s2_pp2_log/workerlog.3 || die "pp2 x stage2: no sharding"
 same_losses one/metrics.jsonl s2_pp2/metrics.jsonl 20 1e-5 "pipe 2 x sharding 2 stage2 logs the one-process losses"
 
@@ -51,7 +46,7 @@ same_losses one/metrics.jsonl s2_pp2/metrics.jsonl 20 1e-5 "pipe 2 x sharding 2 
 SEED=(--num_hidden_layers 8 --gradient_accumulation_steps 8 --per_device_train_batch_size 1 --fp16 true --fp16_opt_level O2
       --scale_loss 32768 --recompute true --adam_beta2 0.95 --sharding stage1)
 "$OAR" pretrain pre.json --output_dir seed_one "${SEED[@]}" > seed_one.log 2>&1 || { cat seed_one.log; die "seed shape, one process"; }
-run seed_pp8 8 --pipeline_parallel_degree 8 "${SEED[@]}"
+mpi_pretrain seed_pp8 8 --pipeline_parallel_degree 8 "${SEED[@]}"
 grep -q 'Precision: fp16 O2' seed_pp8.log && grep -q 'Parallel layout: pipe 8 (this rank: pipe 7)' seed_pp8_log/workerlog.7 ||
   die "seed shape: precision or layout not stated"
 cmp seed_one/model.safetensors seed_pp8/model.safetensors || die "seed shape: pp8 ends on other weights than one process"
@@ -67,7 +62,7 @@ grep -q "^Resuming from re_seed/checkpoint-10" re_seed.log && cmp seed_one/model
 mkdir -p re_one re_dp2_pp2
 cp -r pp2/checkpoint-10 re_one/ && cp -r one/checkpoint-10 one/metrics.jsonl re_dp2_pp2/
 "$OAR" pretrain pre.json --output_dir re_one > re_one.log 2>&1 || { cat re_one.log; die "pp2 checkpoint on one process"; }
-run re_dp2_pp2 4 --pipeline_parallel_degree 2 --per_device_train_batch_size 2
+mpi_pretrain re_dp2_pp2 4 --pipeline_parallel_degree 2 --per_device_train_batch_size 2
 for d in re_one re_dp2_pp2; do
   grep -q "^Resuming from $d/checkpoint-10: global_step 10 of 20" "$d.log" || { cat "$d.log"; die "$d did not resume"; }
 done
@@ -79,12 +74,12 @@ echo "ok: checkpoints re-laid out: pp2 -> 1 process, 1 process -> dp2 x pp2"
 "$OAR" pretrain pre.json --output_dir one60 --max_steps 60 > one60.log 2>&1 || { cat one60.log; die "one process, 60 steps"; }
 sigkill_rank_at_step cut1.log cut_log 12 1 timeout 300 mpirun -np 2 --oversubscribe "$OAR" pretrain pre.json \
   --output_dir cut --log_dir cut_log --pipeline_parallel_degree 2 --max_steps 60
-run cut 2 --pipeline_parallel_degree 2 --max_steps 60
+mpi_pretrain cut 2 --pipeline_parallel_degree 2 --max_steps 60
 grep -Eq '^Resuming from cut/checkpoint-([1-5]0): global_step \1 of 60' cut.log && cmp one60/model.safetensors cut/model.safetensors ||
   die "pp2 killed at step 12 and resumed ends on other weights than one process"
 # PaddleNLP's layout (save_format paddle: its optimizer file holds every stage's moments) from pp2, resumed on one
 # process.
-run pdl_pp2 2 --pipeline_parallel_degree 2 --save_format paddle
+mpi_pretrain pdl_pp2 2 --pipeline_parallel_degree 2 --save_format paddle
 mkdir -p re_pdl && cp -r pdl_pp2/checkpoint-10 re_pdl/
 "$OAR" pretrain pre.json --output_dir re_pdl > re_pdl.log 2>&1 || { cat re_pdl.log; die "pp2's PaddleNLP checkpoint on one process"; }
 grep -q "^Resuming from re_pdl/checkpoint-10" re_pdl.log && cmp one/model.safetensors re_pdl/model.safetensors ||

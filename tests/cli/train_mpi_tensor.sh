@@ -17,44 +17,39 @@ cat > pre.json <<EOF
  "save_steps": 10, "max_steps": 20, "do_train": true, "continue_training": false, "disable_tqdm": true,
  "lr_scheduler_type": "cosine", "weight_decay": 0.01, "split": "98,2,0"}
 EOF
-run() {  # NAME NP ARGS...
-  local name=$1 np=$2; shift 2
-  timeout 300 mpirun -np "$np" --oversubscribe "$OAR" pretrain pre.json --output_dir "$name" --log_dir "${name}_log" "$@" \
-    > "$name.log" 2>&1 || { cat "$name.log"; die "$name: mpirun -np $np $*"; }
-}
 
 "$OAR" pretrain pre.json --output_dir one > one.log 2>&1 || { cat one.log; die "one process"; }
-run tp2 2 --tensor_parallel_degree 2
+mpi_pretrain tp2 2 --tensor_parallel_degree 2
 grep -q 'tensor-parallel ranks = 2' tp2.log && grep -q 'Parallel layout: tensor 2 (this rank: tensor 1)' tp2_log/workerlog.1 ||
   die "tp2 does not state its layout"
 same_losses one/metrics.jsonl tp2/metrics.jsonl 20 1e-5 "tp2 logs the one-process losses" 0.5
 [ "$(stat -c %s tp2/model.safetensors)" -eq "$(stat -c %s one/model.safetensors)" ] &&
   [ "$(stat -c %s tp2/checkpoint-20/optimizer.safetensors)" -eq "$(stat -c %s one/checkpoint-20/optimizer.safetensors)" ] ||
   die "tp2 saved other shapes than one process"
-run dp2_tp2 4 --tensor_parallel_degree 2 --per_device_train_batch_size 2
+mpi_pretrain dp2_tp2 4 --tensor_parallel_degree 2 --per_device_train_batch_size 2
 grep -q 'Parallel layout: data 2 x tensor 2 (this rank: data 1, tensor 0)' dp2_tp2_log/workerlog.2 || die "dp2 x tp2 layout"
 same_losses one/metrics.jsonl dp2_tp2/metrics.jsonl 20 1e-5 "data 2 x tensor 2 logs the one-process losses"
-run s2_tp2 4 --tensor_parallel_degree 2 --sharding stage2 --per_device_train_batch_size 2
+mpi_pretrain s2_tp2 4 --tensor_parallel_degree 2 --sharding stage2 --per_device_train_batch_size 2
 grep -q "this rank's share under sharding stage2 over 2 ranks" s2_tp2_log/workerlog.1 || die "sharding 2 x tp2: no sharding"
 same_losses one/metrics.jsonl s2_tp2/metrics.jsonl 20 1e-5 "sharding 2 (stage2) x tensor 2 logs the one-process losses"
-run pp2_tp2 4 --tensor_parallel_degree 2 --pipeline_parallel_degree 2
+mpi_pretrain pp2_tp2 4 --tensor_parallel_degree 2 --pipeline_parallel_degree 2
 grep -q 'Parallel layout: pipe 2 x tensor 2 (this rank: pipe 1, tensor 0)' pp2_tp2_log/workerlog.2 || die "pp2 x tp2 layout"
 same_losses one/metrics.jsonl pp2_tp2/metrics.jsonl 20 1e-5 "pipe 2 x tensor 2 logs the one-process losses"
-run pp2_tp2_dp2 8 --tensor_parallel_degree 2 --pipeline_parallel_degree 2 --per_device_train_batch_size 2
+mpi_pretrain pp2_tp2_dp2 8 --tensor_parallel_degree 2 --pipeline_parallel_degree 2 --per_device_train_batch_size 2
 grep -q 'Parallel layout: data 2 x pipe 2 x tensor 2 (this rank: data 1, pipe 1, tensor 1)' pp2_tp2_dp2_log/workerlog.7 ||
   die "pp2 x tp2 x dp2 layout"
 same_losses one/metrics.jsonl pp2_tp2_dp2/metrics.jsonl 20 1e-5 "data 2 x pipe 2 x tensor 2 (8 ranks) logs the one-process losses"
 # bfloat16 products: the parts' sums round differently from the whole products (3.4e-4 relative measured over 20
 # steps; tolerance 2e-3, bfloat16 itself keeping 3.9e-3).
 "$OAR" pretrain pre.json --output_dir one_bf16 --bf16 true > one_bf16.log 2>&1 || { cat one_bf16.log; die "one process, bf16"; }
-run tp2_bf16 2 --tensor_parallel_degree 2 --bf16 true
+mpi_pretrain tp2_bf16 2 --tensor_parallel_degree 2 --bf16 true
 same_losses one_bf16/metrics.jsonl tp2_bf16/metrics.jsonl 20 2e-3 "tp2 in bfloat16 logs the one-process losses" 0.5
 
 # Whole tensors in the checkpoints: tp2's resumes under pp2, one process's under dp2 x tp2.
 mkdir -p re_pp2 re_dp2_tp2
 cp -r tp2/checkpoint-10 tp2/metrics.jsonl re_pp2/ && cp -r one/checkpoint-10 one/metrics.jsonl re_dp2_tp2/
-run re_pp2 2 --pipeline_parallel_degree 2
-run re_dp2_tp2 4 --tensor_parallel_degree 2 --per_device_train_batch_size 2
+mpi_pretrain re_pp2 2 --pipeline_parallel_degree 2
+mpi_pretrain re_dp2_tp2 4 --tensor_parallel_degree 2 --per_device_train_batch_size 2
 for d in re_pp2 re_dp2_tp2; do
   grep -q "^Resuming from $d/checkpoint-10: global_step 10 of 20" "$d.log" || { cat "$d.log"; die "$d did not resume"; }
   same_losses one/metrics.jsonl "$d/metrics.jsonl" 20 1e-5 "$d: resumed under another layout, the one-process losses"

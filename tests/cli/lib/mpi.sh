@@ -39,3 +39,11 @@ sigkill_rank_at_step() {
   wait $job || rc=$?
   [ $rc -ne 0 ] || die "the job did not stop when rank $rank was killed"
 }
+
+# mpi_pretrain NAME NP ARGS...: `mpirun -np NP oar pretrain pre.json ARGS` into output_dir NAME with its worker
+# logs in NAME_log and its output in NAME.log (shown on failure).
+mpi_pretrain() {
+  local name=$1 np=$2; shift 2
+  timeout 300 mpirun -np "$np" --oversubscribe "$OAR" pretrain pre.json --output_dir "$name" --log_dir "${name}_log" "$@" \
+    > "$name.log" 2>&1 || { cat "$name.log"; die "$name: mpirun -np $np $*"; }
+}
