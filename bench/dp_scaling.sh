@@ -13,6 +13,10 @@
 #     sums, and the share of the blocking sums' time that the overlapped run hides. The issue's target: >= 70%.
 #     Then the bytes rank 0 sends per step against theory for each layout: data parallelism, sharding stage1 and
 #     stage2, pp2, tp2. ONLY=bytes runs this last part alone; ONLY=scaling runs part 1 alone.
+#  4. memory (ONLY=memory, alone): each rank's peak resident memory (the trainer's "Peak memory" line) for data
+#     parallelism, sharding stage1 and stage2 on 2 ranks, PP_MICRO micro-batches a step, against what each layout
+#     keeps per rank in theory (weights 4P bytes, gradients 4P, AdamW moments 8P; stage1 halves the moments, stage2
+#     the gradients too).
 # Run it on a quiet machine, from the repository root, after `bash scripts/build.sh release`.
 #
 #   bench/dp_scaling.sh [ROUNDS=3] [STEPS=6] [SEQ=256] [BATCH_PER_RANK=2] [PP_MICRO=4]
@@ -44,6 +48,32 @@ cat > cfg.json <<EOF
  "warmup_steps": 1, "logging_steps": 1, "max_steps": $steps, "do_train": true, "continue_training": true,
  "disable_tqdm": true, "benchmark": true, "split": "100,0,0", "output_dir": "out"}
 EOF
+
+if [ "${ONLY:-}" = memory ]; then
+  echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) cores; $(date -u +%F)"
+  echo "llama-110m float32, 2 ranks x 1 thread, $per_rank rows x seq $seq a micro-batch, $pp_micro micro-batches, 3 steps"
+  for layout in data stage1 stage2; do
+    extra=(); [ $layout != data ] && extra=(--sharding $layout)
+    mpirun -np 2 --oversubscribe -x OMP_NUM_THREADS=1 "$OAR" pretrain cfg.json --max_steps 3 --per_device_train_batch_size \
+      "$per_rank" --gradient_accumulation_steps "$pp_micro" --log_dir "mem_$layout" "${extra[@]}" > "mem_$layout.log" 2>&1 ||
+      { cat "mem_$layout.log"; exit 1; }
+  done
+  python3 - <<'PY'
+import re
+def peak(layout, r):
+    return float(re.search(r"Peak memory of this process: ([0-9.]+) MiB", open(f"mem_{layout}/workerlog.{r}").read()).group(1))
+params = int(re.search(r"Trainable parameters = (\d+)", open("mem_data.log").read()).group(1))
+mib = params * 4 / 2**20
+base = max(peak("data", r) for r in (0, 1))
+print(f"P = {params} parameters: 4P = {mib:.0f} MiB")
+for layout, theory in (("data", 0), ("stage1", mib), ("stage2", 1.5 * mib)):
+    peaks = [peak(layout, r) for r in (0, 1)]
+    saved = base - max(peaks)
+    print(f"  {layout:<7} peak per rank {peaks[0]:7.0f} / {peaks[1]:7.0f} MiB; saved against data parallelism "
+          f"{saved:6.0f} MiB (theory {theory:.0f} MiB: {saved / theory if theory else 0:.2f})")
+PY
+  exit 0
+fi
 
 tokens_per_second() { grep -o 'Effective_Tokens_per_second: [0-9.]*' "$1" | tail -n1 | awk '{print $2}'; }
 one() {

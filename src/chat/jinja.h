@@ -83,6 +83,7 @@ class Value {
   List& as_list() const { return *std::get<ListPtr>(v_); }
   Dict& as_dict() const { return *std::get<DictPtr>(v_); }
   const std::string& undefined_name() const { return std::get<Undefined>(v_).name; }
+  const DictPtr& dict_ptr() const { return std::get<DictPtr>(v_); }  // the shared dict itself
 
   bool truthy() const;               // Python's bool()
   std::string str() const;           // Python's str() ("" for undefined), as {{ }} prints it

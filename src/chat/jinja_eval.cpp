@@ -25,6 +25,13 @@ class Renderer {
       for (auto& [k, v] : globals.as_dict().items) frames_.back().emplace_back(k, v);
     frames_.emplace_back();  // the template's own top-level variables
   }
+  // `set ns.attr` is the only way to change a value once made, so every cycle of shared values passes through
+  // a namespace ({% set ns.l = [ns] %}); emptying them all when the render ends frees the cycles.
+  ~Renderer() {
+    for (auto& ns : namespaces_) ns->items.clear();
+  }
+  Renderer(const Renderer&) = delete;
+  Renderer& operator=(const Renderer&) = delete;
 
   Flow exec(const Body& body, std::string& out) {
     for (auto& n : body) {
@@ -39,6 +46,20 @@ class Renderer {
  private:
   using Frame = std::vector<std::pair<std::string, Value>>;
   std::vector<Frame> frames_;
+  std::vector<Value::DictPtr> namespaces_;  // the namespaces this render made that may still be in use
+  size_t namespaces_kept_ = 0;              // how many a pass of forget_unused_namespaces() kept
+
+  // A namespace only namespaces_ refers to is unreachable, and in no cycle: dropped, so that a loop that makes
+  // namespaces holds no more than those in use. A pass runs each time the list doubles (amortised constant cost).
+  Value track_namespace(Dict d) {
+    if (namespaces_.size() >= std::max<size_t>(64, 2 * namespaces_kept_)) {
+      std::erase_if(namespaces_, [](const Value::DictPtr& ns) { return ns.use_count() == 1; });
+      namespaces_kept_ = namespaces_.size();
+    }
+    Value v(std::move(d));
+    namespaces_.push_back(v.dict_ptr());
+    return v;
+  }
   Budget& budget_;
   // A loop iteration costs several steps' time (a scope, the loop variables), even with an empty body.
   static constexpr int64_t kStepsPerIteration = 4;
@@ -650,7 +671,7 @@ Value Renderer::call(const Expr& e) {
       for (auto& [k, v] : args[0].as_dict().items) d.set(k, v);
     }
     for (auto& [k, x] : e.kwargs) d.set(k, eval(*x));
-    return Value(std::move(d));
+    return track_namespace(std::move(d));
   }
   if (e.name == "range") {
     if (args.empty() || args.size() > 3 || !e.kwargs.empty()) runtime_error(line, "range() takes 1 to 3 integers");

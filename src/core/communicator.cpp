@@ -12,6 +12,7 @@
 #include <utility>
 
 #include "core/error.h"
+#include "core/host_memory.h"
 
 namespace oar {
 namespace {
@@ -195,6 +196,7 @@ struct BackgroundSums::State {
     float* data;
     int64_t n;
     int root;  // -1: all-reduce
+    bool release_off_root = false;
   };
   std::mutex mu;
   std::condition_variable cv;
@@ -233,6 +235,8 @@ struct BackgroundSums::State {
       try {
         if (sum.root < 0) sum.comm->all_reduce_overlapped(sum.data, sum.n);
         else sum.comm->reduce_overlapped(sum.data, sum.n, sum.root);
+        if (sum.release_off_root && sum.root >= 0 && sum.comm->rank() != sum.root)
+          zero_and_release(sum.data, size_t(sum.n) * sizeof(float));
       } catch (const std::exception& e) {
         failure = e.what();
       } catch (...) {
@@ -260,9 +264,9 @@ BackgroundSums::~BackgroundSums() {
 
 void BackgroundSums::start_all_reduce(Communicator& c, float* data, int64_t n) { s_->push({&c, data, n, -1}); }
 
-void BackgroundSums::start_reduce(Communicator& c, float* data, int64_t n, int root) {
+void BackgroundSums::start_reduce(Communicator& c, float* data, int64_t n, int root, bool release_off_root) {
   check_rank(root, c.size());
-  s_->push({&c, data, n, root});
+  s_->push({&c, data, n, root, release_off_root});
 }
 
 void BackgroundSums::wait() {

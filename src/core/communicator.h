@@ -65,7 +65,9 @@ class BackgroundSums {
   BackgroundSums();
   ~BackgroundSums();
   void start_all_reduce(Communicator& c, float* data, int64_t n);
-  void start_reduce(Communicator& c, float* data, int64_t n, int root);
+  // With `release_off_root`, the ranks other than root are left zeros afterwards, and their whole pages go back to
+  // the OS (zero_and_release: sharding stage2, where only a gradient's owner keeps it).
+  void start_reduce(Communicator& c, float* data, int64_t n, int root, bool release_off_root = false);
   void wait();
   // Seconds the thread spent in the sums since the last call, and of them the time wait() waited (the part the
   // computation did not hide).

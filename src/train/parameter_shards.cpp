@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "core/error.h"
+#include "core/host_memory.h"
 
 namespace oar {
 
@@ -27,12 +28,22 @@ void ParameterShards::reduce_grads_to_owners(const std::vector<Parameter*>& ps, 
     const int owner = owner_of_.at(p);
     float* g = p->grad.data<float>();
     const int64_t n = p->grad.numel();
-    if (background) background->start_reduce(*group_, g, n, owner);
-    else group_->reduce(g, n, owner);
+    if (background) {
+      background->start_reduce(*group_, g, n, owner, /*release_off_root=*/true);
+    } else {
+      group_->reduce(g, n, owner);
+      if (owner != group_->rank()) zero_and_release(g, size_t(n) * sizeof(float));
+    }
     if (owner != group_->rank() || !replicas) continue;
     if (background) background->start_all_reduce(*replicas, g, n);
     else replicas->all_reduce(g, n);
   }
+}
+
+void ParameterShards::release_others_grads() {
+  if (!group_) return;
+  for (Parameter* p : all_)
+    if (owner_of_.at(p) != group_->rank()) zero_and_release(p->grad.raw(), p->grad.nbytes());
 }
 
 void ParameterShards::broadcast_from_owners() {

@@ -27,9 +27,12 @@ class ParameterShards {
   bool sharded() const { return group_ != nullptr; }
 
   // Sharding stage2: each gradient of `ps` summed over the group into its owner's buffer alone, then over
-  // `replicas` (the ranks holding the same shard in the other data-parallel replicas; may be null). With
-  // `background`, the sums are started there and this returns at once.
+  // `replicas` (the ranks holding the same shard in the other data-parallel replicas; may be null). The other ranks'
+  // buffers are left zeros, their memory given back to the OS (zero_and_release) until the next backward writes
+  // them. With `background`, the sums are started there and this returns at once.
   void reduce_grads_to_owners(const std::vector<Parameter*>& ps, Communicator* replicas, BackgroundSums* background);
+  // Stage2 before the first step: the gradients this rank does not own, zeros with their memory given back.
+  void release_others_grads();
   // After the owners' optimizer step: every rank holds every updated parameter.
   void broadcast_from_owners();
   // Every parameter's moments ("<name>.exp_avg", "<name>.exp_avg_sq", in all() order) on rank 0, sent there by

@@ -5,9 +5,11 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
+#include "core/cpu_info.h"
 #include "core/error.h"
 #include "core/fs.h"
 #include "core/json_io.h"
@@ -142,6 +144,7 @@ struct Trainer::Impl {
                       device_name(p->grad.device()));
     shards = std::make_unique<ParameterShards>(params, opt.sharding);
     stage2_ = shards->sharded() && args.sharding_stage() == 2;
+    if (stage2_) shards->release_others_grads();
     // Tensor parallelism communicates inside the backward, and MPI takes one thread at a time: its replicas sum
     // their gradients after it.
     if (data_parallel() && opt.overlap_grad_reduce && !tensor()) overlap = std::make_unique<BackgroundSums>();
@@ -483,6 +486,16 @@ struct Trainer::Impl {
   }
 
   bool stage2() const { return stage2_; }
+  // Zeros the gradients before a step. Under stage2 only this rank's own: the others were left zeros, their memory
+  // given back, by the reduces (and by setup). Stage2 reduces once a step, after the last micro-batch's backward,
+  // not after each as Paddle's stage2 does: with gradient accumulation a rank holds its whole gradients while it
+  // accumulates, but here each extra reduce costs far more than it saves (reducing each of 4 micro-batches took
+  // 46 s a step against stage1's 12 s, 110M model on 2 cores; BENCHMARKS.md).
+  void zero_grads() {
+    if (!stage2()) return model.zero_grad();
+    for (Parameter* p : shards->owned()) std::memset(p->grad.raw(), 0, p->grad.nbytes());
+  }
+
   const std::vector<Parameter*>& reduced_params() const { return stage2() ? shards->owned() : params; }
 
   // The backward's report of completed gradients: stage2 reduces each to its owner; otherwise each run of them
@@ -538,7 +551,7 @@ struct Trainer::Impl {
       // ignore_data_skip restarts the data from its beginning instead.
       const int64_t data_step = step - 1 - data_skip_offset;
       const int64_t epoch = data_step / steps_per_epoch, in_epoch = data_step % steps_per_epoch;
-      model.zero_grad();
+      zero_grads();
       const double scale = scaler.scale();
       std::vector<TrainBatch> batches;
       for (int64_t a = 0; a < accum; a++) batches.push_back(train->batch(epoch, in_epoch * accum + a));
@@ -734,6 +747,7 @@ TrainResult Trainer::run() {
     f["progress_or_epoch"] = round_to(m.progress_epoch(m.st.global_step), 4);
     m.print("***** train metrics *****");
     m.print(format_log_line(f));
+    m.print("Peak memory of this process: " + py_float(double(peak_rss_bytes()) / 1048576.0, 1) + " MiB");
     ojson ev{{"event", "train_end"}, {"step", m.st.global_step}};
     for (auto it = f.begin(); it != f.end(); ++it) ev[it.key()] = it.value();
     m.metrics.write(ev);

@@ -2,12 +2,13 @@
 # Tensor parallelism under mpirun (tensor_parallel_degree: Megatron's column/row split of the projections, the
 # vocab-parallel embedding and the LM head with a parallel cross-entropy): tp2, dp2 x tp2, pp2 x tp2 and
 # pp2 x tp2 x dp2 (8 ranks) log the one-process losses over 20 steps; checkpoints hold whole tensors and resume
-# under another layout (tp2 -> pp2, one process -> dp2 x tp2); splits the model cannot take are one-line errors.
+# under another layout (tp2 -> pp2, one process -> dp2 x tp2); a rank killed with SIGKILL stops the job, which
+# resumes; splits the model cannot take are one-line errors.
 # Oversubscribed on 2 cores, tiny models.
 set -euo pipefail
 source "$SRC/tests/cli/lib/common.sh"
 source "$SRC/tests/cli/lib/mpi.sh"
-rm -rf one* tp2* dp2_tp2* s2_tp2* pp2_tp2* pp2_tp2_dp2* re_* e_* sft *.log
+rm -rf one* tp2* dp2_tp2* s2_tp2* pp2_tp2* pp2_tp2_dp2* re_* e_* cut* sft *.log
 M="$WORK/tiny"
 "$OAR" create-model --preset tiny --dtype float32 --output_dir "$M" --force >/dev/null  # 4 heads, 2 key/value heads
 make_word_corpus "$M" data/corpus
@@ -54,6 +55,14 @@ for d in re_pp2 re_dp2_tp2; do
   grep -q "^Resuming from $d/checkpoint-10: global_step 10 of 20" "$d.log" || { cat "$d.log"; die "$d did not resume"; }
   same_losses one/metrics.jsonl "$d/metrics.jsonl" 20 1e-5 "$d: resumed under another layout, the one-process losses"
 done
+
+# SIGKILL of tensor rank 1 once step 12 is logged (checkpoint-10 is on disk): the job stops; rerun, it resumes and
+# ends on the uninterrupted tp2 run's weights, bit for bit (the group's sums add the parts in rank order).
+sigkill_rank_at_step cut1.log cut_log 12 1 timeout 300 mpirun -np 2 --oversubscribe "$OAR" pretrain pre.json \
+  --output_dir cut --log_dir cut_log --tensor_parallel_degree 2
+mpi_pretrain cut 2 --tensor_parallel_degree 2
+grep -q '^Resuming from cut/checkpoint-10: global_step 10 of 20' cut.log && cmp tp2/model.safetensors cut/model.safetensors ||
+  die "tp2 killed at step 12 and resumed ends on other weights than the uninterrupted tp2 run"
 
 # Splits the model cannot take.
 expect_mpi_error heads "tensor_parallel_degree 3 does not divide num_attention_heads 4" 3 --tensor_parallel_degree 3

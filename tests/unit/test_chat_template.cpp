@@ -5,6 +5,7 @@
 #include <pthread.h>
 #include <sys/resource.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -387,6 +388,51 @@ TEST(Jinja, HostileTemplatesExhaustTheBudgetQuicklyAndInBoundedMemory) {
     double s = seconds_of([&] { EXPECT_EQ(jinja::Template(ok.first).render(no_vars()), ok.second); });
     EXPECT_LT(s, 2.0);
   }
+}
+
+// A namespace that holds itself, directly or through lists and other namespaces, makes a cycle of shared
+// values; the render frees it all the same, also when it ends in an error (the ASan build's leak check fails
+// this test otherwise; the chat-template fuzzer found it).
+TEST(Jinja, CyclesThroughNamespacesAreFreed) {
+  const jinja::Value none(jinja::Dict{});
+  EXPECT_EQ(jinja::Template("{% set ns = namespace(x=1) %}{% set ns.me = ns %}{{ ns.me.me.me.x }}").render(none), "1");
+  EXPECT_EQ(jinja::Template("{% set a = namespace(x=2) %}{% set b = namespace(a=a) %}{% set a.b = [b] %}"
+                            "{{ a.b[0].a.b[0].a.x }}").render(none),
+            "2");
+  EXPECT_EQ(jinja::Template("{% set ns = namespace(l=['x']) %}{% for i in range(60) %}{% set ns.l = [ns.l, ns] %}"
+                            "{% endfor %}{{ ns.l|length }}{{ ns.l == ns.l }}")
+                .render(none),
+            "2True");
+  EXPECT_THROW(jinja::Template("{% set ns = namespace() %}{% set ns.me = {'d': [ns]} %}{{ raise_exception('no') }}")
+                   .render(none),
+               jinja::TemplateRaised);
+}
+
+// Resident memory of this process now, in KiB (/proc/self/statm).
+long rss_kib() {
+  long pages = 0, resident = 0;
+  std::ifstream("/proc/self/statm") >> pages >> resident;
+  return resident * (sysconf(_SC_PAGESIZE) / 1024);
+}
+
+// The render keeps the namespaces it made, to free their cycles at the end, but not those out of use: a loop
+// making a namespace of 1,500 items in each of 2,000 iterations (120 MB were they all kept) holds a few at a time.
+TEST(Jinja, NamespacesOutOfUseAreFreedDuringTheRender) {
+  if (kSanitizerSlowdown > 1) GTEST_SKIP() << "ASan's quarantine keeps freed memory resident";
+  const long before = rss_kib();
+  long most = before;
+  int polls = 0;
+  jinja::RenderLimits watch;
+  watch.cancelled = [&] {  // polled every few thousand steps
+    most = std::max(most, rss_kib());
+    polls++;
+    return false;
+  };
+  jinja::Template t("{% for i in range(2000) %}{% set ns = namespace(l=range(1500)) %}"
+                    "{% if loop.last %}{{ ns.l|length }}{% endif %}{% endfor %}");
+  EXPECT_EQ(t.render(no_vars(), watch), "1500");
+  EXPECT_GT(polls, 100);
+  EXPECT_LT(most - before, 40L << 10);
 }
 
 TEST(Jinja, RenderLimitsAreTheCallers) {

@@ -2,11 +2,16 @@
 // semantics for multi-process ones) with 2, 3 and 4 ranks, each rank on its own thread.
 #include <gtest/gtest.h>
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <functional>
 #include <thread>
 
 #include "core/communicator.h"
 #include "core/error.h"
+#include "core/host_memory.h"
+#include "core/tensor.h"
 
 namespace oar {
 namespace {
@@ -90,6 +95,57 @@ TEST(Communicator, BackgroundSumsFinishByWait) {
     if (c.rank() == 1) EXPECT_EQ(b, (std::vector<float>{3.0f, 3.0f}));
     else EXPECT_EQ(b, (std::vector<float>{float(c.rank()), 1.0f}));
     EXPECT_THROW(bg.start_reduce(c, b.data(), 2, 3), Error);  // no rank 3
+  });
+}
+
+// Pages of [data, data + bytes) resident in memory (mincore), of those wholly inside it.
+int64_t resident_pages(const void* data, size_t bytes) {
+  const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));
+  const uintptr_t first = (uintptr_t(data) + page - 1) / page * page, last = (uintptr_t(data) + bytes) / page * page;
+  if (first >= last) return 0;
+  std::vector<unsigned char> in(size_t((last - first) / page));
+  EXPECT_EQ(mincore(reinterpret_cast<void*>(first), last - first, in.data()), 0);
+  int64_t n = 0;
+  for (unsigned char c : in) n += c & 1;
+  return n;
+}
+
+TEST(HostMemory, ZeroAndReleaseZeroesAndGivesWholePagesBack) {
+  const int64_t n = 1 << 20;  // 4 MiB of floats
+  Tensor t = Tensor::empty({n}, DType::F32);
+  float* x = t.data<float>();
+  for (int64_t i = 0; i < n; i++) x[i] = 1.0f;
+  const size_t bytes = size_t(n) * sizeof(float);
+  ASSERT_GT(resident_pages(x, bytes), 1000);
+  // An unaligned range: its whole pages go back, its ends are zeroed in place, its neighbours are kept.
+  zero_and_release(x + 3, bytes - 7 * sizeof(float));
+  EXPECT_LE(resident_pages(x, bytes), 2);
+  EXPECT_EQ(x[0] + x[1] + x[2], 3.0f);
+  EXPECT_EQ(x[n - 4] + x[n - 3] + x[n - 2] + x[n - 1], 4.0f);
+  double sum = 0;
+  for (int64_t i = 3; i < n - 4; i++) sum += x[i];
+  EXPECT_EQ(sum, 0.0);
+  // Less than a page: zeroed in place.
+  std::vector<float> small(5, 2.0f);
+  zero_and_release(small.data() + 1, 3 * sizeof(float));
+  EXPECT_EQ(small, (std::vector<float>{2.0f, 0.0f, 0.0f, 0.0f, 2.0f}));
+}
+
+TEST(Communicator, BackgroundReduceCanReleaseTheOtherRanksBuffers) {
+  on_ranks(3, [](Communicator& c) {
+    const int64_t n = 1 << 18;
+    Tensor t = Tensor::empty({n}, DType::F32);
+    float* x = t.data<float>();
+    for (int64_t i = 0; i < n; i++) x[i] = float(c.rank() + 1);
+    BackgroundSums bg;
+    bg.start_reduce(c, x, n, 2, /*release_off_root=*/true);
+    bg.wait();
+    // (before reading it: a read maps the zero page in)
+    if (c.rank() != 2) EXPECT_LE(resident_pages(x, size_t(n) * sizeof(float)), 2);
+    const float want = c.rank() == 2 ? 6.0f : 0.0f;  // the root keeps the sum, the others zeros
+    EXPECT_EQ(x[0], want);
+    EXPECT_EQ(x[n / 2], want);
+    EXPECT_EQ(x[n - 1], want);
   });
 }
 
