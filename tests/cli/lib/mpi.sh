@@ -26,12 +26,15 @@ sigkill_rank_at_step() {
   local out=$1 log_dir=$2 step=$3 rank=$4; shift 4
   "$@" > "$out" 2>&1 &
   local job=$! victim="" rc=0
-  for _ in $(seq 600); do
+  for _ in $(seq 6000); do  # up to 5 minutes (ASan, a busy machine)
     grep -q "global_step: $step," "$log_dir/workerlog.$rank" 2>/dev/null && break
     kill -0 $job 2>/dev/null || break
     sleep 0.05
   done
-  for p in $(pgrep -f -- "--log_dir $log_dir" || true); do  # the rank's process: not mpirun, not another rank
+  # The rank's process: not mpirun, not another rank, not another test's job (tests run side by side, each in its
+  # own directory).
+  for p in $(pgrep -f -- "--log_dir $log_dir" || true); do
+    [ "$(readlink "/proc/$p/cwd" 2>/dev/null)" = "$(pwd -P)" ] || continue
     if tr '\0' '\n' < "/proc/$p/environ" 2>/dev/null | grep -qx "OMPI_COMM_WORLD_RANK=$rank"; then victim=$p; break; fi
   done
   [ -n "$victim" ] || { wait $job || true; cat "$out"; die "no rank $rank to kill (the job ended before step $step?)"; }
