@@ -47,7 +47,7 @@ class Renderer {
   using Frame = std::vector<std::pair<std::string, Value>>;
   std::vector<Frame> frames_;
   std::vector<Value::DictPtr> namespaces_;  // the namespaces this render made that may still be in use
-  size_t namespaces_kept_ = 0;              // how many a pass of forget_unused_namespaces() kept
+  size_t namespaces_kept_ = 0;              // how many the last pass of track_namespace() kept
 
   // A namespace only namespaces_ refers to is unreachable, and in no cycle: dropped, so that a loop that makes
   // namespaces holds no more than those in use. A pass runs each time the list doubles (amortised constant cost).

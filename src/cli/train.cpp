@@ -199,9 +199,21 @@ int train_process(TrainMode mode, const std::vector<std::string>& argv, const Jo
       opt.tensor = groups.tensor.get();
       model->set_tensor_group(*groups.tensor);
     }
-    // OAR_GRAD_OVERLAP=0: sum the gradients after the backward (bench/dp_scaling.sh measures what overlap hides).
+    // The gradient sums overlap the backward when the data-parallel ranks span machines, and under sharding stage2
+    // (which gives a gradient's memory back once it is reduced: after the backward, every gradient would be whole
+    // at once). On one machine they are copies on the cores the backward keeps busy, and summing after it measured
+    // faster (BENCHMARKS.md). OAR_GRAD_OVERLAP=1 or 0 forces either (tests, bench/dp_scaling.sh).
     const char* overlap = std::getenv("OAR_GRAD_OVERLAP");
-    opt.overlap_grad_reduce = !(overlap && std::string(overlap) == "0");
+    const std::string forced = overlap ? overlap : "";
+    const bool one_machine = groups.replicas->on_one_machine(), stage2 = a.sharding_stage() == 2;
+    opt.overlap_grad_reduce = forced == "1" || (forced != "0" && (!one_machine || stage2));
+    const std::string why = !forced.empty() ? "OAR_GRAD_OVERLAP=" + forced
+                            : !one_machine  ? "the data-parallel ranks span machines"
+                            : stage2        ? "sharding stage2 frees each gradient as it is reduced"
+                                            : "the data-parallel ranks share one machine";
+    if (groups.replicas->size() > 1)
+      say(std::string("Gradient sums: ") + (opt.overlap_grad_reduce ? "overlapped with" : "after") + " the backward (" +
+          why + ")");
     if (a.sharding_stage() > 0) {
       opt.sharding = groups.sharding.get();
       opt.shard_replicas = groups.data.get();

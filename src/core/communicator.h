@@ -23,6 +23,9 @@ class Communicator {
   virtual ~Communicator() = default;
   virtual int rank() const = 0;
   virtual int size() const = 0;
+  // Whether every rank of the group runs on one machine (its collectives are copies through shared memory, on
+  // the same cores as the computation).
+  virtual bool on_one_machine() const { return true; }
 
   // In place: every rank's data[0, n) becomes the elementwise reduction over the ranks.
   virtual void all_reduce(float* data, int64_t n, ReduceOp op = ReduceOp::Sum) = 0;

@@ -41,6 +41,14 @@ class MpiCommunicator final : public Communicator {
   MpiCommunicator(MPI_Comm comm, bool owned) : comm_(comm), owned_(owned) {
     check(MPI_Comm_rank(comm_, &rank_), "Comm_rank");
     check(MPI_Comm_size(comm_, &size_), "Comm_size");
+    MPI_Comm node;  // the ranks of this group that share this rank's memory (collective, as the constructor is)
+    check(MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node), "Comm_split_type");
+    int here = 0;
+    check(MPI_Comm_size(node, &here), "Comm_size");
+    MPI_Comm_free(&node);
+    int all_here = here == size_ ? 1 : 0;  // every rank must agree
+    check(MPI_Allreduce(MPI_IN_PLACE, &all_here, 1, MPI_INT, MPI_MIN, comm_), "Allreduce");
+    one_machine_ = all_here == 1;
   }
   ~MpiCommunicator() override {
     int finalized = 0;
@@ -49,6 +57,7 @@ class MpiCommunicator final : public Communicator {
   }
   int rank() const override { return rank_; }
   int size() const override { return size_; }
+  bool on_one_machine() const override { return one_machine_; }
 
   void all_reduce(float* data, int64_t n, ReduceOp op) override { all_reduce_t(data, n, MPI_FLOAT, op); }
   void all_reduce(double* data, int64_t n, ReduceOp op) override { all_reduce_t(data, n, MPI_DOUBLE, op); }
@@ -136,6 +145,7 @@ class MpiCommunicator final : public Communicator {
   MPI_Comm comm_;
   bool owned_;
   int rank_ = 0, size_ = 1;
+  bool one_machine_ = true;
 };
 
 int env_int(const char* name, int fallback) {

@@ -1,7 +1,5 @@
 #include "core/tensor.h"
 
-#include <sys/mman.h>
-
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -9,18 +7,6 @@
 
 #include "core/error.h"
 #include "core/mmap_file.h"
-
-// AddressSanitizer, as GCC and Clang announce it.
-#if defined(__SANITIZE_ADDRESS__)
-#define OAR_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define OAR_ASAN 1
-#endif
-#endif
-#ifndef OAR_ASAN
-#define OAR_ASAN 0
-#endif
 
 namespace oar {
 
@@ -39,20 +25,6 @@ std::shared_ptr<Storage> Storage::allocate(size_t bytes, Device device) {
   std::shared_ptr<Storage> s(new Storage());
   size_t rounded = (bytes + 63) / 64 * 64;
   if (rounded == 0) rounded = 64;
-#if !OAR_ASAN  // ASan checks the bounds of what malloc gives, not of mmap's pages
-  if (rounded >= kLazyBytes) {
-    // Fresh anonymous pages read as zeros and take memory only once written: a gradient buffer that sharding
-    // stage2 leaves mostly to other ranks, or a KV cache sized for the longest request, costs what it uses.
-    void* p = mmap(nullptr, rounded, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) throw std::bad_alloc();
-    s->data_ = p;
-    s->release_ = [rounded](void* q) { munmap(q, rounded); };
-    s->bytes_ = bytes;
-    s->device_ = device;
-    s->owned_ = true;
-    return s;
-  }
-#endif
   s->data_ = std::aligned_alloc(64, rounded);
   if (!s->data_) throw std::bad_alloc();
   std::memset(s->data_, 0, rounded);

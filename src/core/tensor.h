@@ -22,10 +22,8 @@ const char* device_name(Device d);
 
 class Storage {
  public:
-  // Owned, zero-initialised, 64-byte aligned (one cache line, one AVX-512 register). From kLazyBytes up, fresh
-  // pages of their own (mmap), resident only once written.
+  // Owned, zero-initialised, 64-byte aligned (one cache line, one AVX-512 register).
   static std::shared_ptr<Storage> allocate(size_t bytes, Device device = Device::CPU);
-  static constexpr size_t kLazyBytes = size_t(1) << 20;
   // Memory a backend allocated on its device; `release` frees it when the last tensor lets go.
   static std::shared_ptr<Storage> adopt(void* data, size_t bytes, Device device, std::function<void(void*)> release);
   // A read-only view of [offset, offset+bytes) of a mapped file.

@@ -7,7 +7,7 @@ set -euo pipefail
 source "$SRC/tests/cli/lib/common.sh"
 source "$SRC/tests/cli/lib/mpi.sh"
 MPIRUN=(mpirun -np 2 --oversubscribe)
-rm -rf one two cut log cut_log sft lora_* e_* s1 s1_cut s1_log s2 s2_log dp_* blocking blocking_log fp16_*
+rm -rf one two cut log cut_log sft lora_* e_* s1 s1_cut s1_log s2 s2_log dp_* overlapped overlapped_log fp16_*
 M="$WORK/tiny"
 "$OAR" create-model --preset tiny --dtype float32 --output_dir "$M" --force >/dev/null
 
@@ -31,12 +31,15 @@ grep -q '^loss: .*interval_tokens_per_second: ' two.log || die "rank 0 does not 
 [ "$(grep -c '^loss: ' two.log)" -eq 60 ] || die "the console shows rank 0's lines once each"
 grep -q 'data-parallel ranks = 2, total batch size = 8' two.log || die "the run does not state its layout"
 grep -q 'indices built by rank 0 and shared' two.log || die "the GPTDataset indices are not built once and shared"
-# The gradient sums overlap the backward (each rank logs their time and the share hidden); summed after the
-# backward instead (OAR_GRAD_OVERLAP=0), they give the same weights.
+# On one machine the gradient sums run after the backward (each rank logs their time and the share hidden);
+# overlapped with it instead (OAR_GRAD_OVERLAP=1, the default across machines), they give the same weights.
 grep -q '"grad_sync_hidden_share":' two/metrics.jsonl || die "no gradient-sum timing in metrics.jsonl"
-OAR_GRAD_OVERLAP=0 "${MPIRUN[@]}" -x OAR_GRAD_OVERLAP "$OAR" pretrain pre.json --output_dir blocking --log_dir blocking_log \
-  > blocking.log 2>&1 || { cat blocking.log; die "OAR_GRAD_OVERLAP=0"; }
-cmp two/model.safetensors blocking/model.safetensors || die "overlapped and blocking gradient sums end on other weights"
+grep -q 'Gradient sums: after the backward (the data-parallel ranks share one machine)' two.log ||
+  die "the sums do not say when they run"
+OAR_GRAD_OVERLAP=1 "${MPIRUN[@]}" -x OAR_GRAD_OVERLAP "$OAR" pretrain pre.json --output_dir overlapped --log_dir overlapped_log \
+  > overlapped.log 2>&1 || { cat overlapped.log; die "OAR_GRAD_OVERLAP=1"; }
+grep -q 'Gradient sums: overlapped with the backward (OAR_GRAD_OVERLAP=1)' overlapped.log || die "OAR_GRAD_OVERLAP=1 ignored"
+cmp two/model.safetensors overlapped/model.safetensors || die "overlapped and blocking gradient sums end on other weights"
 
 # sharding stage1: each rank keeps the moments of half the parameters; the weights and the gathered moments of
 # every checkpoint are data parallelism's, bit for bit, and a sharded run resumed from a checkpoint ends there too.
@@ -85,7 +88,10 @@ skips=$(grep -c 'update skipped' fp16_dp.log || true)
 [ "$skips" -gt 0 ] && [ "$skips" -lt 20 ] && [ "$(grep -c 'update skipped' fp16_stage2.log || true)" -eq "$skips" ] ||
   die "fp16: stage2 skips other steps than data parallelism ($skips skipped there)"
 same_losses fp16_dp/metrics.jsonl fp16_stage2/metrics.jsonl 20 1e-6 "fp16 stage2 skips the $skips steps data parallelism skips"
-# stage2's reduces overlap the backward too: summed after it instead, the same weights.
+# stage2's reduces overlap the backward even on one machine (each gradient's memory is freed once it is reduced):
+# summed after it instead (OAR_GRAD_OVERLAP=0), the same weights.
+grep -q 'Gradient sums: overlapped with the backward (sharding stage2 frees each gradient as it is reduced)' dp_stage2.log ||
+  die "stage2's reduces do not overlap the backward"
 OAR_GRAD_OVERLAP=0 mpirun -np 4 --oversubscribe -x OAR_GRAD_OVERLAP "$OAR" pretrain pre.json --output_dir dp_stage2_blocking \
   --log_dir dp_stage2_blocking_log --sharding stage2 --sharding_parallel_degree 2 --per_device_train_batch_size 1 \
   > dp_stage2_blocking.log 2>&1 || { cat dp_stage2_blocking.log; die "stage2, blocking sums"; }

@@ -30,6 +30,8 @@ same_losses one/metrics.jsonl two/metrics.jsonl 10 1e-5 \
   "two ranks in two network namespaces over TCP log the one-process losses" ||
   die "the two-machine run's losses differ from one process's"
 [ -f two_log/workerlog.1 ] || die "no worker log of the rank on the second machine"
+grep -q 'Gradient sums: overlapped with the backward (the data-parallel ranks span machines)' two.log ||
+  die "across the namespaces the gradient sums do not overlap the backward"
 # sharding stage2 across them: each gradient reduced to its owner (non-blocking, during the backward) over TCP.
 timeout 300 ip netns exec "$NS0" mpirun "${NETNS_MPIRUN_ARGS[@]}" "$OAR" pretrain pre.json --output_dir s2 --log_dir s2_log \
   --sharding stage2 > s2.log 2>&1 || { cat s2.log; die "stage2 across the namespaces"; }

@@ -56,12 +56,15 @@ for d in re_pp2 re_dp2_tp2; do
   same_losses one/metrics.jsonl "$d/metrics.jsonl" 20 1e-5 "$d: resumed under another layout, the one-process losses"
 done
 
-# SIGKILL of tensor rank 1 once step 12 is logged (checkpoint-10 is on disk): the job stops; rerun, it resumes and
-# ends on the uninterrupted tp2 run's weights, bit for bit (the group's sums add the parts in rank order).
+# SIGKILL of tensor rank 1 once step 12 is logged (checkpoint-10 is on disk; 60 steps, so that the kill lands
+# before the end however fast the steps): the job stops; rerun, it resumes from its newest checkpoint and ends on
+# the uninterrupted tp2 run's weights, bit for bit (the group's sums add the parts in rank order).
+mpi_pretrain tp2_60 2 --tensor_parallel_degree 2 --max_steps 60
 sigkill_rank_at_step cut1.log cut_log 12 1 timeout 300 mpirun -np 2 --oversubscribe "$OAR" pretrain pre.json \
-  --output_dir cut --log_dir cut_log --tensor_parallel_degree 2
-mpi_pretrain cut 2 --tensor_parallel_degree 2
-grep -q '^Resuming from cut/checkpoint-10: global_step 10 of 20' cut.log && cmp tp2/model.safetensors cut/model.safetensors ||
+  --output_dir cut --log_dir cut_log --tensor_parallel_degree 2 --max_steps 60
+mpi_pretrain cut 2 --tensor_parallel_degree 2 --max_steps 60
+grep -Eq '^Resuming from cut/checkpoint-([1-5]0): global_step \1 of 60' cut.log &&
+  cmp tp2_60/model.safetensors cut/model.safetensors ||
   die "tp2 killed at step 12 and resumed ends on other weights than the uninterrupted tp2 run"
 
 # Splits the model cannot take.
