@@ -101,6 +101,38 @@ bool agree_on_setup(const Job& job, const std::string& error) {
 
 int train_process(TrainMode mode, const std::vector<std::string>& argv, const Job& job);
 
+// Whether the data-parallel gradient sums overlap the backward, and why: rank 0's choice on every rank (an
+// environment that differs between machines must not split the job's collectives). They overlap when the
+// data-parallel ranks span machines, and under sharding stage2, which frees each gradient's memory once it is
+// reduced (summed after the backward, every gradient would be whole at once). On one machine the sums are copies
+// on the cores the backward keeps busy, and summing after it measured faster (BENCHMARKS.md). Under tensor
+// parallelism they run after the backward (its group communicates inside it; MPI takes one thread at a time).
+// OAR_GRAD_OVERLAP=1 or 0 forces either (tests, bench/dp_scaling.sh).
+bool choose_grad_overlap(const ParallelGroups& g, bool stage2_asked, Communicator& world, std::string* why) {
+  const char* env = std::getenv("OAR_GRAD_OVERLAP");
+  std::string forced = env ? env : "";
+  if (!forced.empty() && forced != "0" && forced != "1") {
+    if (world.rank() == 0) std::fprintf(stderr, "oar: warning: OAR_GRAD_OVERLAP=%s ignored (0 or 1)\n", forced.c_str());
+    forced.clear();
+  }
+  const bool one_machine = g.replicas->on_one_machine();
+  const bool stage2 = stage2_asked && g.sharding && g.sharding->size() > 1;
+  int overlap = 0;
+  if (g.tensor) {
+    *why = "tensor parallelism";
+  } else if (!forced.empty()) {
+    overlap = forced == "1";
+    *why = "OAR_GRAD_OVERLAP=" + forced;
+  } else {
+    overlap = !one_machine || stage2;
+    *why = !one_machine ? "the data-parallel ranks span machines"
+           : stage2     ? "sharding stage2 frees each gradient as it is reduced"
+                        : "the data-parallel ranks share one machine";
+  }
+  world.broadcast(&overlap, sizeof overlap, 0);
+  return overlap != 0;
+}
+
 int run_training(TrainMode mode, const std::vector<std::string>& argv) {
   const Job job = join_job();
   if (job.size == 1) return train_process(mode, argv, job);
@@ -199,18 +231,8 @@ int train_process(TrainMode mode, const std::vector<std::string>& argv, const Jo
       opt.tensor = groups.tensor.get();
       model->set_tensor_group(*groups.tensor);
     }
-    // The gradient sums overlap the backward when the data-parallel ranks span machines, and under sharding stage2
-    // (which gives a gradient's memory back once it is reduced: after the backward, every gradient would be whole
-    // at once). On one machine they are copies on the cores the backward keeps busy, and summing after it measured
-    // faster (BENCHMARKS.md). OAR_GRAD_OVERLAP=1 or 0 forces either (tests, bench/dp_scaling.sh).
-    const char* overlap = std::getenv("OAR_GRAD_OVERLAP");
-    const std::string forced = overlap ? overlap : "";
-    const bool one_machine = groups.replicas->on_one_machine(), stage2 = a.sharding_stage() == 2;
-    opt.overlap_grad_reduce = forced == "1" || (forced != "0" && (!one_machine || stage2));
-    const std::string why = !forced.empty() ? "OAR_GRAD_OVERLAP=" + forced
-                            : !one_machine  ? "the data-parallel ranks span machines"
-                            : stage2        ? "sharding stage2 frees each gradient as it is reduced"
-                                            : "the data-parallel ranks share one machine";
+    std::string why;
+    opt.overlap_grad_reduce = choose_grad_overlap(groups, a.sharding_stage() == 2, *job.comm, &why);
     if (groups.replicas->size() > 1)
       say(std::string("Gradient sums: ") + (opt.overlap_grad_reduce ? "overlapped with" : "after") + " the backward (" +
           why + ")");

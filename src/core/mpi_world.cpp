@@ -44,8 +44,9 @@ class MpiCommunicator final : public Communicator {
     MPI_Comm node;  // the ranks of this group that share this rank's memory (collective, as the constructor is)
     check(MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node), "Comm_split_type");
     int here = 0;
-    check(MPI_Comm_size(node, &here), "Comm_size");
+    const int rc = MPI_Comm_size(node, &here);
     MPI_Comm_free(&node);
+    check(rc, "Comm_size");
     int all_here = here == size_ ? 1 : 0;  // every rank must agree
     check(MPI_Allreduce(MPI_IN_PLACE, &all_here, 1, MPI_INT, MPI_MIN, comm_), "Allreduce");
     one_machine_ = all_here == 1;
