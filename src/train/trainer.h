@@ -123,7 +123,8 @@ struct TrainerOptions {
   Communicator* tensor = nullptr;
   // Data parallelism and sharding: sum each group of gradients on a background thread as soon as the backward of
   // the step's last micro-batch completes it, hiding the communication behind the rest of the backward. Off: one
-  // blocking sum after the backward (`oar pretrain` chooses it when the ranks share one machine).
+  // blocking sum after the backward. `oar pretrain`/`finetune` choose (cli/train.cpp: choose_grad_overlap); the
+  // trainer never overlaps under tensor parallelism.
   bool overlap_grad_reduce = true;
 };
 
