@@ -144,7 +144,7 @@ class ThreadRank final : public Communicator {
     if (int64_t(box.front().size()) != bytes)
       throw Error("communicator: rank " + std::to_string(rank_) + " expected " + std::to_string(bytes) +
                   " bytes from rank " + std::to_string(peer) + ", got " + std::to_string(box.front().size()));
-    std::memcpy(data, box.front().data(), size_t(bytes));
+    if (bytes > 0) std::memcpy(data, box.front().data(), size_t(bytes));  // an empty message's data() may be null
     box.erase(box.begin());
   }
 
@@ -179,6 +179,63 @@ class ThreadRank final : public Communicator {
 };
 
 }  // namespace
+
+namespace {
+
+void check_bounds(const Communicator& c, const std::vector<int64_t>& bounds, int64_t piece) {
+  bool ok = piece > 0 && bounds.size() == size_t(c.size()) + 1 && bounds[0] == 0;
+  for (size_t k = 1; ok && k < bounds.size(); k++) ok = bounds[k] >= bounds[k - 1];
+  if (!ok) throw Error("ring collective: " + std::to_string(c.size()) + " ascending blocks from 0 and pieces > 0 expected");
+}
+
+// One step of a ring: block `out` goes to the next rank in pieces while block `in` comes from the previous one,
+// each piece into `scratch` and then handed to `take` (offset in the data, pointer, count), or with no scratch
+// straight into place.
+template <class Take>
+void ring_step(Communicator& c, float* data, const std::vector<int64_t>& bounds, int out, int in, int64_t piece,
+               float* scratch, Take take) {
+  const int p = c.size(), next = (c.rank() + 1) % p, prev = (c.rank() + p - 1) % p;
+  const int64_t out_n = bounds[size_t(out) + 1] - bounds[size_t(out)], in_n = bounds[size_t(in) + 1] - bounds[size_t(in)];
+  // As many messages on every rank (pairs of ranks must agree): the largest block's pieces, some empty.
+  int64_t largest = 0;
+  for (size_t k = 0; k + 1 < bounds.size(); k++) largest = std::max(largest, bounds[k + 1] - bounds[k]);
+  for (int64_t off = 0; off < largest; off += piece) {
+    const int64_t so = std::min(piece, std::max<int64_t>(0, out_n - off));
+    const int64_t ri = std::min(piece, std::max<int64_t>(0, in_n - off));
+    // Past a block's end the count is 0 (the pointer stays inside the data).
+    float* to = scratch ? scratch : data + bounds[size_t(in)] + std::min(off, in_n);
+    const float* from = data + bounds[size_t(out)] + std::min(off, out_n);
+    c.send_recv(from, so * int64_t(sizeof(float)), next, to, ri * int64_t(sizeof(float)), prev);
+    take(bounds[size_t(in)] + off, to, ri);
+  }
+}
+
+}  // namespace
+
+void ring_reduce_scatter(Communicator& c, float* data, const std::vector<int64_t>& bounds, int64_t piece) {
+  check_bounds(c, bounds, piece);
+  const int p = c.size(), r = c.rank();
+  if (p == 1) return;
+  std::vector<float> scratch(size_t(std::min(piece, bounds.back())));
+  // Step s sends block r-s-1 (partial sums of s+1 ranks) and adds the received block r-s-2 into its own; after
+  // p-1 steps block r has every rank's part.
+  for (int s = 0; s < p - 1; s++)
+    ring_step(c, data, bounds, (r - s - 1 + 2 * p) % p, (r - s - 2 + 2 * p) % p, piece, scratch.data(),
+              [&](int64_t at, const float* got, int64_t n) {
+                float* d = data + at;
+#pragma omp parallel for schedule(static) if (n > 65536)
+                for (int64_t j = 0; j < n; j++) d[j] += got[j];
+              });
+}
+
+void ring_all_gather(Communicator& c, float* data, const std::vector<int64_t>& bounds, int64_t piece) {
+  check_bounds(c, bounds, piece);
+  const int p = c.size(), r = c.rank();
+  if (p == 1) return;
+  // Step s passes on block r-s (this rank's own at s = 0, then the one received at step s-1), received in place.
+  for (int s = 0; s < p - 1; s++)
+    ring_step(c, data, bounds, (r - s + p) % p, (r - s - 1 + 2 * p) % p, piece, nullptr, [](int64_t, const float*, int64_t) {});
+}
 
 std::unique_ptr<Communicator> make_single_process_communicator() { return std::make_unique<SingleProcess>(); }
 

@@ -166,6 +166,11 @@ bool launched_by_mpi() { return std::getenv("OMPI_COMM_WORLD_SIZE") || std::gete
 
 MpiWorld::MpiWorld() {
   int provided = 0;
+  // Open MPI's non-blocking reduce (libnbc) pipelines a large message over 2 to 4 ranks in 8 KB segments, one
+  // round per MPI_Test, and the sharding stage2 reduces run on a thread that tests every 50 us: 9.2 s of sums a
+  // step against 0.64 s with the binomial tree, which sends a chunk in one round (110M model, 2 ranks, 2 cores;
+  // BENCHMARKS.md). A value set in the environment or by mpirun --mca wins (one in mca-params.conf does not).
+  setenv("OMPI_MCA_coll_libnbc_ireduce_algorithm", "binomial", 0);
   // One thread calls MPI at a time: the main thread, or the background thread summing gradients while the main
   // one computes the backward (BackgroundSums); OpenMP threads compute between the calls.
   check(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_SERIALIZED, &provided), "Init_thread");

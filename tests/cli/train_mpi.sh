@@ -41,17 +41,20 @@ OAR_GRAD_OVERLAP=1 "${MPIRUN[@]}" -x OAR_GRAD_OVERLAP "$OAR" pretrain pre.json -
 grep -q 'Gradient sums: overlapped with the backward (OAR_GRAD_OVERLAP=1)' overlapped.log || die "OAR_GRAD_OVERLAP=1 ignored"
 cmp two/model.safetensors overlapped/model.safetensors || die "overlapped and blocking gradient sums end on other weights"
 
-# sharding stage1: each rank keeps the moments of half the parameters; the weights and the gathered moments of
-# every checkpoint are data parallelism's, bit for bit, and a sharded run resumed from a checkpoint ends there too.
+# sharding stage1: each rank keeps the moments of half the parameters (data parallelism summed after the backward
+# splits the update by ranges, so it keeps half too); the weights and the gathered moments of every checkpoint are
+# data parallelism's, bit for bit, and a sharded run resumed from a checkpoint ends there too.
 "${MPIRUN[@]}" "$OAR" pretrain pre.json --output_dir s1 --log_dir s1_log --sharding stage1 > s1.log 2>&1 || { cat s1.log; die "sharding stage1"; }
-python3 - <<'PY' || die "sharding stage1 does not halve the optimizer state"
+python3 - <<'PY' || die "sharding stage1 or data parallelism does not halve the optimizer state"
 import re
 def mib(path):
     return float(re.search(r"optimizer state ([0-9.]+) MiB", open(path).read()).group(1))
-full, shares = mib("log/workerlog.0"), [mib(f"s1_log/workerlog.{r}") for r in (0, 1)]
-assert "this rank's share" in open("s1_log/workerlog.1").read()
-assert abs(sum(shares) - full) <= 0.11 and max(shares) < 0.75 * full, (full, shares)
-print(f"ok: sharding stage1 keeps {shares} MiB of moments on the two ranks, {full} MiB without it")
+full = mib("one.log")
+for layout, log, says in (("sharding stage1", "s1_log", "this rank's share"), ("dp2", "log", "this rank's range")):
+    shares = [mib(f"{log}/workerlog.{r}") for r in (0, 1)]
+    assert says in open(f"{log}/workerlog.1").read(), layout
+    assert abs(sum(shares) - full) <= 0.11 and max(shares) < 0.75 * full, (layout, full, shares)
+    print(f"ok: {layout} keeps {shares} MiB of moments on the two ranks, {full} MiB in one process")
 PY
 cmp two/model.safetensors s1/model.safetensors || die "sharding stage1 ends on other weights than data parallelism"
 cmp two/checkpoint-60/optimizer.safetensors s1/checkpoint-60/optimizer.safetensors || die "sharding stage1's gathered moments differ"

@@ -6,23 +6,15 @@
 #include <unistd.h>
 
 #include <functional>
-#include <thread>
 
 #include "core/communicator.h"
 #include "core/error.h"
 #include "core/host_memory.h"
 #include "core/tensor.h"
+#include "test_ranks_util.h"
 
 namespace oar {
 namespace {
-
-// Runs body(comm) on one thread per rank of a thread group of `size` (gtest records failures from any thread).
-void on_ranks(int size, const std::function<void(Communicator&)>& body) {
-  auto group = make_thread_group(size);
-  std::vector<std::thread> threads;
-  for (auto& c : group) threads.emplace_back([&body, &c] { body(*c); });
-  for (auto& t : threads) t.join();
-}
 
 TEST(Communicator, SingleProcessIsTheIdentityAndHasNoPeers) {
   auto c = make_single_process_communicator();
@@ -168,6 +160,34 @@ TEST(Communicator, ReduceScatterAndAllGatherAreInverseHalvesOfAnAllReduce) {
     std::vector<float> reduced = in;
     c.all_reduce(reduced.data(), size * n);
     EXPECT_EQ(all, reduced);
+  });
+}
+
+TEST(Communicator, RingReduceScatterThenAllGatherIsAnAllReduce) {
+  // Blocks of unequal sizes, one empty, sent in pieces smaller than some blocks and larger than others.
+  for (int size : {2, 3, 4}) {
+    for (int64_t piece : {int64_t(3), int64_t(1) << 22}) {
+      on_ranks(size, [&](Communicator& c) {
+        const int r = c.rank();
+        std::vector<int64_t> bounds = {0};
+        for (int k = 0; k < size; k++) bounds.push_back(bounds.back() + (k == 1 ? 0 : 7 + 3 * k));
+        const int64_t n = bounds.back();
+        std::vector<float> data(static_cast<size_t>(n));
+        for (int64_t i = 0; i < n; i++) data[size_t(i)] = float(1000 * r + i);
+        std::vector<float> want = data;
+        c.all_reduce(want.data(), n);
+        ring_reduce_scatter(c, data.data(), bounds, piece);
+        for (int64_t i = bounds[size_t(r)]; i < bounds[size_t(r) + 1]; i++)
+          EXPECT_EQ(data[size_t(i)], want[size_t(i)]) << size << " ranks, rank " << r << " element " << i;
+        ring_all_gather(c, data.data(), bounds, piece);
+        EXPECT_EQ(data, want) << size << " ranks, rank " << r << ", pieces of " << piece;
+      });
+    }
+  }
+  on_ranks(2, [](Communicator& c) {
+    std::vector<float> x(4);
+    EXPECT_THROW(ring_reduce_scatter(c, x.data(), {0, 4}), Error);  // 2 ranks need 3 bounds
+    EXPECT_THROW(ring_all_gather(c, x.data(), {0, 3, 2}), Error);
   });
 }
 
