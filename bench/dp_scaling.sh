@@ -15,8 +15,9 @@
 #     stage2, pp2, tp2. ONLY=bytes runs this last part alone; ONLY=scaling runs part 1 alone.
 #  4. memory (ONLY=memory, alone): each rank's peak resident memory (the trainer's "Peak memory" line) for data
 #     parallelism, sharding stage1 and stage2 on 2 ranks, PP_MICRO micro-batches a step, against what each layout
-#     keeps per rank in theory (weights 4P bytes, gradients 4P, AdamW moments 8P; stage1 halves the moments, stage2
-#     the gradients too).
+#     keeps per rank in theory (weights 4P bytes, gradients 4P, AdamW moments 8P; data parallelism summed after the
+#     backward splits the update by ranges and keeps half the moments, as stage1 does by whole parameters; stage2
+#     also halves the gradients).
 # Run it on a quiet machine, from the repository root, after `bash scripts/build.sh release`.
 #
 #   bench/dp_scaling.sh [ROUNDS=3] [STEPS=6] [SEQ=256] [BATCH_PER_RANK=2] [PP_MICRO=4]
@@ -66,11 +67,11 @@ params = int(re.search(r"Trainable parameters = (\d+)", open("mem_data.log").rea
 mib = params * 4 / 2**20
 base = max(peak("data", r) for r in (0, 1))
 print(f"P = {params} parameters: 4P = {mib:.0f} MiB")
-for layout, theory in (("data", 0), ("stage1", mib), ("stage2", 1.5 * mib)):
+for layout, theory in (("data", 0), ("stage1", 0), ("stage2", 0.5 * mib)):
     peaks = [peak(layout, r) for r in (0, 1)]
     saved = base - max(peaks)
     print(f"  {layout:<7} peak per rank {peaks[0]:7.0f} / {peaks[1]:7.0f} MiB; saved against data parallelism "
-          f"{saved:6.0f} MiB (theory {theory:.0f} MiB: {saved / theory if theory else 0:.2f})")
+          f"{saved:6.0f} MiB (theory {theory:.0f} MiB" + (f": {saved / theory:.2f})" if theory else ")"))
 PY
   exit 0
 fi
