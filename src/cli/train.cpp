@@ -106,7 +106,8 @@ int train_process(TrainMode mode, const std::vector<std::string>& argv, const Jo
 // data-parallel ranks span machines, and under sharding stage2, which frees each gradient's memory once it is
 // reduced (summed after the backward, every gradient would be whole at once). On one machine the sums are copies
 // on the cores the backward keeps busy, and summing after it measured faster (BENCHMARKS.md). Under tensor
-// parallelism they run after the backward (its group communicates inside it; MPI takes one thread at a time).
+// parallelism (its group communicates inside the backward) they overlap only where MPI lets two threads call at
+// once (MPI_THREAD_MULTIPLE); otherwise they run after the backward.
 // OAR_GRAD_OVERLAP=1 or 0 forces either (tests, bench/dp_scaling.sh).
 bool choose_grad_overlap(const ParallelGroups& g, bool stage2_asked, Communicator& world, std::string* why) {
   const char* env = std::getenv("OAR_GRAD_OVERLAP");
@@ -118,8 +119,8 @@ bool choose_grad_overlap(const ParallelGroups& g, bool stage2_asked, Communicato
   const bool one_machine = g.replicas->on_one_machine();
   const bool stage2 = stage2_asked && g.sharding && g.sharding->size() > 1;
   int overlap = 0;
-  if (g.tensor) {
-    *why = "tensor parallelism";
+  if (g.tensor && !world.concurrent_with_other_groups()) {
+    *why = "tensor parallelism, MPI calls from one thread at a time";
   } else if (!forced.empty()) {
     overlap = forced == "1";
     *why = "OAR_GRAD_OVERLAP=" + forced;

@@ -26,6 +26,10 @@ class Communicator {
   // Whether every rank of the group runs on one machine (its collectives are copies through shared memory, on
   // the same cores as the computation).
   virtual bool on_one_machine() const { return true; }
+  // Whether one thread may call this group while another thread of the process calls another group of the same
+  // job (MPI_THREAD_MULTIPLE): a background thread summing data-parallel gradients during a backward that sums in
+  // its tensor-parallel group. Never two threads on the same group at once.
+  virtual bool concurrent_with_other_groups() const { return false; }
 
   // In place: every rank's data[0, n) becomes the elementwise reduction over the ranks.
   virtual void all_reduce(float* data, int64_t n, ReduceOp op = ReduceOp::Sum) = 0;
@@ -62,7 +66,7 @@ class Communicator {
 // start_*() return at once, wait() returns when every started sum is done and rethrows the first failure (the
 // sums queued behind a failed one are dropped, as are those pending when the object is destroyed). Every
 // rank of a group must start the same sums on it in the same order. Between the first start and wait(), the caller
-// uses no communicator itself (MPI: one thread calls at a time; MpiWorld asks for MPI_THREAD_SERIALIZED).
+// uses no communicator itself, or only other groups where concurrent_with_other_groups() says so.
 class BackgroundSums {
  public:
   BackgroundSums();

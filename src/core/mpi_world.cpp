@@ -38,7 +38,8 @@ constexpr int64_t kNonBlockingChunk = int64_t(1) << 20;
 class MpiCommunicator final : public Communicator {
  public:
   // `owned`: a communicator split from another, freed with this object (unless MPI has already finalised).
-  MpiCommunicator(MPI_Comm comm, bool owned) : comm_(comm), owned_(owned) {
+  // `concurrent`: MPI runs with MPI_THREAD_MULTIPLE (split groups inherit it).
+  MpiCommunicator(MPI_Comm comm, bool owned, bool concurrent) : comm_(comm), owned_(owned), concurrent_(concurrent) {
     check(MPI_Comm_rank(comm_, &rank_), "Comm_rank");
     check(MPI_Comm_size(comm_, &size_), "Comm_size");
     MPI_Comm node;  // the ranks of this group that share this rank's memory (collective, as the constructor is)
@@ -59,6 +60,7 @@ class MpiCommunicator final : public Communicator {
   int rank() const override { return rank_; }
   int size() const override { return size_; }
   bool on_one_machine() const override { return one_machine_; }
+  bool concurrent_with_other_groups() const override { return concurrent_; }
 
   void all_reduce(float* data, int64_t n, ReduceOp op) override { all_reduce_t(data, n, MPI_FLOAT, op); }
   void all_reduce(double* data, int64_t n, ReduceOp op) override { all_reduce_t(data, n, MPI_DOUBLE, op); }
@@ -126,7 +128,7 @@ class MpiCommunicator final : public Communicator {
     MPI_Comm sub;
     check(MPI_Comm_split(comm_, color, key, &sub), "Comm_split");
     MPI_Comm_set_errhandler(sub, MPI_ERRORS_RETURN);
-    return std::make_unique<MpiCommunicator>(sub, true);
+    return std::make_unique<MpiCommunicator>(sub, true, concurrent_);
   }
 
  private:
@@ -147,6 +149,7 @@ class MpiCommunicator final : public Communicator {
   bool owned_;
   int rank_ = 0, size_ = 1;
   bool one_machine_ = true;
+  bool concurrent_ = false;
 };
 
 int env_int(const char* name, int fallback) {
@@ -171,15 +174,17 @@ MpiWorld::MpiWorld() {
   // step against 0.64 s with the binomial tree, which sends a chunk in one round (110M model, 2 ranks, 2 cores;
   // BENCHMARKS.md). A value set in the environment or by mpirun --mca wins (one in mca-params.conf does not).
   setenv("OMPI_MCA_coll_libnbc_ireduce_algorithm", "binomial", 0);
-  // One thread calls MPI at a time: the main thread, or the background thread summing gradients while the main
-  // one computes the backward (BackgroundSums); OpenMP threads compute between the calls.
-  check(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_SERIALIZED, &provided), "Init_thread");
+  // The main thread calls MPI, and a background thread sums gradients while the main one computes the backward
+  // (BackgroundSums); OpenMP threads compute between the calls. With MPI_THREAD_MULTIPLE the two may call at once
+  // on different groups (a tensor-parallel backward beside the data-parallel sums); with SERIALIZED they take
+  // turns, and tensor parallelism sums after the backward.
+  check(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &provided), "Init_thread");
   std::atexit(finalize_at_exit);
   if (provided < MPI_THREAD_SERIALIZED)
     throw Error("MPI: this MPI library does not support calls from several threads (MPI_THREAD_SERIALIZED)");
   // Errors come back as codes, so that check() reports them as oar errors naming the call.
   MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
-  world_ = std::make_unique<MpiCommunicator>(MPI_COMM_WORLD, false);
+  world_ = std::make_unique<MpiCommunicator>(MPI_COMM_WORLD, false, provided >= MPI_THREAD_MULTIPLE);
   rank_ = world_->rank();
   size_ = world_->size();
   local_rank_ = env_int("OMPI_COMM_WORLD_LOCAL_RANK", env_int("MPI_LOCALRANKID", 0));

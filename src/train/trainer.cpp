@@ -147,9 +147,10 @@ struct Trainer::Impl {
     shards = std::make_unique<ParameterShards>(params, opt.sharding);
     stage2_ = shards->sharded() && args.sharding_stage() == 2;
     if (stage2_) shards->release_others_grads();
-    // Tensor parallelism communicates inside the backward, and MPI takes one thread at a time: its replicas sum
-    // their gradients after it.
-    if (data_parallel() && opt.overlap_grad_reduce && !tensor()) overlap = std::make_unique<BackgroundSums>();
+    // Tensor parallelism communicates inside the backward: its replicas sum during it only where MPI lets two
+    // threads call at once (MPI_THREAD_MULTIPLE), after it otherwise.
+    if (data_parallel() && opt.overlap_grad_reduce && (!tensor() || opt.tensor->concurrent_with_other_groups()))
+      overlap = std::make_unique<BackgroundSums>();
     // Summed after the backward, a data-parallel step splits the update by ranges (reduce-scatter, 1/N of the
     // update, all-gather) instead of every rank updating everything: dp2 of the 110M model ran at 0.93 of one
     // process against 0.86 (BENCHMARKS.md). Tensor parallelism counts some gradients on one rank of its group only.

@@ -118,13 +118,13 @@ struct TrainerOptions {
   // comes from the last stage, and checkpoints gather the stages' weights and moments on its first stage.
   Communicator* pipeline = nullptr;
   // Tensor parallelism: the ranks holding the other parts of this rank's parameters (null without). The norm and
-  // the finite check add their parts; the data-parallel gradient sums run after the backward, not overlapped
-  // with it (the model uses this group inside the backward, and MPI takes one thread at a time).
+  // the finite check add their parts. The model uses this group inside the backward: the data-parallel sums
+  // overlap it only where the groups may be called from two threads at once (concurrent_with_other_groups).
   Communicator* tensor = nullptr;
   // Data parallelism and sharding: sum each group of gradients on a background thread as soon as the backward of
   // the step's last micro-batch completes it, hiding the communication behind the rest of the backward. Off: one
   // blocking sum after the backward. `oar pretrain`/`finetune` choose (cli/train.cpp: choose_grad_overlap); the
-  // trainer never overlaps under tensor parallelism.
+  // trainer does not overlap under tensor parallelism unless the tensor group allows concurrent calls.
   bool overlap_grad_reduce = true;
 };
 

@@ -30,6 +30,17 @@ same_losses one/metrics.jsonl tp2/metrics.jsonl 20 1e-5 "tp2 logs the one-proces
 mpi_pretrain dp2_tp2 4 --tensor_parallel_degree 2 --per_device_train_batch_size 2
 grep -q 'Parallel layout: data 2 x tensor 2 (this rank: data 1, tensor 0)' dp2_tp2_log/workerlog.2 || die "dp2 x tp2 layout"
 same_losses one/metrics.jsonl dp2_tp2/metrics.jsonl 20 1e-5 "data 2 x tensor 2 logs the one-process losses"
+# With MPI_THREAD_MULTIPLE the data-parallel sums may run on their thread while the backward sums in its tensor
+# group (two threads in MPI at once, each on its own group). Forced here (on one machine they run after the
+# backward), the same weights.
+grep -q 'Gradient sums: after the backward (the data-parallel ranks share one machine)' dp2_tp2.log ||
+  die "dp2 x tp2: the sums do not say when they run"
+OAR_GRAD_OVERLAP=1 timeout 300 mpirun -np 4 --oversubscribe -x OAR_GRAD_OVERLAP "$OAR" pretrain pre.json \
+  --output_dir dp2_tp2_overlap --log_dir dp2_tp2_overlap_log --tensor_parallel_degree 2 --per_device_train_batch_size 2 \
+  > dp2_tp2_overlap.log 2>&1 || { cat dp2_tp2_overlap.log; die "dp2 x tp2, overlapped sums"; }
+grep -q 'Gradient sums: overlapped with the backward (OAR_GRAD_OVERLAP=1)' dp2_tp2_overlap.log ||
+  die "dp2 x tp2: the sums do not overlap the tensor-parallel backward"
+cmp dp2_tp2/model.safetensors dp2_tp2_overlap/model.safetensors || die "dp2 x tp2: overlapped sums end on other weights"
 mpi_pretrain s2_tp2 4 --tensor_parallel_degree 2 --sharding stage2 --per_device_train_batch_size 2
 grep -q "this rank's share under sharding stage2 over 2 ranks" s2_tp2_log/workerlog.1 || die "sharding 2 x tp2: no sharding"
 same_losses one/metrics.jsonl s2_tp2/metrics.jsonl 20 1e-5 "sharding 2 (stage2) x tensor 2 logs the one-process losses"
