@@ -5,6 +5,7 @@
 #include <omp.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -134,7 +135,26 @@ bool choose_grad_overlap(const ParallelGroups& g, bool stage2_asked, Communicato
   return overlap != 0;
 }
 
+// Whether the arguments ask for tensor parallelism (read before MPI starts, to choose its thread level; any
+// problem with them is left to the real parse, which reports it).
+bool asks_for_tensor_parallelism(TrainMode mode, const std::vector<std::string>& argv) {
+  try {
+    std::vector<std::string> rest = argv;
+    std::string config;
+    if (!rest.empty() && rest[0].rfind("--", 0) != 0) {
+      config = rest[0];
+      rest.erase(rest.begin());
+    }
+    const char* size = std::getenv("OMPI_COMM_WORLD_SIZE") ? std::getenv("OMPI_COMM_WORLD_SIZE") : std::getenv("PMI_SIZE");
+    ArgsReport rep;
+    return parse_train_args(mode, config, rest, &rep, size ? std::max(1, std::atoi(size)) : 1).tensor_parallel_degree > 1;
+  } catch (...) {
+    return false;
+  }
+}
+
 int run_training(TrainMode mode, const std::vector<std::string>& argv) {
+  if (launched_by_mpi() && asks_for_tensor_parallelism(mode, argv)) MpiWorld::ask_for_concurrent_calls();
   const Job job = join_job();
   if (job.size == 1) return train_process(mode, argv, job);
   // Until the worker logs are open, only rank 0 speaks (every rank parses the same arguments).

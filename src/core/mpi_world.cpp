@@ -157,6 +157,8 @@ int env_int(const char* name, int fallback) {
   return v && *v ? std::atoi(v) : fallback;
 }
 
+bool ask_for_multiple = false;  // MpiWorld::ask_for_concurrent_calls
+
 void finalize_at_exit() {
   int finalized = 0;
   MPI_Finalized(&finalized);
@@ -166,6 +168,8 @@ void finalize_at_exit() {
 }  // namespace
 
 bool launched_by_mpi() { return std::getenv("OMPI_COMM_WORLD_SIZE") || std::getenv("PMI_SIZE"); }
+
+void MpiWorld::ask_for_concurrent_calls() { ask_for_multiple = true; }
 
 MpiWorld::MpiWorld() {
   int provided = 0;
@@ -178,13 +182,17 @@ MpiWorld::MpiWorld() {
   // (BackgroundSums); OpenMP threads compute between the calls. With MPI_THREAD_MULTIPLE the two may call at once
   // on different groups (a tensor-parallel backward beside the data-parallel sums); with SERIALIZED they take
   // turns, and tensor parallelism sums after the backward.
-  check(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &provided), "Init_thread");
+  check(MPI_Init_thread(nullptr, nullptr, ask_for_multiple ? MPI_THREAD_MULTIPLE : MPI_THREAD_SERIALIZED, &provided),
+        "Init_thread");
   std::atexit(finalize_at_exit);
   if (provided < MPI_THREAD_SERIALIZED)
     throw Error("MPI: this MPI library does not support calls from several threads (MPI_THREAD_SERIALIZED)");
   // Errors come back as codes, so that check() reports them as oar errors naming the call.
   MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
-  world_ = std::make_unique<MpiCommunicator>(MPI_COMM_WORLD, false, provided >= MPI_THREAD_MULTIPLE);
+  // Every rank takes the same path: concurrent calls only where every rank was granted them.
+  int multiple = provided >= MPI_THREAD_MULTIPLE ? 1 : 0;
+  check(MPI_Allreduce(MPI_IN_PLACE, &multiple, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD), "Allreduce");
+  world_ = std::make_unique<MpiCommunicator>(MPI_COMM_WORLD, false, multiple == 1);
   rank_ = world_->rank();
   size_ = world_->size();
   local_rank_ = env_int("OMPI_COMM_WORLD_LOCAL_RANK", env_int("MPI_LOCALRANKID", 0));

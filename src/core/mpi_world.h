@@ -17,6 +17,10 @@ class MpiWorld {
  public:
   // Initialises MPI (once per process; finalised at exit). Throws oar::Error when MPI cannot start.
   static MpiWorld& get();
+  // Before the first get(): ask MPI for MPI_THREAD_MULTIPLE (tensor parallelism, whose replicas' gradient sums
+  // may then run beside its backward). Otherwise oar asks for MPI_THREAD_SERIALIZED: some transports slow down or
+  // drop out under MULTIPLE (Open MPI's UCX built without threads), so only jobs that use it ask.
+  static void ask_for_concurrent_calls();
 
   int rank() const { return rank_; }
   int size() const { return size_; }

@@ -83,7 +83,8 @@ std::vector<double> PipelineStage::train_step(const std::vector<TrainBatch>& bat
   const int slots = std::max(1, std::min(stages - stage, m));  // micro-batches in flight at most
   std::vector<double> losses(size_t(m), 0.0);
   // The first stage sends nothing after its last backward, so its sums may start during it; the other stages
-  // hold them until their last message is sent (MPI takes one thread at a time).
+  // hold them until their last message is sent (MPI may take one thread at a time: MPI_THREAD_MULTIPLE is asked
+  // for tensor parallelism only).
   std::vector<std::vector<Parameter*>> ready_groups;
   const GradsReady collect = model_.first_stage() ? last_ready
                                                   : GradsReady([&](const std::vector<Parameter*>& ps) { ready_groups.push_back(ps); });
