@@ -135,16 +135,20 @@ bool choose_grad_overlap(const ParallelGroups& g, bool stage2_asked, Communicato
   return overlap != 0;
 }
 
+// The config file is the first argument when it is not a --key (PaddleNLP: a single .json argument): it goes to
+// `config` (empty without one), and the other arguments are returned.
+std::vector<std::string> split_config_argument(const std::vector<std::string>& argv, std::string* config) {
+  if (argv.empty() || argv[0].rfind("--", 0) == 0) return argv;
+  *config = argv[0];
+  return {argv.begin() + 1, argv.end()};
+}
+
 // Whether the arguments ask for tensor parallelism (read before MPI starts, to choose its thread level; any
 // problem with them is left to the real parse, which reports it).
 bool asks_for_tensor_parallelism(TrainMode mode, const std::vector<std::string>& argv) {
   try {
-    std::vector<std::string> rest = argv;
     std::string config;
-    if (!rest.empty() && rest[0].rfind("--", 0) != 0) {
-      config = rest[0];
-      rest.erase(rest.begin());
-    }
+    const std::vector<std::string> rest = split_config_argument(argv, &config);
     const char* size = std::getenv("OMPI_COMM_WORLD_SIZE") ? std::getenv("OMPI_COMM_WORLD_SIZE") : std::getenv("PMI_SIZE");
     ArgsReport rep;
     return parse_train_args(mode, config, rest, &rep, size ? std::max(1, std::atoi(size)) : 1).tensor_parallel_degree > 1;
@@ -193,14 +197,9 @@ int train_process(TrainMode mode, const std::vector<std::string>& argv, const Jo
       std::printf("%s", train_args_help(mode).c_str());
       return 0;
     }
-  // The config file is the first argument when it is not a --key (PaddleNLP: a single .json argument).
   std::string config;
-  std::vector<std::string> rest = argv;
-  if (!rest.empty() && rest[0].rfind("--", 0) != 0) {
-    config = rest[0];
-    rest.erase(rest.begin());
-    if (!file_exists(config)) fail(config, "no such config file");
-  }
+  const std::vector<std::string> rest = split_config_argument(argv, &config);
+  if (rest.size() < argv.size() && !file_exists(config)) fail(config, "no such config file");
   ArgsReport rep;
   TrainArgs a = parse_train_args(mode, config, rest, &rep, job.size);
   if (job.size > 1) open_worker_logs(job, a.log_dir);

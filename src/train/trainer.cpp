@@ -476,7 +476,6 @@ struct Trainer::Impl {
 
   // The step's gradient sums: waited for when the backward started them, run now otherwise; timed for the log.
   void complete_sums() {
-    const auto t0 = Clock::now();
     if (overlap) {
       overlap->wait();
       interval_sync_seconds += overlap->busy_seconds();
@@ -488,19 +487,19 @@ struct Trainer::Impl {
                     std::to_string(total) + " gradient elements");
       overlap_started = 0;
     } else {
-      if (ranges) ranges->reduce_scatter_grads();
-      else if (stage2()) shards->reduce_grads_to_owners(params, opt.shard_replicas, nullptr);
-      else for (Parameter* p : params) opt.data_parallel->all_reduce(p->grad.data<float>(), p->grad.numel());
-      const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
-      interval_sync_seconds += secs;
-      interval_sync_exposed += secs;
+      blocking_sums([this] {
+        if (ranges) ranges->reduce_scatter_grads();
+        else if (stage2()) shards->reduce_grads_to_owners(params, opt.shard_replicas, nullptr);
+        else for (Parameter* p : params) opt.data_parallel->all_reduce(p->grad.data<float>(), p->grad.numel());
+      });
     }
   }
 
-  // The ranks' updated ranges to every rank: the second half of the sums' traffic, timed with them.
-  void gather_ranges() {
+  // Runs sums that block this thread, counting their time in the log's sums, all of it exposed.
+  template <class F>
+  void blocking_sums(F sums) {
     const auto t0 = Clock::now();
-    ranges->all_gather_values();
+    sums();
     const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
     interval_sync_seconds += secs;
     interval_sync_exposed += secs;
@@ -617,7 +616,7 @@ struct Trainer::Impl {
         clip_grads(reduced_params(), grad_norm, args.max_grad_norm);
         optim->step(sched->at(st.scheduler_steps));
         shards->broadcast_from_owners();
-        if (ranges) gather_ranges();
+        if (ranges) blocking_sums([this] { ranges->all_gather_values(); });  // the sums' second half
         st.scheduler_steps++;
         scaler.update(false);
       }
