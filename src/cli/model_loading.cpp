@@ -5,6 +5,7 @@
 #include "core/error.h"
 #include "core/fs.h"
 #include "core/model_config.h"
+#include "io/gguf.h"
 #include "train/lora_io.h"
 
 namespace oar::cli {
@@ -30,6 +31,39 @@ KVCacheDType parse_cachekv_int8(bool given, const std::string& value, const std:
   return KVCacheDType::F32;
 }
 
+namespace {
+
+// --dtype, else bfloat16 for weights stored in 16 bits or fewer (config.json's torch_dtype, a GGUF file's
+// types), else float32.
+DType compute_dtype(const std::string& model_path, const std::string& given) {
+  if (!given.empty()) return parse_dtype(given);
+  std::string stored;
+  if (dir_exists(model_path) && file_exists(join_path(model_path, "config.json")))
+    stored = load_hf_config(join_path(model_path, "config.json")).torch_dtype;
+  else if (is_gguf_file(model_path))
+    stored = open_gguf_model(model_path).config.torch_dtype;
+  return stored == "bfloat16" || stored == "float16" ? DType::BF16 : DType::F32;
+}
+
+// --tokenizer_name_or_path, else the model directory's tokenizer, a GGUF file's own, or the tokenizer files
+// beside a checkpoint file. `where` is set to the path it came from.
+std::unique_ptr<Tokenizer> find_tokenizer(const std::string& model_path, const std::string& given, std::string& where) {
+  where = given;
+  if (!where.empty()) return load_tokenizer(where);
+  where = model_path;
+  if (dir_exists(model_path)) return load_tokenizer(model_path);
+  if (is_gguf_file(model_path))
+    return make_spm_vocab_tokenizer(gguf_spm_vocab(GgufFile::open(model_path).header, model_path), model_path);
+  const std::string dir = std::filesystem::path(model_path).parent_path().string();
+  for (const char* f : {"tokenizer.json", "tokenizer.model", "tokenizer.bin"}) {
+    where = join_path(dir.empty() ? "." : dir, f);
+    if (file_exists(where)) return load_tokenizer(where);
+  }
+  fail(model_path, "no tokenizer beside this checkpoint (pass --tokenizer_name_or_path)");
+}
+
+}  // namespace
+
 LoadedModel load_model_and_tokenizer(const std::string& model_path, const std::string& tokenizer_path,
                                      const std::string& dtype_name_in, const std::string& lora_path,
                                      const std::string& quant_type, int64_t group_size) {
@@ -38,28 +72,11 @@ LoadedModel load_model_and_tokenizer(const std::string& model_path, const std::s
   if (!quant_type.empty()) quant = parse_quant_type(quant_type, group_size);
   else if (group_size != -1) throw Error("--weightonly_group_size needs --quant_type weight_only_int4");
   if (!dir_exists(model_path) && !file_exists(model_path)) fail(model_path, "no such file or directory");
-  DType dtype = DType::F32;
-  if (!dtype_name_in.empty()) {
-    dtype = parse_dtype(dtype_name_in);
-  } else if (dir_exists(model_path) && file_exists(join_path(model_path, "config.json"))) {
-    LlamaConfig c = load_hf_config(join_path(model_path, "config.json"));
-    if (c.torch_dtype == "bfloat16" || c.torch_dtype == "float16") dtype = DType::BF16;
-  }
+  const DType dtype = compute_dtype(model_path, dtype_name_in);
   LoadedModel lm;
   // Tokenizer first: a missing tokenizer is found before minutes of weight loading.
-  std::string tok = tokenizer_path;
-  if (tok.empty()) {
-    if (dir_exists(model_path)) {
-      tok = model_path;
-    } else {
-      std::string dir = model_path.substr(0, model_path.find_last_of('/') == std::string::npos ? 0 : model_path.find_last_of('/'));
-      if (dir.empty()) dir = ".";
-      for (const char* f : {"tokenizer.json", "tokenizer.model", "tokenizer.bin"})
-        if (file_exists(join_path(dir, f))) { tok = join_path(dir, f); break; }
-      if (tok.empty()) fail(model_path, "no tokenizer beside this checkpoint (pass --tokenizer_name_or_path)");
-    }
-  }
-  lm.tokenizer = load_tokenizer(tok);
+  std::string tok;
+  lm.tokenizer = find_tokenizer(model_path, tokenizer_path, tok);
   lm.model = lora_path.empty() ? LlamaModel::load(model_path, dtype, cpu_backend(), quant)
                                : load_llama_with_lora(model_path, lora_path, dtype, quant);
   if (lm.tokenizer->vocab_size() > lm.model->config().vocab_size)

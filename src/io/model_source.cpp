@@ -2,6 +2,7 @@
 
 #include "core/error.h"
 #include "core/fs.h"
+#include "io/gguf.h"
 #include "io/llama2c.h"
 #include "io/paddle_layout.h"
 #include "io/safetensors.h"
@@ -26,6 +27,12 @@ ModelSource open_model_source(const std::string& path) {
     return ms;
   }
   if (!file_exists(path)) fail(path, "no such file or directory");
+  if (is_gguf_file(path)) {
+    GgufModel g = open_gguf_model(path);
+    ms.config = g.config;
+    ms.weights = std::move(g.weights);
+    return ms;
+  }
   Llama2cCheckpoint ck = load_llama2c_checkpoint(path);
   ms.config = ck.config;
   ms.weights = std::move(ck.weights);

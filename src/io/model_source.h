@@ -1,6 +1,6 @@
 // A model on disk as its config and its weights: a Hugging Face directory (config.json + safetensors, sharded or
-// not), a PaddleNLP one (its names, [in, out] linear weights, safetensors or .pdparams; io/paddle_layout.h) or a
-// llama2.c checkpoint file. Every loader (inference, training, LoRA merge) opens models through this
+// not), a PaddleNLP one (its names, [in, out] linear weights, safetensors or .pdparams; io/paddle_layout.h), a
+// llama.cpp GGUF file (io/gguf.h) or a llama2.c checkpoint file. Every loader (inference, training, LoRA merge) opens models through this
 // one function and builds its own representation from the result.
 #pragma once
 #include <memory>

@@ -6,14 +6,16 @@ namespace oar {
 
 Weight Backend::pack_weight(const Tensor& host, const QuantSpec& spec) {
   if (host.ndim() != 2) throw Error("pack_weight: a weight is a [out, in] matrix, got shape " + shape_str(host.shape()));
-  if (is_quantized(spec.format)) {
-    Weight w = Weight::quantize(host, spec);  // quantized at load from any float checkpoint: no calibration
-    w.data = upload(w.data);
-    w.scales = upload(w.scales);
-    return w;
-  }
+  // Quantized at load from any float checkpoint: no calibration.
+  if (is_quantized(spec.format)) return upload_weight(Weight::quantize(host, spec));
   const DType want = dense_dtype(spec.format);
   return Weight::dense(upload(host.dtype() == want ? host : host.to(want)));
+}
+
+Weight Backend::upload_weight(Weight host) {
+  for (Tensor* t : {&host.data, &host.scales, &host.zero_points})
+    if (t->defined()) *t = upload(*t);
+  return host;
 }
 
 void Backend::check_copy(const Tensor& src, const Tensor& dst) const {

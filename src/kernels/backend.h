@@ -43,6 +43,8 @@ class Backend {
   // spec: the format (and an Int4 group size).
   virtual Weight pack_weight(const Tensor& host, const QuantSpec& spec);
   Weight pack_weight(const Tensor& host, WeightFormat format) { return pack_weight(host, QuantSpec{format, -1}); }
+  // A weight already in its format on the host (data, scales and zero points) on this device.
+  Weight upload_weight(Weight host);
 
   virtual Kernels& ops() = 0;
   virtual TrainKernels& train_ops() = 0;

@@ -14,8 +14,9 @@ namespace oar {
 //   Int8 (weight_only_int8): int8 [out, in], one float32 scale per output channel (symmetric absmax,
 //        w ~= data * scale);
 //   Int4 (weight_only_int4): two 4-bit values a byte, [out, in / 2] uint8, one float32 scale per group of
-//        group_size inputs of a row, [out, in / group_size] (group_size = in: per channel). Symmetric: q in
-//        [-7, 7] stored as q + 8, w ~= q * scale. In each block of 32 inputs, byte j holds input j in its low
+//        group_size inputs of a row, [out, in / group_size] (group_size = in: per channel). Symmetric: q
+//        stored as q + 8, w ~= q * scale; quantize_int4 writes q in [-7, 7], GGUF's Q4_0 (repacked as it is)
+//        may also hold -8. In each block of 32 inputs, byte j holds input j in its low
 //        nibble and input j + 16 in its high one, so a vector unpacks 16 consecutive inputs per nibble half.
 // Next (the quantization issue): a8w8.
 enum class WeightFormat : uint8_t { F32, BF16, F16, Int8, Int4 };

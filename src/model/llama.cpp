@@ -12,9 +12,8 @@ namespace {
 
 bool is_float_dtype(DType d) { return d == DType::F32 || d == DType::BF16 || d == DType::F16; }
 
-// Fetches a tensor (in host memory), checks it against the shape the config implies, and converts it to `want`.
-Tensor fetch(const WeightSource& src, const std::string& name, const Shape& shape, DType want) {
-  Tensor t = src.get(name);
+// Checks a fetched tensor (in host memory) against the shape the config implies, and converts it to `want`.
+Tensor checked(Tensor t, const WeightSource& src, const std::string& name, const Shape& shape, DType want) {
   std::string where = src.where();
   if (auto* ws = dynamic_cast<const WeightStoreSource*>(&src)) where = ws->file_of(name);
   if (!is_float_dtype(t.dtype()))
@@ -23,6 +22,42 @@ Tensor fetch(const WeightSource& src, const std::string& name, const Shape& shap
     fail(where, "tensor '" + name + "' has shape " + shape_str(t.shape()) + " but the config implies " + shape_str(shape));
   if (t.dtype() == want) return t;  // zero-copy view of the mapped file
   return t.to(want);
+}
+
+Tensor fetch(const WeightSource& src, const std::string& name, const Shape& shape, DType want) {
+  return checked(src.get(name), src, name, shape, want);
+}
+
+// Bits a file stores in oar's int4 layout as they are (GGUF's Q4_0): used without going through float.
+Weight stored_int4(StoredInt4 q, const std::string& name, const Shape& shape, const std::string& where,
+                   Backend& backend) {
+  if (q.quants.shape() != Shape{shape[0], shape[1] / 2} || shape[1] % 2 != 0)
+    fail(where, "tensor '" + name + "' holds " + shape_str(q.quants.shape()) +
+                    " bytes of 4-bit pairs but the config implies " + shape_str(shape));
+  Weight w;
+  w.format = WeightFormat::Int4;
+  w.data = std::move(q.quants);
+  w.scales = std::move(q.scales);
+  w.out = shape[0];
+  w.in = shape[1];
+  w.group_size = q.group_size;
+  return backend.upload_weight(std::move(w));
+}
+
+// An attention or MLP projection in the load's format: `quant` (--quant_type) when given; else bits its file
+// stores in an oar format as they are (GGUF's Q4_0 is weight_only_int4 in groups of 32); else dtype's dense
+// format (other GGUF quantizations dequantized exactly, then rounded to dtype: quantizing them again per channel
+// moved the fixtures' logits by 1-3%). A weight the format cannot hold (int4 groups) is named in the error.
+Weight pack_projection(const WeightSource& src, const std::string& name, const Shape& shape, DType dtype,
+                       const std::optional<QuantSpec>& quant, Backend& backend) {
+  if (!quant)
+    if (std::optional<StoredInt4> q = src.stored_int4(name)) return stored_int4(std::move(*q), name, shape, src.where(), backend);
+  const Tensor host = fetch(src, name, shape, dtype);
+  try {
+    return backend.pack_weight(host, quant.value_or(QuantSpec{dense_format(dtype), -1}));
+  } catch (const Error& e) {
+    fail(src.where(), name + ": " + e.what());
+  }
 }
 
 }  // namespace
@@ -58,23 +93,24 @@ std::unique_ptr<LlamaModel> LlamaModel::from_weights(const LlamaConfig& cfg, con
   m->dtype_ = dtype;
   m->be_ = &backend;
   const WeightFormat dense = dense_format(dtype);
-  const QuantSpec format = quant.value_or(QuantSpec{dense, -1});
-  m->proj_ = format;
-  // A projection in the load's format; a weight the format cannot hold (int4 groups) is named in the error.
+  m->proj_ = quant.value_or(QuantSpec{dense, -1});
+  bool first = true;
   auto proj = [&](const std::string& name, const Shape& shape) -> Weight {
-    const Tensor host = fetch(src, name, shape, dtype);
-    try {
-      return backend.pack_weight(host, format);
-    } catch (const Error& e) {
-      fail(src.where(), name + ": " + e.what());
-    }
+    Weight w = pack_projection(src, name, shape, dtype, quant, backend);
+    if (first && !quant) m->proj_ = QuantSpec{w.format, w.format == WeightFormat::Int4 ? w.group_size : -1};
+    first = false;
+    return w;
   };
   const int64_t C = cfg.hidden_size, V = cfg.vocab_size, F = cfg.intermediate_size;
   const int64_t QD = cfg.q_dim(), KVD = cfg.kv_dim();
   LlamaWeights& w = m->w_;
   {
-    Tensor e = src.get("model.embed_tokens.weight");
-    w.embed_tokens = fetch(src, "model.embed_tokens.weight", {V, C}, e.dtype() == DType::F16 ? dtype : e.dtype());
+    // Kept as stored when that is float32 or bfloat16 (zero-copy); float16 and quantized storage become dtype.
+    const std::string name = "model.embed_tokens.weight";
+    Tensor e = src.get(name);
+    const bool keep = e.dtype() != DType::F16 && src.quantized_bits(name) == 0;
+    const DType want = keep ? e.dtype() : dtype;
+    w.embed_tokens = checked(std::move(e), src, name, {V, C}, want);
   }
   for (int64_t l = 0; l < cfg.num_hidden_layers; l++) {
     const std::string p = "model.layers." + std::to_string(l) + ".";

@@ -43,12 +43,12 @@ struct StepBatch {
 
 class LlamaModel {
  public:
-  // Loads a Hugging Face directory (config.json + safetensors) or a llama2.c checkpoint file. Weights are
-  // converted to `dtype` (float32 or bfloat16) for the matrix products; norms and biases stay float32. They are
-  // uploaded to `backend`, which runs the forward (on the CPU: zero-copy views of the mapped files).
-  // quant: the format of the attention and MLP projections, quantized as they load (PaddleNLP's weight_only_int8
-  // and weight_only_int4); none keeps dtype's dense format. The embedding and the LM head stay in `dtype`, as
-  // PaddleNLP's weight-only types leave them.
+  // Loads a Hugging Face directory (config.json + safetensors), a GGUF file or a llama2.c checkpoint file.
+  // Weights are converted to `dtype` (float32 or bfloat16) for the matrix products; norms and biases stay
+  // float32. They are uploaded to `backend`, which runs the forward (on the CPU: zero-copy views of the mapped
+  // files). quant: the format of the attention and MLP projections, quantized as they load (PaddleNLP's
+  // weight_only_int8 and weight_only_int4); none keeps dtype's dense format, except for projections a GGUF file
+  // stores as Q4_0, which stay 4-bit as stored (see pack_projection). The embedding and the LM head stay in `dtype`, as PaddleNLP's weight-only types leave them.
   static std::unique_ptr<LlamaModel> load(const std::string& path, DType dtype, Backend& backend = cpu_backend(),
                                           std::optional<QuantSpec> quant = std::nullopt);
   static std::unique_ptr<LlamaModel> from_weights(const LlamaConfig& cfg, const WeightSource& src, DType dtype,
@@ -58,7 +58,8 @@ class LlamaModel {
   const LlamaConfig& config() const { return cfg_; }
   Backend& backend() const { return *be_; }
   DType dtype() const { return dtype_; }
-  WeightFormat projection_format() const { return proj_.format; }  // the attention and MLP weights' format
+  // The attention and MLP weights' format (the first projection's: a GGUF file may store layers differently).
+  WeightFormat projection_format() const { return proj_.format; }
   const QuantSpec& projection_spec() const { return proj_; }
   const LlamaWeights& weights() const { return w_; }
   // Bytes of weights read by one decode step (all matrices once, plus one embedding row).

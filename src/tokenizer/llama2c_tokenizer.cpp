@@ -3,6 +3,9 @@
 // code point (or its bytes as ids byte+3), then repeatedly merge the adjacent pair whose concatenation is the
 // best-scoring vocabulary entry (the leftmost on ties). Decoding: "<0xNN>" pieces are raw bytes, and the
 // first piece loses its leading space (run.c does that after BOS).
+#include <algorithm>
+#include <array>
+#include <cstdio>
 #include <cstring>
 #include <queue>
 #include <unordered_map>
@@ -45,7 +48,7 @@ class Llama2cTokenizer final : public tok::TokenizerBase {
       scores_.push_back(score);
     }
     if (pieces_.empty()) fail(path, "tokenizer.bin holds no tokens");
-    for (int32_t id = 0; id < int32_t(pieces_.size()); ++id) lookup_.emplace(pieces_[size_t(id)], id);  // first wins
+    index_pieces();
     if (n() > kBos) bos_ = kBos;
     if (n() > kEos) eos_ = {kEos};
     // tokenizer.bin is exported from Llama's tokenizer.model (its pieces "\n<s>\n", "\n</s>\n"): the same
@@ -55,6 +58,52 @@ class Llama2cTokenizer final : public tok::TokenizerBase {
       add_literal_special(names[id], id);
       add_literal_special(pieces_[size_t(id)], id);
     }
+    // Special: eos and whatever bos_ is (tokenizer_config.json may change it after construction).
+    special_.assign(size_t(n()), false);
+    if (n() > kEos) special_[size_t(kEos)] = true;
+  }
+
+  // GGUF's lists: "\u2581" becomes the space that tokenizer.bin's pieces hold.
+  Llama2cTokenizer(SpmVocab v, const std::string& where) {
+    const size_t count = v.pieces.size();
+    if (count == 0) fail(where, "the embedded tokenizer holds no tokens");
+    if (v.scores.size() != count || (!v.types.empty() && v.types.size() != count))
+      fail(where, "the embedded tokenizer's tokens, scores and token types differ in length");
+    const std::string space_mark = "\u2581";
+    for (const std::string& p : v.pieces) {
+      std::string piece;
+      for (size_t i = 0; i < p.size();) {
+        const bool mark = p.compare(i, space_mark.size(), space_mark) == 0;
+        piece += mark ? ' ' : p[i];
+        i += mark ? space_mark.size() : 1;
+      }
+      pieces_.push_back(std::move(piece));
+    }
+    scores_ = std::move(v.scores);
+    auto check = [&](int32_t id, const char* what) {
+      if (id < -1 || id >= n()) fail(where, std::string("the embedded tokenizer's ") + what + " id " + std::to_string(id) +
+                                                " is outside its " + std::to_string(n()) + " tokens");
+    };
+    check(v.bos, "bos");
+    check(v.unk, "unk");
+    check(v.pad, "pad");
+    for (int32_t e : v.eos) {
+      check(e, "eos");
+      if (e >= 0) eos_.push_back(e);
+    }
+    bos_ = v.bos;
+    pad_ = v.pad;
+    unk_ = std::max(v.unk, 0);
+    index_pieces();
+    chat_template_ = std::move(v.chat_template);
+    special_.assign(size_t(n()), false);
+    for (int32_t id = 0; id < n(); id++) {
+      const int32_t type = v.types.empty() ? 1 : v.types[size_t(id)];
+      if (type != 2 && type != 3 && type != 4) continue;  // unknown, control, user defined
+      special_[size_t(id)] = type != 4;
+      if (!pieces_[size_t(id)].empty()) add_literal_special(pieces_[size_t(id)], id);
+    }
+    for (int32_t e : eos_) special_[size_t(e)] = true;
   }
 
   std::vector<int32_t> encode(std::string_view text, bool add_bos) const override {
@@ -90,7 +139,7 @@ class Llama2cTokenizer final : public tok::TokenizerBase {
   bool strips_leading_space() const override { return true; }
   int32_t vocab_size() const override { return n(); }
   std::string id_to_piece(int32_t id) const override { return id >= 0 && id < n() ? pieces_[size_t(id)] : ""; }
-  bool is_special(int32_t id) const override { return id >= 0 && (id == bos_ || id == kEos) && id < n(); }
+  bool is_special(int32_t id) const override { return id >= 0 && id < n() && (special_[size_t(id)] || id == bos_); }
   std::string kind() const override { return "llama2c"; }
   int32_t token_to_id(std::string_view text) const override {
     auto it = lookup_.find(std::string(text));
@@ -99,6 +148,18 @@ class Llama2cTokenizer final : public tok::TokenizerBase {
 
  private:
   int32_t n() const { return int32_t(pieces_.size()); }
+
+  // The lookup table, and the id of each byte's fallback piece: "<0xNN>" when the vocabulary has it, else byte
+  // + 3 (llama2.c's rule) or unk.
+  void index_pieces() {
+    for (int32_t id = 0; id < n(); ++id) lookup_.emplace(pieces_[size_t(id)], id);  // first wins
+    char name[8];
+    for (int b = 0; b < 256; b++) {
+      std::snprintf(name, sizeof name, "<0x%02X>", b);
+      auto it = lookup_.find(name);
+      byte_id_[size_t(b)] = it != lookup_.end() ? it->second : b + kByteOffset < n() ? b + kByteOffset : unk_;
+    }
+  }
 
   static int parse_byte_piece(const std::string& p) {
     auto hex = [](char c) { return c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10
@@ -115,10 +176,7 @@ class Llama2cTokenizer final : public tok::TokenizerBase {
       ids.push_back(it->second);
       return;
     }
-    for (unsigned char c : s) {
-      int32_t id = int32_t(c) + kByteOffset;
-      ids.push_back(id < n() ? id : 0);
-    }
+    for (unsigned char c : s) ids.push_back(byte_id_[c]);
   }
 
   // run.c rescans for the best pair after every merge (quadratic); a heap keyed by (score, position) with
@@ -174,12 +232,19 @@ class Llama2cTokenizer final : public tok::TokenizerBase {
   std::vector<std::string> pieces_;
   std::vector<float> scores_;
   std::unordered_map<std::string, int32_t> lookup_;
+  std::array<int32_t, 256> byte_id_{};
+  std::vector<bool> special_;
+  int32_t unk_ = 0;
 };
 
 }  // namespace
 
 std::unique_ptr<Tokenizer> load_llama2c_tokenizer(const std::string& bin_path, int32_t vocab_size) {
   return std::make_unique<Llama2cTokenizer>(bin_path, vocab_size);
+}
+
+std::unique_ptr<Tokenizer> make_spm_vocab_tokenizer(SpmVocab vocab, const std::string& where) {
+  return std::make_unique<Llama2cTokenizer>(std::move(vocab), where);
 }
 
 }  // namespace oar

@@ -7,6 +7,8 @@
 #include <string_view>
 #include <vector>
 
+#include "core/spm_vocab.h"
+
 namespace oar {
 
 class Tokenizer {
@@ -70,6 +72,12 @@ std::unique_ptr<Tokenizer> load_bpe_json(const std::string& tokenizer_json_path)
 std::unique_ptr<Tokenizer> parse_bpe_json(std::string_view json_text, const std::string& where);
 // vocab_size <= 0 reads entries until the end of the file (the model header's vocab size is not known).
 std::unique_ptr<Tokenizer> load_llama2c_tokenizer(const std::string& bin_path, int32_t vocab_size);
+
+// A SentencePiece vocabulary given as lists (a GGUF file's; core/spm_vocab.h). Encoding is llama2.c's
+// score-ordered merging, as for tokenizer.bin; unknown, control and user-defined pieces are literal specials
+// (text spelling them encodes to them), and unknown and control ones are special when decoding.
+// Throws oar::Error naming `where` for lists of different lengths, an empty vocabulary or ids outside it.
+std::unique_ptr<Tokenizer> make_spm_vocab_tokenizer(SpmVocab vocab, const std::string& where);
 
 // Streams decoded text token by token without ever emitting half a UTF-8 character: bytes are held back until
 // the sequence is complete (an invalid sequence is emitted as U+FFFD once it cannot become valid).

@@ -12,6 +12,7 @@
 #include <tuple>
 
 #include "test_tokenizer_util.h"
+#include "io/gguf.h"
 #include "tokenizer/tokenizer.h"
 
 namespace oar {
@@ -179,6 +180,29 @@ TEST(SharedLlama2c, TokenizerBinMatchesSentencePieceCases) {
     }
     EXPECT_GE(checked, 33u) << model;
   }
+}
+
+// A GGUF file's embedded Llama-2 vocabulary (tokenizer.ggml.*, "\u2581" for spaces, token types) encodes as
+// Llama-2's tokenizer.model does on the same cases as tokenizer.bin.
+TEST(SharedGguf, EmbeddedVocabularyMatchesSentencePieceCases) {
+  REQUIRE_SHARED("tokenizer_cases/spm_cases.jsonl");
+  REQUIRE_SHARED("tiny_random_llama2_gguf/llama-2-tiny-random.gguf");
+  const std::string path = shared_data("tiny_random_llama2_gguf/llama-2-tiny-random.gguf");
+  auto tok = make_spm_vocab_tokenizer(gguf_spm_vocab(GgufFile::open(path).header, path), path);
+  EXPECT_EQ(tok->vocab_size(), 32000);
+  EXPECT_EQ(tok->bos_id(), 1);
+  EXPECT_TRUE(tok->is_special(2));
+  EXPECT_EQ(tok->encode("<s>", false), std::vector<int32_t>{1});
+  size_t checked = 0;
+  for (const json& c : spm_cases("llama2")) {
+    if (!c["roundtrip"].get<bool>() || spells_special(c["text"])) continue;
+    const std::string text = c["text"];
+    const std::vector<int32_t> ids = ids_of(c["ids"]);
+    EXPECT_EQ(tok->encode(text, false), ids) << c["text"].dump();
+    EXPECT_EQ(tok->decode(ids), text) << c["text"].dump();
+    ++checked;
+  }
+  EXPECT_GE(checked, 33u);
 }
 
 TEST(SharedLlama2c, Tok512MatchesRunCOutputs) {
