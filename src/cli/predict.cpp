@@ -175,7 +175,9 @@ int run_benchmark(const PredictArgs& a, LoadedModel& lm, const SamplingParams& s
 
   // Ceilings measured now, on this machine.
   const double bw = measure_read_bandwidth();
-  const double gemm_peak = measure_gemm_flops(model.dtype(), 512, 2048, 2048);
+  // float16 weights go through the float32 GEMM (converted in blocks): that is their peak.
+  const DType gemm_dtype = model.dtype() == DType::F16 ? DType::F32 : model.dtype();
+  const double gemm_peak = measure_gemm_flops(gemm_dtype, 512, 2048, 2048);
   // Prefill FLOPs: every matrix once per prompt token, attention's two products over the causal triangle,
   // the LM head for the last token only.
   const double n = double(a.src_length);
@@ -194,7 +196,7 @@ int run_benchmark(const PredictArgs& a, LoadedModel& lm, const SamplingParams& s
               cpu_info().logical_cpus);
   if (gemm_peak > 0)
     std::printf("oar: prefill %.1f tok/s (%.1f GFLOP/s = %s of the measured %s GEMM peak %.1f GFLOP/s)\n", prefill_tok_s,
-                prefill_flops / 1e9, roofline_percent(prefill_flops / gemm_peak, "GEMM peak").c_str(), dtype_name(model.dtype()),
+                prefill_flops / 1e9, roofline_percent(prefill_flops / gemm_peak, "GEMM peak").c_str(), dtype_name(gemm_dtype),
                 gemm_peak / 1e9);
   else
     std::printf("oar: prefill %.1f tok/s (%.1f GFLOP/s; this CPU has no %s GEMM to measure a peak with)\n", prefill_tok_s,

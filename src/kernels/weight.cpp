@@ -4,6 +4,7 @@
 #include <cfloat>
 #include <cmath>
 
+#include "core/dtype.h"
 #include "core/error.h"
 
 namespace oar {
@@ -174,6 +175,11 @@ Weight Weight::quantize(const Tensor& host, const QuantSpec& spec) {
 
 void Weight::dequantize_rows(int64_t r0, int64_t r1, float* d) const {
   const int64_t K = in;
+  if (format == WeightFormat::F16) {
+    const uint16_t* h = data.data<uint16_t>() + r0 * K;
+    for (int64_t j = 0; j < (r1 - r0) * K; j++) d[j] = f16_to_f32(h[j]);
+    return;
+  }
   const float* sc = scales.data<float>();
   if (format == WeightFormat::Int8) {
     const int8_t* q = data.data<int8_t>();
@@ -181,7 +187,7 @@ void Weight::dequantize_rows(int64_t r0, int64_t r1, float* d) const {
       for (int64_t k = 0; k < K; k++) d[k] = float(q[r * K + k]) * sc[r];
     return;
   }
-  if (format != WeightFormat::Int4) throw Error(std::string("weight: ") + weight_format_name(format) + " is not quantized");
+  if (format != WeightFormat::Int4) throw Error(std::string("weight: ") + weight_format_name(format) + " has no row conversion");
   const int64_t G = group_size;
   for (int64_t r = r0; r < r1; r++, d += K) {
     const uint8_t* q = data.data<uint8_t>() + r * (K / 2);

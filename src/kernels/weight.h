@@ -69,7 +69,7 @@ struct Weight {
   // The float32 [out, in] matrix a host weight stands for (quantized formats: data * scale), for tests and for
   // products that have no kernel of their own.
   Tensor dequantize() const;
-  // Rows [r0, r1) of a quantized weight in host memory as float32, written as [r1 - r0, in] at `out`.
+  // Rows [r0, r1) of a quantized or float16 weight in host memory as float32, written as [r1 - r0, in] at `out`.
   void dequantize_rows(int64_t r0, int64_t r1, float* out) const;
 };
 

@@ -85,8 +85,8 @@ std::unique_ptr<LlamaModel> LlamaModel::load(const std::string& path, DType dtyp
 
 std::unique_ptr<LlamaModel> LlamaModel::from_weights(const LlamaConfig& cfg, const WeightSource& src, DType dtype,
                                                      Backend& backend, std::optional<QuantSpec> quant) {
-  if (dtype != DType::F32 && dtype != DType::BF16)
-    throw Error(std::string("--dtype ") + dtype_name(dtype) + " is not supported for compute (use float32 or bfloat16)");
+  if (dtype != DType::F32 && dtype != DType::BF16 && dtype != DType::F16)
+    throw Error(std::string("--dtype ") + dtype_name(dtype) + " is not supported (float32, bfloat16 or float16)");
   cfg.validate(src.where());
   std::unique_ptr<LlamaModel> m(new LlamaModel());
   m->cfg_ = cfg;

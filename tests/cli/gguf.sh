@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# GGUF files (llama.cpp's format) end to end: predict with the tokenizer embedded in the file, Q4_0 kept 4-bit, a
-# quantized GGUF quantized again at load with --quant_type, and a truncated or lying file refused with exit 2 and
-# no output file. The logits themselves are checked in the unit tests (Gguf.*).
+# GGUF files (llama.cpp's format) end to end: predict with the tokenizer embedded in the file, Q4_0 kept 4-bit,
+# float16 kept with --dtype float16, a quantized GGUF quantized again at load with --quant_type, and a truncated
+# or lying file refused with exit 2 and no output file. The logits themselves are checked in the unit tests (Gguf.*).
 set -euo pipefail
 source "$SRC/tests/cli/lib/common.sh"
 F="$SRC/tests/fixtures/gguf"
@@ -27,6 +27,12 @@ echo "ok: a Q4_0 GGUF keeps its 4-bit weights (bfloat16 compute by default)"
   --max_length 4 --batch_size 1 --benchmark_warmup 0 --benchmark_rounds 1 > bench.txt 2>/dev/null
 grep -q '^oar: dtype bfloat16, weights weight_only_int8,' bench.txt || { cat bench.txt; die "Q4_0 GGUF: --quant_type ignored"; }
 echo "ok: --quant_type weight_only_int8 quantizes a Q4_0 GGUF's projections again"
+
+# PaddleNLP's --dtype float16: the weights stay float16 (zero-copy from an F16 file).
+"$OAR" predict --model_name_or_path "$F/mha_f16.gguf" --dtype float16 --benchmark --src_length 16 --max_length 4 \
+  --batch_size 1 --benchmark_warmup 0 --benchmark_rounds 1 > bench.txt 2>/dev/null
+grep -q '^oar: dtype float16, weights float16,' bench.txt || { cat bench.txt; die "--dtype float16"; }
+echo "ok: --dtype float16 keeps float16 weights"
 
 # A truncated file: exit 2, one line naming it, no output file.
 head -c 3000 "$F/mha_q4_0.gguf" > cut.gguf

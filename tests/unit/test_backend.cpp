@@ -341,9 +341,10 @@ TEST(Weight, PackWeightConvertsOnceAndKeepsAMatchingMatrixZeroCopyOnTheCpu) {
   EXPECT_THROW(cpu_backend().pack_weight(Tensor::empty({12}, DType::F32), WeightFormat::F32), Error);
 }
 
-TEST(Weight, LinearRefusesAFormatItsKernelsDoNotRun) {
+TEST(Weight, LinearRefusesWeightsThatDoNotMatchTheirFormat) {
   Tensor x = Tensor::empty({1, 4}, DType::F32), y = Tensor::empty({1, 3}, DType::F32);
-  Weight f16 = Weight::dense(Tensor::empty({3, 4}, DType::F16));
+  Weight f16 = Weight::dense(Tensor::empty({3, 4}, DType::BF16));
+  f16.format = WeightFormat::F16;  // bfloat16 data called float16
   EXPECT_THROW(cpu_backend().ops().linear(x, f16, nullptr, y), Error);
   Weight lying = Weight::dense(Tensor::empty({3, 4}, DType::F32));
   lying.format = WeightFormat::BF16;  // data that does not match the format

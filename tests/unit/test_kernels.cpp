@@ -26,6 +26,7 @@ Tensor rand_tensor(const Shape& s, DType dt = DType::F32, float a = 1.0f) {
   for (int64_t i = 0; i < t.numel(); i++) {
     float v = u(rng);
     if (dt == DType::BF16) t.data<uint16_t>()[i] = f32_to_bf16(v);
+    else if (dt == DType::F16) t.data<uint16_t>()[i] = f32_to_f16(v);
     else t.data<float>()[i] = v;
   }
   return t;
@@ -68,6 +69,10 @@ TEST(Isa, EveryTableMatchesScalar) {
         ref.gemv_bf16(x.data<float>(), M, K, wb.data<uint16_t>(), K, 0, N, y1.data<float>(), N);
         isa->gemv_bf16(x.data<float>(), M, K, wb.data<uint16_t>(), K, 0, N, y2.data<float>(), N);
         EXPECT_LE(max_rel(y2.data<float>(), y1.data<float>(), M * N), 1e-5) << isa->name << " bf16 M=" << M << " K=" << K;
+        const Tensor wh = wf.to(DType::F16);
+        ref.gemv_f16(x.data<float>(), M, K, wh.data<uint16_t>(), K, 0, N, y1.data<float>(), N);
+        isa->gemv_f16(x.data<float>(), M, K, wh.data<uint16_t>(), K, 0, N, y2.data<float>(), N);
+        EXPECT_LE(max_rel(y2.data<float>(), y1.data<float>(), M * N), 1e-5) << isa->name << " f16 M=" << M << " K=" << K;
       }
     }
     Tensor a = rand_tensor({77}), b = rand_tensor({77});
@@ -107,7 +112,7 @@ TEST(Isa, Bf16DotProductGemvMatchesScalar) {
 
 TEST(Kernels, LinearGemmPathEqualsGemvPath) {
   Kernels& k = kernels_for(Device::CPU);
-  for (DType dt : {DType::F32, DType::BF16}) {
+  for (DType dt : {DType::F32, DType::BF16, DType::F16}) {
     const int64_t M = 40, K = 96, N = 72;
     Tensor x = rand_tensor({M, K}), bias = rand_tensor({N});
     const Weight w = Weight::dense(rand_tensor({N, K}, dt));
@@ -117,8 +122,9 @@ TEST(Kernels, LinearGemmPathEqualsGemvPath) {
     for (int64_t m = 0; m < M; m++) {
       Tensor xr = x.slice0(m, m + 1), yr = Tensor::empty({1, N}, DType::F32);
       k.linear(xr, w, &bias, yr);
-      // bf16 GEMM rounds the activations to bf16 too: allow that rounding (2^-9 relative per term)
-      EXPECT_LE(max_rel(y.data<float>() + m * N, yr.data<float>(), N), dt == DType::F32 ? 1e-5 : 2e-2) << dtype_name(dt);
+      // bf16 GEMM rounds the activations to bf16 too: allow that rounding (2^-9 relative per term); f16 weights are
+      // converted to float32 blocks for the GEMM, exactly
+      EXPECT_LE(max_rel(y.data<float>() + m * N, yr.data<float>(), N), dt == DType::BF16 ? 2e-2 : 1e-5) << dtype_name(dt);
     }
   }
 }

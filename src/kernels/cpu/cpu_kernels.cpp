@@ -93,8 +93,8 @@ class CpuKernels final : public Kernels {
         bool done;
         if (w.format == WeightFormat::F32) {
           done = cpu::onednn_gemm(M, w.out, K, DType::F32, xp, K, w.data.data<float>(), K, true, yp, w.out, bp);
-        } else if (is_quantized(w.format)) {
-          done = gemm_quantized(xp, M, w, yp, bp);
+        } else if (is_quantized(w.format) || w.format == WeightFormat::F16) {
+          done = gemm_dequantized(xp, M, w, yp, bp);
         } else {
           // bf16 x bf16 -> f32 on the AVX512_BF16 units; activations are rounded to bf16 for this product only.
           if (!converted) {
@@ -112,9 +112,10 @@ class CpuKernels final : public Kernels {
     gemv_all(xp, M, K, ws, biases, ys);
   }
 
-  // Prefill with quantized weights: blocks of weight rows dequantized to float32 (a few MiB, cache-sized) and
-  // each multiplied by the GEMM library into its columns of y. False when the library cannot (then the GEMV runs).
-  bool gemm_quantized(const float* xp, int64_t M, const Weight& w, float* yp, const float* bp) {
+  // Prefill with quantized or float16 weights (the GEMM library's f16 path needs AVX512_FP16): blocks of weight
+  // rows converted to float32 (a few MiB, cache-sized) and each multiplied by the GEMM library into its columns
+  // of y. False when the library cannot (then the GEMV runs).
+  bool gemm_dequantized(const float* xp, int64_t M, const Weight& w, float* yp, const float* bp) {
     const int64_t K = w.in, N = w.out;
     const int64_t rows = std::max<int64_t>(16, (int64_t(4) << 20) / (K * int64_t(sizeof(float))));
     scratch_f32_.resize(size_t(std::min(rows, N) * K));
@@ -265,8 +266,6 @@ class CpuKernels final : public Kernels {
 
   // A weight in a format these kernels run, its data matching its format and shape.
   static const Weight& checked(const Weight& w) {
-    if (w.format == WeightFormat::F16)  // the message only on failure: a hot path
-      throw Error("linear: the CPU kernels take float32, bfloat16, weight_only_int8 or weight_only_int4 weights, not float16");
     const bool i4 = w.format == WeightFormat::Int4;
     const DType want = w.format == WeightFormat::Int8 ? DType::I8 : i4 ? DType::U8 : dense_dtype(w.format);
     require(w.data.ndim() == 2 && w.data.dim(0) == w.out && w.data.dim(1) == (i4 ? w.in / 2 : w.in) &&
@@ -336,6 +335,7 @@ class CpuKernels final : public Kernels {
         isa_.gemv_i8(xp, M, K, w.data.data<int8_t>(), w.scales.data<float>(), K, n0, n1, yp, N);
       else if (w.format == WeightFormat::Int4)
         isa_.gemv_i4(xp, M, K, w.data.data<uint8_t>(), w.scales.data<float>(), K, w.group_size, n0, n1, yp, N);
+      else if (w.format == WeightFormat::F16) isa_.gemv_f16(xp, M, K, w.data.data<uint16_t>(), K, n0, n1, yp, N);
       else if (dp) isa_.gemv_bf16_bf16(xbp, M, K, w.data.data<uint16_t>(), K, n0, n1, yp, N);
       else isa_.gemv_bf16(xp, M, K, w.data.data<uint16_t>(), K, n0, n1, yp, N);
       if (const Tensor* b = biases[mat])

@@ -35,6 +35,9 @@ struct IsaOps {
   // dot(x's group g, w's group g); K a multiple of 32 and of G, G a multiple of 32.
   void (*gemv_i4)(const float* x, int64_t M, int64_t ldx, const uint8_t* w, const float* scales, int64_t K, int64_t G,
                   int64_t n0, int64_t n1, float* y, int64_t ldy) = nullptr;
+  // gemv_f32 with float16 weights (IEEE half, converted with F16C where the ISA has it).
+  void (*gemv_f16)(const float* x, int64_t M, int64_t ldx, const uint16_t* w, int64_t K, int64_t n0, int64_t n1,
+                   float* y, int64_t ldy) = nullptr;
   // Reads n bytes (a multiple of 64, 64-byte aligned) with the widest loads this ISA has, returning a value that
   // depends on every byte: the read-bandwidth probe's inner loop.
   uint64_t (*read_bytes)(const void* p, size_t n) = nullptr;

@@ -27,6 +27,16 @@ void gemv_bf16(const float* x, int64_t M, int64_t ldx, const uint16_t* w, int64_
     }
 }
 
+void gemv_f16(const float* x, int64_t M, int64_t ldx, const uint16_t* w, int64_t K, int64_t n0, int64_t n1, float* y,
+              int64_t ldy) {
+  for (int64_t n = n0; n < n1; n++)
+    for (int64_t m = 0; m < M; m++) {
+      float s = 0;
+      for (int64_t k = 0; k < K; k++) s += x[m * ldx + k] * f16_to_f32(w[n * K + k]);
+      y[m * ldy + n] = s;
+    }
+}
+
 void gemv_i8(const float* x, int64_t M, int64_t ldx, const int8_t* w, const float* scales, int64_t K, int64_t n0,
              int64_t n1, float* y, int64_t ldy) {
   for (int64_t n = n0; n < n1; n++)
@@ -106,6 +116,7 @@ const IsaOps& isa_scalar() {
     IsaOps o{"scalar", gemv_f32, gemv_bf16, dot, axpy, sum_squares, dot_rows, axpy_rows, to_f32, to_bf16};
     o.gemv_i8 = gemv_i8;
     o.gemv_i4 = gemv_i4;
+    o.gemv_f16 = gemv_f16;
     o.read_bytes = read_bytes;
     return o;
   }();

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 
 #include "core/dtype.h"
 #include "kernels/cpu/isa.h"
@@ -13,6 +14,12 @@ namespace {
 inline __m256 load_bf16(const uint16_t* p) {
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16));
 }
+// Float16 weights: a tag type, so that the templates below tell them from bfloat16 (both 2 bytes).
+struct Half {
+  uint16_t bits;
+};
+inline __m256 load_f16(const Half* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+
 inline __m256 load_i8(const int8_t* p) {
   return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
 }
@@ -32,7 +39,8 @@ inline void block(const float* x, int64_t ldx, const W* w, int64_t K, int64_t n,
   for (; k + 8 <= K; k += 8) {
     __m256 wv[R];
     for (int r = 0; r < R; r++) {
-      if constexpr (sizeof(W) == 2) wv[r] = load_bf16(reinterpret_cast<const uint16_t*>(w) + (n + r) * K + k);
+      if constexpr (std::is_same_v<W, Half>) wv[r] = load_f16(w + (n + r) * K + k);
+      else if constexpr (sizeof(W) == 2) wv[r] = load_bf16(reinterpret_cast<const uint16_t*>(w) + (n + r) * K + k);
       else wv[r] = _mm256_loadu_ps(reinterpret_cast<const float*>(w) + (n + r) * K + k);
     }
     for (int m = 0; m < M; m++) {
@@ -45,7 +53,8 @@ inline void block(const float* x, int64_t ldx, const W* w, int64_t K, int64_t n,
       float s = hsum(acc[r][m]);
       for (int64_t kk = k; kk < K; kk++) {
         float wk;
-        if constexpr (sizeof(W) == 2) wk = bf16_to_f32(reinterpret_cast<const uint16_t*>(w)[(n + r) * K + kk]);
+        if constexpr (std::is_same_v<W, Half>) wk = f16_to_f32(w[(n + r) * K + kk].bits);
+        else if constexpr (sizeof(W) == 2) wk = bf16_to_f32(reinterpret_cast<const uint16_t*>(w)[(n + r) * K + kk]);
         else wk = reinterpret_cast<const float*>(w)[(n + r) * K + kk];
         s += wk * x[m * ldx + kk];
       }
@@ -83,6 +92,11 @@ void gemv_f32(const float* x, int64_t M, int64_t ldx, const float* w, int64_t K,
 void gemv_bf16(const float* x, int64_t M, int64_t ldx, const uint16_t* w, int64_t K, int64_t n0, int64_t n1, float* y,
                int64_t ldy) {
   gemv(x, M, ldx, w, K, n0, n1, y, ldy);
+}
+
+void gemv_f16(const float* x, int64_t M, int64_t ldx, const uint16_t* w, int64_t K, int64_t n0, int64_t n1, float* y,
+              int64_t ldy) {
+  gemv(x, M, ldx, reinterpret_cast<const Half*>(w), K, n0, n1, y, ldy);
 }
 
 // One int8 weight row against M activation rows. A float row's FMAs wait on memory; an int8 row brings 4 times
@@ -233,6 +247,7 @@ const IsaOps& isa_avx2() {
     IsaOps o{"avx2", gemv_f32, gemv_bf16, dot, axpy, sum_squares, dot_rows, axpy_rows, to_f32, to_bf16};
     o.gemv_i8 = gemv_i8;
     o.gemv_i4 = gemv_i4;
+    o.gemv_f16 = gemv_f16;
     o.read_bytes = read_bytes;
     return o;
   }();

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 
 #include "kernels/cpu/isa.h"
 
@@ -26,14 +27,21 @@ inline __m512 load_i8_mask(const int8_t* p, __mmask16 m) {
   return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, p)));
 }
 
+// Float16 weights: a tag type, so that load_w tells them from bfloat16 (both 2 bytes).
+struct Half {
+  uint16_t bits;
+};
+
 template <class W>
 inline __m512 load_w(const W* w, __mmask16 m) {
-  if constexpr (sizeof(W) == 2) return load_bf16_mask(reinterpret_cast<const uint16_t*>(w), m);
+  if constexpr (std::is_same_v<W, Half>) return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, w));
+  else if constexpr (sizeof(W) == 2) return load_bf16_mask(reinterpret_cast<const uint16_t*>(w), m);
   else return load_f32_mask(reinterpret_cast<const float*>(w), m);
 }
 template <class W>
 inline __m512 load_w(const W* w) {
-  if constexpr (sizeof(W) == 2) return load_bf16(reinterpret_cast<const uint16_t*>(w));
+  if constexpr (std::is_same_v<W, Half>) return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w)));
+  else if constexpr (sizeof(W) == 2) return load_bf16(reinterpret_cast<const uint16_t*>(w));
   else return load_f32(reinterpret_cast<const float*>(w));
 }
 
@@ -93,6 +101,11 @@ void gemv_f32(const float* x, int64_t M, int64_t ldx, const float* w, int64_t K,
 void gemv_bf16(const float* x, int64_t M, int64_t ldx, const uint16_t* w, int64_t K, int64_t n0, int64_t n1, float* y,
                int64_t ldy) {
   gemv(x, M, ldx, w, K, n0, n1, y, ldy);
+}
+
+void gemv_f16(const float* x, int64_t M, int64_t ldx, const uint16_t* w, int64_t K, int64_t n0, int64_t n1, float* y,
+              int64_t ldy) {
+  gemv(x, M, ldx, reinterpret_cast<const Half*>(w), K, n0, n1, y, ldy);
 }
 
 // One int8 weight row against M activation rows: as row(), with four FMA chains for a single activation row
@@ -298,6 +311,7 @@ const IsaOps& isa_avx512() {
     IsaOps o{"avx512", gemv_f32, gemv_bf16, dot, axpy, sum_squares, dot_rows, axpy_rows, to_f32, to_bf16};
     o.gemv_i8 = gemv_i8;
     o.gemv_i4 = gemv_i4;
+    o.gemv_f16 = gemv_f16;
     o.read_bytes = read_bytes;
     return o;
   }();
