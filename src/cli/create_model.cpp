@@ -155,15 +155,16 @@ Tensor ones(int64_t n, DType dt) {
   return t;
 }
 
-// The model's files into `dir`: random weights, config.json, the synthetic tokenizer.
-void write_model_dir(const std::string& tmp, const LlamaConfig& c, DType dt, uint64_t seed) {
-  Rng rng(seed);
+// One part of the model's weights, made when its shard is written: the embedding, a layer, or the final norm and
+// LM head. Made in this order from one generator, so the weights do not depend on how they are sharded.
+using Tensors = std::vector<std::pair<std::string, Tensor>>;
+void make_part(int64_t part, const LlamaConfig& c, DType dt, Rng& rng, Tensors& ts) {
   const float sd = float(c.initializer_range);
   const int64_t C = c.hidden_size, F = c.intermediate_size;
-  std::vector<std::pair<std::string, Tensor>> ts;
-  ts.emplace_back("model.embed_tokens.weight", random_matrix({c.vocab_size, C}, dt, sd, rng));
-  for (int64_t l = 0; l < c.num_hidden_layers; l++) {
-    std::string p = "model.layers." + std::to_string(l) + ".";
+  if (part == 0) {
+    ts.emplace_back("model.embed_tokens.weight", random_matrix({c.vocab_size, C}, dt, sd, rng));
+  } else if (part <= c.num_hidden_layers) {
+    std::string p = "model.layers." + std::to_string(part - 1) + ".";
     ts.emplace_back(p + "input_layernorm.weight", ones(C, dt));
     ts.emplace_back(p + "post_attention_layernorm.weight", ones(C, dt));
     ts.emplace_back(p + "self_attn.q_proj.weight", random_matrix({c.q_dim(), C}, dt, sd, rng));
@@ -173,10 +174,55 @@ void write_model_dir(const std::string& tmp, const LlamaConfig& c, DType dt, uin
     ts.emplace_back(p + "mlp.gate_proj.weight", random_matrix({F, C}, dt, sd, rng));
     ts.emplace_back(p + "mlp.up_proj.weight", random_matrix({F, C}, dt, sd, rng));
     ts.emplace_back(p + "mlp.down_proj.weight", random_matrix({C, F}, dt, sd, rng));
+  } else {
+    ts.emplace_back("model.norm.weight", ones(C, dt));
+    ts.emplace_back("lm_head.weight", random_matrix({c.vocab_size, C}, dt, sd, rng));
   }
-  ts.emplace_back("model.norm.weight", ones(C, dt));
-  ts.emplace_back("lm_head.weight", random_matrix({c.vocab_size, C}, dt, sd, rng));
-  write_safetensors(join_path(tmp, "model.safetensors"), ts, {{"format", "pt"}});
+}
+
+// Bytes of each part, to plan the shards before any weight is made.
+std::vector<int64_t> part_bytes(const LlamaConfig& c, DType dt) {
+  const int64_t C = c.hidden_size, F = c.intermediate_size, e = int64_t(dtype_size(dt));
+  std::vector<int64_t> b = {c.vocab_size * C * e};
+  for (int64_t l = 0; l < c.num_hidden_layers; l++)
+    b.push_back((2 * C + 2 * c.q_dim() * C + 2 * c.kv_dim() * C + 3 * F * C) * e);
+  b.push_back((C + c.vocab_size * C) * e);
+  return b;
+}
+
+// Random weights into `tmp`: model.safetensors up to 5 GB (Hugging Face's default shard size), else shards of at
+// most that (and whole parts) with model.safetensors.index.json. Only one shard is in memory at a time, so a
+// Llama-2-13B (26 GB in bfloat16) is made on a 24 GiB machine.
+void write_weights(const std::string& tmp, const LlamaConfig& c, DType dt, uint64_t seed) {
+  constexpr int64_t kShardBytes = int64_t(5) << 30;
+  const std::vector<int64_t> bytes = part_bytes(c, dt);
+  std::vector<std::vector<int64_t>> shards(1);
+  int64_t in_shard = 0, total = 0;
+  for (int64_t p = 0; p < int64_t(bytes.size()); p++) {
+    if (in_shard > 0 && in_shard + bytes[size_t(p)] > kShardBytes) shards.emplace_back(), in_shard = 0;
+    shards.back().push_back(p);
+    in_shard += bytes[size_t(p)];
+    total += bytes[size_t(p)];
+  }
+  Rng rng(seed);
+  nlohmann::json map = nlohmann::json::object();
+  for (size_t k = 0; k < shards.size(); k++) {
+    char name[64];
+    std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", k + 1, shards.size());
+    const std::string file = shards.size() == 1 ? "model.safetensors" : name;
+    Tensors ts;
+    for (int64_t p : shards[k]) make_part(p, c, dt, rng, ts);
+    for (const auto& t : ts) map[t.first] = file;
+    write_safetensors(join_path(tmp, file), ts, {{"format", "pt"}});
+  }
+  if (shards.size() > 1)
+    write_file_atomic(join_path(tmp, "model.safetensors.index.json"),
+                      nlohmann::json{{"metadata", {{"total_size", total}}}, {"weight_map", map}}.dump(1) + "\n");
+}
+
+// The model's files into `dir`: random weights, config.json, the synthetic tokenizer.
+void write_model_dir(const std::string& tmp, const LlamaConfig& c, DType dt, uint64_t seed) {
+  write_weights(tmp, c, dt, seed);
   write_file_atomic(join_path(tmp, "config.json"), to_hf_config_json(c));
   write_file_atomic(join_path(tmp, "tokenizer.json"), synthetic_tokenizer_json(c.vocab_size));
   write_file_atomic(join_path(tmp, "tokenizer_config.json"),
@@ -204,7 +250,7 @@ Action add_create_model(CLI::App& app) {
     bool force = false;
   };
   auto a = std::make_shared<Args>();
-  app.add_option("--preset", a->preset, "tinyllama-1.1b, llama-110m or tiny");
+  app.add_option("--preset", a->preset, "tinyllama-1.1b, llama2-13b, llama-110m or tiny");
   app.add_option("--output_dir", a->output_dir)->required();
   app.add_option("--dtype", a->dtype, "storage dtype: bfloat16 or float32");
   app.add_option("--seed", a->seed)->check(non_negative_int());

@@ -461,6 +461,9 @@ LlamaConfig llama_preset(const std::string& name) {
   if (name == "tinyllama-1.1b") {  // TinyLlama-1.1B's shape
     c.hidden_size = 2048; c.intermediate_size = 5632; c.num_hidden_layers = 22;
     c.num_attention_heads = 32; c.num_key_value_heads = 4; c.vocab_size = 32000; c.max_position_embeddings = 2048;
+  } else if (name == "llama2-13b") {  // Llama-2-13B's shape, the seed's model
+    c.hidden_size = 5120; c.intermediate_size = 13824; c.num_hidden_layers = 40;
+    c.num_attention_heads = 40; c.num_key_value_heads = 40; c.vocab_size = 32000; c.max_position_embeddings = 4096;
   } else if (name == "llama-110m") {  // the training benchmark's shape
     c.hidden_size = 768; c.intermediate_size = 2048; c.num_hidden_layers = 12;
     c.num_attention_heads = 12; c.num_key_value_heads = 12; c.vocab_size = 32000; c.max_position_embeddings = 1024;
@@ -468,7 +471,7 @@ LlamaConfig llama_preset(const std::string& name) {
     c.hidden_size = 64; c.intermediate_size = 172; c.num_hidden_layers = 2;
     c.num_attention_heads = 4; c.num_key_value_heads = 2; c.vocab_size = 512; c.max_position_embeddings = 512;
   } else {
-    throw Error("--preset: unknown preset '" + name + "' (tinyllama-1.1b, llama-110m, tiny)");
+    throw Error("--preset: unknown preset '" + name + "' (tinyllama-1.1b, llama2-13b, llama-110m, tiny)");
   }
   c.head_dim = c.hidden_size / c.num_attention_heads;
   return c;

@@ -62,8 +62,8 @@ LlamaConfig parse_hf_config(const std::string& json_text, const std::string& whe
 // Serialises to a Hugging Face config.json text that load_hf_config and transformers both read.
 std::string to_hf_config_json(const LlamaConfig& c);
 
-// The shapes oar's tests and benchmarks build random models of: "tinyllama-1.1b" (TinyLlama-1.1B), "llama-110m"
-// (the training benchmark's), "tiny". Untied, rms_norm_eps 1e-5. An unknown name is an oar::Error.
+// The shapes oar's tests and benchmarks build random models of: "tinyllama-1.1b" (TinyLlama-1.1B), "llama2-13b"
+// (Llama-2-13B), "llama-110m" (the training benchmark's), "tiny". Untied, rms_norm_eps 1e-5. An unknown name is an oar::Error.
 LlamaConfig llama_preset(const std::string& name);
 
 }  // namespace oar
