@@ -66,13 +66,19 @@ def from_pairs(w, heads):
     return w.reshape(heads, w.shape[0] // heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def vocab():
-    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(253)]
-    types = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL] + [gguf.TokenType.BYTE] * 253
-    return tokens, [0.0] * 256, types
+def vocab(size=256):
+    """<unk>, <s>, </s>, byte pieces <0x00>.. (as many as fit, up to 256), then filler pieces "\u2581tN"."""
+    n_bytes = min(256, size - 3)
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(n_bytes)]
+    types = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL] + [gguf.TokenType.BYTE] * n_bytes
+    filler = size - len(tokens)
+    tokens += [f"\u2581t{k}" for k in range(filler)]
+    types += [gguf.TokenType.NORMAL] * filler
+    return tokens, [0.0] * 3 + [0.0] * n_bytes + [-float(k) for k in range(filler)], types
 
 
 def write_model(path, cfg, weights, qtype):
+    """`weights` (Hugging Face names, numpy arrays) as llama.cpp's converter writes a Llama, 2-D tensors in qtype."""
     heads, kv = cfg["num_attention_heads"], cfg.get("num_key_value_heads", cfg["num_attention_heads"])
     hd = cfg["hidden_size"] // heads
     w = gguf.GGUFWriter(path, "llama")
@@ -85,7 +91,7 @@ def write_model(path, cfg, weights, qtype):
     w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
     w.add_rope_freq_base(cfg.get("rope_theta", 10000.0))
     w.add_rope_dimension_count(hd)
-    tokens, scores, types = vocab()
+    tokens, scores, types = vocab(cfg["vocab_size"])
     w.add_tokenizer_model("llama")
     w.add_token_list(tokens)
     w.add_token_scores(scores)
