@@ -29,7 +29,7 @@ OAR_FLAGS = {"f16": ["--dtype", "float16"], "bf16": [], "f32": [], "q8_0": ["--q
 
 def make_files(a):
     hf = os.path.join(a.workdir, a.preset)
-    if not os.path.exists(os.path.join(hf, "model.safetensors")):
+    if not os.path.exists(os.path.join(hf, "config.json")):  # written last, sharded or not
         subprocess.run([a.oar, "create-model", "--preset", a.preset, "--dtype", "float32", "--output_dir", hf,
                         "--force"], check=True, stdout=subprocess.DEVNULL)
     files = {}
@@ -45,7 +45,8 @@ def make_files(a):
 def run_oar(a, fmt, path):
     cmd = [a.oar, "predict", "--model_name_or_path", path, "--benchmark", "--src_length", str(a.prompt),
            "--max_length", str(a.decode), "--batch_size", "1", "--benchmark_warmup", "1", "--benchmark_rounds", "1"]
-    out = subprocess.run(cmd + OAR_FLAGS[fmt], check=True, capture_output=True, text=True).stdout
+    env = {**os.environ, "OMP_NUM_THREADS": str(a.threads)}
+    out = subprocess.run(cmd + OAR_FLAGS[fmt], check=True, capture_output=True, text=True, env=env).stdout
     prefill = float(re.search(r"^oar: prefill ([0-9.]+) tok/s", out, re.M).group(1))
     decode = float(re.search(r"^oar: decode ([0-9.]+) tok/s", out, re.M).group(1))
     return prefill, decode
@@ -56,7 +57,8 @@ def run_llamacpp(a, path):
     llm = Llama(model_path=path, n_ctx=a.prompt + a.decode + 16, n_batch=a.prompt, n_threads=a.threads,
                 n_threads_batch=a.threads, verbose=False)
     rng = random.Random(1)
-    llm.eval([rng.randrange(3, 1000) for _ in range(8)])  # warm-up
+    llm.eval([rng.randrange(3, 1000) for _ in range(a.prompt)])  # warm-up: a whole prompt, as oar's warm-up round
+    llm.eval([rng.randrange(3, 1000)])
     llm.reset()
     prompt = [rng.randrange(3, 1000) for _ in range(a.prompt)]
     t0 = time.perf_counter()

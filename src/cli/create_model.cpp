@@ -194,7 +194,7 @@ std::vector<int64_t> part_bytes(const LlamaConfig& c, DType dt) {
 // most that (and whole parts) with model.safetensors.index.json. Only one shard is in memory at a time, so a
 // Llama-2-13B (26 GB in bfloat16) is made on a 24 GiB machine.
 void write_weights(const std::string& tmp, const LlamaConfig& c, DType dt, uint64_t seed) {
-  constexpr int64_t kShardBytes = int64_t(5) << 30;
+  constexpr int64_t kShardBytes = 5'000'000'000;
   const std::vector<int64_t> bytes = part_bytes(c, dt);
   std::vector<std::vector<int64_t>> shards(1);
   int64_t in_shard = 0, total = 0;
@@ -266,27 +266,9 @@ Action add_create_model(CLI::App& app) {
     DType dt = parse_dtype(a->dtype);
     if (dt != DType::BF16 && dt != DType::F32) throw Error("--dtype: create-model writes bfloat16 or float32");
     c.torch_dtype = dtype_name(dt);
-    namespace fs = std::filesystem;
-    if (fs::exists(a->output_dir) && !a->force) fail(a->output_dir, "already exists (pass --force to replace it)");
     // Built in a temporary directory and renamed into place, so a killed run leaves nothing half-written.
-    std::string tmp = a->output_dir + ".tmp-create";
-    std::error_code ec;
-    fs::remove_all(tmp, ec);
-    fs::create_directories(tmp, ec);
-    if (ec) fail(tmp, "cannot create: " + ec.message());
-    try {
-      write_model_dir(tmp, c, dt, a->seed);
-    } catch (...) {
-      fs::remove_all(tmp, ec);  // a full disk (or any failure) leaves nothing behind
-      throw;
-    }
-    if (fs::exists(a->output_dir)) fs::remove_all(a->output_dir, ec);
-    fs::rename(tmp, a->output_dir, ec);
-    if (ec) {
-      const std::string why = ec.message();
-      fs::remove_all(tmp, ec);
-      fail(a->output_dir, "cannot move the new model into place: " + why);
-    }
+    write_directory_atomically(a->output_dir, a->force, {},
+                               [&](const std::string& tmp) { write_model_dir(tmp, c, dt, a->seed); });
     std::printf("created %s: %s, %s parameters, %s\n", a->output_dir.c_str(), a->preset.c_str(),
                 count_text(c.num_parameters()).c_str(), dtype_name(dt));
     return 0;

@@ -30,7 +30,7 @@ Action add_perplexity(CLI::App& app) {
   app.add_option("--lora_path", a->lora_path, "LoRA adapter directory merged into the weights at load");
   app.add_option("--input_file", a->input, "UTF-8 text")->required();
   app.add_option("--ctx", a->ctx, "window length in tokens")->check(positive_int());
-  app.add_option("--dtype", a->dtype, "float32 or bfloat16");
+  app.add_option("--dtype", a->dtype, "float32, bfloat16 or float16 (default: bfloat16 for 16-bit checkpoints, else float32)");
   app.add_option("--quant_type", a->quant_type, "weight_only_int8 or weight_only_int4: attention and MLP weights quantized at load (int8 per channel, int4 per --weightonly_group_size)");
   app.add_option("--weightonly_group_size", a->group_size, "weight_only_int4's group: -1 (per channel), 64 or 128");
   app.add_option("--max_tokens", a->max_tokens, "use only the first N tokens (0: all)")->check(non_negative_int());

@@ -200,7 +200,7 @@ int run_benchmark(const PredictArgs& a, LoadedModel& lm, const SamplingParams& s
                 gemm_peak / 1e9);
   else
     std::printf("oar: prefill %.1f tok/s (%.1f GFLOP/s; this CPU has no %s GEMM to measure a peak with)\n", prefill_tok_s,
-                prefill_flops / 1e9, dtype_name(model.dtype()));
+                prefill_flops / 1e9, dtype_name(gemm_dtype));
   std::printf("oar: decode %.2f tok/s (%.2f steps/s), time to first token %.3f s\n", decode_tok_s, steps_s,
               sum.time_to_first_token / R);
   std::printf("oar: decode roofline %s (%.2f GB of weights per step x %.2f steps/s = %.1f GB/s of the measured %.1f GB/s)\n",
@@ -372,7 +372,7 @@ Action add_predict(CLI::App& app) {
   app.add_option("--model_name_or_path", a->model, "Hugging Face directory or llama2.c checkpoint")->required();
   app.add_option("--tokenizer_name_or_path", a->tokenizer, "tokenizer file or directory (default: beside the model)");
   app.add_option("--lora_path", a->lora_path, "LoRA adapter directory (PEFT or PaddleNLP) merged into the weights at load");
-  app.add_option("--dtype", a->dtype, "float32 or bfloat16 (default: bfloat16 for 16-bit checkpoints, else float32)");
+  app.add_option("--dtype", a->dtype, "float32, bfloat16 or float16 (default: bfloat16 for 16-bit checkpoints, else float32)");
   app.add_option("--quant_type", a->quant_type, "weight_only_int8 or weight_only_int4: attention and MLP weights quantized at load (int8 per channel, int4 per --weightonly_group_size)");
   app.add_option("--weightonly_group_size", a->group_size, "weight_only_int4's group: -1 (per channel), 64 or 128");
   app.add_option("--batch_size", a->batch_size, "prompts generated together")->check(positive_int());

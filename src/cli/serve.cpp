@@ -137,7 +137,7 @@ Action add_serve(CLI::App& app) {
   auto a = std::make_shared<ServeArgs>();
   app.add_option("--model_name_or_path", a->model, "Hugging Face directory or llama2.c checkpoint")->required();
   app.add_option("--tokenizer_name_or_path", a->tokenizer, "tokenizer file or directory (default: beside the model)");
-  app.add_option("--dtype", a->dtype, "float32 or bfloat16 (default: bfloat16 for 16-bit checkpoints, else float32)");
+  app.add_option("--dtype", a->dtype, "float32, bfloat16 or float16 (default: bfloat16 for 16-bit checkpoints, else float32)");
   app.add_option("--quant_type", a->quant_type, "weight_only_int8 or weight_only_int4: attention and MLP weights quantized at load (int8 per channel, int4 per --weightonly_group_size)");
   app.add_option("--weightonly_group_size", a->group_size, "weight_only_int4's group: -1 (per channel), 64 or 128");
   app.add_option("--host", a->host, "address to listen on");

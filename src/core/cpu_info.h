@@ -15,7 +15,7 @@ struct CpuInfo {
   std::string l2_cache, l3_cache;
 
   bool has_avx512() const { return avx512f && avx512bw && avx512dq && avx512vl; }
-  bool has_avx2() const { return avx2 && fma; }
+  bool has_avx2() const { return avx2 && fma && f16c; }  // the AVX2 table converts float16 with F16C
 };
 
 const CpuInfo& cpu_info();

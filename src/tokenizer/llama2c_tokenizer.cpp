@@ -69,16 +69,7 @@ class Llama2cTokenizer final : public tok::TokenizerBase {
     if (count == 0) fail(where, "the embedded tokenizer holds no tokens");
     if (v.scores.size() != count || (!v.types.empty() && v.types.size() != count))
       fail(where, "the embedded tokenizer's tokens, scores and token types differ in length");
-    const std::string space_mark = "\u2581";
-    for (const std::string& p : v.pieces) {
-      std::string piece;
-      for (size_t i = 0; i < p.size();) {
-        const bool mark = p.compare(i, space_mark.size(), space_mark) == 0;
-        piece += mark ? ' ' : p[i];
-        i += mark ? space_mark.size() : 1;
-      }
-      pieces_.push_back(std::move(piece));
-    }
+    for (const std::string& p : v.pieces) pieces_.push_back(with_spaces(p));
     scores_ = std::move(v.scores);
     auto check = [&](int32_t id, const char* what) {
       if (id < -1 || id >= n()) fail(where, std::string("the embedded tokenizer's ") + what + " id " + std::to_string(id) +
@@ -96,14 +87,7 @@ class Llama2cTokenizer final : public tok::TokenizerBase {
     unk_ = std::max(v.unk, 0);
     index_pieces();
     chat_template_ = std::move(v.chat_template);
-    special_.assign(size_t(n()), false);
-    for (int32_t id = 0; id < n(); id++) {
-      const int32_t type = v.types.empty() ? 1 : v.types[size_t(id)];
-      if (type != 2 && type != 3 && type != 4) continue;  // unknown, control, user defined
-      special_[size_t(id)] = type != 4;
-      if (!pieces_[size_t(id)].empty()) add_literal_special(pieces_[size_t(id)], id);
-    }
-    for (int32_t e : eos_) special_[size_t(e)] = true;
+    mark_specials(v.types);
   }
 
   std::vector<int32_t> encode(std::string_view text, bool add_bos) const override {
@@ -148,6 +132,31 @@ class Llama2cTokenizer final : public tok::TokenizerBase {
 
  private:
   int32_t n() const { return int32_t(pieces_.size()); }
+
+  // A GGUF piece with its "\u2581" marks as the spaces that tokenizer.bin's pieces hold.
+  static std::string with_spaces(const std::string& p) {
+    const std::string mark = "\u2581";
+    std::string out;
+    for (size_t i = 0; i < p.size();) {
+      const bool is_mark = p.compare(i, mark.size(), mark) == 0;
+      out += is_mark ? ' ' : p[i];
+      i += is_mark ? mark.size() : 1;
+    }
+    return out;
+  }
+
+  // Unknown, control and user-defined pieces (GGUF's token types 2, 3, 4) are literal specials; unknown and
+  // control ones, and the eos ids, are special when decoding (user-defined ones decode to their text).
+  void mark_specials(const std::vector<int32_t>& types) {
+    special_.assign(size_t(n()), false);
+    for (int32_t id = 0; id < n(); id++) {
+      const int32_t type = types.empty() ? 1 : types[size_t(id)];
+      if (type != 2 && type != 3 && type != 4) continue;
+      special_[size_t(id)] = type != 4;
+      if (!pieces_[size_t(id)].empty()) add_literal_special(pieces_[size_t(id)], id);
+    }
+    for (int32_t e : eos_) special_[size_t(e)] = true;
+  }
 
   // The lookup table, and the id of each byte's fallback piece: "<0xNN>" when the vocabulary has it, else byte
   // + 3 (llama2.c's rule) or unk.

@@ -14,7 +14,7 @@ const IsaOps& isa_best() {
     std::string want = force ? force : "";
     if (want == "scalar") return &isa_scalar();
     if (want == "avx2") {
-      if (!c.has_avx2()) throw Error("OAR_ISA=avx2: this CPU lacks AVX2/FMA");
+      if (!c.has_avx2()) throw Error("OAR_ISA=avx2: this CPU lacks AVX2/FMA/F16C");
       return &isa_avx2();
     }
     if (want == "avx512") {
