@@ -329,26 +329,18 @@ GgufFile GgufFile::open(const std::string& path) {
 
 Tensor GgufFile::tensor(const GgufTensorInfo& info) const {
   const size_t at = size_t(header.data_start + info.offset);
-  // general.alignment may be as small as 1: views of float data that is not 8-byte aligned are copied instead.
-  if (at % 8 != 0 && (info.type == GgufType::F32 || info.type == GgufType::F16 || info.type == GgufType::BF16)) {
-    const DType dt = info.type == GgufType::F32 ? DType::F32 : info.type == GgufType::F16 ? DType::F16 : DType::BF16;
-    Tensor t = Tensor::empty(info.shape, dt);
-    std::memcpy(t.raw(), map->data() + at, size_t(info.bytes));
+  const bool is_float = info.type == GgufType::F32 || info.type == GgufType::F16 || info.type == GgufType::BF16;
+  if (!is_float) {
+    Tensor t = Tensor::empty(info.shape, DType::F32);
+    gguf_dequantize(info.type, map->data() + at, t.numel(), t.data<float>());
     return t;
   }
-  switch (info.type) {
-    case GgufType::F32:
-      return Tensor::from_storage(Storage::view(map, at, size_t(info.bytes)), info.shape, DType::F32);
-    case GgufType::F16:
-      return Tensor::from_storage(Storage::view(map, at, size_t(info.bytes)), info.shape, DType::F16);
-    case GgufType::BF16:
-      return Tensor::from_storage(Storage::view(map, at, size_t(info.bytes)), info.shape, DType::BF16);
-    default: {
-      Tensor t = Tensor::empty(info.shape, DType::F32);
-      gguf_dequantize(info.type, map->data() + at, t.numel(), t.data<float>());
-      return t;
-    }
-  }
+  const DType dt = info.type == GgufType::F32 ? DType::F32 : info.type == GgufType::F16 ? DType::F16 : DType::BF16;
+  if (at % 8 == 0) return Tensor::from_storage(Storage::view(map, at, size_t(info.bytes)), info.shape, dt);
+  // general.alignment may be as small as 1: float data that is not 8-byte aligned is copied, not viewed.
+  Tensor t = Tensor::empty(info.shape, dt);
+  std::memcpy(t.raw(), map->data() + at, size_t(info.bytes));
+  return t;
 }
 
 }  // namespace oar

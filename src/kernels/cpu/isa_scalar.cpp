@@ -17,25 +17,19 @@ void gemv_f32(const float* x, int64_t M, int64_t ldx, const float* w, int64_t K,
     }
 }
 
-void gemv_bf16(const float* x, int64_t M, int64_t ldx, const uint16_t* w, int64_t K, int64_t n0, int64_t n1, float* y,
-               int64_t ldy) {
+// The 16-bit float formats: each weight widened by `to_f32` (bfloat16 or IEEE half).
+template <float (*to_f32)(uint16_t)>
+void gemv_16(const float* x, int64_t M, int64_t ldx, const uint16_t* w, int64_t K, int64_t n0, int64_t n1, float* y,
+             int64_t ldy) {
   for (int64_t n = n0; n < n1; n++)
     for (int64_t m = 0; m < M; m++) {
       float s = 0;
-      for (int64_t k = 0; k < K; k++) s += x[m * ldx + k] * bf16_to_f32(w[n * K + k]);
+      for (int64_t k = 0; k < K; k++) s += x[m * ldx + k] * to_f32(w[n * K + k]);
       y[m * ldy + n] = s;
     }
 }
-
-void gemv_f16(const float* x, int64_t M, int64_t ldx, const uint16_t* w, int64_t K, int64_t n0, int64_t n1, float* y,
-              int64_t ldy) {
-  for (int64_t n = n0; n < n1; n++)
-    for (int64_t m = 0; m < M; m++) {
-      float s = 0;
-      for (int64_t k = 0; k < K; k++) s += x[m * ldx + k] * f16_to_f32(w[n * K + k]);
-      y[m * ldy + n] = s;
-    }
-}
+constexpr auto gemv_bf16 = gemv_16<bf16_to_f32>;
+constexpr auto gemv_f16 = gemv_16<f16_to_f32>;
 
 void gemv_i8(const float* x, int64_t M, int64_t ldx, const int8_t* w, const float* scales, int64_t K, int64_t n0,
              int64_t n1, float* y, int64_t ldy) {
