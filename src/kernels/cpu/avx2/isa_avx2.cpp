@@ -39,6 +39,7 @@ inline void block(const float* x, int64_t ldx, const W* w, int64_t K, int64_t n,
   for (; k + 8 <= K; k += 8) {
     __m256 wv[R];
     for (int r = 0; r < R; r++) {
+      if (k % int64_t(64 / sizeof(W)) == 0) prefetch_ahead(w + (n + r) * K + k);
       if constexpr (std::is_same_v<W, Half>) wv[r] = load_f16(w + (n + r) * K + k);
       else if constexpr (sizeof(W) == 2) wv[r] = load_bf16(reinterpret_cast<const uint16_t*>(w) + (n + r) * K + k);
       else wv[r] = _mm256_loadu_ps(reinterpret_cast<const float*>(w) + (n + r) * K + k);
@@ -109,11 +110,13 @@ inline void row_i8(const float* x, int64_t ldx, const int8_t* w, int64_t K, floa
   for (int c = 0; c < C; c++)
     for (int m = 0; m < M; m++) acc[c][m] = _mm256_setzero_ps();
   int64_t k = 0;
-  for (; k + 32 <= K; k += 32)
+  for (; k + 32 <= K; k += 32) {
+    if (k % 64 == 0) prefetch_ahead(w + k);
     for (int j = 0; j < 4; j++) {
       const __m256 wv = load_i8(w + k + 8 * j);
       for (int m = 0; m < M; m++) acc[j % C][m] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + m * ldx + k + 8 * j), acc[j % C][m]);
     }
+  }
   for (; k + 8 <= K; k += 8) {
     const __m256 wv = load_i8(w + k);
     for (int m = 0; m < M; m++) acc[0][m] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + m * ldx + k), acc[0][m]);
@@ -143,11 +146,14 @@ inline void row_i4(const float* x, int64_t ldx, const uint8_t* w, const float* s
   const __m128i mask = _mm_set1_epi8(15), eight = _mm_set1_epi8(8);
   __m256 total[M];
   for (int m = 0; m < M; m++) total[m] = _mm256_setzero_ps();
-  for (int64_t g0 = 0; g0 < K; g0 += G) {
+  for (int64_t g = 0; g < K / G; g++) {
+    const int64_t g0 = g * G;
+    if (g % 16 == 0) prefetch_ahead(sc + g);
     __m256 acc[C][M];
     for (int c = 0; c < C; c++)
       for (int m = 0; m < M; m++) acc[c][m] = _mm256_setzero_ps();
     for (int64_t k = g0; k < g0 + G; k += 32) {
+      if (k % 128 == 0) prefetch_ahead(w + k / 2);
       const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + k / 2));
       const __m128i lo = _mm_sub_epi8(_mm_and_si128(b, mask), eight);                       // inputs k .. k+15
       const __m128i hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(b, 4), mask), eight);    // inputs k+16 .. k+31
@@ -159,7 +165,7 @@ inline void row_i4(const float* x, int64_t ldx, const uint8_t* w, const float* s
         for (int m = 0; m < M; m++)
           acc[j % C][m] = _mm256_fmadd_ps(wv[j], _mm256_loadu_ps(x + m * ldx + k + 8 * j), acc[j % C][m]);
     }
-    const __m256 s = _mm256_set1_ps(sc[g0 / G]);
+    const __m256 s = _mm256_set1_ps(sc[g]);
     for (int m = 0; m < M; m++) {
       for (int c = 1; c < C; c++) acc[0][m] = _mm256_add_ps(acc[0][m], acc[c][m]);
       total[m] = _mm256_fmadd_ps(acc[0][m], s, total[m]);
@@ -180,6 +186,7 @@ uint64_t read_bytes(const void* p, size_t n) {
   const __m256i* q = static_cast<const __m256i*>(p);
   __m256i a = _mm256_setzero_si256(), b = a;  // two chains: xor's 1-cycle latency never limits two loads a cycle
   for (size_t i = 0; i < n / 32; i += 2) {
+    prefetch_ahead(q + i);  // as the GEMVs do, or they would read faster than the ceiling
     a = _mm256_xor_si256(a, _mm256_load_si256(q + i));
     b = _mm256_xor_si256(b, _mm256_load_si256(q + i + 1));
   }

@@ -21,10 +21,7 @@ inline void row(const uint16_t* x, int64_t ldx, const uint16_t* w, int64_t K, fl
     for (int m = 0; m < M; m++) acc[a][m] = _mm512_setzero_ps();
   int64_t k = 0;
   for (; k + 32 * A <= K; k += 32 * A) {
-#ifdef OAR_PF
-    _mm_prefetch(reinterpret_cast<const char*>(w + k + OAR_PF), _MM_HINT_T0);
-    if (A == 2) _mm_prefetch(reinterpret_cast<const char*>(w + k + OAR_PF + 32), _MM_HINT_T0);
-#endif
+    for (int a = 0; a < A; a++) prefetch_ahead(w + k + 32 * a);
     for (int a = 0; a < A; a++) {
       const __m512bh wa = (__m512bh)_mm512_loadu_si512(w + k + 32 * a);
       for (int m = 0; m < M; m++)
