@@ -171,6 +171,9 @@ bool supported_type(uint32_t t, TypeInfo& info) {
     case uint32_t(GgufType::BF16): info = {1, 2}; return true;
     case uint32_t(GgufType::Q8_0): info = {32, 34}; return true;
     case uint32_t(GgufType::Q4_0): info = {32, 18}; return true;
+    case uint32_t(GgufType::Q4_1): info = {32, 20}; return true;
+    case uint32_t(GgufType::Q5_0): info = {32, 22}; return true;
+    case uint32_t(GgufType::Q5_1): info = {32, 24}; return true;
     case uint32_t(GgufType::Q4_K): info = {256, 144}; return true;
     case uint32_t(GgufType::Q6_K): info = {256, 210}; return true;
     default: return false;
@@ -196,7 +199,7 @@ GgufTensorInfo read_tensor_info(Reader& r, uint64_t alignment) {
   TypeInfo info;
   if (!supported_type(type, info))
     r.bad(who + " has type " + gguf_type_name(type) +
-          ", which oar does not read (F32, F16, BF16, Q8_0, Q4_0, Q4_K and Q6_K)");
+          ", which oar does not read (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K and Q6_K)");
   ti.type = GgufType(type);
   if (dims[0] % info.block != 0)
     r.bad(who + " of type " + gguf_type_name(type) + " has rows of " + std::to_string(dims[0]) +

@@ -24,7 +24,7 @@ namespace oar {
 class MappedFile;
 
 // The tensor types oar reads (ggml's numbering). Others are named in the error that refuses them.
-enum class GgufType : uint32_t { F32 = 0, F16 = 1, Q4_0 = 2, Q8_0 = 8, Q4_K = 12, Q6_K = 14, BF16 = 30 };
+enum class GgufType : uint32_t { F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q4_K = 12, Q6_K = 14, BF16 = 30 };
 // ggml's name of any type number ("Q5_K", "IQ2_XS", ...), or "type N".
 std::string gguf_type_name(uint32_t type);
 

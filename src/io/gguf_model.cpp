@@ -78,6 +78,9 @@ class GgufWeightSource : public WeightSource {
     if (it == by_name_.end()) return 0;
     switch (it->second->type) {
       case GgufType::Q4_0: return 4;
+      case GgufType::Q4_1: return 4;
+      case GgufType::Q5_0: return 5;
+      case GgufType::Q5_1: return 5;
       case GgufType::Q4_K: return 4;
       case GgufType::Q6_K: return 6;
       case GgufType::Q8_0: return 8;

@@ -32,6 +32,37 @@ void q4_0_block(const uint8_t* b, float* y) {
   }
 }
 
+// Q4_1, 20 bytes per 32 values: f16 d, f16 m, then nibbles as Q4_0's; y = d * q + m.
+void q4_1_block(const uint8_t* b, float* y) {
+  const float d = f16_at(b), m = f16_at(b + 2);
+  for (int j = 0; j < 16; j++) {
+    y[j] = d * float(b[4 + j] & 0x0F) + m;
+    y[j + 16] = d * float(b[4 + j] >> 4) + m;
+  }
+}
+
+// Q5_0 and Q5_1 (the fallback of Q4_K_M files for widths that are no multiple of 256): f16 d (Q5_1: and f16 m),
+// a little-endian uint32 whose bit j is value j's fifth bit, then nibbles as Q4_0's. Q5_0: y = d * (q - 16), 22
+// bytes per 32 values; Q5_1: y = d * q + m, 24 bytes.
+template <bool WithMin>
+void q5_block(const uint8_t* b, float* y) {
+  const float d = f16_at(b), m = WithMin ? f16_at(b + 2) : 0.0f;
+  const uint8_t* p = b + (WithMin ? 4 : 2);
+  uint32_t qh;
+  std::memcpy(&qh, p, 4);
+  const uint8_t* qs = p + 4;
+  for (int j = 0; j < 16; j++) {
+    const int lo = (qs[j] & 0x0F) | int(((qh >> j) & 1) << 4), hi = (qs[j] >> 4) | int(((qh >> (j + 16)) & 1) << 4);
+    if constexpr (WithMin) {
+      y[j] = d * float(lo) + m;
+      y[j + 16] = d * float(hi) + m;
+    } else {
+      y[j] = d * float(lo - 16);
+      y[j + 16] = d * float(hi - 16);
+    }
+  }
+}
+
 // Q4_K, 144 bytes per 256 values: f16 d, f16 dmin, 12 bytes of eight 6-bit scales and mins, 128 bytes of nibbles.
 // Sub-block j (32 values) is y = d * sc[j] * q - dmin * m[j]; bytes 32c..32c+31 hold sub-block 2c in their low
 // nibbles and 2c+1 in their high ones.
@@ -93,6 +124,12 @@ void gguf_dequantize(GgufType type, const uint8_t* src, int64_t n, float* dst) {
       return each_block(src, n, dst, 32, 34, q8_0_block);
     case GgufType::Q4_0:
       return each_block(src, n, dst, 32, 18, q4_0_block);
+    case GgufType::Q4_1:
+      return each_block(src, n, dst, 32, 20, q4_1_block);
+    case GgufType::Q5_0:
+      return each_block(src, n, dst, 32, 22, q5_block<false>);
+    case GgufType::Q5_1:
+      return each_block(src, n, dst, 32, 24, q5_block<true>);
     case GgufType::Q4_K:
       return each_block(src, n, dst, 256, 144, q4_k_block);
     case GgufType::Q6_K:

@@ -7,9 +7,9 @@ tests/reference/numpy_llama.py over gguf's own dequantization of what was writte
     /tmp/gguf-venv/bin/python tests/reference/make_gguf_fixtures.py
 
 Files written:
-  quants.gguf       for each type (F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K) a [4, 512] tensor named after it and
-                    "<type>.expected": gguf's dequantization of it in F32. F16, BF16, Q8_0 and Q4_0 are gguf's
-                    quantization of random normals; Q4_K and Q6_K (which gguf-py cannot quantize) are random block
+  quants.gguf       for each type (F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K, Q4_1, Q5_0, Q5_1) a [4, 512] tensor named
+                    after it and "<type>.expected": gguf's dequantization of it in F32. F16, BF16, Q8_0, Q4_0,
+                    Q4_1, Q5_0 and Q5_1 are gguf's quantization of random normals; Q4_K and Q6_K (which gguf-py cannot quantize) are random block
                     bytes with finite f16 scales, so every bit pattern of the quants and 6-bit scales occurs.
   mha_<type>.gguf   tests/fixtures/models/mha as llama.cpp's converter writes a Llama: q and k rows permuted to
                     Meta's pair order, llama.* metadata, a 256-token SentencePiece-style vocabulary (<unk>, <s>,
@@ -154,6 +154,10 @@ def write_quants(path, rng):
         data = blocks.reshape(4, 2 * block_bytes)
         w.add_tensor(qtype.name, data, raw_dtype=qtype)
         w.add_tensor(qtype.name + ".expected", gguf.quants.dequantize(data, qtype).reshape(4, 512))
+    for qtype in (Q.Q4_1, Q.Q5_0, Q.Q5_1):  # after the others, so that their random draws stay the same
+        data = gguf.quants.quantize(rng.standard_normal((4, 512)).astype(np.float32), qtype)
+        w.add_tensor(qtype.name, data, raw_dtype=qtype)
+        w.add_tensor(qtype.name + ".expected", gguf.quants.dequantize(data, qtype).reshape(4, 512))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -171,7 +175,8 @@ def write_fuzz_seed(path, rng):
     w.add_array("seed.numbers", [1, 2, 3])
     w.add_array("seed.strings", ["a", "bc"])
     w.add_array("seed.nested", [[1, 2], [3]])
-    for qtype, n in ((Q.F32, 4), (Q.F16, 4), (Q.BF16, 4), (Q.Q8_0, 32), (Q.Q4_0, 32)):
+    for qtype, n in ((Q.F32, 4), (Q.F16, 4), (Q.BF16, 4), (Q.Q8_0, 32), (Q.Q4_0, 32), (Q.Q4_1, 32), (Q.Q5_0, 32),
+                     (Q.Q5_1, 32)):
         data = gguf.quants.quantize(rng.standard_normal((1, n)).astype(np.float32), qtype)
         w.add_tensor(qtype.name, data, raw_dtype=qtype if qtype not in (Q.F32, Q.F16) else None)
     for qtype, block_bytes in ((Q.Q4_K, 144), (Q.Q6_K, 210)):

@@ -132,7 +132,7 @@ TEST(Gguf, DequantizationEqualsGgufPy) {
     EXPECT_EQ(differ, 0) << t.name << ": values that differ from gguf-py's dequantization";
     ++checked;
   }
-  EXPECT_EQ(checked, 6);  // F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K
+  EXPECT_EQ(checked, 9);  // F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K, Q4_1, Q5_0, Q5_1
 }
 
 TEST(Gguf, LogitsEqualNumpyForwardOverGgufDequantization) {
