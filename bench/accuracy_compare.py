@@ -8,9 +8,12 @@ job's `build/job/pretrain` (after `bash scripts/run.sh`) or `../shared/data/stor
      (llama_model_quantize) make BF16, Q8_0, Q4_0 and Q4_K_M files of it;
   3. runs `oar perplexity` on the Hugging Face directory in float32, bfloat16, weight_only_int8 and
      weight_only_int4 (per channel, and in groups of 64 and 128 where the widths allow), and on every GGUF file;
-  4. runs llama.cpp (llama-cpp-python) on every GGUF file over the same non-overlapping windows of --ctx tokens
-     as `oar perplexity`: each window evaluated in one batch, every position but the last predicting the next.
-Each line gives the change against the same tool's float32 perplexity.
+  4. runs llama.cpp (llama-cpp-python, float32 KV cache as oar's) on every GGUF file over the same
+     non-overlapping windows of --ctx tokens as `oar perplexity`: each window evaluated in one batch, every
+     position but the last predicting the next.
+Each line gives the change against the same tool's float32 perplexity, and the tensor types each file holds
+(llama.cpp's quantizer falls back to other types for widths its blocks do not divide). The two tools' F32
+perplexities must agree to 0.01%, which they cannot if they predicted different ids.
 
     /work/venv-llamacpp/bin/python bench/accuracy_compare.py MODEL_DIR TEXT_FILE [--ctx 128] [--max_tokens 8192]
     (the venv of bench/llamacpp_compare.py: llama-cpp-python plus tests/reference/gguf_requirements.txt)
@@ -48,8 +51,8 @@ def run(cmd):
 
 
 def oar_ids(a):
-    """The ids `oar perplexity` predicts: BOS, then the text as `oar preprocess` tokenizes it. Both tools read
-    a.text, the input without the leading and trailing whitespace that preprocess strips."""
+    """The ids `oar perplexity` predicts: BOS, then the text as `oar preprocess` tokenizes it. oar's perplexity
+    reads a.text, the input without the leading and trailing whitespace that preprocess strips."""
     jsonl, prefix = os.path.join(a.workdir, "text.jsonl"), os.path.join(a.workdir, "text_ids")
     with open(a.input, encoding="utf-8") as f:
         text = f.read().strip()
@@ -64,7 +67,8 @@ def oar_ids(a):
     assert head[:9] == b"MMIDIDX\x00\x00", "not an MMIDIDX index"
     dtype = {1: np.uint8, 2: np.int8, 3: np.int16, 4: np.int32, 5: np.int64, 8: np.uint16}[head[17]]
     ids = np.fromfile(prefix + ".bin", dtype=dtype).astype(np.int64)
-    bos = json.load(open(os.path.join(a.model_dir, "config.json"))).get("bos_token_id", 1)
+    with open(os.path.join(a.model_dir, "config.json")) as f:
+        bos = json.load(f).get("bos_token_id", 1)
     ids = np.concatenate([[bos], ids])
     return ids[:a.max_tokens] if a.max_tokens else ids
 
@@ -73,13 +77,17 @@ def oar_ppl(a, model, flags):
     out = run([a.oar, "perplexity", "--model_name_or_path", model, "--tokenizer_name_or_path", a.model_dir,
                "--input_file", a.text, "--ctx", str(a.ctx), "--max_tokens", str(a.max_tokens)] + flags)
     m = re.search(r"perplexity: ([0-9.]+) \(mean NLL [0-9.]+ nats over (\d+) predicted", out)
+    if not m:
+        raise RuntimeError(f"unexpected output of oar perplexity on {model}: {out.strip()[-300:]}")
     return float(m.group(1)), int(m.group(2))
 
 
 def llama_ppl(a, path, ids):
     from llama_cpp import Llama
+    import llama_cpp
     llm = Llama(model_path=path, n_ctx=a.ctx, n_batch=a.ctx, n_ubatch=a.ctx, logits_all=True,
-                n_threads=a.threads, n_threads_batch=a.threads, verbose=False)
+                n_threads=a.threads, n_threads_batch=a.threads, verbose=False,
+                type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
     nll, count = 0.0, 0
     for b in range(0, len(ids), a.ctx):
         win = [int(t) for t in ids[b:b + a.ctx]]
@@ -94,6 +102,14 @@ def llama_ppl(a, path, ids):
         count += len(win) - 1
     llm.close()
     return float(np.exp(nll / count)), count
+
+
+def tensor_types(path):
+    """'Q4_0 x 28, F32 x 11, ...': how many tensors of each type the file holds."""
+    import collections
+    import gguf
+    counts = collections.Counter(t.tensor_type.name for t in gguf.GGUFReader(path).tensors)
+    return ", ".join(f"{k} x {v}" for k, v in counts.most_common())
 
 
 def quantize(src, dst, ftype_name):
@@ -118,7 +134,8 @@ def main():
     a = p.parse_args()
     os.makedirs(a.workdir, exist_ok=True)
     a.text = os.path.join(a.workdir, "text.txt")
-    cfg = json.load(open(os.path.join(a.model_dir, "config.json")))
+    with open(os.path.join(a.model_dir, "config.json")) as f:
+        cfg = json.load(f)
     widths = [cfg["hidden_size"], cfg["intermediate_size"]]
 
     ids = oar_ids(a)
@@ -146,6 +163,8 @@ def main():
     counts = {r[1][1] for r in rows if isinstance(r[1], tuple)} | {r[2][1] for r in rows if r[2]}
     assert len(counts) == 1, f"the tools predicted different numbers of tokens: {counts}"
     base_o, base_l = rows[0][1][0], rows[-len(files)][2][0]
+    f32_o = rows[-len(files)][1][0]
+    assert abs(f32_o / base_l - 1) < 1e-4, f"oar and llama.cpp disagree on the F32 file: {f32_o} vs {base_l}"
     print(f"{os.path.basename(os.path.normpath(a.model_dir))}: {counts.pop()} predicted tokens, windows of {a.ctx}")
     print("| weights | oar perplexity | change vs oar float32 | llama.cpp perplexity | change vs llama.cpp F32 |")
     print("|---|---|---|---|---|")
@@ -153,6 +172,8 @@ def main():
         oc = f"{o[0]:.4f} | {100 * (o[0] / base_o - 1):+.2f}%" if isinstance(o, tuple) else f"({o}) | -"
         lc = f"{l[0]:.4f} | {100 * (l[0] / base_l - 1):+.2f}%" if l else "- | -"
         print(f"| {label} | {oc} | {lc} |")
+    for name, path in files.items():
+        print(f"GGUF {name.upper()}: {tensor_types(path)}")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ OAR_FLAGS = {"f16": ["--dtype", "float16"], "bf16": [], "f32": [], "q8_0": ["--q
 def make_files(a):
     hf = os.path.join(a.workdir, a.preset)
     if not os.path.exists(os.path.join(hf, "config.json")):  # written last, sharded or not
-        subprocess.run([a.oar, "create-model", "--preset", a.preset, "--dtype", "float32", "--output_dir", hf,
+        subprocess.run([a.oar, "create-model", "--preset", a.preset, "--dtype", a.model_dtype, "--output_dir", hf,
                         "--force"], check=True, stdout=subprocess.DEVNULL)
     files = {}
     for fmt in a.formats:
@@ -86,6 +86,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--oar", default=os.path.join(HERE, "..", "build", "oar"))
     p.add_argument("--preset", default="tinyllama-1.1b")
+    p.add_argument("--model_dtype", default="float32",
+                   help="of the created model the GGUF files are made from (bfloat16 halves a 13B's 52 GB)")
     p.add_argument("--formats", default="f16,bf16,q8_0,q4_0")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--prompt", type=int, default=512)

@@ -75,9 +75,10 @@ std::string gguf_quoted(const std::string& s);
 bool is_gguf_file(const std::string& path);
 
 // Dequantizes `n` values (a whole number of the type's blocks) of a GGUF tensor's bytes to float32, exactly as
-// ggml's reference dequantization does: Q8_0 and Q4_0 are d * q per block of 32; Q4_K is d * scale * q - dmin *
-// min per sub-block of 32 within blocks of 256 (6-bit scales and mins); Q6_K is d * scale * q per 16 in blocks of
-// 256. F32, F16 and BF16 are converted.
+// ggml's reference dequantization does: Q8_0 and Q4_0 are d * q per block of 32, Q5_0 the same with a fifth bit
+// from a 32-bit mask, Q4_1 and Q5_1 d * q + m; Q4_K is d * scale * q - dmin * min per sub-block of 32 within
+// blocks of 256 (6-bit scales and mins); Q6_K is d * scale * q per 16 in blocks of 256. F32, F16 and BF16 are
+// converted.
 void gguf_dequantize(GgufType type, const uint8_t* src, int64_t n, float* dst);
 
 // A GGUF file opened: its header and the mapped bytes.

@@ -41,7 +41,7 @@ void q4_1_block(const uint8_t* b, float* y) {
   }
 }
 
-// Q5_0 and Q5_1 (the fallback of Q4_K_M files for widths that are no multiple of 256): f16 d (Q5_1: and f16 m),
+// Q5_0 (llama.cpp's fallback in Q4_K_M files for widths that are no multiple of 256) and Q5_1: f16 d (Q5_1: and f16 m),
 // a little-endian uint32 whose bit j is value j's fifth bit, then nibbles as Q4_0's. Q5_0: y = d * (q - 16), 22
 // bytes per 32 values; Q5_1: y = d * q + m, 24 bytes.
 template <bool WithMin>

@@ -77,10 +77,9 @@ def vocab(size=256):
     return tokens, [0.0] * 3 + [0.0] * n_bytes + [-float(k) for k in range(filler)], types
 
 
-def write_model(path, cfg, weights, qtype):
-    """`weights` (Hugging Face names, numpy arrays) as llama.cpp's converter writes a Llama, 2-D tensors in qtype."""
+def start_model(path, cfg):
+    """A GGUFWriter holding a Llama's metadata as llama.cpp's converter writes it, with vocab()'s tokenizer."""
     heads, kv = cfg["num_attention_heads"], cfg.get("num_key_value_heads", cfg["num_attention_heads"])
-    hd = cfg["hidden_size"] // heads
     w = gguf.GGUFWriter(path, "llama")
     w.add_context_length(cfg["max_position_embeddings"])
     w.add_embedding_length(cfg["hidden_size"])
@@ -90,7 +89,7 @@ def write_model(path, cfg, weights, qtype):
     w.add_head_count_kv(kv)
     w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
     w.add_rope_freq_base(cfg.get("rope_theta", 10000.0))
-    w.add_rope_dimension_count(hd)
+    w.add_rope_dimension_count(cfg["hidden_size"] // heads)
     tokens, scores, types = vocab(cfg["vocab_size"])
     w.add_tokenizer_model("llama")
     w.add_token_list(tokens)
@@ -99,16 +98,28 @@ def write_model(path, cfg, weights, qtype):
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
     w.add_unk_token_id(0)
+    return w
+
+
+def convert_tensor(cfg, name, t, qtype):
+    """One Hugging Face tensor as the file stores it: (GGUF name, array, raw_dtype for add_tensor)."""
+    heads, kv = cfg["num_attention_heads"], cfg.get("num_key_value_heads", cfg["num_attention_heads"])
+    t = t.astype(np.float32)
+    if name.endswith("q_proj.weight"):
+        t = to_pairs(t, heads)
+    elif name.endswith("k_proj.weight"):
+        t = to_pairs(t, kv)
+    if t.ndim == 1 or qtype == Q.F32:
+        return gguf_name(name), t, None
+    return gguf_name(name), gguf.quants.quantize(t, qtype), qtype
+
+
+def write_model(path, cfg, weights, qtype):
+    """`weights` (Hugging Face names, numpy arrays) as llama.cpp's converter writes a Llama, 2-D tensors in qtype."""
+    w = start_model(path, cfg)
     for name, t in weights.items():
-        t = t.astype(np.float32)
-        if name.endswith("q_proj.weight"):
-            t = to_pairs(t, heads)
-        elif name.endswith("k_proj.weight"):
-            t = to_pairs(t, kv)
-        if t.ndim == 1 or qtype == Q.F32:
-            w.add_tensor(gguf_name(name), t)
-        else:
-            w.add_tensor(gguf_name(name), gguf.quants.quantize(t, qtype), raw_dtype=qtype)
+        gname, data, raw = convert_tensor(cfg, name, t, qtype)
+        w.add_tensor(gname, data, raw_dtype=raw)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -138,7 +138,7 @@ void gemv_i8(const float* x, int64_t M, int64_t ldx, const int8_t* w, const floa
 }
 
 // One int4 weight row (WeightFormat::Int4) against M activation rows: each 16-byte block unpacks to 32 inputs,
-// each group's dot is scaled once. Four FMA chains with one activation row, as row_i8.
+// each group's dot is scaled once (AVX-512 scales a table instead: the two round differently, within 1e-5). Four FMA chains with one activation row, as row_i8.
 template <int M>
 inline void row_i4(const float* x, int64_t ldx, const uint8_t* w, const float* sc, int64_t K, int64_t G, float* y,
                    int64_t ldy) {
@@ -185,11 +185,13 @@ void gemv_i4(const float* x, int64_t M, int64_t ldx, const uint8_t* w, const flo
 uint64_t read_bytes(const void* p, size_t n) {
   const __m256i* q = static_cast<const __m256i*>(p);
   __m256i a = _mm256_setzero_si256(), b = a;  // two chains: xor's 1-cycle latency never limits two loads a cycle
-  for (size_t i = 0; i < n / 32; i += 2) {
+  size_t i = 0;
+  for (; i + 2 <= n / 32; i += 2) {
     prefetch_ahead(q + i);  // as the GEMVs do, or they would read faster than the ceiling
     a = _mm256_xor_si256(a, _mm256_load_si256(q + i));
     b = _mm256_xor_si256(b, _mm256_load_si256(q + i + 1));
   }
+  if (i < n / 32) a = _mm256_xor_si256(a, _mm256_load_si256(q + i));
   a = _mm256_xor_si256(a, b);
   uint64_t r[4];
   std::memcpy(r, &a, sizeof(r));
