@@ -177,7 +177,7 @@ TEST(Kernels, QuantizedLinearEqualsFloatLinearOfItsDequantizedWeights) {
   const Weight q2 = Weight::quantize(random_matrix(out, in, 4, 0.1f), spec);
   const Weight f = Weight::dense(q.dequantize()), f2 = Weight::dense(q2.dequantize());
   Tensor bias = random_matrix(1, out, 5).view({out});
-  for (int64_t M : {1, 3, 8, 9, 40}) {  // the GEMV up to 8 rows, the dequantizing GEMM above
+  for (int64_t M : {1, 3, 8, 9, 16, 17, 40}) {  // the GEMV up to 16 rows (in passes of 4 or 8), the dequantizing GEMM above
     const Tensor x = random_matrix(M, in, uint32_t(10 + M));
     Tensor y8 = Tensor::empty({M, out}, DType::F32), yf = Tensor::empty({M, out}, DType::F32);
     K.linear(x, q, &bias, y8);
@@ -194,8 +194,8 @@ TEST(Kernels, QuantizedLinearEqualsFloatLinearOfItsDequantizedWeights) {
   }
   // The GEMM path dequantizes blocks of 4 MiB of rows: 8192 inputs make blocks of 128 rows, so 300 rows take 3.
   const Weight wide = Weight::quantize(random_matrix(300, 8192, 8, 0.05f), spec);
-  const Tensor x = random_matrix(9, 8192, 9);
-  Tensor y8 = Tensor::empty({9, 300}, DType::F32), yf = Tensor::empty({9, 300}, DType::F32);
+  const Tensor x = random_matrix(17, 8192, 9);  // 17 rows: past the GEMV's 16
+  Tensor y8 = Tensor::empty({17, 300}, DType::F32), yf = Tensor::empty({17, 300}, DType::F32);
   K.linear(x, wide, nullptr, y8);
   K.linear(x, Weight::dense(wide.dequantize()), nullptr, yf);
   EXPECT_LE(oar::test::rel_err(y8, yf), 1e-5) << "three dequantized blocks";
