@@ -138,7 +138,8 @@ void gemv_i8(const float* x, int64_t M, int64_t ldx, const int8_t* w, const floa
 }
 
 // One int4 weight row (WeightFormat::Int4) against M activation rows: each 16-byte block unpacks to 32 inputs,
-// each group's dot is scaled once (AVX-512 scales a table instead: the two round differently, within 1e-5). Four FMA chains with one activation row, as row_i8.
+// each group's dot is scaled once (AVX-512 scales a table instead: the two round differently, within 1e-5).
+// Four FMA chains with one activation row, as row_i8.
 template <int M>
 inline void row_i4(const float* x, int64_t ldx, const uint8_t* w, const float* sc, int64_t K, int64_t G, float* y,
                    int64_t ldy) {

@@ -178,7 +178,8 @@ inline void row_i4(const float* x, int64_t ldx, const uint8_t* w, const float* s
     }
     if (k % 128 == 0) prefetch_ahead(w + k / 2);
     const __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + k / 2)));
-    const __m512 lo = _mm512_permutexvar_ps(bytes, table), hi = _mm512_permutexvar_ps(_mm512_srli_epi32(bytes, 4), table);
+    const __m512 lo = _mm512_permutexvar_ps(bytes, table);
+    const __m512 hi = _mm512_permutexvar_ps(_mm512_srli_epi32(bytes, 4), table);
     for (int m = 0; m < M; m++) {
       acc[0][m] = _mm512_fmadd_ps(lo, _mm512_loadu_ps(x + m * ldx + k), acc[0][m]);
       acc[1][m] = _mm512_fmadd_ps(hi, _mm512_loadu_ps(x + m * ldx + k + 16), acc[1][m]);
@@ -192,7 +193,8 @@ inline void row_i4(const float* x, int64_t ldx, const uint8_t* w, const float* s
   }
   if (k < K) block(k, even);
   for (int m = 0; m < M; m++)
-    y[m * ldy] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(even[0][m], even[1][m]), _mm512_add_ps(odd[0][m], odd[1][m])));
+    y[m * ldy] = _mm512_reduce_add_ps(
+        _mm512_add_ps(_mm512_add_ps(even[0][m], even[1][m]), _mm512_add_ps(odd[0][m], odd[1][m])));
 }
 
 void gemv_i4(const float* x, int64_t M, int64_t ldx, const uint8_t* w, const float* scales, int64_t K, int64_t G,
