@@ -18,33 +18,12 @@ from gguf import GGMLQuantizationType, GGML_QUANT_SIZES
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "reference"))
 import make_gguf_fixtures  # noqa: E402
-
-ST_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}
-
+import numpy_llama  # noqa: E402
 
 def lazy_tensors(model_dir):
-    """[(name, shape, loader)] over the model's safetensors files, in file order; loader() gives float32."""
-    index = os.path.join(model_dir, "model.safetensors.index.json")
-    files = sorted(set(json.load(open(index))["weight_map"].values())) if os.path.exists(index) else ["model.safetensors"]
-    out = []
-    for fn in files:
-        path = os.path.join(model_dir, fn)
-        with open(path, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(n))
-        for name, info in header.items():
-            if name == "__metadata__":
-                continue
-            b, e = info["data_offsets"]
-            dt = ST_DTYPES[info["dtype"]]
-
-            def load(path=path, off=8 + n + b, count=(e - b) // np.dtype(dt).itemsize, dt=dt, shape=info["shape"],
-                     bf16=info["dtype"] == "BF16"):
-                raw = np.fromfile(path, dtype=dt, count=count, offset=off)
-                x = (raw.astype(np.uint32) << 16).view(np.float32) if bf16 else raw.astype(np.float32)
-                return x.reshape(shape)
-            out.append((name, info["shape"], load))
-    return out
+    """[(name, shape, load)] over all of the model's safetensors files."""
+    return [t for fn in numpy_llama.safetensors_files(model_dir)
+            for t in numpy_llama.lazy_safetensors(os.path.join(model_dir, fn))]
 
 
 def stored_bytes(shape, qtype):

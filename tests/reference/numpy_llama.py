@@ -49,26 +49,33 @@ _ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": "
               "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8}
 
 
-def _parse_safetensors(path):
-    """Minimal safetensors reader (supports BF16, which numpy itself lacks): returns float32 for BF16."""
+def lazy_safetensors(path):
+    """[(name, shape, load)] for a safetensors file's tensors, in file order; load() reads that tensor alone
+    (BF16, which numpy lacks, as float32)."""
     with open(path, "rb") as f:
-        raw = f.read()
-    (n,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8:8 + n].decode("utf-8"))
-    base = 8 + n
-    out = {}
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n).decode("utf-8"))
+    out = []
     for name, info in header.items():
         if name == "__metadata__":
             continue
         b, e = info["data_offsets"]
         dt = _ST_DTYPES[info["dtype"]]
-        buf = raw[base + b:base + e]
-        if dt == "bf16":  # bfloat16 = upper 16 bits of an IEEE float32
-            arr = (np.frombuffer(buf, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
-        else:
-            arr = np.frombuffer(buf, dtype=np.dtype(dt).newbyteorder("<"))
-        out[name] = arr.reshape(info["shape"])
+
+        def load(off=8 + n + b, size=e - b, dt=dt, shape=info["shape"]):
+            raw = np.fromfile(path, dtype=np.uint8, count=size, offset=off)
+            if dt == "bf16":  # bfloat16 = upper 16 bits of an IEEE float32
+                arr = (raw.view("<u2").astype(np.uint32) << 16).view(np.float32)
+            else:
+                arr = raw.view(np.dtype(dt).newbyteorder("<"))
+            return arr.reshape(shape)
+        out.append((name, info["shape"], load))
     return out
+
+
+def _parse_safetensors(path):
+    """Minimal safetensors reader (supports BF16, which numpy itself lacks): returns float32 for BF16."""
+    return {name: load() for name, _, load in lazy_safetensors(path)}
 
 
 def load_safetensors(path):
@@ -80,17 +87,20 @@ def load_safetensors(path):
     return _parse_safetensors(path)
 
 
-def load_model(model_dir, dtype=np.float64):
-    with open(os.path.join(model_dir, "config.json")) as f:
-        cfg = json.load(f)
+def safetensors_files(model_dir):
+    """The model's safetensors files: the shards model.safetensors.index.json lists, else model.safetensors."""
     index = os.path.join(model_dir, "model.safetensors.index.json")
     if os.path.exists(index):
         with open(index) as f:
-            files = sorted(set(json.load(f)["weight_map"].values()))
-    else:
-        files = ["model.safetensors"]
+            return sorted(set(json.load(f)["weight_map"].values()))
+    return ["model.safetensors"]
+
+
+def load_model(model_dir, dtype=np.float64):
+    with open(os.path.join(model_dir, "config.json")) as f:
+        cfg = json.load(f)
     w = {}
-    for fn in files:
+    for fn in safetensors_files(model_dir):
         for k, v in load_safetensors(os.path.join(model_dir, fn)).items():
             w[k] = v.astype(np.float32).astype(dtype)  # f16/bf16/f32 -> f32 is exact
     return cfg, w
