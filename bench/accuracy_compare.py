@@ -6,7 +6,7 @@ job's `build/job/pretrain` (after `bash scripts/run.sh`) or `../shared/data/stor
   1. tokenizes TEXT with oar (`oar preprocess`), so that both tools predict exactly the same ids;
   2. writes the weights as an F32 GGUF (bench/hf_to_gguf.py) and has llama.cpp's own quantizer
      (llama_model_quantize) make BF16, Q8_0, Q4_0 and Q4_K_M files of it;
-  3. runs `oar perplexity` on the Hugging Face directory in float32, bfloat16, weight_only_int8 and
+  3. runs `oar perplexity` on the Hugging Face directory in float32, bfloat16, weight_only_int8, a8w8 and
      weight_only_int4 (per channel, and in groups of 64 and 128 where the widths allow), and on every GGUF file;
   4. runs llama.cpp (llama-cpp-python, float32 KV cache as oar's) on every GGUF file over the same
      non-overlapping windows of --ctx tokens as `oar perplexity`: each window evaluated in one batch, every
@@ -36,6 +36,7 @@ GGUF_TYPES = {"bf16": "LLAMA_FTYPE_MOSTLY_BF16", "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_
 OAR_FORMATS = [("float32", ["--dtype", "float32"], None),
                ("bfloat16", ["--dtype", "bfloat16"], None),
                ("weight_only_int8", ["--dtype", "float32", "--quant_type", "weight_only_int8"], None),
+               ("a8w8 (per-token activation steps)", ["--dtype", "float32", "--quant_type", "a8w8"], None),
                ("weight_only_int4, per channel", ["--dtype", "float32", "--quant_type", "weight_only_int4"], 32),
                ("weight_only_int4, groups of 64", ["--dtype", "float32", "--quant_type", "weight_only_int4",
                                                    "--weightonly_group_size", "64"], 64),

@@ -1,9 +1,10 @@
-// Prefill and decode speed of a TinyLlama-1.1B-shaped model (random weights) in float32, bfloat16 and
-// weight_only_int8 and weight_only_int4 in groups of 128 (quantized projections, float32 activations), each as a fraction of a ceiling measured in the same
-// run: decode against the memory read bandwidth (every weight is read once per token), prefill against the GEMM
-// peak of the compute dtype.
+// Prefill and decode speed of a TinyLlama-1.1B-shaped model (random weights) in float32, bfloat16,
+// weight_only_int8, weight_only_int4 in groups of 128 (quantized projections, float32 activations) and a8w8
+// (int8 projections and activations), each as a fraction of a ceiling measured in the same run: decode against
+// the memory read bandwidth (every weight is read once per token), prefill against the GEMM peak of the compute
+// dtype (a8w8: the u8 x s8 integer GEMM's).
 //
-//   bench_llama [--prompt 512] [--decode 64] [--dtypes bf16,f32,int8,int4g128]
+//   bench_llama [--prompt 512] [--decode 64] [--dtypes bf16,f32,int8,int4g128,a8w8]
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
@@ -37,17 +38,18 @@ int main(int argc, char** argv) {
               (long long)decode);
   std::printf("ceiling: memory read bandwidth %.1f GB/s (first probe; decode runs are each held against their own)\n",
               measure_read_bandwidth() / 1e9);
-  struct Kind { std::string name; DType dt; std::optional<QuantSpec> quant; };
-  const Kind kinds[] = {{"bf16", DType::BF16, {}}, {"f32", DType::F32, {}},
-                        {"int8", DType::F32, QuantSpec{WeightFormat::Int8, -1}},
-                        {"int4g128", DType::F32, QuantSpec{WeightFormat::Int4, 128}}};
+  struct Kind { std::string name; DType dt; std::optional<QuantSpec> quant; DType gemm_dt; };
+  const Kind kinds[] = {{"bf16", DType::BF16, {}, DType::BF16}, {"f32", DType::F32, {}, DType::F32},
+                        {"int8", DType::F32, QuantSpec{WeightFormat::Int8, -1}, DType::F32},
+                        {"int4g128", DType::F32, QuantSpec{WeightFormat::Int4, 128}, DType::F32},
+                        {"a8w8", DType::F32, QuantSpec{WeightFormat::A8W8, -1}, DType::I8}};
   for (const Kind& kind : kinds) {
     const std::string& dts = kind.name;
     if (dtypes.find(dts) == std::string::npos) continue;
     const DType dt = kind.dt;
     // The GEMM ceiling: the model's largest product (gate/up projection) at the prefill length.
-    const double peak = measure_gemm_flops(dt, prompt, cfg.intermediate_size, cfg.hidden_size);
-    std::printf("ceiling: %s GEMM peak %.1f GFLOP/s (%lld x %lld x %lld)%s\n", dtype_name(dt), peak / 1e9, (long long)prompt,
+    const double peak = measure_gemm_flops(kind.gemm_dt, prompt, cfg.intermediate_size, cfg.hidden_size);
+    std::printf("ceiling: %s GEMM peak %.1f GFLOP/s (%lld x %lld x %lld)%s\n", dtype_name(kind.gemm_dt), peak / 1e9, (long long)prompt,
                 (long long)cfg.intermediate_size, (long long)cfg.hidden_size, peak > 0 ? "" : ": this CPU has no such GEMM");
     auto model = random_model(cfg, dt, kind.quant);
     Generator gen(*model);
@@ -95,7 +97,7 @@ int main(int argc, char** argv) {
     const double pf_flops = flops / best.prefill_seconds;
     const double dec_tok_s = double(best.decode_steps) / best.decode_seconds;
     std::printf("%s prefill: %.1f tok/s, %.1f GFLOP/s = %s of the %s GEMM peak\n", dts.c_str(), pf_tok_s, pf_flops / 1e9,
-                peak > 0 ? roofline_percent(pf_flops / peak, "GEMM peak").c_str() : "n/a", dtype_name(dt));
+                peak > 0 ? roofline_percent(pf_flops / peak, "GEMM peak").c_str() : "n/a", dtype_name(kind.gemm_dt));
     // ab_compare.sh reads this line: "NN.N% of the read bandwidth roofline", any note after it.
     std::printf("%s decode : %.2f tok/s (best run), %.2f GB/token -> %.1f GB/s; median of the runs: %.1f%% of the read "
                 "bandwidth roofline%s\n\n",

@@ -4,7 +4,8 @@
 A random model of a preset's shape (default TinyLlama-1.1B) is made once with `oar create-model`, written as GGUF
 files by bench/hf_to_gguf.py (F16, BF16, Q8_0, Q4_0 by default), and each file is run by both:
   - oar:       `oar predict --model_name_or_path FILE.gguf --benchmark`: F16 with --dtype float16, BF16 as stored,
-               Q8_0 with --quant_type weight_only_int8, Q4_0 as stored (weight_only_int4 in groups of 32);
+               Q8_0 with --quant_type weight_only_int8, Q4_0 as stored (weight_only_int4 in groups of 32); format
+               a8w8 runs the Q8_0 file with --quant_type a8w8 (against llama.cpp's Q8_0);
   - llama.cpp: llama-cpp-python's Llama on the same file, same thread count: the prompt evaluated in one batch,
                then one token at a time.
 Rounds alternate which runs first; the table gives medians and oar/llama.cpp.
@@ -12,7 +13,7 @@ Rounds alternate which runs first; the table gives medians and oar/llama.cpp.
     python3 -m venv /work/venv-llamacpp
     CMAKE_ARGS="-DGGML_NATIVE=ON" /work/venv-llamacpp/bin/pip install llama-cpp-python \\
         -r tests/reference/gguf_requirements.txt
-    /work/venv-llamacpp/bin/python bench/llamacpp_compare.py [--oar build/oar] [--rounds 3] [--formats f16,bf16,q8_0,q4_0]
+    /work/venv-llamacpp/bin/python bench/llamacpp_compare.py [--oar build/oar] [--rounds 3] [--formats f16,bf16,q8_0,q4_0,a8w8]
 """
 import argparse
 import os
@@ -24,7 +25,10 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-OAR_FLAGS = {"f16": ["--dtype", "float16"], "bf16": [], "f32": [], "q8_0": ["--quant_type", "weight_only_int8"], "q4_0": []}
+OAR_FLAGS = {"f16": ["--dtype", "float16"], "bf16": [], "f32": [], "q8_0": ["--quant_type", "weight_only_int8"], "q4_0": [],
+             "a8w8": ["--quant_type", "a8w8"]}
+# Formats that run another format's file: oar's a8w8 (int8 weights and activations) against llama.cpp's Q8_0.
+FILE_FORMAT = {"a8w8": "q8_0"}
 
 
 def make_files(a):
@@ -34,17 +38,21 @@ def make_files(a):
                         "--force"], check=True, stdout=subprocess.DEVNULL)
     files = {}
     for fmt in a.formats:
-        path = os.path.join(a.workdir, f"{a.preset}-{fmt}.gguf")
+        stored = FILE_FORMAT.get(fmt, fmt)
+        path = os.path.join(a.workdir, f"{a.preset}-{stored}.gguf")
         if not os.path.exists(path):
             print(f"writing {path}", file=sys.stderr)
-            subprocess.run([sys.executable, os.path.join(HERE, "hf_to_gguf.py"), hf, path, fmt], check=True)
+            subprocess.run([sys.executable, os.path.join(HERE, "hf_to_gguf.py"), hf, path, stored], check=True)
         files[fmt] = path
     return files
 
 
 def run_oar(a, fmt, path):
+    # greedy: llama.cpp's eval samples nothing, and an argmax is the nearest oar has (its default top-p sampling
+    # sorts the 32,000 logits every step)
     cmd = [a.oar, "predict", "--model_name_or_path", path, "--benchmark", "--src_length", str(a.prompt),
-           "--max_length", str(a.decode), "--batch_size", "1", "--benchmark_warmup", "1", "--benchmark_rounds", "1"]
+           "--max_length", str(a.decode), "--batch_size", "1", "--benchmark_warmup", "1", "--benchmark_rounds", "1",
+           "--decode_strategy", "greedy_search"]
     env = {**os.environ, "OMP_NUM_THREADS": str(a.threads)}
     out = subprocess.run(cmd + OAR_FLAGS[fmt], check=True, capture_output=True, text=True, env=env).stdout
     prefill = float(re.search(r"^oar: prefill ([0-9.]+) tok/s", out, re.M).group(1))

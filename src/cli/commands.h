@@ -18,5 +18,8 @@ Action add_convert(CLI::App& app);
 Action add_preprocess(CLI::App& app);
 Action add_finetune(CLI::App& app);
 Action add_pretrain(CLI::App& app);
+Action add_quantize(CLI::App& app);
+// PTQ of a PaddleNLP argument file (quantize.cpp), also run by `oar finetune` when the file sets do_ptq.
+int run_ptq(const std::string& cfg_path);
 
 }  // namespace oar::cli

@@ -62,6 +62,8 @@ int main(int argc, char** argv) {
       oar::cli::add_pretrain);
   reg("finetune", "fine-tune (SFT or LoRA) on src/tgt JSON lines (PaddleNLP run_finetune.py's argument files)",
       oar::cli::add_finetune);
+  reg("quantize", "post-training quantization for a8w8 (PaddleNLP's ptq_argument.json): calibrated scale files",
+      oar::cli::add_quantize);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

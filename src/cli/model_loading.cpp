@@ -6,11 +6,14 @@
 #include "core/fs.h"
 #include "core/model_config.h"
 #include "io/gguf.h"
+#include "io/model_source.h"
+#include "io/ptq_scales.h"
 #include "train/lora_io.h"
 
 namespace oar::cli {
 
-KVCacheDType parse_cachekv_int8(bool given, const std::string& value, const std::string& type) {
+KVCacheDType parse_cachekv_int8(bool given, const std::string& value, const std::string& type,
+                                const std::string& quant_type) {
   std::string kind = type;
   if (!type.empty() && type != "dynamic" && type != "static")
     throw Error("--cachekv_int8_type: '" + type + "' is not supported (dynamic or static)");
@@ -25,13 +28,23 @@ KVCacheDType parse_cachekv_int8(bool given, const std::string& value, const std:
     if (explicit_kind && !kind.empty() && kind != v)
       throw Error("--cachekv_int8 " + v + " contradicts --cachekv_int8_type " + kind);
     if (!v.empty() && (explicit_kind || kind.empty())) kind = v;
+    if (v.empty() && quant_type == "a8w8c8")
+      throw Error("--cachekv_int8 " + value + " contradicts --quant_type a8w8c8 (a8w8 with the int8 KV cache)");
   }
+  // PaddleNLP's c8: the static cache with PTQ's cachekv_scales.json, unless the type says dynamic.
+  if (quant_type == "a8w8c8" && kind.empty()) kind = "static";
   if (kind == "dynamic") return KVCacheDType::Int8Dynamic;
   if (kind == "static") return KVCacheDType::Int8Static;
   return KVCacheDType::F32;
 }
 
 namespace {
+
+// A file of the model's directory, or beside a checkpoint file.
+std::string beside_model(const std::string& model_path, const std::string& file) {
+  return dir_exists(model_path) ? join_path(model_path, file)
+                                : (std::filesystem::path(model_path).parent_path() / file).string();
+}
 
 // --dtype, else bfloat16 for weights stored in 16 bits or fewer (config.json's torch_dtype, a GGUF file's
 // types), else float32.
@@ -72,6 +85,13 @@ LoadedModel load_model_and_tokenizer(const std::string& model_path, const std::s
   if (!quant_type.empty()) quant = parse_quant_type(quant_type, group_size);
   else if (group_size != -1) throw Error("--weightonly_group_size needs --quant_type weight_only_int4");
   if (!dir_exists(model_path) && !file_exists(model_path)) fail(model_path, "no such file or directory");
+  // a8w8 with PaddleNLP's PTQ output beside the model: its calibrated static activation scales.
+  if (quant && quant->format == WeightFormat::A8W8) {
+    const std::string scales = beside_model(model_path, "act_scales.json");
+    if (file_exists(scales))
+      quant->act_steps = std::make_shared<const std::map<std::string, float>>(
+          load_act_scales(scales, open_model_source(model_path).config));
+  }
   const DType dtype = compute_dtype(model_path, dtype_name_in);
   LoadedModel lm;
   // Tokenizer first: a missing tokenizer is found before minutes of weight loading.
@@ -86,9 +106,7 @@ LoadedModel load_model_and_tokenizer(const std::string& model_path, const std::s
 }
 
 std::string cachekv_scales_path_for(const std::string& model_path, const std::string& given) {
-  if (!given.empty()) return given;
-  return dir_exists(model_path) ? join_path(model_path, "cachekv_scales.json")
-                                : (std::filesystem::path(model_path).parent_path() / "cachekv_scales.json").string();
+  return given.empty() ? beside_model(model_path, "cachekv_scales.json") : given;
 }
 
 }  // namespace oar::cli

@@ -27,8 +27,17 @@ std::string cachekv_scales_path_for(const std::string& model_path, const std::st
 // The KV cache format that PaddleNLP's flags name, parsed the same way by predict, perplexity and serve:
 // --cachekv_int8 bare, true or 1: int8 with dynamic scales; false or 0: float32; dynamic or static: int8 with
 // those scales. --cachekv_int8_type dynamic|static says the same and must agree. `given`: --cachekv_int8
-// appeared; `value`: its value ("" when bare). Throws oar::Error naming the flag for anything else.
-KVCacheDType parse_cachekv_int8(bool given, const std::string& value, const std::string& type);
+// appeared; `value`: its value ("" when bare). --quant_type a8w8c8 asks for the int8 cache: static unless the
+// flags say dynamic. Throws oar::Error naming the flag for anything else.
+KVCacheDType parse_cachekv_int8(bool given, const std::string& value, const std::string& type,
+                                const std::string& quant_type = "");
+
+// --quant_type's help, the same for every command that loads a model.
+inline constexpr const char* kQuantTypeHelp =
+    "weight_only_int8, weight_only_int4, a8w8 or a8w8c8: attention and MLP weights quantized at load (int8 per "
+    "channel, int4 per --weightonly_group_size; a8w8 also rounds their inputs to int8 and multiplies in integers, "
+    "with the static steps of PaddleNLP's act_scales.json where the model directory has one, else per token; "
+    "a8w8c8 adds the static int8 KV cache)";
 
 LoadedModel load_model_and_tokenizer(const std::string& model_path, const std::string& tokenizer_path,
                                      const std::string& dtype, const std::string& lora_path = "",

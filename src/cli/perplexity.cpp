@@ -31,7 +31,7 @@ Action add_perplexity(CLI::App& app) {
   app.add_option("--input_file", a->input, "UTF-8 text")->required();
   app.add_option("--ctx", a->ctx, "window length in tokens")->check(positive_int());
   app.add_option("--dtype", a->dtype, "float32, bfloat16 or float16 (default: bfloat16 for 16-bit checkpoints, else float32)");
-  app.add_option("--quant_type", a->quant_type, "weight_only_int8 or weight_only_int4: attention and MLP weights quantized at load (int8 per channel, int4 per --weightonly_group_size)");
+  app.add_option("--quant_type", a->quant_type, kQuantTypeHelp);
   app.add_option("--weightonly_group_size", a->group_size, "weight_only_int4's group: -1 (per channel), 64 or 128");
   app.add_option("--max_tokens", a->max_tokens, "use only the first N tokens (0: all)")->check(non_negative_int());
   CLI::Option* int8_opt = app.add_option("--cachekv_int8", a->cachekv_int8,
@@ -40,7 +40,8 @@ Action add_perplexity(CLI::App& app) {
   app.add_option("--cachekv_scales", a->cachekv_scales, "static scales (default: cachekv_scales.json in the model directory)");
   return [a, int8_opt]() -> int {
     // The KV cache format: float32 unless --cachekv_int8 / --cachekv_int8_type name an int8 one.
-    const KVCacheDType quant = parse_cachekv_int8(int8_opt->count() > 0, a->cachekv_int8, a->cachekv_int8_type);
+    const KVCacheDType quant =
+        parse_cachekv_int8(int8_opt->count() > 0, a->cachekv_int8, a->cachekv_int8_type, a->quant_type);
     const std::string kv = quant == KVCacheDType::Int8Static ? "static" : "dynamic";  // for the report
     std::string text = read_file(a->input);
     if (text.empty()) fail(a->input, "is empty: perplexity needs text to predict");

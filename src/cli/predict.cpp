@@ -175,8 +175,12 @@ int run_benchmark(const PredictArgs& a, LoadedModel& lm, const SamplingParams& s
 
   // Ceilings measured now, on this machine.
   const double bw = measure_read_bandwidth();
-  // float16 weights go through the float32 GEMM (converted in blocks): that is their peak.
-  const DType gemm_dtype = model.dtype() == DType::F16 ? DType::F32 : model.dtype();
+  // The GEMM the projections run: a8w8's integer one; float16 and weight-only quantized weights go through the
+  // float32 GEMM (converted in blocks); else the compute dtype's.
+  const WeightFormat proj = model.projection_format();
+  DType gemm_dtype = model.dtype();
+  if (proj == WeightFormat::A8W8) gemm_dtype = DType::I8;
+  else if (proj == WeightFormat::F16 || is_quantized(proj) || model.dtype() == DType::F16) gemm_dtype = DType::F32;
   const double gemm_peak = measure_gemm_flops(gemm_dtype, 512, 2048, 2048);
   // Prefill FLOPs: every matrix once per prompt token, attention's two products over the causal triangle,
   // the LM head for the last token only.
@@ -223,7 +227,7 @@ bool flag_value(const CLI::Option* opt, const std::string& v) {
 
 // --cachekv_int8 and --cachekv_int8_type: parsed as by every command (model_loading.h).
 KVCacheDType kv_dtype_of(const CLI::Option* int8_opt, const PredictArgs& a) {
-  return parse_cachekv_int8(int8_opt->count() > 0, a.cachekv_int8, a.cachekv_int8_type);
+  return parse_cachekv_int8(int8_opt->count() > 0, a.cachekv_int8, a.cachekv_int8_type, a.quant_type);
 }
 
 EngineConfig engine_config_of(const PredictArgs& a, KVCacheDType kv) {
@@ -373,7 +377,7 @@ Action add_predict(CLI::App& app) {
   app.add_option("--tokenizer_name_or_path", a->tokenizer, "tokenizer file or directory (default: beside the model)");
   app.add_option("--lora_path", a->lora_path, "LoRA adapter directory (PEFT or PaddleNLP) merged into the weights at load");
   app.add_option("--dtype", a->dtype, "float32, bfloat16 or float16 (default: bfloat16 for 16-bit checkpoints, else float32)");
-  app.add_option("--quant_type", a->quant_type, "weight_only_int8 or weight_only_int4: attention and MLP weights quantized at load (int8 per channel, int4 per --weightonly_group_size)");
+  app.add_option("--quant_type", a->quant_type, kQuantTypeHelp);
   app.add_option("--weightonly_group_size", a->group_size, "weight_only_int4's group: -1 (per channel), 64 or 128");
   app.add_option("--batch_size", a->batch_size, "prompts generated together")->check(positive_int());
   CLI::Option* src_length_opt = app.add_option("--src_length", a->src_length, "maximum prompt tokens (longer prompts keep their end)")->check(positive_int());
@@ -407,7 +411,9 @@ Action add_predict(CLI::App& app) {
     a->src_length_given = src_length_opt->count() > 0;
     const bool block_attn = flag_value(block_opt, a->block_attn);
     const KVCacheDType kv = kv_dtype_of(int8_opt, *a);
-    if (!block_attn && kv != KVCacheDType::F32) throw Error("--cachekv_int8 needs --block_attn (the engine's KV cache)");
+    if (!block_attn && kv != KVCacheDType::F32)
+      throw Error(std::string(a->quant_type == "a8w8c8" ? "--quant_type a8w8c8" : "--cachekv_int8") +
+                  " needs --block_attn (the engine's KV cache)");
     std::optional<EngineConfig> ec;
     if (block_attn) ec = engine_config_of(*a, kv);
     if (a->device != "cpu") throw Error("--device " + a->device + ": this build runs on cpu only");

@@ -138,7 +138,7 @@ Action add_serve(CLI::App& app) {
   app.add_option("--model_name_or_path", a->model, "Hugging Face directory or llama2.c checkpoint")->required();
   app.add_option("--tokenizer_name_or_path", a->tokenizer, "tokenizer file or directory (default: beside the model)");
   app.add_option("--dtype", a->dtype, "float32, bfloat16 or float16 (default: bfloat16 for 16-bit checkpoints, else float32)");
-  app.add_option("--quant_type", a->quant_type, "weight_only_int8 or weight_only_int4: attention and MLP weights quantized at load (int8 per channel, int4 per --weightonly_group_size)");
+  app.add_option("--quant_type", a->quant_type, kQuantTypeHelp);
   app.add_option("--weightonly_group_size", a->group_size, "weight_only_int4's group: -1 (per channel), 64 or 128");
   app.add_option("--host", a->host, "address to listen on");
   app.add_option("--port", a->port, "port to listen on (0: any free port, printed at start)")->check(ints(0, 65535));
@@ -178,7 +178,7 @@ Action add_serve(CLI::App& app) {
     ec.max_num_batched_tokens = a->max_num_batched_tokens;
     ec.enable_prefix_caching = !a->no_prefix_caching;
     ec.max_waiting = a->max_waiting;
-    ec.kv_dtype = parse_cachekv_int8(int8_opt->count() > 0, a->cachekv_int8, a->cachekv_int8_type);
+    ec.kv_dtype = parse_cachekv_int8(int8_opt->count() > 0, a->cachekv_int8, a->cachekv_int8_type, a->quant_type);
     if (ec.kv_dtype != KVCacheDType::F32)
       ec.cachekv_scales_path = cachekv_scales_path_for(a->model, a->cachekv_scales_path);
     check_address(a->host, a->port);

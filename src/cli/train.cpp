@@ -17,6 +17,7 @@
 #include "cli/commands.h"
 #include "core/error.h"
 #include "core/fs.h"
+#include "core/json_io.h"
 #include "core/mpi_world.h"
 #include "tokenizer/tokenizer.h"
 #include "train/parallel_groups.h"
@@ -280,6 +281,14 @@ int train_process(TrainMode mode, const std::vector<std::string>& argv, const Jo
   return 0;
 }
 
+// PaddleNLP's run_finetune.py runs PTQ instead of training when the argument file sets do_ptq.
+bool sets_do_ptq(const std::vector<std::string>& args) {
+  if (args.empty() || args[0].size() < 5 || args[0].compare(args[0].size() - 5, 5, ".json") != 0) return false;
+  if (!file_exists(args[0])) return false;  // the trainer names the missing file
+  const nlohmann::json j = parse_json_file(args[0]);
+  return j.is_object() && j.contains("do_ptq") && j["do_ptq"].is_boolean() && j["do_ptq"].get<bool>();
+}
+
 Action add_training_command(CLI::App& app, TrainMode mode) {
   // Every argument after the sub-command is ours: PaddleNLP's keys are many and open-ended.
   app.allow_extras();
@@ -287,7 +296,14 @@ Action add_training_command(CLI::App& app, TrainMode mode) {
   app.set_help_flag();
   app.footer(train_args_help(mode));
   CLI::App* sub = &app;
-  return [sub, mode]() -> int { return run_training(mode, sub->remaining()); };
+  return [sub, mode]() -> int {
+    const std::vector<std::string> args = sub->remaining();
+    if (mode == TrainMode::Finetune && sets_do_ptq(args)) {
+      if (args.size() != 1) throw Error("do_ptq: pass every setting in the JSON file (no command-line overrides)");
+      return run_ptq(args[0]);
+    }
+    return run_training(mode, args);
+  };
 }
 
 }  // namespace

@@ -300,8 +300,15 @@ LlamaConfig parse_hf_config(const std::string& json_text, const std::string& whe
                     " is not supported (sliding-window attention)");
   }
 
-  if (f.present("quantization_config"))
-    fail(where, "quantization_config is present: quantized checkpoints are not supported");
+  // PaddleNLP's PTQ output (a quant_type, float weights with SmoothQuant folded in, scale files beside them)
+  // loads as a float model; other quantization_configs (Hugging Face's quant_method: GPTQ, AWQ, ...) store
+  // quantized tensors oar cannot read.
+  if (f.present("quantization_config")) {
+    const nlohmann::json& q = f.at("quantization_config");
+    if (!q.is_object() || !q.contains("quant_type") || q.contains("quant_method"))
+      fail(where, "quantization_config is present: quantized checkpoints are not supported (PaddleNLP's PTQ output, "
+                  "with float weights and a quant_type, is)");
+  }
 
   // Special tokens: bos int or null, eos int or list or null, pad int or null (negative = none).
   if (j.contains("bos_token_id"))

@@ -68,7 +68,27 @@ std::string roofline_percent(double fraction, const char* ceiling) {
   return buf;
 }
 
+namespace {
+
+// a8w8's integer GEMM (u8 x s8 -> s32), in operations per second as the float GEMMs count theirs.
+double measure_u8s8_gemm_ops(int64_t M, int64_t N, int64_t K) {
+  std::vector<uint8_t> a(size_t(M * K), 130);
+  std::vector<int8_t> b(size_t(N * K), 3);
+  std::vector<int32_t> c(size_t(M * N));
+  double best = 0;
+  for (int rep = 0; rep < 4; rep++) {
+    double t = now_s();
+    if (!cpu_gemm_nt_u8s8(M, N, K, a.data(), b.data(), c.data())) return 0;
+    double dt_s = now_s() - t;
+    if (rep > 0) best = std::max(best, 2.0 * double(M) * double(N) * double(K) / dt_s);
+  }
+  return best;
+}
+
+}  // namespace
+
 double measure_gemm_flops(DType dt, int64_t M, int64_t N, int64_t K) {
+  if (dt == DType::I8) return measure_u8s8_gemm_ops(M, N, K);
   Tensor a = Tensor::empty({M, K}, dt), b = Tensor::empty({N, K}, dt), c = Tensor::empty({M, N}, DType::F32);
   // Ordinary nonzero operands, as a model's, rather than the zeros of a fresh buffer.
   for (Tensor* t : {&a, &b}) {

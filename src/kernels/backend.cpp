@@ -13,7 +13,7 @@ Weight Backend::pack_weight(const Tensor& host, const QuantSpec& spec) {
 }
 
 Weight Backend::upload_weight(Weight host) {
-  for (Tensor* t : {&host.data, &host.scales, &host.zero_points})
+  for (Tensor* t : {&host.data, &host.scales, &host.zero_points, &host.row_sums})
     if (t->defined()) *t = upload(*t);
   return host;
 }

@@ -108,6 +108,8 @@ Kernels& kernels_for(Device device);
 // A and B contiguous in `dt` (F32 or BF16). Returns false where this CPU has no kernel for dt. For code that times
 // the GEMM itself (infer/roofline) without reaching into kernels/cpu.
 bool cpu_gemm_nt(int64_t M, int64_t N, int64_t K, DType dt, const void* A, const void* B, float* C);
+// The same for a8w8's integer product: C[M,N] (int32) = A[M,K] (uint8) · B[N,K]^T (int8).
+bool cpu_gemm_nt_u8s8(int64_t M, int64_t N, int64_t K, const uint8_t* A, const int8_t* B, int32_t* C);
 // Reads n bytes at p (64-byte aligned, n a multiple of 64) with the widest loads of the CPU's ISA table: the read
 // bandwidth probe's inner loop. The result depends on every byte, so no load can be left out.
 uint64_t cpu_read_bytes(const void* p, size_t n);

@@ -16,6 +16,7 @@ const char* weight_format_name(WeightFormat f) {
     case WeightFormat::F16: return "float16";
     case WeightFormat::Int8: return "weight_only_int8";
     case WeightFormat::Int4: return "weight_only_int4";
+    case WeightFormat::A8W8: return "a8w8";
   }
   return "?";
 }
@@ -24,19 +25,21 @@ QuantSpec parse_quant_type(const std::string& name, int64_t group_size) {
   QuantSpec q;
   if (name == "weight_only_int8") q.format = WeightFormat::Int8;
   else if (name == "weight_only_int4") q.format = WeightFormat::Int4;
-  else if (name == "a8w8" || name == "a8w8c8")
-    throw Error("--quant_type " + name + " is not built yet (weight_only_int8 and weight_only_int4 are)");
+  else if (name == "a8w8" || name == "a8w8c8")  // a8w8c8's int8 KV cache: the CLI's parse_cachekv_int8
+    q.format = WeightFormat::A8W8;
   else
     throw Error("--quant_type: '" + name + "' is not a quantization type (weight_only_int8, weight_only_int4, a8w8, a8w8c8)");
   if (group_size != -1 && group_size != 64 && group_size != 128)
     throw Error("--weightonly_group_size: " + std::to_string(group_size) + " is not supported (-1, 64 or 128)");
-  if (q.format == WeightFormat::Int8 && group_size != -1)
-    throw Error("--weightonly_group_size " + std::to_string(group_size) + ": weight_only_int8 is per channel only (-1)");
+  if (q.format != WeightFormat::Int4 && group_size != -1)
+    throw Error("--weightonly_group_size " + std::to_string(group_size) + ": " + name + " is per channel only (-1)");
   q.group_size = group_size;
   return q;
 }
 
-bool is_quantized(WeightFormat f) { return f == WeightFormat::Int8 || f == WeightFormat::Int4; }
+bool is_quantized(WeightFormat f) {
+  return f == WeightFormat::Int8 || f == WeightFormat::Int4 || f == WeightFormat::A8W8;
+}
 
 WeightFormat dense_format(DType dtype) {
   switch (dtype) {
@@ -53,7 +56,8 @@ DType dense_dtype(WeightFormat format) {
     case WeightFormat::BF16: return DType::BF16;
     case WeightFormat::F16: return DType::F16;
     case WeightFormat::Int8:
-    case WeightFormat::Int4: break;
+    case WeightFormat::Int4:
+    case WeightFormat::A8W8: break;
   }
   throw Error("weight format " + std::to_string(int(format)) + " has no dense dtype");
 }
@@ -62,6 +66,7 @@ size_t Weight::bytes() const {
   size_t b = data.defined() ? data.nbytes() : 0;
   if (scales.defined()) b += scales.nbytes();
   if (zero_points.defined()) b += zero_points.nbytes();
+  if (row_sums.defined()) b += row_sums.nbytes();
   return b;
 }
 
@@ -73,6 +78,17 @@ Weight Weight::dense(const Tensor& t) {
   w.out = t.dim(0);
   w.in = t.dim(1);
   return w;
+}
+
+float row_absmax(const float* x, int64_t n, bool* finite) {
+  float amax = 0;
+  bool ok = true;
+  for (int64_t k = 0; k < n; k++) {
+    amax = std::max(amax, std::fabs(x[k]));
+    ok = ok && std::isfinite(x[k]);
+  }
+  *finite = ok;
+  return amax;
 }
 
 Weight Weight::quantize_int8(const Tensor& host) {
@@ -92,12 +108,8 @@ Weight Weight::quantize_int8(const Tensor& host) {
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < out; r++) {
     const float* row = src + r * in;
-    float amax = 0;
-    bool finite = true;
-    for (int64_t k = 0; k < in; k++) {
-      amax = std::max(amax, std::fabs(row[k]));
-      finite = finite && std::isfinite(row[k]);  // std::max would skip a NaN
-    }
+    bool finite;
+    float amax = row_absmax(row, in, &finite);
     if (!finite) {
 #pragma omp critical(oar_quantize_bad_row)
       bad_row = std::max(bad_row, r);
@@ -137,12 +149,8 @@ Weight Weight::quantize_int4(const Tensor& host, int64_t group_size) {
   for (int64_t r = 0; r < out; r++) {
     for (int64_t g0 = 0; g0 < in; g0 += g) {
       const float* x = src + r * in + g0;
-      float amax = 0;
-      bool finite = true;
-      for (int64_t k = 0; k < g; k++) {
-        amax = std::max(amax, std::fabs(x[k]));
-        finite = finite && std::isfinite(x[k]);
-      }
+      bool finite;
+      float amax = row_absmax(x, g, &finite);
       if (!finite) {
 #pragma omp critical(oar_quantize_bad_row)
         bad_row = std::max(bad_row, r);
@@ -167,9 +175,26 @@ Weight Weight::quantize_int4(const Tensor& host, int64_t group_size) {
   return w;
 }
 
+Weight Weight::quantize_a8w8(const Tensor& host, float act_step) {
+  if (!(act_step >= 0) || !std::isfinite(act_step))
+    throw Error("a8w8: the activation step must be finite and not negative, got " + std::to_string(act_step));
+  Weight w = quantize_int8(host);
+  w.format = WeightFormat::A8W8;
+  w.act_step = act_step;
+  w.row_sums = Tensor::empty({w.out}, DType::I32);
+  const int8_t* q = w.data.data<int8_t>();
+  for (int64_t r = 0; r < w.out; r++) {
+    int32_t sum = 0;
+    for (int64_t k = 0; k < w.in; k++) sum += q[r * w.in + k];
+    w.row_sums.data<int32_t>()[r] = sum;
+  }
+  return w;
+}
+
 Weight Weight::quantize(const Tensor& host, const QuantSpec& spec) {
   if (spec.format == WeightFormat::Int4) return quantize_int4(host, spec.group_size);
   if (spec.format == WeightFormat::Int8) return quantize_int8(host);
+  if (spec.format == WeightFormat::A8W8) return quantize_a8w8(host, spec.act_step);
   throw Error(std::string("weight: ") + weight_format_name(spec.format) + " is not a quantized format");
 }
 
@@ -181,7 +206,7 @@ void Weight::dequantize_rows(int64_t r0, int64_t r1, float* d) const {
     return;
   }
   const float* sc = scales.data<float>();
-  if (format == WeightFormat::Int8) {
+  if (format == WeightFormat::Int8 || format == WeightFormat::A8W8) {
     const int8_t* q = data.data<int8_t>();
     for (int64_t r = r0; r < r1; r++, d += K)
       for (int64_t k = 0; k < K; k++) d[k] = float(q[r * K + k]) * sc[r];

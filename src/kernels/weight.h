@@ -4,6 +4,8 @@
 // a kernel per ISA behind Kernels::linear; no layer above changes.
 #pragma once
 #include <cstdint>
+#include <map>
+#include <memory>
 #include <string>
 
 #include "core/tensor.h"
@@ -18,19 +20,27 @@ namespace oar {
 //        stored as q + 8, w ~= q * scale; quantize_int4 writes q in [-7, 7], GGUF's Q4_0 (repacked as it is)
 //        may also hold -8. In each block of 32 inputs, byte j holds input j in its low
 //        nibble and input j + 16 in its high one, so a vector unpacks 16 consecutive inputs per nibble half.
-// Next (the quantization issue): a8w8.
-enum class WeightFormat : uint8_t { F32, BF16, F16, Int8, Int4 };
+//   A8W8 (PaddleNLP's a8w8): Int8's weights and scales, and the activations quantized to int8 as well, so that
+//        the product is an integer dot (VNNI's vpdpbusd): x ~= qx * step with step = act_step (a static
+//        per-tensor step, absmax / 127 from calibration) or, where act_step is 0, max|x| / 127 of each row (a
+//        dynamic per-token step). row_sums holds each row's sum of int8 weights, int32 [out]: the kernels feed
+//        the activations as unsigned bytes qx + 128 (vpdpbusd multiplies u8 by s8) and subtract 128 * the sum.
+enum class WeightFormat : uint8_t { F32, BF16, F16, Int8, Int4, A8W8 };
 const char* weight_format_name(WeightFormat f);  // Int8: "weight_only_int8", as PaddleNLP's --quant_type
 bool is_quantized(WeightFormat f);
 
 // What load-time quantization makes of the projections: the format and, for Int4, the group size (-1: one group
-// per output channel, PaddleNLP's weightonly_group_size default; else 64 or 128).
+// per output channel, PaddleNLP's weightonly_group_size default; else 64 or 128). A8W8 takes each projection's
+// static activation step from act_steps (by weight name: PaddleNLP's act_scales.json) where given, else its
+// activations get dynamic per-token steps.
 struct QuantSpec {
   WeightFormat format = WeightFormat::Int8;
   int64_t group_size = -1;
+  std::shared_ptr<const std::map<std::string, float>> act_steps;
+  float act_step = 0;  // the one weight's step that Weight::quantize applies (the loader sets it from act_steps)
 };
-// PaddleNLP's --quant_type (weight_only_int8, weight_only_int4) and --weightonly_group_size (-1, 64, 128; int8 is
-// per channel only). Throws oar::Error naming the flag for types not built yet (a8w8, a8w8c8) and bad values.
+// PaddleNLP's --quant_type (weight_only_int8, weight_only_int4, a8w8, a8w8c8) and --weightonly_group_size (-1, 64,
+// 128; only weight_only_int4 takes groups). Throws oar::Error naming the flag for bad values.
 QuantSpec parse_quant_type(const std::string& name, int64_t group_size = -1);
 // The dense format of a dtype (F32, BF16, F16; throws for others), and back.
 WeightFormat dense_format(DType dtype);
@@ -44,17 +54,23 @@ struct WeightShard {
   int64_t full_out = 0, full_in = 0;
 };
 
+// The largest |x| of n floats, and whether every one is finite (std::max alone would skip a NaN): what the
+// quantizers of weights and activations measure a row by.
+float row_absmax(const float* x, int64_t n, bool* finite);
+
 struct Weight {
   Tensor data;                 // dense formats: [out, in] of the format's dtype, contiguous
   Tensor scales, zero_points;  // quantized formats only
+  Tensor row_sums;             // A8W8 only
   WeightFormat format = WeightFormat::F32;
   int64_t out = 0, in = 0;     // logical shape
   int64_t group_size = 0;      // group-wise formats only
+  float act_step = 0;          // A8W8: the static activation step; 0: dynamic per token
   WeightShard shard;
 
   bool defined() const { return data.defined(); }
   Device device() const { return data.device(); }
-  // Bytes a product streams: data, scales and zero points.
+  // Bytes a product streams: data, scales, zero points and row sums.
   size_t bytes() const;
   // A dense [out, in] float tensor as a weight of its dtype's format, sharing its memory.
   static Weight dense(const Tensor& t);
@@ -64,10 +80,12 @@ struct Weight {
   // weight_only_int4 on the host: per group of group_size inputs (-1: the whole row), scale = max|w| / 7 and
   // q = round(w / scale). `in` must be a multiple of 32 and of the group size.
   static Weight quantize_int4(const Tensor& host, int64_t group_size);
-  // Either of the two, as `spec` says.
+  // a8w8 on the host: quantize_int8's weights and scales, their row sums, and the activation step (0: dynamic).
+  static Weight quantize_a8w8(const Tensor& host, float act_step = 0);
+  // One of the three, as `spec` says.
   static Weight quantize(const Tensor& host, const QuantSpec& spec);
-  // The float32 [out, in] matrix a host weight stands for (quantized formats: data * scale), for tests and for
-  // products that have no kernel of their own.
+  // The float32 [out, in] matrix a host weight stands for (quantized formats: data * scale; A8W8: its weights
+  // only, the activations' rounding is the kernels'), for tests and for products that have no kernel of their own.
   Tensor dequantize() const;
   // Rows [r0, r1) of a quantized or float16 weight in host memory as float32, written as [r1 - r0, in] at `out`.
   void dequantize_rows(int64_t r0, int64_t r1, float* out) const;

@@ -100,7 +100,7 @@ KVStaticScales load_cachekv_scales(const std::string& path, const LlamaConfig& c
   for (auto it = j.begin(); it != j.end(); ++it) {
     std::smatch m;
     const std::string& key = it.key();
-    if (!std::regex_search(key, m, key_re)) continue;
+    if (key.size() > 256 || !std::regex_search(key, m, key_re)) continue;  // longer: none of ours (regex recurses)
     if (m[1].length() > 6) fail(path, "'" + key + "': layer index out of range");
     const int64_t layer = std::stoll(m[1].str());
     if (layer >= L) fail(path, "'" + key + "': the model has " + std::to_string(L) + " layers");

@@ -53,8 +53,14 @@ Weight pack_projection(const WeightSource& src, const std::string& name, const S
   if (!quant)
     if (std::optional<StoredInt4> q = src.stored_int4(name)) return stored_int4(std::move(*q), name, shape, src.where(), backend);
   const Tensor host = fetch(src, name, shape, dtype);
+  QuantSpec spec = quant.value_or(QuantSpec{dense_format(dtype), -1});
+  if (spec.act_steps) {
+    const auto it = spec.act_steps->find(name);
+    if (it == spec.act_steps->end()) fail(src.where(), name + ": no static activation scale for this projection");
+    spec.act_step = it->second;
+  }
   try {
-    return backend.pack_weight(host, quant.value_or(QuantSpec{dense_format(dtype), -1}));
+    return backend.pack_weight(host, spec);
   } catch (const Error& e) {
     fail(src.where(), name + ": " + e.what());
   }

@@ -183,7 +183,7 @@ const std::map<std::string, std::string>& refused_keys() {
       {"prefix_tuning", "prefix tuning is not supported"},
       {"reft", "ReFT is not supported"},
       {"neftune", "NEFTune embedding noise is not implemented"},
-      {"do_ptq", "quantization runs outside the trainer (the quantization issue)"},
+      {"do_ptq", "PTQ runs as `oar finetune FILE.json` (or `oar quantize FILE.json`) with every setting in the file"},
       {"do_qat", "quantization-aware training is not supported"},
       {"do_gptq", "quantization runs outside the trainer (the quantization issue)"},
       {"do_awq", "quantization runs outside the trainer (the quantization issue)"},

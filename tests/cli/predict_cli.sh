@@ -51,8 +51,7 @@ else
   echo "ok: benchmark lines (peak memory $peak GiB; not checked: /proc/self/clear_refs refused here)"
 fi
 
-# --quant_type weight_only_int8 quantizes at load: the benchmark names the format, greedy output is produced;
-# the types not built yet are one clear error before the model loads.
+# --quant_type weight_only_int8 quantizes at load: the benchmark names the format, greedy output is produced.
 "$OAR" predict --model_name_or_path "$M" --quant_type weight_only_int8 --benchmark --src_length 16 --max_length 4 \
   --benchmark_warmup 0 --benchmark_rounds 1 > bench8.txt 2>/dev/null
 grep -q "weights weight_only_int8" bench8.txt || { cat bench8.txt; die "int8 benchmark does not name its weights"; }
@@ -62,6 +61,53 @@ echo "the quick brown fox jumps over the lazy dog" > q8.txt
 "$OAR" perplexity --model_name_or_path "$M" --quant_type weight_only_int8 --input_file q8.txt --ctx 16 \
   | grep -Eq '^perplexity: [0-9.]+ ' || die "weight_only_int8 perplexity"
 echo "ok: --quant_type weight_only_int8 in predict and perplexity"
+# a8w8 (integer products with per-token activation steps) through predict and perplexity; a8w8c8 adds the
+# static int8 KV cache, so it needs the engine and a cachekv_scales.json (a clear error without).
+"$OAR" predict --model_name_or_path "$M" --quant_type a8w8 --benchmark --src_length 16 --max_length 4 \
+  --benchmark_warmup 0 --benchmark_rounds 1 > bench_a8.txt 2>/dev/null
+grep -q "weights a8w8" bench_a8.txt || { cat bench_a8.txt; die "a8w8 benchmark does not name its weights"; }
+# (windows of 32 tokens: past the GEMV's 16 rows, through the integer GEMM)
+printf 'the quick brown fox jumps over the lazy dog. %.0s' $(seq 1 8) > q8.txt
+"$OAR" perplexity --model_name_or_path "$M" --quant_type a8w8 --input_file q8.txt --ctx 32 > ppl_a8.txt
+"$OAR" perplexity --model_name_or_path "$M" --input_file q8.txt --ctx 32 > ppl_f32.txt
+python3 - ppl_a8.txt ppl_f32.txt <<'PY' || die "a8w8 perplexity is not close to float32's"
+import sys
+a, f = (float(open(p).read().split()[1]) for p in sys.argv[1:3])
+assert a != f and abs(a / f - 1) < 0.05, (a, f)  # quantized, and close
+PY
+# PaddleNLP's act_scales.json beside the model: static activation steps instead of per-token ones
+MS="$WORK/tiny_static"; mkdir -p "$MS"; ln -sf "$M"/* "$MS"/
+python3 - "$MS" <<'PY'
+import json, sys
+n = json.load(open(sys.argv[1] + "/config.json"))["num_hidden_layers"]
+keys = ["self_attn.q_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.down_proj"]
+json.dump({f"llama.layers.{l}.{k}.activation_quanter": 6.0 for l in range(n) for k in keys},
+          open(sys.argv[1] + "/act_scales.json", "w"))
+PY
+"$OAR" perplexity --model_name_or_path "$MS" --quant_type a8w8 --input_file q8.txt --ctx 32 > ppl_static.txt
+python3 - ppl_static.txt ppl_a8.txt <<'PY' || die "a8w8 with act_scales.json gave the dynamic result"
+import sys, math
+s, d = (float(open(p).read().split()[1]) for p in sys.argv[1:3])
+assert math.isfinite(s) and s != d, (s, d)
+PY
+python3 -c "import json,sys; d=json.load(open(sys.argv[1])); d.pop('llama.layers.0.mlp.down_proj.activation_quanter'); json.dump(d, open(sys.argv[1],'w'))" "$MS/act_scales.json"
+set +e; "$OAR" perplexity --model_name_or_path "$MS" --quant_type a8w8 --input_file q8.txt --ctx 16 >/dev/null 2>err.txt; rc=$?; set -e
+[ $rc -eq 2 ] && grep -q "act_scales.json: no activation scale for layer 0's mlp.down_proj" err.txt \
+  || { cat err.txt; die "a8w8: a layer missing from act_scales.json (exit $rc)"; }
+echo "ok: a8w8 reads PaddleNLP's act_scales.json (perplexity $(cut -d' ' -f2 ppl_static.txt) with static steps) and names a missing scale"
+expect_a8c8_err() {  # expect_a8c8_err PATTERN ARGS...
+  local pat="$1"; shift
+  set +e; "$OAR" predict --model_name_or_path "$M" --quant_type a8w8c8 --prompt hi --max_length 4 "$@" >/dev/null 2>err.txt
+  local rc=$?; set -e
+  [ $rc -eq 2 ] && grep -q -- "$pat" err.txt || { cat err.txt; die "a8w8c8 $*: want exit 2 mentioning $pat (got $rc)"; }
+}
+expect_a8c8_err "a8w8c8 needs --block_attn"
+expect_a8c8_err "cachekv_scales.json" --block_attn
+expect_a8c8_err "contradicts --quant_type a8w8c8" --block_attn --cachekv_int8 false
+q=$("$OAR" predict --model_name_or_path "$M" --quant_type a8w8c8 --cachekv_int8_type dynamic --block_attn --prompt hello \
+  --max_length 6 --decode_strategy greedy_search)
+[ -n "$q" ] || die "a8w8c8 with a dynamic int8 cache printed nothing"
+echo "ok: --quant_type a8w8 in predict and perplexity (perplexity $(cut -d' ' -f2 ppl_a8.txt) against $(cut -d' ' -f2 ppl_f32.txt)); a8w8c8's cache"
 # weight_only_int4 in groups: the tiny model's FFN width (172) is no whole number of groups; a model whose is runs
 expect_q4_err() {
   set +e; "$OAR" predict --model_name_or_path "$M" --quant_type weight_only_int4 --weightonly_group_size 64 --prompt hi \
@@ -99,7 +145,7 @@ expect_err "no_such_dir" "$OAR" predict --model_name_or_path no_such_dir --promp
 expect_err "--top_p" "$OAR" predict --model_name_or_path "$M" --prompt hi --top_p 1.5
 expect_err "--decode_strategy" "$OAR" predict --model_name_or_path "$M" --prompt hi --decode_strategy beam
 expect_err "--dtype" "$OAR" predict --model_name_or_path "$M" --prompt hi --dtype int4
-expect_err "--quant_type a8w8 is not built yet" "$OAR" predict --model_name_or_path "$M" --prompt hi --quant_type a8w8
+expect_err "--weightonly_group_size 64: a8w8 is per channel" "$OAR" predict --model_name_or_path "$M" --prompt hi --quant_type a8w8 --weightonly_group_size 64
 expect_err "--quant_type: 'int3'" "$OAR" perplexity --model_name_or_path "$M" --input_file text.txt --quant_type int3
 expect_err "context" "$OAR" predict --model_name_or_path "$M" --prompt "$(printf 'word %.0s' $(seq 1 600))" --src_length 4000 --max_length 10
 expect_err "ctx" "$OAR" perplexity --model_name_or_path "$M" --input_file text.txt --ctx 100000
@@ -128,5 +174,6 @@ python3 -c 'import json,sys; a,b=[json.loads(l) for l in open("long16.json")]; a
 "$OAR" create-model --preset tiny --dtype float32 --output_dir "$WORK/tiny2" --force > created.txt
 grep -Eq ', [0-9.]+K parameters,' created.txt || { cat created.txt; die "tiny's parameter count should be in K"; }
 "$OAR" --help > help.txt
-! grep -qi quantize help.txt || die "the help promises a quantize command that does not exist"
-echo "ok: create-model's parameter count in K/M/B; no quantize in the help"
+grep -q "^ *quantize " help.txt || { cat help.txt; die "the help does not list quantize"; }
+"$OAR" quantize --help | grep -q "ptq_argument.json" || die "oar quantize --help"
+echo "ok: create-model's parameter count in K/M/B; the help lists quantize, which exists"

@@ -277,6 +277,9 @@ TEST(ConfigTest, RefusesUnsupportedMath) {
       R"({"model_type": "llama", "use_sliding_window": true, "sliding_window": 4096})", {kWhere, "sliding_window"}));
   EXPECT_TRUE(config_fails(tiny_with("quantization_config", R"({"quant_method": "gptq"})"),
                            {kWhere, "quantization_config"}));
+  // PaddleNLP's PTQ output keeps float weights: it loads
+  EXPECT_NO_THROW(parse_hf_config(
+      tiny_with("quantization_config", R"({"quant_type": "a8w8", "smooth": true, "shift": false})"), kWhere));
   std::string qwen_sw = kQwen25_05b;
   qwen_sw.replace(qwen_sw.find("\"use_sliding_window\": false"), 27, "\"use_sliding_window\": true");
   EXPECT_TRUE(config_fails(qwen_sw, {kWhere, "sliding_window"}));

@@ -36,7 +36,8 @@ std::vector<const cpu::IsaOps*> available_isas() {
   std::vector<const cpu::IsaOps*> v{&cpu::isa_scalar()};
   if (cpu_info().has_avx2()) v.push_back(&cpu::isa_avx2());
   if (cpu_info().has_avx512()) v.push_back(&cpu::isa_avx512());
-  if (cpu_info().has_avx512() && cpu_info().avx512_bf16) v.push_back(&cpu::isa_avx512_bf16());
+  if (cpu_info().has_avx512() && cpu_info().avx512_vnni) v.push_back(&cpu::isa_avx512_vnni());
+  if (cpu_info().has_avx512() && cpu_info().avx512_bf16 && cpu_info().avx512_vnni) v.push_back(&cpu::isa_avx512_bf16());
   return v;
 }
 

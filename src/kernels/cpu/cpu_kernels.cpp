@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "core/cpu_info.h"
 #include "core/error.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/isa.h"
@@ -19,6 +20,7 @@ namespace oar {
 namespace {
 
 using cpu::IsaOps;
+using cpu::a8w8_value;
 
 void require(bool ok, const char* what) {
   if (!ok) throw Error(std::string("cpu kernels: ") + what);
@@ -93,6 +95,8 @@ class CpuKernels final : public Kernels {
         bool done;
         if (w.format == WeightFormat::F32) {
           done = cpu::onednn_gemm(M, w.out, K, DType::F32, xp, K, w.data.data<float>(), K, true, yp, w.out, bp);
+        } else if (w.format == WeightFormat::A8W8) {
+          done = gemm_a8w8(xp, M, w, yp, bp);
         } else if (is_quantized(w.format) || w.format == WeightFormat::F16) {
           done = gemm_dequantized(xp, M, w, yp, bp);
         } else {
@@ -125,6 +129,67 @@ class CpuKernels final : public Kernels {
       parallel_ranges(nb, 1, [&](int64_t b, int64_t e) { w.dequantize_rows(n0 + b, n0 + e, d + b * K); }, K);
       if (!cpu::onednn_gemm(M, nb, K, DType::F32, xp, K, d, K, true, yp + n0, N, bp ? bp + n0 : nullptr)) return false;
     }
+    return true;
+  }
+
+  // a8w8's activations: rows of x as unsigned bytes q + 128, q = round(x / step) clamped to +-127 (PaddleNLP's
+  // quant_int8 bounds), with the weight's static step or, where that is 0, each row's max|x| / 127.
+  struct A8Activations {
+    float act_step = 0;
+    std::vector<uint8_t> q;
+    std::vector<float> steps;
+  };
+  static const A8Activations* find_activations(const std::vector<A8Activations>& acts, float act_step) {
+    for (const A8Activations& a : acts)
+      if (a.act_step == act_step) return &a;
+    return nullptr;
+  }
+  static void quantize_activations(const float* xp, int64_t M, int64_t K, float act_step, A8Activations& a) {
+    a.act_step = act_step;
+    a.q.resize(size_t(M * K));
+    a.steps.resize(size_t(M));
+    parallel_ranges(M, 1, [&](int64_t b, int64_t e) {
+      for (int64_t m = b; m < e; m++) {
+        const float* x = xp + m * K;
+        bool finite;
+        const float amax = row_absmax(x, K, &finite);
+        const float step = act_step > 0 ? act_step : amax / 127.0f;
+        const float inv = step > 0 ? 1.0f / step : 0.0f;
+        // A row holding inf or NaN gets a NaN step, so its outputs are NaN as a float product's would be.
+        a.steps[size_t(m)] = finite ? step : NAN;
+        uint8_t* q = a.q.data() + m * K;
+        // Clamped first (std::max(-127, NaN) is -127: no float-to-int conversion of a NaN), then rounded to
+        // nearest even by adding and subtracting 1.5 * 2^23, which leaves no fraction bits: what nearbyint does
+        // in the default rounding mode, but inline and vectorizable (a libm call per input cost ~2% of decode).
+        for (int64_t k = 0; k < K; k++) {
+          const float v = std::min(127.0f, std::max(-127.0f, x[k] * inv));
+          q[k] = uint8_t(int((v + 12582912.0f) - 12582912.0f) + 128);
+        }
+      }
+    }, K);
+  }
+
+  // a8w8 prefill: the activations quantized, the integer product u8 x s8 -> s32 by the GEMM library into y's own
+  // memory, then a8w8_value per output in place, as the GEMV computes it (the same bits). Only with VNNI: without
+  // it oneDNN multiplies u8 by s8 with VPMADDUBSW, whose 16-bit pair sums saturate for activations stored as
+  // q + 128 (oneDNN's documented int8 caveat); there the exact GEMV runs. False when the library cannot.
+  bool gemm_a8w8(const float* xp, int64_t M, const Weight& w, float* yp, const float* bp) {
+    if (!cpu_info().avx512_vnni) return false;
+    const int64_t K = w.in, N = w.out;
+    quantize_activations(xp, M, K, w.act_step, scratch_a8_);
+    static_assert(sizeof(int32_t) == sizeof(float));
+    if (!cpu::onednn_gemm_u8s8(M, N, K, scratch_a8_.q.data(), w.data.data<int8_t>(), reinterpret_cast<int32_t*>(yp)))
+      return false;
+    const int32_t* sums = w.row_sums.data<int32_t>();
+    const float* ws = w.scales.data<float>();
+    const float* xs = scratch_a8_.steps.data();
+    parallel_ranges(M, 1, [&](int64_t b, int64_t e) {
+      for (int64_t i = b * N; i < e * N; i++) {
+        int32_t dot;
+        std::memcpy(&dot, yp + i, sizeof dot);  // the int32 the GEMM wrote, read without aliasing it as float
+        yp[i] = a8w8_value(dot, sums[i % N], xs[i / N], ws[i % N]) + (bp ? bp[i % N] : 0.0f);
+      }
+    }, N);
     return true;
   }
 
@@ -271,11 +336,15 @@ class CpuKernels final : public Kernels {
   // A weight in a format these kernels run, its data matching its format and shape.
   static const Weight& checked(const Weight& w) {
     const bool i4 = w.format == WeightFormat::Int4;
-    const DType want = w.format == WeightFormat::Int8 ? DType::I8 : i4 ? DType::U8 : dense_dtype(w.format);
+    const bool i8 = w.format == WeightFormat::Int8 || w.format == WeightFormat::A8W8;
+    const DType want = i8 ? DType::I8 : i4 ? DType::U8 : dense_dtype(w.format);
     require(w.data.ndim() == 2 && w.data.dim(0) == w.out && w.data.dim(1) == (i4 ? w.in / 2 : w.in) &&
                 w.data.is_contiguous() && w.data.dtype() == want, "linear: a weight's data does not match its format and shape");
-    if (w.format == WeightFormat::Int8)
+    if (i8)
       require(w.scales.dtype() == DType::F32 && w.scales.numel() == w.out, "linear: an int8 weight needs one float32 scale per output row");
+    if (w.format == WeightFormat::A8W8)  // 255 * 127 * 65536 still fits the int32 dot
+      require(w.row_sums.dtype() == DType::I32 && w.row_sums.numel() == w.out && w.in <= 65536 && w.act_step >= 0,
+              "linear: an a8w8 weight needs int32 row sums, at most 65536 inputs and a static step >= 0");
     if (i4)
       require(w.in % 32 == 0 && w.group_size > 0 && w.group_size % 32 == 0 && w.in % w.group_size == 0 &&
                   w.scales.dtype() == DType::F32 && w.scales.numel() == w.out * (w.in / w.group_size),
@@ -332,6 +401,15 @@ class CpuKernels final : public Kernels {
       isa_.f32_to_bf16(xp, xb.data(), M * K);
     }
     const uint16_t* xbp = xb.data();  // a pointer: inside the parallel loop, `xb` would name each thread's own copy
+    // a8w8: the activations quantized once per distinct static step (q/k/v share one) before the products.
+    thread_local std::vector<A8Activations> acts;
+    acts.clear();
+    for (const Weight* w : ws)
+      if (w->format == WeightFormat::A8W8 && !find_activations(acts, w->act_step)) {
+        acts.emplace_back();
+        quantize_activations(xp, M, K, w->act_step, acts.back());
+      }
+    const std::vector<A8Activations>* actsp = &acts;
     auto product = [&](size_t mat, int64_t n0, int64_t n1) {
       const Weight& w = *ws[mat];
       float* yp = ys[mat]->data<float>();
@@ -341,7 +419,11 @@ class CpuKernels final : public Kernels {
         isa_.gemv_i8(xp, M, K, w.data.data<int8_t>(), w.scales.data<float>(), K, n0, n1, yp, N);
       else if (w.format == WeightFormat::Int4)
         isa_.gemv_i4(xp, M, K, w.data.data<uint8_t>(), w.scales.data<float>(), K, w.group_size, n0, n1, yp, N);
-      else if (w.format == WeightFormat::F16) isa_.gemv_f16(xp, M, K, w.data.data<uint16_t>(), K, n0, n1, yp, N);
+      else if (w.format == WeightFormat::A8W8) {
+        const A8Activations& a = *find_activations(*actsp, w.act_step);
+        isa_.gemv_a8w8(a.q.data(), a.steps.data(), M, K, w.data.data<int8_t>(), w.row_sums.data<int32_t>(),
+                       w.scales.data<float>(), K, n0, n1, yp, N);
+      } else if (w.format == WeightFormat::F16) isa_.gemv_f16(xp, M, K, w.data.data<uint16_t>(), K, n0, n1, yp, N);
       else if (dp) isa_.gemv_bf16_bf16(xbp, M, K, w.data.data<uint16_t>(), K, n0, n1, yp, N);
       else isa_.gemv_bf16(xp, M, K, w.data.data<uint16_t>(), K, n0, n1, yp, N);
       if (const Tensor* b = biases[mat])
@@ -371,7 +453,8 @@ class CpuKernels final : public Kernels {
     for (int64_t i = 0; i < nc; i++) run(chunks[size_t(i)]);
   }
   std::vector<uint16_t> scratch_bf16_;
-  std::vector<float> scratch_f32_;  // gemm_quantized's dequantized block
+  std::vector<float> scratch_f32_;  // gemm_dequantized's dequantized block
+  A8Activations scratch_a8_;        // gemm_a8w8's quantized activations
 
   static void softmax_row(float* p, int64_t n) {
     float mx = -INFINITY;

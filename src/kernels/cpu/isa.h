@@ -35,6 +35,12 @@ struct IsaOps {
   // dot(x's group g, w's group g); K a multiple of 32 and of G, G a multiple of 32.
   void (*gemv_i4)(const float* x, int64_t M, int64_t ldx, const uint8_t* w, const float* scales, int64_t K, int64_t G,
                   int64_t n0, int64_t n1, float* y, int64_t ldy) = nullptr;
+  // a8w8 (WeightFormat::A8W8): xu holds M rows of K activations quantized to int8 and stored as unsigned bytes
+  // q + 128 (row stride ldx), x_steps their steps; y[m*ldy + n] = a8w8_value(dot(xu[m], w[n]), w_sums[n],
+  // x_steps[m], w_steps[n]). The dot is exact in int32 (K <= 65536), so every table gives the same bits.
+  void (*gemv_a8w8)(const uint8_t* xu, const float* x_steps, int64_t M, int64_t ldx, const int8_t* w,
+                    const int32_t* w_sums, const float* w_steps, int64_t K, int64_t n0, int64_t n1, float* y,
+                    int64_t ldy) = nullptr;
   // gemv_f32 with float16 weights (IEEE half, converted with F16C where the ISA has it).
   void (*gemv_f16)(const float* x, int64_t M, int64_t ldx, const uint16_t* w, int64_t K, int64_t n0, int64_t n1,
                    float* y, int64_t ldy) = nullptr;
@@ -46,6 +52,10 @@ struct IsaOps {
 // src/kernels/cpu/avx512bf16: only call when the CPU has AVX512_BF16.
 void gemv_bf16_dpbf16(const uint16_t* x, int64_t M, int64_t ldx, const uint16_t* w, int64_t K, int64_t n0, int64_t n1,
                       float* y, int64_t ldy);
+// src/kernels/cpu/avx512vnni: gemv_a8w8 by VPDPBUSD; only call when the CPU has AVX512_VNNI.
+void gemv_a8w8_vnni(const uint8_t* xu, const float* x_steps, int64_t M, int64_t ldx, const int8_t* w,
+                    const int32_t* w_sums, const float* w_steps, int64_t K, int64_t n0, int64_t n1, float* y,
+                    int64_t ldy);
 
 // Calls f(std::integral_constant<int, m>{}, m0) for consecutive blocks [m0, m0 + m) of [0, M) with m <= MaxM, so
 // that a row kernel can take its number of activation rows as a template argument. (Each ISA's file instantiates
@@ -60,6 +70,28 @@ inline void dispatch_rows(int64_t m, int64_t m0, F& f) {
 template <int MaxM, class F>
 inline void for_row_blocks(int64_t M, F&& f) {
   for (int64_t m0 = 0; m0 < M; m0 += MaxM) dispatch_rows<MaxM>(M - m0 < MaxM ? M - m0 : MaxM, m0, f);
+}
+
+// One a8w8 output from the integer dot of u8 activations (q + 128) and int8 weights: the +128 comes off as 128
+// times the weight row's sum, then the two steps scale it. The one definition every table and the GEMM path use.
+static inline float a8w8_value(int32_t dot_u8, int32_t w_sum, float x_step, float w_step) {
+  return float(dot_u8 - 128 * w_sum) * (x_step * w_step);
+}
+
+// IsaOps::gemv_a8w8 around an ISA's row kernel: dot_rows(std::integral_constant<int, m>, x, ldx, w_row, K, dots)
+// writes the m integer dots of one weight row with m activation rows. Passes of up to MaxRows rows.
+template <int MaxRows, class DotRows>
+static inline void gemv_a8w8_by_rows(const DotRows& dot_rows, const uint8_t* xu, const float* x_steps, int64_t M,
+                                     int64_t ldx, const int8_t* w, const int32_t* w_sums, const float* w_steps,
+                                     int64_t K, int64_t n0, int64_t n1, float* y, int64_t ldy) {
+  for_row_blocks<MaxRows>(M, [&](auto rows, int64_t m0) {
+    int32_t dots[rows()];
+    for (int64_t n = n0; n < n1; n++) {
+      dot_rows(rows, xu + m0 * ldx, ldx, w + n * K, K, dots);
+      for (int m = 0; m < rows(); m++)
+        y[(m0 + m) * ldy + n] = a8w8_value(dots[m], w_sums[n], x_steps[m0 + m], w_steps[n]);
+    }
+  });
 }
 
 // The GEMVs prefetch their weight stream this far ahead, one cache line per line consumed. The hardware
@@ -81,7 +113,11 @@ static inline void scale_columns(float* y, int64_t M, int64_t ldy, const float* 
 const IsaOps& isa_scalar();
 const IsaOps& isa_avx2();    // only call when the CPU has AVX2 and FMA
 const IsaOps& isa_avx512();  // only call when the CPU has AVX-512 F/BW/DQ/VL
-const IsaOps& isa_avx512_bf16();  // the same plus AVX512_BF16's dot product (the bf16 decode GEMV)
+// isa_avx512 plus AVX512_VNNI's byte dot product (a8w8's GEMV): Cascade Lake, Ice Lake and later.
+const IsaOps& isa_avx512_vnni();
+// isa_avx512_vnni plus AVX512_BF16's dot product (the bf16 decode GEMV): every CPU with AVX512_BF16 (Cooper
+// Lake, Sapphire Rapids, Zen 4) also has AVX512_VNNI.
+const IsaOps& isa_avx512_bf16();
 // The best table this CPU supports (or the one OAR_ISA names; an unsupported choice is an oar::Error).
 const IsaOps& isa_best();
 

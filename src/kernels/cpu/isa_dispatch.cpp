@@ -21,13 +21,20 @@ const IsaOps& isa_best() {
       if (!c.has_avx512()) throw Error("OAR_ISA=avx512: this CPU lacks AVX-512 F/BW/DQ/VL");
       return &isa_avx512();
     }
+    if (want == "avx512_vnni") {
+      if (!c.has_avx512() || !c.avx512_vnni)
+        throw Error("OAR_ISA=avx512_vnni: this CPU lacks AVX-512 F/BW/DQ/VL or AVX512_VNNI");
+      return &isa_avx512_vnni();
+    }
     if (want == "avx512_bf16") {
-      if (!c.has_avx512() || !c.avx512_bf16) throw Error("OAR_ISA=avx512_bf16: this CPU lacks AVX-512 F/BW/DQ/VL or AVX512_BF16");
+      if (!c.has_avx512() || !c.avx512_bf16 || !c.avx512_vnni)
+        throw Error("OAR_ISA=avx512_bf16: this CPU lacks AVX-512 F/BW/DQ/VL, AVX512_BF16 or AVX512_VNNI");
       return &isa_avx512_bf16();
     }
     if (!want.empty())
-      throw Error("OAR_ISA: unknown value '" + want + "' (expected scalar, avx2, avx512 or avx512_bf16)");
-    if (c.has_avx512() && c.avx512_bf16) return &isa_avx512_bf16();
+      throw Error("OAR_ISA: unknown value '" + want + "' (expected scalar, avx2, avx512, avx512_vnni or avx512_bf16)");
+    if (c.has_avx512() && c.avx512_bf16 && c.avx512_vnni) return &isa_avx512_bf16();
+    if (c.has_avx512() && c.avx512_vnni) return &isa_avx512_vnni();
     if (c.has_avx512()) return &isa_avx512();
     if (c.has_avx2()) return &isa_avx2();
     return &isa_scalar();

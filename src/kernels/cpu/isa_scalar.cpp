@@ -58,6 +58,16 @@ void gemv_i4(const float* x, int64_t M, int64_t ldx, const uint8_t* w, const flo
     }
 }
 
+void gemv_a8w8(const uint8_t* xu, const float* x_steps, int64_t M, int64_t ldx, const int8_t* w,
+               const int32_t* w_sums, const float* w_steps, int64_t K, int64_t n0, int64_t n1, float* y, int64_t ldy) {
+  for (int64_t n = n0; n < n1; n++)
+    for (int64_t m = 0; m < M; m++) {
+      int32_t s = 0;
+      for (int64_t k = 0; k < K; k++) s += int32_t(xu[m * ldx + k]) * int32_t(w[n * K + k]);
+      y[m * ldy + n] = a8w8_value(s, w_sums[n], x_steps[m], w_steps[n]);
+    }
+}
+
 uint64_t read_bytes(const void* p, size_t n) {
   const uint64_t* q = static_cast<const uint64_t*>(p);
   uint64_t a = 0, b = 0, c = 0, d = 0;  // four independent chains
@@ -110,6 +120,7 @@ const IsaOps& isa_scalar() {
     IsaOps o{"scalar", gemv_f32, gemv_bf16, dot, axpy, sum_squares, dot_rows, axpy_rows, to_f32, to_bf16};
     o.gemv_i8 = gemv_i8;
     o.gemv_i4 = gemv_i4;
+    o.gemv_a8w8 = gemv_a8w8;
     o.gemv_f16 = gemv_f16;
     o.read_bytes = read_bytes;
     return o;

@@ -26,6 +26,8 @@ struct Key {
   }
 };
 
+constexpr int kU8S8 = 255;  // Key::dt of the u8 x s8 -> s32 product (other keys hold a DType)
+
 struct Prim {
   bool ok = false;
   dnnl::matmul prim;
@@ -46,10 +48,12 @@ class OneDnn {
   std::shared_ptr<Prim> create(const Key& k) const {
     using namespace dnnl;
     auto p = std::make_shared<Prim>();
+    const bool u8s8 = k.dt == kU8S8;
     const auto mdt = k.dt == int(DType::BF16) ? memory::data_type::bf16 : memory::data_type::f32;
-    p->a = k.ta ? memory::desc({k.M, k.K}, mdt, memory::dims{1, k.lda}) : memory::desc({k.M, k.K}, mdt, memory::dims{k.lda, 1});
-    p->b = k.tb ? memory::desc({k.K, k.N}, mdt, memory::dims{1, k.ldb}) : memory::desc({k.K, k.N}, mdt, memory::dims{k.ldb, 1});
-    p->c = memory::desc({k.M, k.N}, memory::data_type::f32, memory::dims{k.ldc, 1});
+    const auto adt = u8s8 ? memory::data_type::u8 : mdt, bdt = u8s8 ? memory::data_type::s8 : mdt;
+    p->a = k.ta ? memory::desc({k.M, k.K}, adt, memory::dims{1, k.lda}) : memory::desc({k.M, k.K}, adt, memory::dims{k.lda, 1});
+    p->b = k.tb ? memory::desc({k.K, k.N}, bdt, memory::dims{1, k.ldb}) : memory::desc({k.K, k.N}, bdt, memory::dims{k.ldb, 1});
+    p->c = memory::desc({k.M, k.N}, u8s8 ? memory::data_type::s32 : memory::data_type::f32, memory::dims{k.ldc, 1});
     try {
       primitive_attr attr;
       attr.set_scratchpad_mode(scratchpad_mode::user);
@@ -83,21 +87,20 @@ OneDnn& onednn() {
 
 }  // namespace
 
-bool onednn_gemm(const GemmDesc& g) {
+namespace {
+
+bool run(const Key& key, const void* A, const void* B, void* C, const float* bias) {
   using namespace dnnl;
-  if (g.dtype != DType::F32 && g.dtype != DType::BF16) return false;
   OneDnn& o = onednn();
-  const Key key{g.M, g.N, g.K, g.lda, g.ldb, g.ldc, int(g.dtype), omp_get_max_threads(), g.a_transposed,
-                g.b_transposed, g.bias != nullptr, g.alpha, g.beta};
   std::shared_ptr<Prim> p = o.get(key);
   if (!p->ok) return false;
   thread_local stream strm(o.engine());
   thread_local std::vector<uint8_t> scratch;
   std::unordered_map<int, memory> args;
-  args.emplace(DNNL_ARG_SRC, memory(p->a, o.engine(), const_cast<void*>(g.A)));
-  args.emplace(DNNL_ARG_WEIGHTS, memory(p->b, o.engine(), const_cast<void*>(g.B)));
-  args.emplace(DNNL_ARG_DST, memory(p->c, o.engine(), g.C));
-  if (g.bias) args.emplace(DNNL_ARG_BIAS, memory(p->bias, o.engine(), const_cast<float*>(g.bias)));
+  args.emplace(DNNL_ARG_SRC, memory(p->a, o.engine(), const_cast<void*>(A)));
+  args.emplace(DNNL_ARG_WEIGHTS, memory(p->b, o.engine(), const_cast<void*>(B)));
+  args.emplace(DNNL_ARG_DST, memory(p->c, o.engine(), C));
+  if (bias) args.emplace(DNNL_ARG_BIAS, memory(p->bias, o.engine(), const_cast<float*>(bias)));
   if (size_t need = p->scratch.get_size()) {
     if (scratch.size() < need) scratch.resize(need);
     args.emplace(DNNL_ARG_SCRATCHPAD, memory(p->scratch, o.engine(), scratch.data()));
@@ -107,12 +110,30 @@ bool onednn_gemm(const GemmDesc& g) {
   return true;
 }
 
+}  // namespace
+
+bool onednn_gemm(const GemmDesc& g) {
+  if (g.dtype != DType::F32 && g.dtype != DType::BF16) return false;
+  const Key key{g.M, g.N, g.K, g.lda, g.ldb, g.ldc, int(g.dtype), omp_get_max_threads(), g.a_transposed,
+                g.b_transposed, g.bias != nullptr, g.alpha, g.beta};
+  return run(key, g.A, g.B, g.C, g.bias);
+}
+
+bool onednn_gemm_u8s8(int64_t M, int64_t N, int64_t K, const uint8_t* A, const int8_t* B, int32_t* C) {
+  const Key key{M, N, K, K, K, N, kU8S8, omp_get_max_threads(), false, true, false, 1.0f, 0.0f};
+  return run(key, A, B, C, nullptr);
+}
+
 }  // namespace oar::cpu
 
 namespace oar {
 
 bool cpu_gemm_nt(int64_t M, int64_t N, int64_t K, DType dt, const void* A, const void* B, float* C) {
   return cpu::onednn_gemm(M, N, K, dt, A, K, B, K, /*b_transposed=*/true, C, N, nullptr);
+}
+
+bool cpu_gemm_nt_u8s8(int64_t M, int64_t N, int64_t K, const uint8_t* A, const int8_t* B, int32_t* C) {
+  return cpu::onednn_gemm_u8s8(M, N, K, A, B, C);
 }
 
 }  // namespace oar

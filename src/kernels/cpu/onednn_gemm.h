@@ -30,6 +30,10 @@ struct GemmDesc {
 // and runs on one thread); scratchpads are per thread, so one primitive may run on several threads at once.
 bool onednn_gemm(const GemmDesc& g);
 
+// C[M,N] (int32) = A[M,K] (uint8) · B[N,K]^T (int8), all densely packed: a8w8's integer product (VNNI where the
+// CPU has it). False when oneDNN has no kernel for it on this CPU.
+bool onednn_gemm_u8s8(int64_t M, int64_t N, int64_t K, const uint8_t* A, const int8_t* B, int32_t* C);
+
 // The common form: C = A · B^T (+ bias), A [M,K], B [N,K], all densely packed but for the given row strides.
 inline bool onednn_gemm(int64_t M, int64_t N, int64_t K, DType dt, const void* A, int64_t lda, const void* B,
                         int64_t ldb, bool b_transposed, float* C, int64_t ldc, const float* bias) {

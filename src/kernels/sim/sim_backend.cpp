@@ -124,14 +124,14 @@ class SimKernels final : public Kernels {
   explicit SimKernels(std::unique_ptr<Kernels> cpu) : cpu_(std::move(cpu)) {}
   const char* name() const override { return "sim"; }
   void linear(const Tensor& x, const Weight& w, const Tensor* bias, Tensor& y) override {
-    Open o{&x, &w.data, &w.scales, &w.zero_points, bias, &y};
+    Open o{&x, &w.data, &w.scales, &w.zero_points, &w.row_sums, bias, &y};
     cpu_->linear(x, w, bias, y);
   }
   void linear_multi(const Tensor& x, const std::vector<const Weight*>& ws, const std::vector<const Tensor*>& biases,
                     const std::vector<Tensor*>& ys) override {
     for (size_t i = 0; i < ws.size(); i++)
-      require_on_sim({&ws[i]->data, &ws[i]->scales, &ws[i]->zero_points, i < biases.size() ? biases[i] : nullptr,
-                      i < ys.size() ? ys[i] : nullptr});
+      require_on_sim({&ws[i]->data, &ws[i]->scales, &ws[i]->zero_points, &ws[i]->row_sums,
+                      i < biases.size() ? biases[i] : nullptr, i < ys.size() ? ys[i] : nullptr});
     Open o{&x};
     cpu_->linear_multi(x, ws, biases, ys);
   }
@@ -148,8 +148,8 @@ class SimKernels final : public Kernels {
     cpu_->swiglu(gate, up, out);
   }
   void linear_swiglu(const Tensor& x, const Weight& w_gate, const Weight& w_up, Tensor& gate, Tensor& up) override {
-    Open o{&x,    &w_gate.data, &w_gate.scales, &w_gate.zero_points, &w_up.data, &w_up.scales, &w_up.zero_points,
-           &gate, &up};
+    Open o{&x,          &w_gate.data, &w_gate.scales, &w_gate.zero_points, &w_gate.row_sums, &w_up.data,
+           &w_up.scales, &w_up.zero_points, &w_up.row_sums, &gate, &up};
     cpu_->linear_swiglu(x, w_gate, w_up, gate, up);
   }
   void softmax(Tensor& x) override {

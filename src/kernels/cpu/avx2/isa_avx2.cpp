@@ -137,6 +137,37 @@ void gemv_i8(const float* x, int64_t M, int64_t ldx, const int8_t* w, const floa
   scale_columns(y, M, ldy, scales, n0, n1);
 }
 
+// One a8w8 weight row against M activation rows (u8, q + 128), 16 inputs at a time widened to 16 bits: vpmaddwd
+// sums pairs of products into int32 exactly (vpmaddubsw's 16-bit sums would saturate at 255 * 127 * 2).
+template <int M>
+inline void row_a8w8(const uint8_t* x, int64_t ldx, const int8_t* w, int64_t K, int32_t* dots) {
+  __m256i acc[M];
+  for (int m = 0; m < M; m++) acc[m] = _mm256_setzero_si256();
+  int64_t k = 0;
+  for (; k + 16 <= K; k += 16) {
+    if (k % 64 == 0) prefetch_ahead(w + k);
+    const __m256i wv = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + k)));
+    for (int m = 0; m < M; m++) {
+      const __m256i xv = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x + m * ldx + k)));
+      acc[m] = _mm256_add_epi32(acc[m], _mm256_madd_epi16(xv, wv));
+    }
+  }
+  for (int m = 0; m < M; m++) {
+    alignas(32) int32_t lanes[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), acc[m]);
+    int32_t s = 0;
+    for (int i = 0; i < 8; i++) s += lanes[i];
+    for (int64_t kk = k; kk < K; kk++) s += int32_t(x[m * ldx + kk]) * int32_t(w[kk]);
+    dots[m] = s;
+  }
+}
+
+void gemv_a8w8(const uint8_t* xu, const float* x_steps, int64_t M, int64_t ldx, const int8_t* w,
+               const int32_t* w_sums, const float* w_steps, int64_t K, int64_t n0, int64_t n1, float* y, int64_t ldy) {
+  const auto dot_rows = [](auto rows, auto... a) { row_a8w8<rows()>(a...); };
+  gemv_a8w8_by_rows<4>(dot_rows, xu, x_steps, M, ldx, w, w_sums, w_steps, K, n0, n1, y, ldy);
+}
+
 // One int4 weight row (WeightFormat::Int4) against M activation rows: each 16-byte block unpacks to 32 inputs,
 // each group's dot is scaled once (AVX-512 scales a table instead: the two round differently, within 1e-5).
 // Four FMA chains with one activation row, as row_i8.
@@ -257,6 +288,7 @@ const IsaOps& isa_avx2() {
     IsaOps o{"avx2", gemv_f32, gemv_bf16, dot, axpy, sum_squares, dot_rows, axpy_rows, to_f32, to_bf16};
     o.gemv_i8 = gemv_i8;
     o.gemv_i4 = gemv_i4;
+    o.gemv_a8w8 = gemv_a8w8;
     o.gemv_f16 = gemv_f16;
     o.read_bytes = read_bytes;
     return o;

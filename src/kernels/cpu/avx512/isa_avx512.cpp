@@ -150,6 +150,30 @@ void gemv_i8(const float* x, int64_t M, int64_t ldx, const int8_t* w, const floa
   scale_columns(y, M, ldy, scales, n0, n1);
 }
 
+// One a8w8 weight row against M activation rows (u8, q + 128) without VNNI: 32 inputs at a time widened to 16
+// bits and summed in pairs into int32 by vpmaddwd (exact; vpmaddubsw's 16-bit sums would saturate).
+template <int M>
+inline void row_a8w8(const uint8_t* x, int64_t ldx, const int8_t* w, int64_t K, int32_t* dots) {
+  __m512i acc[M];
+  for (int m = 0; m < M; m++) acc[m] = _mm512_setzero_si512();
+  for (int64_t k = 0; k < K; k += 32) {
+    if (k % 64 == 0) prefetch_ahead(w + k);
+    const __mmask32 mk = K - k >= 32 ? __mmask32(0xffffffffu) : __mmask32((1u << (K - k)) - 1);
+    const __m512i wv = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(mk, w + k));
+    for (int m = 0; m < M; m++) {
+      const __m512i xv = _mm512_cvtepu8_epi16(_mm256_maskz_loadu_epi8(mk, x + m * ldx + k));
+      acc[m] = _mm512_add_epi32(acc[m], _mm512_madd_epi16(xv, wv));
+    }
+  }
+  for (int m = 0; m < M; m++) dots[m] = _mm512_reduce_add_epi32(acc[m]);
+}
+
+void gemv_a8w8(const uint8_t* xu, const float* x_steps, int64_t M, int64_t ldx, const int8_t* w,
+               const int32_t* w_sums, const float* w_steps, int64_t K, int64_t n0, int64_t n1, float* y, int64_t ldy) {
+  const auto dot_rows = [](auto rows, auto... a) { row_a8w8<rows()>(a...); };
+  gemv_a8w8_by_rows<kQuantRows>(dot_rows, xu, x_steps, M, ldx, w, w_sums, w_steps, K, n0, n1, y, ldy);
+}
+
 // int4 weights (WeightFormat::Int4) become floats by table lookup: vpermps picks from 16 floats by the low 4
 // bits of each 32-bit index, so a byte zero-extended to 32 bits indexes by its low nibble, and the same shifted
 // right by 4 by its high one. The table is {-8, ..., 7} times the group's scale: it undoes the +8 and
@@ -325,6 +349,7 @@ const IsaOps& isa_avx512() {
     IsaOps o{"avx512", gemv_f32, gemv_bf16, dot, axpy, sum_squares, dot_rows, axpy_rows, to_f32, to_bf16};
     o.gemv_i8 = gemv_i8;
     o.gemv_i4 = gemv_i4;
+    o.gemv_a8w8 = gemv_a8w8;
     o.gemv_f16 = gemv_f16;
     o.read_bytes = read_bytes;
     return o;
@@ -332,9 +357,19 @@ const IsaOps& isa_avx512() {
   return ops;
 }
 
-const IsaOps& isa_avx512_bf16() {
+const IsaOps& isa_avx512_vnni() {
   static const IsaOps ops = [] {
     IsaOps o = isa_avx512();
+    o.name = "avx512_vnni";
+    o.gemv_a8w8 = gemv_a8w8_vnni;
+    return o;
+  }();
+  return ops;
+}
+
+const IsaOps& isa_avx512_bf16() {
+  static const IsaOps ops = [] {
+    IsaOps o = isa_avx512_vnni();
     o.name = "avx512_bf16";
     o.gemv_bf16_bf16 = gemv_bf16_dpbf16;
     return o;

@@ -1,0 +1,173 @@
+#include "infer/calibration.h"
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+
+#include "core/error.h"
+#include "kernels/backend.h"
+#include "model/llama.h"
+
+namespace oar {
+namespace {
+
+
+// The CPU kernels, with a look at the inputs the observers watch: a projection's input is recognised by its
+// weight's data (the map `inputs`), a layer's K and V by its cache memory (the map `caches`).
+class ObservingKernels final : public Kernels {
+ public:
+  explicit ObservingKernels(Kernels& cpu) : cpu_(cpu) {}
+  std::map<const void*, std::pair<int64_t, int>> inputs;  // weight data -> (layer, kCalibratedInputs index)
+  std::map<const void*, int64_t> caches;                  // a layer's K memory -> layer
+  std::vector<std::array<double, 4>> act;                 // this batch's maxima
+  std::vector<std::vector<double>> k, v;
+  int64_t nonfinite_layer = -1;  // a layer whose observed input held an inf or a NaN (the scales would be garbage)
+
+  const char* name() const override { return cpu_.name(); }
+  void linear(const Tensor& x, const Weight& w, const Tensor* bias, Tensor& y) override {
+    observe(x, w);
+    cpu_.linear(x, w, bias, y);
+  }
+  void linear_multi(const Tensor& x, const std::vector<const Weight*>& ws, const std::vector<const Tensor*>& biases,
+                    const std::vector<Tensor*>& ys) override {
+    observe(x, *ws[0]);
+    cpu_.linear_multi(x, ws, biases, ys);
+  }
+  void linear_swiglu(const Tensor& x, const Weight& w_gate, const Weight& w_up, Tensor& gate, Tensor& up) override {
+    observe(x, w_gate);
+    cpu_.linear_swiglu(x, w_gate, w_up, gate, up);
+  }
+  void kv_write(const KVLayerView& c, const Tensor& kt, const Tensor& vt, const std::vector<SeqSlice>& seqs) override {
+    const auto it = caches.find(c.k);
+    if (it != caches.end()) {
+      const int64_t T = kt.dim(0), G = kt.dim(1), D = kt.dim(2);
+      for (int64_t g = 0; g < G; g++)
+        for (int64_t t = 0; t < T; t++) {
+          double& km = k[size_t(it->second)][size_t(g)];
+          double& vm = v[size_t(it->second)][size_t(g)];
+          km = std::max(km, absmax(kt.data<float>() + (t * G + g) * D, D, it->second));
+          vm = std::max(vm, absmax(vt.data<float>() + (t * G + g) * D, D, it->second));
+        }
+    }
+    cpu_.kv_write(c, kt, vt, seqs);
+  }
+  void rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& y) override { cpu_.rmsnorm(x, w, eps, y); }
+  void rope(Tensor& x, const int32_t* positions, const RopeTable& table) override { cpu_.rope(x, positions, table); }
+  void swiglu(const Tensor& gate, const Tensor& up, Tensor& out) override { cpu_.swiglu(gate, up, out); }
+  void softmax(Tensor& x) override { cpu_.softmax(x); }
+  void embedding(const Tensor& table, const int32_t* ids, int64_t n, Tensor& out) override {
+    cpu_.embedding(table, ids, n, out);
+  }
+  void add_inplace(Tensor& x, const Tensor& y) override { cpu_.add_inplace(x, y); }
+  void attention(const Tensor& q, const KVLayerView& c, const std::vector<SeqSlice>& seqs, Tensor& out) override {
+    cpu_.attention(q, c, seqs, out);
+  }
+
+ private:
+  void observe(const Tensor& x, const Weight& w) {
+    const auto it = inputs.find(w.data.raw());
+    if (it == inputs.end()) return;  // the LM head
+    double& m = act[size_t(it->second.first)][size_t(it->second.second)];
+    m = std::max(m, absmax(x.data<float>(), x.numel(), it->second.first));
+  }
+  double absmax(const float* p, int64_t n, int64_t layer) {
+    bool finite;
+    const float a = row_absmax(p, n, &finite);
+    if (!finite) nonfinite_layer = layer;
+    return a;
+  }
+  Kernels& cpu_;
+};
+
+// The CPU backend with ObservingKernels as its op set.
+class ObservingBackend final : public Backend {
+ public:
+  ObservingBackend() : cpu_(cpu_backend()), ops_(cpu_.ops()) {}
+  ObservingKernels& observer() { return ops_; }
+  const char* name() const override { return cpu_.name(); }
+  Device device() const override { return cpu_.device(); }
+  Tensor empty(const Shape& shape, DType dtype) override { return cpu_.empty(shape, dtype); }
+  Tensor upload(const Tensor& host) override { return cpu_.upload(host); }
+  Tensor download(const Tensor& t) override { return cpu_.download(t); }
+  void copy(const Tensor& src, Tensor& dst) override { cpu_.copy(src, dst); }
+  Kernels& ops() override { return ops_; }
+  TrainKernels& train_ops() override { return cpu_.train_ops(); }
+  Communicator& communicator() override { return cpu_.communicator(); }
+  void synchronize() override { cpu_.synchronize(); }
+
+ private:
+  Backend& cpu_;
+  ObservingKernels ops_;
+};
+
+}  // namespace
+
+CalibrationStats calibrate(const LlamaConfig& cfg, const WeightSource& weights,
+                           const std::vector<std::vector<std::vector<int32_t>>>& batches, ObserverReduce act,
+                           ObserverReduce kv, const std::function<void(int64_t, int64_t)>& progress) {
+  if (batches.empty()) throw Error("calibration: no batches");
+  ObservingBackend be;
+  const std::unique_ptr<LlamaModel> model = LlamaModel::from_weights(cfg, weights, DType::F32, be);
+  ObservingKernels& obs = be.observer();
+  const int64_t L = cfg.num_hidden_layers, G = cfg.num_key_value_heads;
+  for (int64_t l = 0; l < L; l++) {
+    const LlamaLayerWeights& w = model->weights().layers[size_t(l)];
+    const Weight* first[4] = {&w.q_proj, &w.o_proj, &w.gate_proj, &w.down_proj};
+    for (int j = 0; j < 4; j++) obs.inputs[first[j]->data.raw()] = {l, j};
+  }
+  CalibrationStats st;
+  st.act.assign(size_t(L), {0, 0, 0, 0});
+  st.k.assign(size_t(L), std::vector<double>(size_t(G), 0.0));
+  st.v = st.k;
+  auto fold = [](ObserverReduce how, double& into, double batch_max) {
+    into = how == ObserverReduce::Average ? into + batch_max : std::max(into, batch_max);
+  };
+  const int64_t bs = 16;  // KV block size
+  for (const std::vector<std::vector<int32_t>>& batch : batches) {
+    obs.act.assign(size_t(L), {0, 0, 0, 0});
+    obs.k.assign(size_t(L), std::vector<double>(size_t(G), 0.0));
+    obs.v = obs.k;
+    int64_t blocks = 0;
+    for (const auto& seq : batch) blocks += (int64_t(seq.size()) + bs - 1) / bs;
+    KVCache cache(cfg, std::max<int64_t>(blocks, 1), bs, KVCacheDType::F32, nullptr, be);
+    obs.caches.clear();
+    for (int64_t l = 0; l < L; l++) obs.caches[cache.layer(l).k] = l;
+    StepBatch b;
+    std::vector<std::vector<int32_t>> tables;
+    int32_t next = 0;
+    for (const auto& seq : batch) {
+      std::vector<int32_t> table;
+      for (int64_t i = 0; i < (int64_t(seq.size()) + bs - 1) / bs; i++) table.push_back(next++);
+      tables.push_back(std::move(table));
+    }
+    for (size_t i = 0; i < batch.size(); i++)
+      if (!batch[i].empty()) b.add_sequence(batch[i].data(), int64_t(batch[i].size()), 0, tables[i]);
+    if (b.tokens.empty()) throw Error("calibration: a batch without tokens");
+    b.logit_rows.push_back(0);
+    Tensor logits;
+    model->forward(b, cache, logits);
+    if (obs.nonfinite_layer >= 0)
+      throw Error("calibration: batch " + std::to_string(st.batches + 1) + " gave layer " +
+                  std::to_string(obs.nonfinite_layer) + " an input that is not finite (inf or NaN): no scale can be taken");
+    for (int64_t l = 0; l < L; l++) {
+      for (int j = 0; j < 4; j++) fold(act, st.act[size_t(l)][size_t(j)], obs.act[size_t(l)][size_t(j)]);
+      for (int64_t g = 0; g < G; g++) {
+        fold(kv, st.k[size_t(l)][size_t(g)], obs.k[size_t(l)][size_t(g)]);
+        fold(kv, st.v[size_t(l)][size_t(g)], obs.v[size_t(l)][size_t(g)]);
+      }
+    }
+    st.batches++;
+    if (progress) progress(st.batches, int64_t(batches.size()));
+  }
+  const double n = double(st.batches);
+  auto average = [&](double& x) { x = act == ObserverReduce::Average ? x / n : x; };
+  auto average_kv = [&](double& x) { x = kv == ObserverReduce::Average ? x / n : x; };
+  for (auto& a : st.act)
+    for (double& x : a) average(x);
+  for (auto* per_layer : {&st.k, &st.v})
+    for (auto& heads : *per_layer)
+      for (double& x : heads) average_kv(x);
+  return st;
+}
+
+}  // namespace oar

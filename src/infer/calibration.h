@@ -1,0 +1,38 @@
+// PaddleNLP's PTQ observers for a8w8 and its int8 KV cache (notes/paddlenlp.md §6), run over a model's forward:
+// the absolute maximum of each projection input that a8w8 quantizes with one static step (q/k/v share one input,
+// gate/up another; o and down one each), and of K and V per kv head, once per calibration batch, then averaged
+// over the batches ("avg" and "avg_headwise", PaddleNLP's defaults) or their maximum taken ("abs_max",
+// "abs_max_headwise"). No smoothing: the weights are observed as they are.
+#pragma once
+#include <array>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "core/model_config.h"
+#include "io/weight_source.h"
+
+namespace oar {
+
+enum class ObserverReduce { Average, Max };  // over the batches' absolute maxima
+
+// The projection inputs a8w8 quantizes, in PaddleNLP's order (qkv_in_scale, out_linear_in_scale, ffn1_in_scale,
+// ffn2_in_scale), named by the projection whose activation_quanter PaddleNLP writes.
+inline constexpr std::array<const char*, 4> kCalibratedInputs = {"self_attn.q_proj", "self_attn.o_proj",
+                                                                  "mlp.gate_proj", "mlp.down_proj"};
+
+struct CalibrationStats {
+  std::vector<std::array<double, 4>> act;  // per layer, per kCalibratedInputs entry
+  std::vector<std::vector<double>> k, v;   // per layer, per kv head
+  int64_t batches = 0;
+};
+
+// Runs the float32 model of (cfg, weights) over each batch (its sequences prefilled together in one step, so one
+// forward is one batch, as PaddleNLP's observers see a padded batch) and reduces what the observers saw.
+// `progress` (may be empty) is called after each batch with (done, total).
+CalibrationStats calibrate(const LlamaConfig& cfg, const WeightSource& weights,
+                           const std::vector<std::vector<std::vector<int32_t>>>& batches, ObserverReduce act,
+                           ObserverReduce kv, const std::function<void(int64_t, int64_t)>& progress = {});
+
+}  // namespace oar

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# PaddleNLP's PTQ for a8w8 (`oar quantize`, and `oar finetune` of a file with do_ptq): the scale files it writes
+# are complete and read back by predict and perplexity (static activation steps; a8w8c8's static KV cache);
+# what is not built (SmoothQuant) and bad settings are one clear error, and no output is left behind.
+set -euo pipefail
+source "$SRC/tests/cli/lib/common.sh"
+M="$WORK/tiny"
+"$OAR" create-model --preset tiny --dtype float32 --output_dir "$M" --force >/dev/null
+rm -rf data out bad_out; mkdir -p data
+python3 - <<'PY'
+import json
+words = "the cat sat on a mat while the dog ran past every house in the quiet town".split()
+with open("data/train.json", "w") as f:
+    for i in range(40):
+        src = " ".join(words[(i + j) % len(words)] for j in range(6 + i % 5))
+        f.write(json.dumps({"src": src, "tgt": " ".join(reversed(src.split()))}) + "\n")
+PY
+cat > ptq.json <<JSON
+{"model_name_or_path": "$M", "dataset_name_or_path": "data", "output_dir": "out", "per_device_train_batch_size": 4,
+ "ptq_step": 3, "do_ptq": true, "quant_type": "a8w8c8", "smooth": false, "bf16": true, "learning_rate": 3e-5,
+ "src_length": 64, "max_length": 128}
+JSON
+"$OAR" finetune ptq.json > ptq.out
+grep -q "ptq: batch 3/3" ptq.out || { cat ptq.out; die "finetune with do_ptq did not calibrate 3 batches"; }
+for f in act_scales.json weight_scales.json cachekv_scales.json config.json model.safetensors tokenizer.json; do
+  [ -f "out/$f" ] || die "PTQ output lacks $f"
+done
+python3 - "$M" out <<'PY'
+import json, sys
+cfg = json.load(open(sys.argv[1] + "/config.json"))
+L, G, F, C = cfg["num_hidden_layers"], cfg["num_key_value_heads"], cfg["intermediate_size"], cfg["hidden_size"]
+act = json.load(open(sys.argv[2] + "/act_scales.json"))
+assert len(act) == 4 * L and all(v > 0 for v in act.values()), act
+for l in range(L):
+    for k in ["self_attn.q_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.down_proj"]:
+        assert f"llama.layers.{l}.{k}.activation_quanter" in act
+w = json.load(open(sys.argv[2] + "/weight_scales.json"))
+assert len(w) == 7 * L and len(w["llama.layers.0.mlp.gate_proj.weight_quanter"]) == F
+assert len(w["llama.layers.0.mlp.down_proj.weight_quanter"]) == C
+kv = json.load(open(sys.argv[2] + "/cachekv_scales.json"))
+assert len(kv) == 2 * L and all(len(v) == G and min(v) > 0 for v in kv.values())
+q = json.load(open(sys.argv[2] + "/config.json"))["quantization_config"]
+assert q["quant_type"] == "a8w8c8" and q["smooth"] is False, q
+PY
+echo "ok: finetune with do_ptq writes complete act, weight and cachekv scales and quantization_config"
+
+# The output runs: a8w8 with the calibrated static steps (the perplexity differs from per-token steps and
+# stays near float32's), a8w8c8 with the static int8 cache from cachekv_scales.json.
+printf 'the cat sat on a mat while the dog ran past every house in the quiet town. %.0s' $(seq 1 6) > text.txt
+"$OAR" perplexity --model_name_or_path "$M" --input_file text.txt --ctx 32 > f32.txt
+"$OAR" perplexity --model_name_or_path out --quant_type a8w8 --input_file text.txt --ctx 32 > static.txt
+"$OAR" perplexity --model_name_or_path "$M" --quant_type a8w8 --input_file text.txt --ctx 32 > dynamic.txt
+python3 - f32.txt static.txt dynamic.txt <<'PY' || die "a8w8 with calibrated scales"
+import sys
+f, s, d = (float(open(p).read().split()[1]) for p in sys.argv[1:4])
+assert s != d and abs(s / f - 1) < 0.05, (f, s, d)
+print(f"  perplexity: float32 {f}, a8w8 static {s}, a8w8 per token {d}")
+PY
+q=$("$OAR" predict --model_name_or_path out --quant_type a8w8c8 --block_attn --prompt "the cat" --max_length 6 \
+  --decode_strategy greedy_search)
+[ -n "$q" ] || die "a8w8c8 predict on the PTQ output printed nothing"
+"$OAR" quantize ptq.json >/dev/null 2>err.txt && die "quantize replaced an existing output_dir" || true
+grep -q "out: output_dir already exists" err.txt || { cat err.txt; die "the refusal should name output_dir"; }
+echo "ok: the PTQ output runs as a8w8 (static steps) and a8w8c8 (static cache); an existing output_dir is kept"
+
+# errors: exit 2, one line naming the file, nothing written
+expect_ptq_err() {  # expect_ptq_err PATTERN JSON_EDIT
+  python3 -c "import json,sys; d=json.load(open('ptq.json')); d.update(json.loads(sys.argv[1])); d['output_dir']='bad_out'; json.dump(d, open('bad.json','w'))" "$2"
+  set +e; "$OAR" quantize bad.json >/dev/null 2>err.txt; local rc=$?; set -e
+  [ $rc -eq 2 ] && [ "$(wc -l < err.txt)" -eq 1 ] && grep -q -- "$1" err.txt && grep -q "bad.json\|data" err.txt \
+    || { cat err.txt; die "quantize with $2: want exit 2 mentioning '$1' (got $rc)"; }
+  [ ! -e bad_out ] || die "a failed PTQ left bad_out behind"
+}
+expect_ptq_err "'smooth': true is not built yet" '{"smooth": true}'
+expect_ptq_err "quant_type 'weight_only_int8'" '{"quant_type": "weight_only_int8"}'
+expect_ptq_err "act_quant_method 'hist'" '{"act_quant_method": "hist"}'
+expect_ptq_err "'ptq_step' must be a positive integer" '{"ptq_step": 0}'
+expect_ptq_err "no_such_data: dataset_name_or_path is not a directory" '{"dataset_name_or_path": "no_such_data"}'
+echo "ok: PTQ errors are one line with exit 2 and leave no output"
