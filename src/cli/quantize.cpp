@@ -14,16 +14,20 @@
 #include "core/error.h"
 #include "core/fs.h"
 #include "core/json_io.h"
+#include "core/mpi_world.h"
 #include "data/sft_dataset.h"
 #include "infer/calibration.h"
 #include "io/model_source.h"
+#include "kernels/weight.h"
 #include "tokenizer/tokenizer.h"
+#include "train/train_args.h"
+#include "train/train_setup.h"
 
 namespace oar::cli {
 namespace {
 
 struct PtqArgs {
-  std::string model, dataset, output_dir, quant_type = "a8w8";
+  std::string model, dataset, output_dir, quant_type = "a8w8", chat_template;
   int64_t ptq_step = 32, batch_size = 8, src_length = 1024, max_length = 2048;  // PaddleNLP's defaults
   ObserverReduce act = ObserverReduce::Average, kv = ObserverReduce::Average;
   bool overwrite = false;
@@ -52,6 +56,10 @@ PtqArgs read_ptq_args(const std::string& path) {
   str("dataset_name_or_path", a.dataset, true);
   str("output_dir", a.output_dir, true);
   str("quant_type", a.quant_type, false);
+  str("chat_template", a.chat_template, false);
+  if (a.output_dir.empty()) fail(path, "'output_dir' must name a directory");
+  if (flag("do_train") && flag("do_ptq"))
+    fail(path, "'do_train' and 'do_ptq' are both true: run the fine-tuning first, then PTQ on its output");
   num("ptq_step", a.ptq_step);
   num("per_device_train_batch_size", a.batch_size);
   num("src_length", a.src_length);
@@ -80,21 +88,29 @@ PtqArgs read_ptq_args(const std::string& path) {
   return a;
 }
 
-// Batches of the calibration examples, in file order: ptq_step of them at most.
+// Batches of the calibration examples, in file order: ptq_step of them at most (only those are tokenized), each
+// as fine-tuning reads it (src_length, max_length, the chat template where the run has one).
 std::vector<std::vector<std::vector<int32_t>>> calibration_batches(const PtqArgs& a, const Tokenizer& tok) {
-  const std::string split = file_exists(join_path(a.dataset, "quant.json")) ? "quant" : "train";
+  const std::string path = sft_split_path(a.dataset, file_exists(join_path(a.dataset, "quant.json")) ? "quant" : "train");
   SftOptions opt;
   opt.src_length = a.src_length;
   opt.max_length = a.max_length;
-  const std::vector<SftExample> ex = load_sft_examples(a.dataset, split, tok, opt);
+  TrainArgs ta;  // what make_chat_renderer reads: the template key and where the tokenizer lives
+  ta.model_name_or_path = a.model;
+  ta.chat_template = a.chat_template;
+  std::string template_file;
+  opt.chat = make_chat_renderer(ta, tok, &template_file);
+  const std::vector<SftRecord> recs = read_sft_file(path);
+  const TextEncoder enc(tok, SpecialTextRule::PaddleNLP);
+  const size_t wanted = size_t(std::min<int64_t>(int64_t(recs.size()), a.ptq_step * a.batch_size));
   std::vector<std::vector<std::vector<int32_t>>> batches;
-  for (size_t i = 0; i < ex.size() && int64_t(batches.size()) < a.ptq_step; i += size_t(a.batch_size)) {
-    batches.emplace_back();
-    for (size_t j = i; j < std::min(ex.size(), i + size_t(a.batch_size)); j++) batches.back().push_back(ex[j].input_ids);
+  for (size_t i = 0; i < wanted; i++) {
+    if (i % size_t(a.batch_size) == 0) batches.emplace_back();
+    batches.back().push_back(tokenize_sft_example(enc, recs[i], opt).input_ids);
   }
-  if (batches.empty()) fail(join_path(a.dataset, split + ".json"), "no calibration examples");
-  std::printf("ptq: %zu batches of up to %lld examples from %s\n", batches.size(), (long long)a.batch_size,
-              join_path(a.dataset, split + ".json").c_str());
+  if (batches.empty()) fail(path, "no calibration examples");
+  std::printf("ptq: %zu batches of up to %lld examples from %s%s\n", batches.size(), (long long)a.batch_size,
+              path.c_str(), template_file.empty() ? "" : (", chat template " + template_file).c_str());
   return batches;
 }
 
@@ -111,15 +127,40 @@ nlohmann::json scales_json(const CalibrationStats& st, const LlamaConfig& cfg, c
     for (const char* proj : {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                              "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"}) {
       const Tensor t = w.get("model.layers." + std::to_string(l) + "." + proj + ".weight").to(DType::F32);
-      std::vector<double> amax(size_t(t.dim(0)), 0.0);
-      for (int64_t r = 0; r < t.dim(0); r++)
-        for (int64_t c = 0; c < t.dim(1); c++) amax[size_t(r)] = std::max(amax[size_t(r)], double(std::fabs(t.data<float>()[r * t.dim(1) + c])));
+      std::vector<double> amax(static_cast<size_t>(t.dim(0)));
+      bool finite;
+      for (int64_t r = 0; r < t.dim(0); r++) amax[size_t(r)] = row_absmax(t.data<float>() + r * t.dim(1), t.dim(1), &finite);
       weight_scales[p + proj + ".weight_quanter"] = amax;
     }
     cachekv[p + "self_attn.cachek_matmul.activation_quanter"] = st.k[size_t(l)];
     cachekv[p + "self_attn.cachev_matmul.activation_quanter"] = st.v[size_t(l)];
   }
   return act;
+}
+
+// A model file of `dir` into `tmp`: a hard link where the file system allows (a 13B's weights are 26 GB), else a
+// copy.
+void link_or_copy(const std::filesystem::path& src, const std::string& tmp) {
+  namespace fs = std::filesystem;
+  const fs::path dst = fs::path(tmp) / src.filename();
+  std::error_code ec;
+  fs::create_hard_link(src, dst, ec);
+  if (!ec) return;
+  fs::copy_file(src, dst, ec);
+  if (ec) fail(src.string(), "cannot copy to the output: " + ec.message());
+}
+
+// What of a model directory PTQ's output keeps: weights, their index, tokenizer and generation files (not a
+// training checkpoint's optimizer state, nor old scale files).
+bool is_model_file(const std::string& name) {
+  auto ends = [&](const char* suf) {
+    const std::string s = suf;
+    return name.size() >= s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0;
+  };
+  return ends(".safetensors") || ends(".pdparams") || name == "model.safetensors.index.json" ||
+         name == "model_state.pdparams.index.json" || name == "generation_config.json" ||
+         name.rfind("tokenizer", 0) == 0 || name == "special_tokens_map.json" || name == "added_tokens.json" ||
+         name.rfind("chat_template", 0) == 0;
 }
 
 // output_dir: the model's files as they are (no smoothing changed the weights), config.json with
@@ -134,13 +175,10 @@ void write_ptq_output(const PtqArgs& a, const CalibrationStats& st, const ModelS
     fail(a.output_dir, "output_dir already exists (set \"overwrite_output_dir\": true to replace it)");
   write_directory_atomically(a.output_dir, a.overwrite, {a.model, a.dataset}, [&](const std::string& tmp) {
     namespace fs = std::filesystem;
-    for (const auto& e : fs::directory_iterator(a.model)) {
-      const std::string name = e.path().filename().string();
-      if (!e.is_regular_file() || name == "config.json" || name == "act_scales.json" || name == "weight_scales.json" ||
-          name == "cachekv_scales.json")
-        continue;
-      fs::copy_file(e.path(), fs::path(tmp) / name);
-    }
+    std::error_code ec;
+    for (fs::directory_iterator it(a.model, ec), end; !ec && it != end; it.increment(ec))
+      if (it->is_regular_file() && is_model_file(it->path().filename().string())) link_or_copy(it->path(), tmp);
+    if (ec) fail(a.model, "cannot list the model directory: " + ec.message());
     write_file_atomic(join_path(tmp, "config.json"), config.dump(2) + "\n");
     write_file_atomic(join_path(tmp, "act_scales.json"), act.dump(2) + "\n");
     write_file_atomic(join_path(tmp, "weight_scales.json"), weight_scales.dump() + "\n");
@@ -151,6 +189,7 @@ void write_ptq_output(const PtqArgs& a, const CalibrationStats& st, const ModelS
 }  // namespace
 
 int run_ptq(const std::string& cfg_path) {
+  if (launched_by_mpi()) throw Error("PTQ runs in one process: start it without mpirun");
   const PtqArgs a = read_ptq_args(cfg_path);
   if (!dir_exists(a.model) || !file_exists(join_path(a.model, "config.json")))
     fail(a.model, "PTQ needs a Hugging Face model directory (config.json and safetensors)");
@@ -159,8 +198,10 @@ int run_ptq(const std::string& cfg_path) {
   const std::unique_ptr<Tokenizer> tok = load_tokenizer(a.model);
   const auto batches = calibration_batches(a, *tok);
   const ModelSource ms = open_model_source(a.model);
+  // As PaddleNLP's PTQ runs with "bf16": a 16-bit checkpoint's products in bfloat16 (half a float32 copy's memory).
+  const DType dtype = ms.config.torch_dtype == "bfloat16" || ms.config.torch_dtype == "float16" ? DType::BF16 : DType::F32;
   const CalibrationStats st =
-      calibrate(ms.config, *ms.weights, batches, a.act, a.kv, [](int64_t done, int64_t total) {
+      calibrate(ms.config, *ms.weights, dtype, batches, a.act, a.kv, [](int64_t done, int64_t total) {
         std::printf("ptq: batch %lld/%lld\n", (long long)done, (long long)total);
         std::fflush(stdout);
       });

@@ -286,7 +286,10 @@ bool sets_do_ptq(const std::vector<std::string>& args) {
   if (args.empty() || args[0].size() < 5 || args[0].compare(args[0].size() - 5, 5, ".json") != 0) return false;
   if (!file_exists(args[0])) return false;  // the trainer names the missing file
   const nlohmann::json j = parse_json_file(args[0]);
-  return j.is_object() && j.contains("do_ptq") && j["do_ptq"].is_boolean() && j["do_ptq"].get<bool>();
+  if (!j.is_object() || !j.contains("do_ptq")) return false;
+  const nlohmann::json& v = j["do_ptq"];  // as PaddleNLP's argument parser reads a bool: true, 1, "true"
+  return (v.is_boolean() && v.get<bool>()) || (v.is_number_integer() && v.get<int64_t>() == 1) ||
+         (v.is_string() && (v.get<std::string>() == "true" || v.get<std::string>() == "True"));
 }
 
 Action add_training_command(CLI::App& app, TrainMode mode) {

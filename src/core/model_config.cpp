@@ -300,14 +300,23 @@ LlamaConfig parse_hf_config(const std::string& json_text, const std::string& whe
                     " is not supported (sliding-window attention)");
   }
 
-  // PaddleNLP's PTQ output (a quant_type, float weights with SmoothQuant folded in, scale files beside them)
-  // loads as a float model; other quantization_configs (Hugging Face's quant_method: GPTQ, AWQ, ...) store
-  // quantized tensors oar cannot read.
+  // PaddleNLP's PTQ output (a quant_type, float weights with SmoothQuant folded into the norms and q/k/v, gate/up,
+  // scale files beside them) loads as a float model. Its Shift, and smoothing of o_proj/down_proj
+  // (shift_smooth_all_linears), live in extra tensors (smooth_weight, shift_bias, norm biases) that oar does not
+  // apply: refused, as are other quantization_configs (Hugging Face's quant_method: GPTQ, AWQ, ...), which store
+  // quantized tensors. PaddleNLP writes every field, unset ones as null.
   if (f.present("quantization_config")) {
     const nlohmann::json& q = f.at("quantization_config");
-    if (!q.is_object() || !q.contains("quant_type") || q.contains("quant_method"))
+    auto set = [&](const char* k) { return q.is_object() && q.contains(k) && !q[k].is_null(); };
+    auto on = [&](const char* k) { return set(k) && !(q[k].is_boolean() && !q[k].get<bool>()); };
+    if (!q.is_object() || !set("quant_type") || !q["quant_type"].is_string() || set("quant_method") ||
+        set("weight_quantize_algo"))
       fail(where, "quantization_config is present: quantized checkpoints are not supported (PaddleNLP's PTQ output, "
                   "with float weights and a quant_type, is)");
+    for (const char* k : {"shift", "shift_smooth_all_linears"})
+      if (on(k))
+        fail(where, std::string("quantization_config: ") + k + " is true: PaddleNLP's Shift and smoothing of "
+                    "o_proj/down_proj keep extra tensors oar does not apply (PTQ with shift and smooth_all_linears false loads)");
   }
 
   // Special tokens: bos int or null, eos int or list or null, pad int or null (negative = none).

@@ -90,6 +90,7 @@ class ObservingBackend final : public Backend {
   Tensor upload(const Tensor& host) override { return cpu_.upload(host); }
   Tensor download(const Tensor& t) override { return cpu_.download(t); }
   void copy(const Tensor& src, Tensor& dst) override { cpu_.copy(src, dst); }
+  Weight pack_weight(const Tensor& host, const QuantSpec& spec) override { return cpu_.pack_weight(host, spec); }
   Kernels& ops() override { return ops_; }
   TrainKernels& train_ops() override { return cpu_.train_ops(); }
   Communicator& communicator() override { return cpu_.communicator(); }
@@ -102,12 +103,33 @@ class ObservingBackend final : public Backend {
 
 }  // namespace
 
-CalibrationStats calibrate(const LlamaConfig& cfg, const WeightSource& weights,
+namespace {
+
+// Prefills one sequence (its K and V in a cache of its own) while the observers watch.
+void observe_sequence(LlamaModel& model, ObservingBackend& be, const std::vector<int32_t>& seq) {
+  const LlamaConfig& cfg = model.config();
+  const int64_t bs = 16, blocks = (int64_t(seq.size()) + bs - 1) / bs;
+  KVCache cache(cfg, blocks, bs, KVCacheDType::F32, nullptr, be);
+  ObservingKernels& obs = be.observer();
+  obs.caches.clear();
+  for (int64_t l = 0; l < cfg.num_hidden_layers; l++) obs.caches[cache.layer(l).k] = l;
+  std::vector<int32_t> table(static_cast<size_t>(blocks));
+  for (int64_t i = 0; i < blocks; i++) table[size_t(i)] = int32_t(i);
+  StepBatch b;
+  b.add_sequence(seq.data(), int64_t(seq.size()), 0, table);
+  b.logit_rows.push_back(0);
+  Tensor logits;
+  model.forward(b, cache, logits);
+}
+
+}  // namespace
+
+CalibrationStats calibrate(const LlamaConfig& cfg, const WeightSource& weights, DType dtype,
                            const std::vector<std::vector<std::vector<int32_t>>>& batches, ObserverReduce act,
                            ObserverReduce kv, const std::function<void(int64_t, int64_t)>& progress) {
   if (batches.empty()) throw Error("calibration: no batches");
   ObservingBackend be;
-  const std::unique_ptr<LlamaModel> model = LlamaModel::from_weights(cfg, weights, DType::F32, be);
+  const std::unique_ptr<LlamaModel> model = LlamaModel::from_weights(cfg, weights, dtype, be);
   ObservingKernels& obs = be.observer();
   const int64_t L = cfg.num_hidden_layers, G = cfg.num_key_value_heads;
   for (int64_t l = 0; l < L; l++) {
@@ -122,30 +144,17 @@ CalibrationStats calibrate(const LlamaConfig& cfg, const WeightSource& weights,
   auto fold = [](ObserverReduce how, double& into, double batch_max) {
     into = how == ObserverReduce::Average ? into + batch_max : std::max(into, batch_max);
   };
-  const int64_t bs = 16;  // KV block size
   for (const std::vector<std::vector<int32_t>>& batch : batches) {
     obs.act.assign(size_t(L), {0, 0, 0, 0});
     obs.k.assign(size_t(L), std::vector<double>(size_t(G), 0.0));
     obs.v = obs.k;
-    int64_t blocks = 0;
-    for (const auto& seq : batch) blocks += (int64_t(seq.size()) + bs - 1) / bs;
-    KVCache cache(cfg, std::max<int64_t>(blocks, 1), bs, KVCacheDType::F32, nullptr, be);
-    obs.caches.clear();
-    for (int64_t l = 0; l < L; l++) obs.caches[cache.layer(l).k] = l;
-    StepBatch b;
-    std::vector<std::vector<int32_t>> tables;
-    int32_t next = 0;
-    for (const auto& seq : batch) {
-      std::vector<int32_t> table;
-      for (int64_t i = 0; i < (int64_t(seq.size()) + bs - 1) / bs; i++) table.push_back(next++);
-      tables.push_back(std::move(table));
-    }
-    for (size_t i = 0; i < batch.size(); i++)
-      if (!batch[i].empty()) b.add_sequence(batch[i].data(), int64_t(batch[i].size()), 0, tables[i]);
-    if (b.tokens.empty()) throw Error("calibration: a batch without tokens");
-    b.logit_rows.push_back(0);
-    Tensor logits;
-    model->forward(b, cache, logits);
+    bool any = false;
+    for (const auto& seq : batch)
+      if (!seq.empty()) {
+        observe_sequence(*model, be, seq);
+        any = true;
+      }
+    if (!any) throw Error("calibration: a batch without tokens");
     if (obs.nonfinite_layer >= 0)
       throw Error("calibration: batch " + std::to_string(st.batches + 1) + " gave layer " +
                   std::to_string(obs.nonfinite_layer) + " an input that is not finite (inf or NaN): no scale can be taken");
@@ -167,6 +176,17 @@ CalibrationStats calibrate(const LlamaConfig& cfg, const WeightSource& weights,
   for (auto* per_layer : {&st.k, &st.v})
     for (auto& heads : *per_layer)
       for (double& x : heads) average_kv(x);
+  // A scale of 0 would make a static step of 0, which means "dynamic": refused here rather than later.
+  for (int64_t l = 0; l < L; l++) {
+    for (size_t j = 0; j < kCalibratedInputs.size(); j++)
+      if (!(st.act[size_t(l)][j] > 0))
+        throw Error("calibration: layer " + std::to_string(l) + "'s " + kCalibratedInputs[j] +
+                    " input was zero over all the calibration data: no scale can be taken");
+    for (int64_t g = 0; g < G; g++)
+      if (!(st.k[size_t(l)][size_t(g)] > 0) || !(st.v[size_t(l)][size_t(g)] > 0))
+        throw Error("calibration: layer " + std::to_string(l) + "'s K or V of kv head " + std::to_string(g) +
+                    " was zero over all the calibration data");
+  }
   return st;
 }
 

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "core/dtype.h"
 #include "core/model_config.h"
 #include "io/weight_source.h"
 
@@ -28,10 +29,12 @@ struct CalibrationStats {
   int64_t batches = 0;
 };
 
-// Runs the float32 model of (cfg, weights) over each batch (its sequences prefilled together in one step, so one
-// forward is one batch, as PaddleNLP's observers see a padded batch) and reduces what the observers saw.
-// `progress` (may be empty) is called after each batch with (done, total).
-CalibrationStats calibrate(const LlamaConfig& cfg, const WeightSource& weights,
+// Runs the model of (cfg, weights), its products in `dtype` (float32, or bfloat16 as PaddleNLP's PTQ runs with
+// "bf16": true; activations stay float32), over each batch and reduces what the observers saw. A batch's maximum
+// is the maximum over its sequences, each prefilled on its own (as PaddleNLP's observers see one padded batch,
+// without the memory of a whole batch's KV cache). `progress` (may be empty) is called after each batch with
+// (done, total). Throws oar::Error for an input that is not finite.
+CalibrationStats calibrate(const LlamaConfig& cfg, const WeightSource& weights, DType dtype,
                            const std::vector<std::vector<std::vector<int32_t>>>& batches, ObserverReduce act,
                            ObserverReduce kv, const std::function<void(int64_t, int64_t)>& progress = {});
 

@@ -34,8 +34,9 @@ bool is_quantized(WeightFormat f);
 // static activation step from act_steps (by weight name: PaddleNLP's act_scales.json) where given, else its
 // activations get dynamic per-token steps.
 struct QuantSpec {
-  WeightFormat format = WeightFormat::Int8;
-  int64_t group_size = -1;
+  QuantSpec(WeightFormat f = WeightFormat::Int8, int64_t group = -1) : format(f), group_size(group) {}
+  WeightFormat format;
+  int64_t group_size;
   std::shared_ptr<const std::map<std::string, float>> act_steps;
   float act_step = 0;  // the one weight's step that Weight::quantize applies (the loader sets it from act_steps)
 };

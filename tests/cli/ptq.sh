@@ -6,7 +6,7 @@ set -euo pipefail
 source "$SRC/tests/cli/lib/common.sh"
 M="$WORK/tiny"
 "$OAR" create-model --preset tiny --dtype float32 --output_dir "$M" --force >/dev/null
-rm -rf data out bad_out; mkdir -p data
+rm -rf data out out2 bad_out; mkdir -p data
 python3 - <<'PY'
 import json
 words = "the cat sat on a mat while the dog ran past every house in the quiet town".split()
@@ -15,6 +15,7 @@ with open("data/train.json", "w") as f:
         src = " ".join(words[(i + j) % len(words)] for j in range(6 + i % 5))
         f.write(json.dumps({"src": src, "tgt": " ".join(reversed(src.split()))}) + "\n")
 PY
+echo '{}' > "$M/optimizer.state.json"  # not a model file: PTQ's output leaves it out
 cat > ptq.json <<JSON
 {"model_name_or_path": "$M", "dataset_name_or_path": "data", "output_dir": "out", "per_device_train_batch_size": 4,
  "ptq_step": 3, "do_ptq": true, "quant_type": "a8w8c8", "smooth": false, "bf16": true, "learning_rate": 3e-5,
@@ -25,6 +26,13 @@ grep -q "ptq: batch 3/3" ptq.out || { cat ptq.out; die "finetune with do_ptq did
 for f in act_scales.json weight_scales.json cachekv_scales.json config.json model.safetensors tokenizer.json; do
   [ -f "out/$f" ] || die "PTQ output lacks $f"
 done
+[ ! -e out/optimizer.state.json ] || die "PTQ copied a file that is not the model's"
+cmp -s out/model.safetensors "$M/model.safetensors" || die "PTQ changed the weights"
+# "do_ptq" as a string, as PaddleNLP's parser also takes it, routes to PTQ as well
+python3 -c "import json; d=json.load(open('ptq.json')); d['do_ptq']='true'; d['output_dir']='out2'; json.dump(d, open('ptq2.json','w'))"
+"$OAR" finetune ptq2.json > ptq2.out
+grep -q "ptq: batch 3/3" ptq2.out || die "do_ptq \"true\" did not run PTQ"
+cmp -s out/act_scales.json out2/act_scales.json || die "two PTQ runs on the same data wrote different scales"
 python3 - "$M" out <<'PY'
 import json, sys
 cfg = json.load(open(sys.argv[1] + "/config.json"))
@@ -65,7 +73,7 @@ echo "ok: the PTQ output runs as a8w8 (static steps) and a8w8c8 (static cache); 
 
 # errors: exit 2, one line naming the file, nothing written
 expect_ptq_err() {  # expect_ptq_err PATTERN JSON_EDIT
-  python3 -c "import json,sys; d=json.load(open('ptq.json')); d.update(json.loads(sys.argv[1])); d['output_dir']='bad_out'; json.dump(d, open('bad.json','w'))" "$2"
+  python3 -c "import json,sys; d=json.load(open('ptq.json')); d['output_dir']='bad_out'; d.update(json.loads(sys.argv[1])); json.dump(d, open('bad.json','w'))" "$2"
   set +e; "$OAR" quantize bad.json >/dev/null 2>err.txt; local rc=$?; set -e
   [ $rc -eq 2 ] && [ "$(wc -l < err.txt)" -eq 1 ] && grep -q -- "$1" err.txt && grep -q "bad.json\|data" err.txt \
     || { cat err.txt; die "quantize with $2: want exit 2 mentioning '$1' (got $rc)"; }
@@ -75,5 +83,7 @@ expect_ptq_err "'smooth': true is not built yet" '{"smooth": true}'
 expect_ptq_err "quant_type 'weight_only_int8'" '{"quant_type": "weight_only_int8"}'
 expect_ptq_err "act_quant_method 'hist'" '{"act_quant_method": "hist"}'
 expect_ptq_err "'ptq_step' must be a positive integer" '{"ptq_step": 0}'
+expect_ptq_err "'do_train' and 'do_ptq' are both true" '{"do_train": true}'
+expect_ptq_err "'output_dir' must name a directory" '{"output_dir": ""}'
 expect_ptq_err "no_such_data: dataset_name_or_path is not a directory" '{"dataset_name_or_path": "no_such_data"}'
 echo "ok: PTQ errors are one line with exit 2 and leave no output"

@@ -277,9 +277,15 @@ TEST(ConfigTest, RefusesUnsupportedMath) {
       R"({"model_type": "llama", "use_sliding_window": true, "sliding_window": 4096})", {kWhere, "sliding_window"}));
   EXPECT_TRUE(config_fails(tiny_with("quantization_config", R"({"quant_method": "gptq"})"),
                            {kWhere, "quantization_config"}));
-  // PaddleNLP's PTQ output keeps float weights: it loads
-  EXPECT_NO_THROW(parse_hf_config(
-      tiny_with("quantization_config", R"({"quant_type": "a8w8", "smooth": true, "shift": false})"), kWhere));
+  // PaddleNLP's PTQ output keeps float weights: it loads (its unset fields are null), unless Shift or the
+  // smoothing of all linears left extra tensors
+  EXPECT_NO_THROW(parse_hf_config(tiny_with("quantization_config", R"({"quant_type": "a8w8", "smooth": true,
+      "shift": false, "shift_smooth_all_linears": false, "quant_method": null, "weight_quantize_algo": null})"), kWhere));
+  EXPECT_TRUE(config_fails(tiny_with("quantization_config", R"({"quant_type": "a8w8", "shift_smooth_all_linears": true})"),
+                           {kWhere, "shift_smooth_all_linears is true"}));
+  EXPECT_TRUE(config_fails(tiny_with("quantization_config", R"({"quant_type": "a8w8", "shift": true})"),
+                           {kWhere, "shift is true"}));
+  EXPECT_TRUE(config_fails(tiny_with("quantization_config", R"({"quant_type": null})"), {kWhere, "quantization_config"}));
   std::string qwen_sw = kQwen25_05b;
   qwen_sw.replace(qwen_sw.find("\"use_sliding_window\": false"), 27, "\"use_sliding_window\": true");
   EXPECT_TRUE(config_fails(qwen_sw, {kWhere, "sliding_window"}));

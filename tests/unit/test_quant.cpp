@@ -545,7 +545,7 @@ TEST(Calibration, ObserversAverageOrTakeTheMaxOfEachBatchsAbsMax) {
   const std::vector<std::vector<std::vector<int32_t>>> batches = {{{1, 5, 9, 2, 7}, {3, 8, 4}}, {{11, 6, 10, 12}}};
   const std::vector<double> b0 = layer0_absmax(ms, batches[0]), b1 = layer0_absmax(ms, batches[1]);
   for (ObserverReduce how : {ObserverReduce::Average, ObserverReduce::Max}) {
-    const CalibrationStats st = calibrate(ms.config, *ms.weights, batches, how, how);
+    const CalibrationStats st = calibrate(ms.config, *ms.weights, DType::F32, batches, how, how);
     ASSERT_EQ(st.batches, 2);
     ASSERT_EQ(int64_t(st.act.size()), L);
     auto want = [&](size_t i) { return how == ObserverReduce::Average ? (b0[i] + b1[i]) / 2 : std::max(b0[i], b1[i]); };
@@ -557,6 +557,62 @@ TEST(Calibration, ObserversAverageOrTakeTheMaxOfEachBatchsAbsMax) {
     }
   }
   EXPECT_NE(b0[0], b1[0]);  // the two batches differ, so average and max are told apart
+}
+
+// With one-token sequences attention returns V itself, so all four of layer 0's observed inputs follow from the
+// weights by hand: q/k/v's (rmsnorm of the embedding), o's (V spread over the query heads), gate/up's (rmsnorm of
+// the residual) and down's (silu(gate) * up). Each must land in its own slot.
+TEST(Calibration, EveryObservedInputIsTheOneItIsNamedFor) {
+  const ModelSource ms = open_model_source(model_dir("gqa"));
+  const LlamaConfig& c = ms.config;
+  const int64_t C = c.hidden_size, F = c.intermediate_size, H = c.num_attention_heads, G = c.num_key_value_heads;
+  const int64_t D = c.head_dim;
+  auto get = [&](const std::string& n) { return ms.weights->get(n).to(DType::F32); };
+  const Tensor emb = get("model.embed_tokens.weight"), n1 = get("model.layers.0.input_layernorm.weight");
+  const Tensor n2 = get("model.layers.0.post_attention_layernorm.weight"), wv = get("model.layers.0.self_attn.v_proj.weight");
+  const Tensor wo = get("model.layers.0.self_attn.o_proj.weight"), wg = get("model.layers.0.mlp.gate_proj.weight");
+  const Tensor wu = get("model.layers.0.mlp.up_proj.weight");
+  auto matvec = [](const Tensor& w, const std::vector<double>& x) {
+    std::vector<double> y(static_cast<size_t>(w.dim(0)), 0.0);
+    for (int64_t r = 0; r < w.dim(0); r++)
+      for (int64_t i = 0; i < w.dim(1); i++) y[size_t(r)] += double(w.data<float>()[r * w.dim(1) + i]) * x[size_t(i)];
+    return y;
+  };
+  auto rmsnorm = [&](const std::vector<double>& x, const Tensor& w) {
+    double ss = 0;
+    for (double v : x) ss += v * v;
+    const double inv = 1.0 / std::sqrt(ss / double(x.size()) + c.rms_norm_eps);
+    std::vector<double> y(x.size());
+    for (size_t i = 0; i < x.size(); i++) y[i] = x[i] * inv * w.data<float>()[i];
+    return y;
+  };
+  auto amax = [](const std::vector<double>& x) {
+    double m = 0;
+    for (double v : x) m = std::max(m, std::fabs(v));
+    return m;
+  };
+  std::array<double, 4> want = {0, 0, 0, 0};
+  const std::vector<int32_t> ids = {3, 17, 29};
+  for (int32_t id : ids) {
+    std::vector<double> e(static_cast<size_t>(C));
+    for (int64_t i = 0; i < C; i++) e[size_t(i)] = emb.data<float>()[int64_t(id) * C + i];
+    const std::vector<double> x1 = rmsnorm(e, n1), v = matvec(wv, x1);
+    std::vector<double> attn(static_cast<size_t>(H * D));
+    for (int64_t h = 0; h < H; h++)
+      for (int64_t d = 0; d < D; d++) attn[size_t(h * D + d)] = v[size_t((h / (H / G)) * D + d)];
+    const std::vector<double> o = matvec(wo, attn);
+    std::vector<double> h1(static_cast<size_t>(C));
+    for (int64_t i = 0; i < C; i++) h1[size_t(i)] = e[size_t(i)] + o[size_t(i)];
+    const std::vector<double> x2 = rmsnorm(h1, n2), g = matvec(wg, x2), u = matvec(wu, x2);
+    std::vector<double> down(static_cast<size_t>(F));
+    for (int64_t i = 0; i < F; i++) down[size_t(i)] = g[size_t(i)] / (1 + std::exp(-g[size_t(i)])) * u[size_t(i)];
+    const double got[4] = {amax(x1), amax(attn), amax(x2), amax(down)};
+    for (int j = 0; j < 4; j++) want[size_t(j)] = std::max(want[size_t(j)], got[j]);
+  }
+  const CalibrationStats st = calibrate(c, *ms.weights, DType::F32, {{{ids[0]}, {ids[1]}, {ids[2]}}},
+                                        ObserverReduce::Average, ObserverReduce::Average);
+  for (int j = 0; j < 4; j++)
+    EXPECT_NEAR(st.act[0][size_t(j)], want[size_t(j)], 1e-4 * want[size_t(j)]) << kCalibratedInputs[size_t(j)];
 }
 
 TEST(ModelInt8, SimBackendRunsTheSameInt8Forward) {
