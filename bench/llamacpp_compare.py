@@ -8,7 +8,8 @@ files by bench/hf_to_gguf.py (F16, BF16, Q8_0, Q4_0 by default), and each file i
                a8w8 runs the Q8_0 file with --quant_type a8w8 (against llama.cpp's Q8_0);
   - llama.cpp: llama-cpp-python's Llama on the same file, same thread count: the prompt evaluated in one batch,
                then one token at a time.
-Rounds alternate which runs first; the table gives medians and oar/llama.cpp.
+Rounds alternate which runs first; the table gives medians and oar/llama.cpp, and each tool's peak resident
+memory (the largest of the rounds: oar's `peak memory` line, llama.cpp's process maximum).
 
     python3 -m venv /work/venv-llamacpp
     CMAKE_ARGS="-DGGML_NATIVE=ON" /work/venv-llamacpp/bin/pip install llama-cpp-python \\
@@ -19,6 +20,7 @@ import argparse
 import os
 import random
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -57,7 +59,8 @@ def run_oar(a, fmt, path):
     out = subprocess.run(cmd + OAR_FLAGS[fmt], check=True, capture_output=True, text=True, env=env).stdout
     prefill = float(re.search(r"^oar: prefill ([0-9.]+) tok/s", out, re.M).group(1))
     decode = float(re.search(r"^oar: decode ([0-9.]+) tok/s", out, re.M).group(1))
-    return prefill, decode
+    peak = float(re.search(r"^oar: peak memory ([0-9.]+) GiB", out, re.M).group(1))
+    return prefill, decode, peak
 
 
 def run_llamacpp(a, path):
@@ -77,7 +80,8 @@ def run_llamacpp(a, path):
         llm.eval([rng.randrange(3, 1000)])
     decode = a.decode / (time.perf_counter() - t0)
     del llm
-    return prefill, decode
+    # the process's peak resident memory (Linux reports KiB), as oar's "peak memory" line
+    return prefill, decode, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def run_llamacpp_isolated(a, path):
@@ -86,8 +90,7 @@ def run_llamacpp_isolated(a, path):
             "a = argparse.Namespace(prompt=%d, decode=%d, threads=%d); print(*m.run_llamacpp(a, %r))"
             % (HERE, a.prompt, a.decode, a.threads, path))
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
-    prefill, decode = out.split()[-2:]
-    return float(prefill), float(decode)
+    return tuple(float(x) for x in out.split()[-3:])
 
 
 def main():
@@ -112,15 +115,18 @@ def main():
             order = [("oar", lambda: run_oar(a, fmt, files[fmt])), ("llama.cpp", lambda: run_llamacpp_isolated(a, files[fmt]))]
             for who, fn in order if r % 2 == 0 else order[::-1]:
                 res[(fmt, who)].append(fn())
-                print(f"round {r + 1} {fmt} {who}: prefill {res[(fmt, who)][-1][0]:.1f}, decode {res[(fmt, who)][-1][1]:.2f} tok/s",
+                p_, d_, m_ = res[(fmt, who)][-1]
+                print(f"round {r + 1} {fmt} {who}: prefill {p_:.1f}, decode {d_:.2f} tok/s, peak memory {m_:.2f} GiB",
                       file=sys.stderr)
-    print(f"| format | oar decode | llama.cpp decode | ratio | oar prefill {a.prompt} | llama.cpp prefill | ratio |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"| format | oar decode | llama.cpp decode | ratio | oar prefill {a.prompt} | llama.cpp prefill | ratio "
+          "| oar peak GiB | llama.cpp peak GiB |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for fmt in a.formats:
         o, l = res[(fmt, "oar")], res[(fmt, "llama.cpp")]
         od, ld = statistics.median(x[1] for x in o), statistics.median(x[1] for x in l)
         op, lp = statistics.median(x[0] for x in o), statistics.median(x[0] for x in l)
-        print(f"| {fmt} | {od:.2f} | {ld:.2f} | {od / ld:.3f} | {op:.1f} | {lp:.1f} | {op / lp:.3f} |")
+        om, lm = max(x[2] for x in o), max(x[2] for x in l)
+        print(f"| {fmt} | {od:.2f} | {ld:.2f} | {od / ld:.3f} | {op:.1f} | {lp:.1f} | {op / lp:.3f} | {om:.2f} | {lm:.2f} |")
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ struct PredictArgs {
   bool src_length_given = false;
   int64_t bench_warmup = 1, bench_rounds = 2;
   // --block_attn: the serving engine. PaddleNLP's flags (bools also as "--flag true|false|1|0"), then ours.
-  std::string block_attn, cachekv_int8, cachekv_int8_type, cachekv_scales;
+  std::string block_attn, cachekv_int8, cachekv_int8_type, cachekv_scales, inference_model, mode = "dynamic";
   int64_t block_size = 64, max_num_batched_tokens = 2048;
   double kv_cache_memory_gb = 1.0;
 };
@@ -399,6 +399,9 @@ Action add_predict(CLI::App& app) {
       "serve the inputs through the engine: paged KV blocks, continuous batching (--batch_size: running requests at most)")
       ->expected(0, 1);
   app.add_option("--block_size", a->block_size, "KV positions per block (--block_attn)")->check(positive_int());
+  CLI::Option* inference_opt = app.add_option("--inference_model", a->inference_model,
+      "PaddleNLP's fused inference model: oar's predictor always is one (accepted as true or false)")->expected(0, 1);
+  app.add_option("--mode", a->mode, "dynamic (the checkpoint as it is); static (an exported model) is not built yet");
   CLI::Option* int8_opt = app.add_option("--cachekv_int8", a->cachekv_int8,
       "int8 KV cache (--block_attn): bare or true = dynamic scales; also dynamic|static")->expected(0, 1);
   app.add_option("--cachekv_int8_type", a->cachekv_int8_type, "dynamic (per token and head) or static (cachekv_scales.json)");
@@ -406,10 +409,13 @@ Action add_predict(CLI::App& app) {
   app.add_option("--kv_cache_memory_gb", a->kv_cache_memory_gb, "KV cache budget in GiB (--block_attn; default 1)")->check(positive_real());
   app.add_option("--max_num_batched_tokens", a->max_num_batched_tokens, "tokens per engine step: prefill chunks + decodes (--block_attn)")
       ->check(positive_int());
-  return [a, prompt_opt, src_length_opt, block_opt, int8_opt]() -> int {
+  return [a, prompt_opt, src_length_opt, block_opt, int8_opt, inference_opt]() -> int {
     a->prompt_given = prompt_opt->count() > 0;
     a->src_length_given = src_length_opt->count() > 0;
     const bool block_attn = flag_value(block_opt, a->block_attn);
+    flag_value(inference_opt, a->inference_model);  // checked, no effect
+    if (a->mode != "dynamic")
+      throw Error("--mode " + a->mode + ": only dynamic is supported (oar export and --mode static are not built yet)");
     const KVCacheDType kv = kv_dtype_of(int8_opt, *a);
     if (!block_attn && kv != KVCacheDType::F32)
       throw Error(std::string(a->quant_type == "a8w8c8" ? "--quant_type a8w8c8" : "--cachekv_int8") +

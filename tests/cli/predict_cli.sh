@@ -61,6 +61,12 @@ echo "the quick brown fox jumps over the lazy dog" > q8.txt
 "$OAR" perplexity --model_name_or_path "$M" --quant_type weight_only_int8 --input_file q8.txt --ctx 16 \
   | grep -Eq '^perplexity: [0-9.]+ ' || die "weight_only_int8 perplexity"
 echo "ok: --quant_type weight_only_int8 in predict and perplexity"
+# PaddleNLP's predictor flags of a quantized run are accepted: --inference_model (bare or valued), --mode dynamic
+q2=$("$OAR" predict --model_name_or_path "$M" --inference_model --mode dynamic --quant_type weight_only_int8 \
+  --prompt "hello" --max_length 6 --decode_strategy greedy_search)
+[ "$q2" = "$q" ] || die "--inference_model --mode dynamic changed the output"
+"$OAR" predict --model_name_or_path "$M" --inference_model false --prompt hi --max_length 2 >/dev/null \
+  || die "--inference_model false"
 # a8w8 (integer products with per-token activation steps) through predict and perplexity; a8w8c8 adds the
 # static int8 KV cache, so it needs the engine and a cachekv_scales.json (a clear error without).
 "$OAR" predict --model_name_or_path "$M" --quant_type a8w8 --benchmark --src_length 16 --max_length 4 \
@@ -146,6 +152,8 @@ expect_err "--top_p" "$OAR" predict --model_name_or_path "$M" --prompt hi --top_
 expect_err "--decode_strategy" "$OAR" predict --model_name_or_path "$M" --prompt hi --decode_strategy beam
 expect_err "--dtype" "$OAR" predict --model_name_or_path "$M" --prompt hi --dtype int4
 expect_err "--weightonly_group_size 64: a8w8 is per channel" "$OAR" predict --model_name_or_path "$M" --prompt hi --quant_type a8w8 --weightonly_group_size 64
+expect_err "--mode static: only dynamic" "$OAR" predict --model_name_or_path "$M" --prompt hi --mode static
+expect_err "--inference_model: expected true or false" "$OAR" predict --model_name_or_path "$M" --prompt hi --inference_model maybe
 expect_err "--quant_type: 'int3'" "$OAR" perplexity --model_name_or_path "$M" --input_file text.txt --quant_type int3
 expect_err "context" "$OAR" predict --model_name_or_path "$M" --prompt "$(printf 'word %.0s' $(seq 1 600))" --src_length 4000 --max_length 10
 expect_err "ctx" "$OAR" perplexity --model_name_or_path "$M" --input_file text.txt --ctx 100000
