@@ -1,5 +1,5 @@
 // `oar quantize CFG.json`, and `oar finetune CFG.json` when it sets "do_ptq": true (as PaddleNLP's run_finetune.py
-// runs ptq_argument.json): post-training quantization for a8w8. The float32 model runs over the calibration data
+// runs ptq_argument.json): post-training quantization for a8w8. The model runs over the calibration data
 // (DIR/quant.json, else DIR/train.json: src/tgt JSON lines) for ptq_step batches while PaddleNLP's observers
 // watch (infer/calibration.h), then output_dir gets what PaddleNLP writes: act_scales.json, weight_scales.json
 // (each projection's per-output-channel absmax), cachekv_scales.json (a8w8c8), the model's files and config.json
@@ -33,57 +33,67 @@ struct PtqArgs {
   bool overwrite = false;
 };
 
-// The keys PTQ reads from a PaddleNLP argument file; the training keys beside them are not used.
-PtqArgs read_ptq_args(const std::string& path) {
-  const nlohmann::json j = parse_json_file(path);
-  if (!j.is_object()) fail(path, "expected a JSON object of PaddleNLP arguments");
-  auto str = [&](const char* key, std::string& out, bool required) {
+// One PaddleNLP argument file, read key by key; every error names the file.
+struct ArgFile {
+  std::string path;
+  nlohmann::json j;
+  std::string str(const char* key, const std::string& fallback, bool required = false) const {
     if (!j.contains(key)) {
       if (required) fail(path, std::string("'") + key + "' is required");
-      return;
+      return fallback;
     }
     if (!j[key].is_string()) fail(path, std::string("'") + key + "' must be a string");
-    out = j[key].get<std::string>();
-  };
-  auto num = [&](const char* key, int64_t& out) {
-    if (!j.contains(key)) return;
-    if (!j[key].is_number_integer() || j[key].get<int64_t>() <= 0) fail(path, std::string("'") + key + "' must be a positive integer");
-    out = j[key].get<int64_t>();
-  };
-  auto flag = [&](const char* key) { return j.contains(key) && j[key].is_boolean() && j[key].get<bool>(); };
+    return j[key].get<std::string>();
+  }
+  int64_t positive(const char* key, int64_t fallback) const {
+    if (!j.contains(key)) return fallback;
+    if (!j[key].is_number_integer() || j[key].get<int64_t>() <= 0)
+      fail(path, std::string("'") + key + "' must be a positive integer");
+    return j[key].get<int64_t>();
+  }
+  bool on(const char* key) const { return j.contains(key) && j[key].is_boolean() && j[key].get<bool>(); }
+};
+
+// The observers: act_quant_method, cachekv_quant_method, weight_quant_method.
+void read_methods(const ArgFile& f, PtqArgs& a) {
+  const std::string act = f.str("act_quant_method", "avg");
+  if (act != "avg" && act != "abs_max") fail(f.path, "act_quant_method '" + act + "' (avg or abs_max)");
+  a.act = act == "avg" ? ObserverReduce::Average : ObserverReduce::Max;
+  const std::string kv = f.str("cachekv_quant_method", "avg_headwise");
+  if (kv != "avg_headwise" && kv != "abs_max_headwise")
+    fail(f.path, "cachekv_quant_method '" + kv + "' (avg_headwise or abs_max_headwise)");
+  a.kv = kv == "avg_headwise" ? ObserverReduce::Average : ObserverReduce::Max;
+  const std::string w = f.str("weight_quant_method", "abs_max_channel_wise");
+  if (w != "abs_max_channel_wise") fail(f.path, "weight_quant_method '" + w + "': only abs_max_channel_wise is built");
+}
+
+// The keys PTQ reads from a PaddleNLP argument file; the training keys beside them are not used.
+PtqArgs read_ptq_args(const std::string& path) {
+  const ArgFile f{path, parse_json_file(path)};
+  if (!f.j.is_object()) fail(path, "expected a JSON object of PaddleNLP arguments");
   PtqArgs a;
-  str("model_name_or_path", a.model, true);
-  str("dataset_name_or_path", a.dataset, true);
-  str("output_dir", a.output_dir, true);
-  str("quant_type", a.quant_type, false);
-  str("chat_template", a.chat_template, false);
+  a.model = f.str("model_name_or_path", "", true);
+  a.dataset = f.str("dataset_name_or_path", "", true);
+  a.output_dir = f.str("output_dir", "", true);
+  a.quant_type = f.str("quant_type", a.quant_type);
+  a.chat_template = f.str("chat_template", "");
   if (a.output_dir.empty()) fail(path, "'output_dir' must name a directory");
-  if (flag("do_train") && flag("do_ptq"))
+  if (f.on("do_train") && f.on("do_ptq"))
     fail(path, "'do_train' and 'do_ptq' are both true: run the fine-tuning first, then PTQ on its output");
-  num("ptq_step", a.ptq_step);
-  num("per_device_train_batch_size", a.batch_size);
-  num("src_length", a.src_length);
-  num("max_length", a.max_length);
-  a.overwrite = flag("overwrite_output_dir");
+  a.ptq_step = f.positive("ptq_step", a.ptq_step);
+  a.batch_size = f.positive("per_device_train_batch_size", a.batch_size);
+  a.src_length = f.positive("src_length", a.src_length);
+  a.max_length = f.positive("max_length", a.max_length);
+  a.overwrite = f.on("overwrite_output_dir");
   if (a.quant_type != "a8w8" && a.quant_type != "a8w8c8")
     fail(path, "quant_type '" + a.quant_type + "': PTQ is built for a8w8 and a8w8c8 (the weight_only types need no "
                                                 "calibration: pass --quant_type to predict, serve or perplexity)");
-  std::string method = "avg";
-  str("act_quant_method", method, false);
-  if (method != "avg" && method != "abs_max") fail(path, "act_quant_method '" + method + "' (avg or abs_max)");
-  a.act = method == "avg" ? ObserverReduce::Average : ObserverReduce::Max;
-  method = "avg_headwise";
-  str("cachekv_quant_method", method, false);
-  if (method != "avg_headwise" && method != "abs_max_headwise")
-    fail(path, "cachekv_quant_method '" + method + "' (avg_headwise or abs_max_headwise)");
-  a.kv = method == "avg_headwise" ? ObserverReduce::Average : ObserverReduce::Max;
-  method = "abs_max_channel_wise";
-  str("weight_quant_method", method, false);
-  if (method != "abs_max_channel_wise") fail(path, "weight_quant_method '" + method + "': only abs_max_channel_wise is built");
+  read_methods(f, a);
   for (const char* key : {"smooth", "shift", "do_gptq", "do_awq", "do_qat"})
-    if (flag(key)) fail(path, std::string("'") + key + "': true is not built yet (set it to false: oar's PTQ observes the "
-                                                         "weights as they are, without SmoothQuant, Shift, GPTQ or AWQ)");
-  if (j.contains("skip_list_names") && !j["skip_list_names"].empty())
+    if (f.on(key))
+      fail(path, std::string("'") + key + "': true is not built yet (set it to false: oar's PTQ observes the "
+                                          "weights as they are, without SmoothQuant, Shift, GPTQ or AWQ)");
+  if (f.j.contains("skip_list_names") && !f.j["skip_list_names"].empty())
     fail(path, "'skip_list_names' is not supported (every projection is quantized)");
   return a;
 }

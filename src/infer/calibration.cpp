@@ -101,10 +101,6 @@ class ObservingBackend final : public Backend {
   ObservingKernels ops_;
 };
 
-}  // namespace
-
-namespace {
-
 // Prefills one sequence (its K and V in a cache of its own) while the observers watch.
 void observe_sequence(LlamaModel& model, ObservingBackend& be, const std::vector<int32_t>& seq) {
   const LlamaConfig& cfg = model.config();
@@ -122,6 +118,56 @@ void observe_sequence(LlamaModel& model, ObservingBackend& be, const std::vector
   model.forward(b, cache, logits);
 }
 
+// One batch: every sequence observed, then the batch's maxima folded into `st` (summed for Average).
+void observe_batch(LlamaModel& model, ObservingBackend& be, const std::vector<std::vector<int32_t>>& batch,
+                   ObserverReduce act, ObserverReduce kv, CalibrationStats& st) {
+  ObservingKernels& obs = be.observer();
+  const size_t L = st.act.size(), G = st.k[0].size();
+  obs.act.assign(L, {0, 0, 0, 0});
+  obs.k.assign(L, std::vector<double>(G, 0.0));
+  obs.v = obs.k;
+  bool any = false;
+  for (const auto& seq : batch)
+    if (!seq.empty()) {
+      observe_sequence(model, be, seq);
+      any = true;
+    }
+  if (!any) throw Error("calibration: a batch without tokens");
+  if (obs.nonfinite_layer >= 0)
+    throw Error("calibration: batch " + std::to_string(st.batches + 1) + " gave layer " +
+                std::to_string(obs.nonfinite_layer) + " an input that is not finite (inf or NaN): no scale can be taken");
+  auto fold = [](ObserverReduce how, double& into, double batch_max) {
+    into = how == ObserverReduce::Average ? into + batch_max : std::max(into, batch_max);
+  };
+  for (size_t l = 0; l < L; l++) {
+    for (size_t j = 0; j < 4; j++) fold(act, st.act[l][j], obs.act[l][j]);
+    for (size_t g = 0; g < G; g++) {
+      fold(kv, st.k[l][g], obs.k[l][g]);
+      fold(kv, st.v[l][g], obs.v[l][g]);
+    }
+  }
+  st.batches++;
+}
+
+// Sums become averages; a scale of 0 (a static step of 0 would mean "dynamic") is refused here, not later.
+void finish(CalibrationStats& st, ObserverReduce act, ObserverReduce kv) {
+  const double n = double(st.batches);
+  for (size_t l = 0; l < st.act.size(); l++) {
+    for (size_t j = 0; j < kCalibratedInputs.size(); j++) {
+      if (act == ObserverReduce::Average) st.act[l][j] /= n;
+      if (!(st.act[l][j] > 0))
+        throw Error("calibration: layer " + std::to_string(l) + "'s " + kCalibratedInputs[j] +
+                    " input was zero over all the calibration data: no scale can be taken");
+    }
+    for (size_t g = 0; g < st.k[l].size(); g++) {
+      if (kv == ObserverReduce::Average) st.k[l][g] /= n, st.v[l][g] /= n;
+      if (!(st.k[l][g] > 0) || !(st.v[l][g] > 0))
+        throw Error("calibration: layer " + std::to_string(l) + "'s K or V of kv head " + std::to_string(g) +
+                    " was zero over all the calibration data");
+    }
+  }
+}
+
 }  // namespace
 
 CalibrationStats calibrate(const LlamaConfig& cfg, const WeightSource& weights, DType dtype,
@@ -130,63 +176,21 @@ CalibrationStats calibrate(const LlamaConfig& cfg, const WeightSource& weights, 
   if (batches.empty()) throw Error("calibration: no batches");
   ObservingBackend be;
   const std::unique_ptr<LlamaModel> model = LlamaModel::from_weights(cfg, weights, dtype, be);
-  ObservingKernels& obs = be.observer();
   const int64_t L = cfg.num_hidden_layers, G = cfg.num_key_value_heads;
-  for (int64_t l = 0; l < L; l++) {
+  for (int64_t l = 0; l < L; l++) {  // each observed input, known by the first weight that reads it
     const LlamaLayerWeights& w = model->weights().layers[size_t(l)];
     const Weight* first[4] = {&w.q_proj, &w.o_proj, &w.gate_proj, &w.down_proj};
-    for (int j = 0; j < 4; j++) obs.inputs[first[j]->data.raw()] = {l, j};
+    for (int j = 0; j < 4; j++) be.observer().inputs[first[j]->data.raw()] = {l, j};
   }
   CalibrationStats st;
   st.act.assign(size_t(L), {0, 0, 0, 0});
   st.k.assign(size_t(L), std::vector<double>(size_t(G), 0.0));
   st.v = st.k;
-  auto fold = [](ObserverReduce how, double& into, double batch_max) {
-    into = how == ObserverReduce::Average ? into + batch_max : std::max(into, batch_max);
-  };
   for (const std::vector<std::vector<int32_t>>& batch : batches) {
-    obs.act.assign(size_t(L), {0, 0, 0, 0});
-    obs.k.assign(size_t(L), std::vector<double>(size_t(G), 0.0));
-    obs.v = obs.k;
-    bool any = false;
-    for (const auto& seq : batch)
-      if (!seq.empty()) {
-        observe_sequence(*model, be, seq);
-        any = true;
-      }
-    if (!any) throw Error("calibration: a batch without tokens");
-    if (obs.nonfinite_layer >= 0)
-      throw Error("calibration: batch " + std::to_string(st.batches + 1) + " gave layer " +
-                  std::to_string(obs.nonfinite_layer) + " an input that is not finite (inf or NaN): no scale can be taken");
-    for (int64_t l = 0; l < L; l++) {
-      for (int j = 0; j < 4; j++) fold(act, st.act[size_t(l)][size_t(j)], obs.act[size_t(l)][size_t(j)]);
-      for (int64_t g = 0; g < G; g++) {
-        fold(kv, st.k[size_t(l)][size_t(g)], obs.k[size_t(l)][size_t(g)]);
-        fold(kv, st.v[size_t(l)][size_t(g)], obs.v[size_t(l)][size_t(g)]);
-      }
-    }
-    st.batches++;
+    observe_batch(*model, be, batch, act, kv, st);
     if (progress) progress(st.batches, int64_t(batches.size()));
   }
-  const double n = double(st.batches);
-  auto average = [&](double& x) { x = act == ObserverReduce::Average ? x / n : x; };
-  auto average_kv = [&](double& x) { x = kv == ObserverReduce::Average ? x / n : x; };
-  for (auto& a : st.act)
-    for (double& x : a) average(x);
-  for (auto* per_layer : {&st.k, &st.v})
-    for (auto& heads : *per_layer)
-      for (double& x : heads) average_kv(x);
-  // A scale of 0 would make a static step of 0, which means "dynamic": refused here rather than later.
-  for (int64_t l = 0; l < L; l++) {
-    for (size_t j = 0; j < kCalibratedInputs.size(); j++)
-      if (!(st.act[size_t(l)][j] > 0))
-        throw Error("calibration: layer " + std::to_string(l) + "'s " + kCalibratedInputs[j] +
-                    " input was zero over all the calibration data: no scale can be taken");
-    for (int64_t g = 0; g < G; g++)
-      if (!(st.k[size_t(l)][size_t(g)] > 0) || !(st.v[size_t(l)][size_t(g)] > 0))
-        throw Error("calibration: layer " + std::to_string(l) + "'s K or V of kv head " + std::to_string(g) +
-                    " was zero over all the calibration data");
-  }
+  finish(st, act, kv);
   return st;
 }
 

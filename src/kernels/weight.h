@@ -12,7 +12,7 @@
 
 namespace oar {
 
-// Built today: the dense float formats ([out, in] in that dtype) and PaddleNLP's weight-only types:
+// Built today: the dense float formats ([out, in] in that dtype) and PaddleNLP's weight-only types and a8w8:
 //   Int8 (weight_only_int8): int8 [out, in], one float32 scale per output channel (symmetric absmax,
 //        w ~= data * scale);
 //   Int4 (weight_only_int4): two 4-bit values a byte, [out, in / 2] uint8, one float32 scale per group of
