@@ -20,6 +20,7 @@
 #include "io/model_source.h"
 #include "kernels/weight.h"
 #include "tokenizer/tokenizer.h"
+#include "train/checkpoint.h"
 #include "train/train_args.h"
 #include "train/train_setup.h"
 
@@ -51,7 +52,7 @@ struct ArgFile {
       fail(path, std::string("'") + key + "' must be a positive integer");
     return j[key].get<int64_t>();
   }
-  bool on(const char* key) const { return j.contains(key) && j[key].is_boolean() && j[key].get<bool>(); }
+  bool on(const char* key) const { return j.contains(key) && json_truthy(j[key]); }  // as the trainer reads it
 };
 
 // The observers: act_quant_method, cachekv_quant_method, weight_quant_method.
@@ -125,30 +126,35 @@ std::vector<std::vector<std::vector<int32_t>>> calibration_batches(const PtqArgs
 }
 
 // What PaddleNLP's PTQ writes, keyed as its loaders read them ("llama.layers.<i>....").
-nlohmann::json scales_json(const CalibrationStats& st, const LlamaConfig& cfg, const WeightSource& w,
-                           nlohmann::json& weight_scales, nlohmann::json& cachekv) {
-  nlohmann::json act = nlohmann::json::object();
-  weight_scales = nlohmann::json::object();
-  cachekv = nlohmann::json::object();
+struct ScaleFiles {
+  nlohmann::json act = nlohmann::json::object(), weight = nlohmann::json::object(), cachekv = nlohmann::json::object();
+};
+ScaleFiles scale_files(const CalibrationStats& st, const LlamaConfig& cfg, const WeightSource& w) {
+  ScaleFiles f;
   for (int64_t l = 0; l < cfg.num_hidden_layers; l++) {
     const std::string p = "llama.layers." + std::to_string(l) + ".";
     for (size_t j = 0; j < kCalibratedInputs.size(); j++)
-      act[p + kCalibratedInputs[j] + ".activation_quanter"] = st.act[size_t(l)][j];
-    for (const char* proj : {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                             "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"}) {
+      f.act[p + kCalibratedInputs[j] + ".activation_quanter"] = st.act[size_t(l)][j];
+    for (const char* proj : kLayerProjections) {
       const Tensor t = w.get("model.layers." + std::to_string(l) + "." + proj + ".weight").to(DType::F32);
       std::vector<double> amax(static_cast<size_t>(t.dim(0)));
       bool finite;
       for (int64_t r = 0; r < t.dim(0); r++) amax[size_t(r)] = row_absmax(t.data<float>() + r * t.dim(1), t.dim(1), &finite);
-      weight_scales[p + proj + ".weight_quanter"] = amax;
+      f.weight[p + proj + ".weight_quanter"] = amax;
     }
-    cachekv[p + "self_attn.cachek_matmul.activation_quanter"] = st.k[size_t(l)];
-    cachekv[p + "self_attn.cachev_matmul.activation_quanter"] = st.v[size_t(l)];
+    f.cachekv[p + "self_attn.cachek_matmul.activation_quanter"] = st.k[size_t(l)];
+    f.cachekv[p + "self_attn.cachev_matmul.activation_quanter"] = st.v[size_t(l)];
   }
-  return act;
+  return f;
 }
 
-// A model file of `dir` into `tmp`: a hard link where the file system allows (a 13B's weights are 26 GB), else a
+// PaddleNLP writes into an existing output_dir; oar replaces it whole, so only when asked.
+void refuse_existing_output(const PtqArgs& a) {
+  if (!a.overwrite && std::filesystem::exists(a.output_dir))
+    fail(a.output_dir, "output_dir already exists (set \"overwrite_output_dir\": true to replace it)");
+}
+
+// A weight file into `tmp`: a hard link where the file system allows (a 13B's weights are 26 GB), else a
 // copy.
 void link_or_copy(const std::filesystem::path& src, const std::string& tmp) {
   namespace fs = std::filesystem;
@@ -160,39 +166,35 @@ void link_or_copy(const std::filesystem::path& src, const std::string& tmp) {
   if (ec) fail(src.string(), "cannot copy to the output: " + ec.message());
 }
 
-// What of a model directory PTQ's output keeps: weights, their index, tokenizer and generation files (not a
+// A model directory's weight files and their index: what PTQ's output keeps beside the tokenizer's files (not a
 // training checkpoint's optimizer state, nor old scale files).
-bool is_model_file(const std::string& name) {
-  auto ends = [&](const char* suf) {
-    const std::string s = suf;
-    return name.size() >= s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0;
+bool is_weight_file(const std::string& name) {
+  auto ends = [&](const std::string& suf) {
+    return name.size() >= suf.size() && name.compare(name.size() - suf.size(), suf.size(), suf) == 0;
   };
   return ends(".safetensors") || ends(".pdparams") || name == "model.safetensors.index.json" ||
-         name == "model_state.pdparams.index.json" || name == "generation_config.json" ||
-         name.rfind("tokenizer", 0) == 0 || name == "special_tokens_map.json" || name == "added_tokens.json" ||
-         name.rfind("chat_template", 0) == 0;
+         name == "model_state.pdparams.index.json";
 }
 
 // output_dir: the model's files as they are (no smoothing changed the weights), config.json with
 // quantization_config, and the scale files.
 void write_ptq_output(const PtqArgs& a, const CalibrationStats& st, const ModelSource& ms) {
-  nlohmann::json weight_scales, cachekv;
-  const nlohmann::json act = scales_json(st, ms.config, *ms.weights, weight_scales, cachekv);
+  const ScaleFiles files = scale_files(st, ms.config, *ms.weights);
   nlohmann::json config = parse_json_file(join_path(a.model, "config.json"));
   config["quantization_config"] = {{"quant_type", a.quant_type}, {"smooth", false}, {"shift", false},
                                    {"shift_smooth_all_linears", false}};
-  if (!a.overwrite && std::filesystem::exists(a.output_dir))
-    fail(a.output_dir, "output_dir already exists (set \"overwrite_output_dir\": true to replace it)");
+  refuse_existing_output(a);  // again: it may have appeared during the calibration
   write_directory_atomically(a.output_dir, a.overwrite, {a.model, a.dataset}, [&](const std::string& tmp) {
     namespace fs = std::filesystem;
     std::error_code ec;
     for (fs::directory_iterator it(a.model, ec), end; !ec && it != end; it.increment(ec))
-      if (it->is_regular_file() && is_model_file(it->path().filename().string())) link_or_copy(it->path(), tmp);
+      if (it->is_regular_file() && is_weight_file(it->path().filename().string())) link_or_copy(it->path(), tmp);
     if (ec) fail(a.model, "cannot list the model directory: " + ec.message());
+    copy_tokenizer_files(a.model, tmp);  // tokenizer, generation config and chat template, as a checkpoint's
     write_file_atomic(join_path(tmp, "config.json"), config.dump(2) + "\n");
-    write_file_atomic(join_path(tmp, "act_scales.json"), act.dump(2) + "\n");
-    write_file_atomic(join_path(tmp, "weight_scales.json"), weight_scales.dump() + "\n");
-    if (a.quant_type == "a8w8c8") write_file_atomic(join_path(tmp, "cachekv_scales.json"), cachekv.dump(2) + "\n");
+    write_file_atomic(join_path(tmp, "act_scales.json"), files.act.dump(2) + "\n");
+    write_file_atomic(join_path(tmp, "weight_scales.json"), files.weight.dump() + "\n");
+    if (a.quant_type == "a8w8c8") write_file_atomic(join_path(tmp, "cachekv_scales.json"), files.cachekv.dump(2) + "\n");
   });
 }
 
@@ -203,8 +205,7 @@ int run_ptq(const std::string& cfg_path) {
   const PtqArgs a = read_ptq_args(cfg_path);
   if (!dir_exists(a.model) || !file_exists(join_path(a.model, "config.json")))
     fail(a.model, "PTQ needs a Hugging Face model directory (config.json and safetensors)");
-  if (!a.overwrite && std::filesystem::exists(a.output_dir))  // before minutes of calibration
-    fail(a.output_dir, "output_dir already exists (set \"overwrite_output_dir\": true to replace it)");
+  refuse_existing_output(a);  // before minutes of calibration
   const std::unique_ptr<Tokenizer> tok = load_tokenizer(a.model);
   const auto batches = calibration_batches(a, *tok);
   const ModelSource ms = open_model_source(a.model);

@@ -287,9 +287,7 @@ bool sets_do_ptq(const std::vector<std::string>& args) {
   if (!file_exists(args[0])) return false;  // the trainer names the missing file
   const nlohmann::json j = parse_json_file(args[0]);
   if (!j.is_object() || !j.contains("do_ptq")) return false;
-  const nlohmann::json& v = j["do_ptq"];  // as PaddleNLP's argument parser reads a bool: true, 1, "true"
-  return (v.is_boolean() && v.get<bool>()) || (v.is_number_integer() && v.get<int64_t>() == 1) ||
-         (v.is_string() && (v.get<std::string>() == "true" || v.get<std::string>() == "True"));
+  return json_truthy(j["do_ptq"]);  // whatever the trainer would refuse as a do_ptq that is set
 }
 
 Action add_training_command(CLI::App& app, TrainMode mode) {

@@ -6,6 +6,12 @@
 
 namespace oar {
 
+// The seven projections of a decoder layer, in Hugging Face's parameter order: "model.layers.<i>." + path +
+// ".weight" names each.
+inline constexpr const char* kLayerProjections[7] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                                     "self_attn.o_proj", "mlp.gate_proj",    "mlp.up_proj",
+                                                     "mlp.down_proj"};
+
 enum class RopeLayout : uint8_t {
   RotateHalf,   // Hugging Face: pairs (i, i + head_dim/2)
   Interleaved,  // Meta / llama2.c: pairs (2i, 2i+1)

@@ -70,19 +70,26 @@ std::string roofline_percent(double fraction, const char* ceiling) {
 
 namespace {
 
+// The best rate of 3 timed calls after a warm-up one, in 2*M*N*K operations per second; 0 when `gemm` says the
+// CPU has no such GEMM.
+template <class Gemm>
+double best_gemm_rate(int64_t M, int64_t N, int64_t K, Gemm gemm) {
+  double best = 0;
+  for (int rep = 0; rep < 4; rep++) {
+    double t = now_s();
+    if (!gemm()) return 0;
+    double dt_s = now_s() - t;
+    if (rep > 0) best = std::max(best, 2.0 * double(M) * double(N) * double(K) / dt_s);
+  }
+  return best;
+}
+
 // a8w8's integer GEMM (u8 x s8 -> s32), in operations per second as the float GEMMs count theirs.
 double measure_u8s8_gemm_ops(int64_t M, int64_t N, int64_t K) {
   std::vector<uint8_t> a(size_t(M * K), 130);
   std::vector<int8_t> b(size_t(N * K), 3);
   std::vector<int32_t> c(size_t(M * N));
-  double best = 0;
-  for (int rep = 0; rep < 4; rep++) {
-    double t = now_s();
-    if (!cpu_gemm_nt_u8s8(M, N, K, a.data(), b.data(), c.data())) return 0;
-    double dt_s = now_s() - t;
-    if (rep > 0) best = std::max(best, 2.0 * double(M) * double(N) * double(K) / dt_s);
-  }
-  return best;
+  return best_gemm_rate(M, N, K, [&] { return cpu_gemm_nt_u8s8(M, N, K, a.data(), b.data(), c.data()); });
 }
 
 }  // namespace
@@ -97,14 +104,7 @@ double measure_gemm_flops(DType dt, int64_t M, int64_t N, int64_t K) {
     else if (dt == DType::BF16) std::fill_n(t->data<uint16_t>(), n, f32_to_bf16(0.01f));
     else if (dt == DType::F16) std::fill_n(t->data<uint16_t>(), n, f32_to_f16(0.01f));
   }
-  double best = 0;
-  for (int rep = 0; rep < 4; rep++) {
-    double t = now_s();
-    if (!cpu_gemm_nt(M, N, K, dt, a.raw(), b.raw(), c.data<float>())) return 0;
-    double dt_s = now_s() - t;
-    if (rep > 0) best = std::max(best, 2.0 * double(M) * double(N) * double(K) / dt_s);
-  }
-  return best;
+  return best_gemm_rate(M, N, K, [&] { return cpu_gemm_nt(M, N, K, dt, a.raw(), b.raw(), c.data<float>()); });
 }
 
 }  // namespace oar

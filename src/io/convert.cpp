@@ -14,9 +14,6 @@
 namespace oar {
 namespace {
 
-constexpr const char* kProjections[] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                                        "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj"};
-
 struct Expected {
   std::string name;
   Shape shape;
@@ -31,9 +28,9 @@ std::vector<Expected> expected_tensors(const LlamaConfig& c, const WeightSource&
   std::vector<Expected> out = {{"model.embed_tokens.weight", {V, C}, false}};
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
-    for (size_t k = 0; k < std::size(kProjections); ++k) {
-      out.push_back({p + kProjections[k] + ".weight", proj_shapes[k], true});
-      if (src.has(p + kProjections[k] + ".bias")) out.push_back({p + kProjections[k] + ".bias", {proj_shapes[k][0]}, false});
+    for (size_t k = 0; k < std::size(kLayerProjections); ++k) {
+      out.push_back({p + kLayerProjections[k] + ".weight", proj_shapes[k], true});
+      if (src.has(p + kLayerProjections[k] + ".bias")) out.push_back({p + kLayerProjections[k] + ".bias", {proj_shapes[k][0]}, false});
     }
     out.push_back({p + "input_layernorm.weight", {C}, false});
     out.push_back({p + "post_attention_layernorm.weight", {C}, false});

@@ -158,27 +158,6 @@ struct MetadataReader {
   }
 };
 
-struct TypeInfo {
-  int64_t block;  // values per block
-  int64_t bytes;  // bytes per block
-};
-
-// The layout of the types oar reads; others are refused by name.
-bool supported_type(uint32_t t, TypeInfo& info) {
-  switch (t) {
-    case uint32_t(GgufType::F32): info = {1, 4}; return true;
-    case uint32_t(GgufType::F16): info = {1, 2}; return true;
-    case uint32_t(GgufType::BF16): info = {1, 2}; return true;
-    case uint32_t(GgufType::Q8_0): info = {32, 34}; return true;
-    case uint32_t(GgufType::Q4_0): info = {32, 18}; return true;
-    case uint32_t(GgufType::Q4_1): info = {32, 20}; return true;
-    case uint32_t(GgufType::Q5_0): info = {32, 22}; return true;
-    case uint32_t(GgufType::Q5_1): info = {32, 24}; return true;
-    case uint32_t(GgufType::Q4_K): info = {256, 144}; return true;
-    case uint32_t(GgufType::Q6_K): info = {256, 210}; return true;
-    default: return false;
-  }
-}
 
 GgufTensorInfo read_tensor_info(Reader& r, uint64_t alignment) {
   GgufTensorInfo ti;
@@ -196,8 +175,8 @@ GgufTensorInfo read_tensor_info(Reader& r, uint64_t alignment) {
     dims.push_back(int64_t(d));
   }
   const uint32_t type = r.read<uint32_t>("a tensor's type");
-  TypeInfo info;
-  if (!supported_type(type, info))
+  GgufTypeLayout info;
+  if (!gguf_type_layout(type, info))
     r.bad(who + " has type " + gguf_type_name(type) +
           ", which oar does not read (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K and Q6_K)");
   ti.type = GgufType(type);
@@ -238,6 +217,22 @@ void check_ranges(const GgufHeader& h, size_t file_size, Reader& r) {
 }
 
 }  // namespace
+
+bool gguf_type_layout(uint32_t type, GgufTypeLayout& out) {
+  switch (type) {
+    case uint32_t(GgufType::F32): out = {1, 4, 0}; return true;
+    case uint32_t(GgufType::F16): out = {1, 2, 0}; return true;
+    case uint32_t(GgufType::BF16): out = {1, 2, 0}; return true;
+    case uint32_t(GgufType::Q8_0): out = {32, 34, 8}; return true;
+    case uint32_t(GgufType::Q4_0): out = {32, 18, 4}; return true;
+    case uint32_t(GgufType::Q4_1): out = {32, 20, 4}; return true;
+    case uint32_t(GgufType::Q5_0): out = {32, 22, 5}; return true;
+    case uint32_t(GgufType::Q5_1): out = {32, 24, 5}; return true;
+    case uint32_t(GgufType::Q4_K): out = {256, 144, 4}; return true;
+    case uint32_t(GgufType::Q6_K): out = {256, 210, 6}; return true;
+    default: return false;
+  }
+}
 
 std::string gguf_type_name(uint32_t type) {
   static const std::map<uint32_t, const char*> names = {

@@ -27,6 +27,13 @@ class MappedFile;
 enum class GgufType : uint32_t { F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q4_K = 12, Q6_K = 14, BF16 = 30 };
 // ggml's name of any type number ("Q5_K", "IQ2_XS", ...), or "type N".
 std::string gguf_type_name(uint32_t type);
+// The layout of a type oar reads, the one table the parser, the dequantizer and the loader share: values and
+// bytes per block, and the bits a quantized type stores per value (0 for F32, F16, BF16). False for the others.
+struct GgufTypeLayout {
+  int64_t block, bytes;
+  int bits;
+};
+bool gguf_type_layout(uint32_t type, GgufTypeLayout& out);
 
 // One metadata value. Integers (and bools, as 0/1) are in `i`, floats in `f`, strings in `s`; arrays of numbers
 // or bools in `numbers`, of strings in `strings` (arrays of arrays are checked and skipped: llama's keys use none).

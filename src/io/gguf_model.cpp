@@ -75,17 +75,8 @@ class GgufWeightSource : public WeightSource {
   const Shape& shape_of(const std::string& name) const { return by_name_.at(name)->shape; }
   int quantized_bits(const std::string& name) const override {
     auto it = by_name_.find(name);
-    if (it == by_name_.end()) return 0;
-    switch (it->second->type) {
-      case GgufType::Q4_0: return 4;
-      case GgufType::Q4_1: return 4;
-      case GgufType::Q5_0: return 5;
-      case GgufType::Q5_1: return 5;
-      case GgufType::Q4_K: return 4;
-      case GgufType::Q6_K: return 6;
-      case GgufType::Q8_0: return 8;
-      default: return 0;
-    }
+    GgufTypeLayout layout;
+    return it != by_name_.end() && gguf_type_layout(uint32_t(it->second->type), layout) ? layout.bits : 0;
   }
   std::optional<StoredInt4> stored_int4(const std::string& name) const override {
     auto it = by_name_.find(name);

@@ -112,6 +112,7 @@ void each_block(const uint8_t* src, int64_t n, float* dst, int64_t block, int64_
 }  // namespace
 
 void gguf_dequantize(GgufType type, const uint8_t* src, int64_t n, float* dst) {
+  void (*one)(const uint8_t*, float*) = nullptr;  // a quantized type's block; its sizes come from gguf_type_layout
   switch (type) {
     case GgufType::F32: std::memcpy(dst, src, size_t(n) * 4); return;
     case GgufType::F16:
@@ -120,21 +121,17 @@ void gguf_dequantize(GgufType type, const uint8_t* src, int64_t n, float* dst) {
     case GgufType::BF16:
       for (int64_t j = 0; j < n; j++) dst[j] = bf16_to_f32(u16_at(src + 2 * j));
       return;
-    case GgufType::Q8_0:
-      return each_block(src, n, dst, 32, 34, q8_0_block);
-    case GgufType::Q4_0:
-      return each_block(src, n, dst, 32, 18, q4_0_block);
-    case GgufType::Q4_1:
-      return each_block(src, n, dst, 32, 20, q4_1_block);
-    case GgufType::Q5_0:
-      return each_block(src, n, dst, 32, 22, q5_block<false>);
-    case GgufType::Q5_1:
-      return each_block(src, n, dst, 32, 24, q5_block<true>);
-    case GgufType::Q4_K:
-      return each_block(src, n, dst, 256, 144, q4_k_block);
-    case GgufType::Q6_K:
-      return each_block(src, n, dst, 256, 210, q6_k_block);
+    case GgufType::Q8_0: one = q8_0_block; break;
+    case GgufType::Q4_0: one = q4_0_block; break;
+    case GgufType::Q4_1: one = q4_1_block; break;
+    case GgufType::Q5_0: one = q5_block<false>; break;
+    case GgufType::Q5_1: one = q5_block<true>; break;
+    case GgufType::Q4_K: one = q4_k_block; break;
+    case GgufType::Q6_K: one = q6_k_block; break;
+    default: break;
   }
+  GgufTypeLayout layout;
+  if (one && gguf_type_layout(uint32_t(type), layout)) return each_block(src, n, dst, layout.block, layout.bytes, one);
   throw Error("gguf_dequantize: type " + gguf_type_name(uint32_t(type)) + " has no dequantization");
 }
 

@@ -204,17 +204,6 @@ std::string lower(std::string s) {
   return s;
 }
 
-bool json_truthy(const json& v) {
-  if (v.is_null()) return false;
-  if (v.is_boolean()) return v.get<bool>();
-  if (v.is_number()) return v.get<double>() != 0;
-  if (v.is_string()) {
-    std::string s = lower(v.get<std::string>());
-    return !(s.empty() || s == "false" || s == "0" || s == "none" || s == "no" || s == "null");
-  }
-  return !v.empty();
-}
-
 bool parse_bool_text(const std::string& s0, bool* out) {
   std::string s = lower(s0);
   if (s == "true" || s == "1" || s == "yes" || s == "y" || s == "t" || s == "on") { *out = true; return true; }
@@ -395,6 +384,17 @@ TrainArgs parse_impl(TrainMode mode, const json& file_obj, const std::string& fi
 }
 
 }  // namespace
+
+bool json_truthy(const json& v) {
+  if (v.is_null()) return false;
+  if (v.is_boolean()) return v.get<bool>();
+  if (v.is_number()) return v.get<double>() != 0;
+  if (v.is_string()) {
+    std::string s = lower(v.get<std::string>());
+    return !(s.empty() || s == "false" || s == "0" || s == "none" || s == "no" || s == "null");
+  }
+  return !v.empty();
+}
 
 TrainArgs parse_train_args_text(TrainMode mode, const std::string& json_text, const std::string& where,
                                 const std::vector<std::string>& cli, ArgsReport* report, int world_size) {

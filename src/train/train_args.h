@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <map>
+#include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <vector>
 
@@ -157,5 +158,8 @@ std::string train_args_json(const TrainArgs& a);
 
 // One line per group, for `--help`.
 std::string train_args_help(TrainMode mode);
+// Whether an argument value counts as set, as PaddleNLP's keys are tested: true, a nonzero number, a string other
+// than "", "false", "0", "none", "no" or "null", a non-empty list or object.
+bool json_truthy(const nlohmann::json& v);
 
 }  // namespace oar

@@ -30,8 +30,7 @@ namespace {
 // The seven projections of a decoder layer, in Hugging Face's parameter order.
 constexpr int kNumProj = 7;
 enum Proj { kQ, kK, kV, kO, kGate, kUp, kDown };
-const char* const kProjPath[kNumProj] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                                         "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"};
+constexpr const auto& kProjPath = kLayerProjections;  // indexed by Proj
 const char* const kProjName[kNumProj] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
 
 // Deterministic random numbers, independent of thread count and parameter order: element i of a tensor draws

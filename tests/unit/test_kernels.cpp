@@ -11,6 +11,7 @@
 #include "kernels/cpu/isa.h"
 #include "kernels/kernels.h"
 #include "model/kv_cache.h"
+#include "test_isa_util.h"
 #include "test_model_util.h"
 
 using namespace oar;
@@ -32,14 +33,7 @@ Tensor rand_tensor(const Shape& s, DType dt = DType::F32, float a = 1.0f) {
   return t;
 }
 
-std::vector<const cpu::IsaOps*> available_isas() {
-  std::vector<const cpu::IsaOps*> v{&cpu::isa_scalar()};
-  if (cpu_info().has_avx2()) v.push_back(&cpu::isa_avx2());
-  if (cpu_info().has_avx512()) v.push_back(&cpu::isa_avx512());
-  if (cpu_info().has_avx512() && cpu_info().avx512_vnni) v.push_back(&cpu::isa_avx512_vnni());
-  if (cpu_info().has_avx512() && cpu_info().avx512_bf16 && cpu_info().avx512_vnni) v.push_back(&cpu::isa_avx512_bf16());
-  return v;
-}
+using oar::test::available_isas;
 
 }  // namespace
 

@@ -19,6 +19,7 @@
 #include "kernels/cpu/isa.h"
 #include "kernels/kernels.h"
 #include "model/llama.h"
+#include "test_isa_util.h"
 #include "test_model_util.h"
 
 using namespace oar;
@@ -180,11 +181,7 @@ TEST(WeightA8W8, QuantizesAsInt8WithRowSums) {
 }
 
 TEST(Isa, A8W8GemvOfEveryTableGivesTheScalarBitsAndTheDefinition) {
-  std::vector<const cpu::IsaOps*> isas{&cpu::isa_scalar()};
-  if (cpu_info().has_avx2()) isas.push_back(&cpu::isa_avx2());
-  if (cpu_info().has_avx512()) isas.push_back(&cpu::isa_avx512());
-  if (cpu_info().has_avx512() && cpu_info().avx512_vnni) isas.push_back(&cpu::isa_avx512_vnni());
-  if (cpu_info().has_avx512() && cpu_info().avx512_bf16 && cpu_info().avx512_vnni) isas.push_back(&cpu::isa_avx512_bf16());
+  const std::vector<const cpu::IsaOps*> isas = oar::test::available_isas();
   std::printf("  a8w8 GEMV tables checked:");
   for (const cpu::IsaOps* isa : isas) std::printf(" %s", isa->name);
   std::printf("\n");
@@ -294,11 +291,7 @@ TEST(Kernels, A8W8LinearIsItsDefinitionAndTheGemmGivesTheGemvBits) {
 }
 
 TEST(Isa, Int8AndInt4GemvAndReadProbeMatchScalar) {
-  std::vector<const cpu::IsaOps*> isas{&cpu::isa_scalar()};
-  if (cpu_info().has_avx2()) isas.push_back(&cpu::isa_avx2());
-  if (cpu_info().has_avx512()) isas.push_back(&cpu::isa_avx512());
-  if (cpu_info().has_avx512() && cpu_info().avx512_vnni) isas.push_back(&cpu::isa_avx512_vnni());
-  if (cpu_info().has_avx512() && cpu_info().avx512_bf16 && cpu_info().avx512_vnni) isas.push_back(&cpu::isa_avx512_bf16());
+  const std::vector<const cpu::IsaOps*> isas = oar::test::available_isas();
   const auto& ref = cpu::isa_scalar();
   for (const cpu::IsaOps* isa : isas) {
     ASSERT_NE(isa->gemv_i8, nullptr) << isa->name;
@@ -508,31 +501,46 @@ TEST(ActScales, PaddleNlpKeysGiveEachProjectionItsStep) {
 
 namespace {
 
+// Plain double-precision pieces of a Llama layer, for computing what the observers must see by hand.
+std::vector<double> matvec(const Tensor& w, const std::vector<double>& x) {  // w [out, in] float32
+  std::vector<double> y(static_cast<size_t>(w.dim(0)), 0.0);
+  for (int64_t r = 0; r < w.dim(0); r++)
+    for (int64_t i = 0; i < w.dim(1); i++) y[size_t(r)] += double(w.data<float>()[r * w.dim(1) + i]) * x[size_t(i)];
+  return y;
+}
+std::vector<double> rms_normed(const std::vector<double>& x, const Tensor& w, double eps) {
+  double ss = 0;
+  for (double v : x) ss += v * v;
+  const double inv = 1.0 / std::sqrt(ss / double(x.size()) + eps);
+  std::vector<double> y(x.size());
+  for (size_t i = 0; i < x.size(); i++) y[i] = x[i] * inv * w.data<float>()[i];
+  return y;
+}
+double abs_max(const std::vector<double>& x, size_t begin = 0, size_t end = SIZE_MAX) {
+  double m = 0;
+  for (size_t i = begin; i < std::min(end, x.size()); i++) m = std::max(m, std::fabs(x[i]));
+  return m;
+}
+std::vector<double> embedding_row(const Tensor& emb, int32_t id) {
+  const int64_t C = emb.dim(1);
+  return std::vector<double>(emb.data<float>() + int64_t(id) * C, emb.data<float>() + (int64_t(id) + 1) * C);
+}
+
 // Layer 0's observed inputs, computed here from the weights: the q/k/v input is rmsnorm(embedding) and V its
 // product with v_proj (no RoPE), so their absolute maxima need no model. Per batch: {q input, V per kv head...}.
 std::vector<double> layer0_absmax(const ModelSource& ms, const std::vector<std::vector<int32_t>>& batch) {
   const LlamaConfig& c = ms.config;
-  const int64_t C = c.hidden_size, G = c.num_key_value_heads, D = c.head_dim;
+  const int64_t G = c.num_key_value_heads, D = c.head_dim;
   const Tensor emb = ms.weights->get("model.embed_tokens.weight").to(DType::F32);
   const Tensor nw = ms.weights->get("model.layers.0.input_layernorm.weight").to(DType::F32);
   const Tensor wv = ms.weights->get("model.layers.0.self_attn.v_proj.weight").to(DType::F32);
   std::vector<double> out(static_cast<size_t>(1 + G), 0.0);
   for (const auto& seq : batch)
     for (int32_t id : seq) {
-      const float* e = emb.data<float>() + int64_t(id) * C;
-      double ss = 0;
-      for (int64_t i = 0; i < C; i++) ss += double(e[i]) * e[i];
-      const double inv = 1.0 / std::sqrt(ss / double(C) + c.rms_norm_eps);
-      std::vector<double> h(static_cast<size_t>(C));
-      for (int64_t i = 0; i < C; i++) {
-        h[size_t(i)] = double(e[i]) * inv * nw.data<float>()[i];
-        out[0] = std::max(out[0], std::fabs(h[size_t(i)]));
-      }
-      for (int64_t r = 0; r < G * D; r++) {
-        double v = 0;
-        for (int64_t i = 0; i < C; i++) v += h[size_t(i)] * wv.data<float>()[r * C + i];
-        out[size_t(1 + r / D)] = std::max(out[size_t(1 + r / D)], std::fabs(v));
-      }
+      const std::vector<double> h = rms_normed(embedding_row(emb, id), nw, c.rms_norm_eps), v = matvec(wv, h);
+      out[0] = std::max(out[0], abs_max(h));
+      for (int64_t g = 0; g < G; g++)
+        out[size_t(1 + g)] = std::max(out[size_t(1 + g)], abs_max(v, size_t(g * D), size_t((g + 1) * D)));
     }
   return out;
 }
@@ -572,41 +580,21 @@ TEST(Calibration, EveryObservedInputIsTheOneItIsNamedFor) {
   const Tensor n2 = get("model.layers.0.post_attention_layernorm.weight"), wv = get("model.layers.0.self_attn.v_proj.weight");
   const Tensor wo = get("model.layers.0.self_attn.o_proj.weight"), wg = get("model.layers.0.mlp.gate_proj.weight");
   const Tensor wu = get("model.layers.0.mlp.up_proj.weight");
-  auto matvec = [](const Tensor& w, const std::vector<double>& x) {
-    std::vector<double> y(static_cast<size_t>(w.dim(0)), 0.0);
-    for (int64_t r = 0; r < w.dim(0); r++)
-      for (int64_t i = 0; i < w.dim(1); i++) y[size_t(r)] += double(w.data<float>()[r * w.dim(1) + i]) * x[size_t(i)];
-    return y;
-  };
-  auto rmsnorm = [&](const std::vector<double>& x, const Tensor& w) {
-    double ss = 0;
-    for (double v : x) ss += v * v;
-    const double inv = 1.0 / std::sqrt(ss / double(x.size()) + c.rms_norm_eps);
-    std::vector<double> y(x.size());
-    for (size_t i = 0; i < x.size(); i++) y[i] = x[i] * inv * w.data<float>()[i];
-    return y;
-  };
-  auto amax = [](const std::vector<double>& x) {
-    double m = 0;
-    for (double v : x) m = std::max(m, std::fabs(v));
-    return m;
-  };
   std::array<double, 4> want = {0, 0, 0, 0};
   const std::vector<int32_t> ids = {3, 17, 29};
   for (int32_t id : ids) {
-    std::vector<double> e(static_cast<size_t>(C));
-    for (int64_t i = 0; i < C; i++) e[size_t(i)] = emb.data<float>()[int64_t(id) * C + i];
-    const std::vector<double> x1 = rmsnorm(e, n1), v = matvec(wv, x1);
+    const std::vector<double> e = embedding_row(emb, id);
+    const std::vector<double> x1 = rms_normed(e, n1, c.rms_norm_eps), v = matvec(wv, x1);
     std::vector<double> attn(static_cast<size_t>(H * D));
     for (int64_t h = 0; h < H; h++)
       for (int64_t d = 0; d < D; d++) attn[size_t(h * D + d)] = v[size_t((h / (H / G)) * D + d)];
     const std::vector<double> o = matvec(wo, attn);
     std::vector<double> h1(static_cast<size_t>(C));
     for (int64_t i = 0; i < C; i++) h1[size_t(i)] = e[size_t(i)] + o[size_t(i)];
-    const std::vector<double> x2 = rmsnorm(h1, n2), g = matvec(wg, x2), u = matvec(wu, x2);
+    const std::vector<double> x2 = rms_normed(h1, n2, c.rms_norm_eps), g = matvec(wg, x2), u = matvec(wu, x2);
     std::vector<double> down(static_cast<size_t>(F));
     for (int64_t i = 0; i < F; i++) down[size_t(i)] = g[size_t(i)] / (1 + std::exp(-g[size_t(i)])) * u[size_t(i)];
-    const double got[4] = {amax(x1), amax(attn), amax(x2), amax(down)};
+    const double got[4] = {abs_max(x1), abs_max(attn), abs_max(x2), abs_max(down)};
     for (int j = 0; j < 4; j++) want[size_t(j)] = std::max(want[size_t(j)], got[j]);
   }
   const CalibrationStats st = calibrate(c, *ms.weights, DType::F32, {{{ids[0]}, {ids[1]}, {ids[2]}}},
