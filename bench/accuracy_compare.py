@@ -11,11 +11,15 @@ job's `build/job/pretrain` (after `bash scripts/run.sh`) or `../shared/data/stor
   4. runs llama.cpp (llama-cpp-python, float32 KV cache as oar's) on every GGUF file over the same
      non-overlapping windows of --ctx tokens as `oar perplexity`: each window evaluated in one batch, every
      position but the last predicting the next.
+  5. with --calib (a dataset directory holding PaddleNLP's train.json, or a text file whose last paragraphs become
+     one), runs oar's PTQ (`oar quantize`, a8w8, 8 batches of 4) without and with SmoothQuant (all linears,
+     piecewise search, as PaddleNLP's ptq_argument.json) and adds their a8w8 rows with static activation steps.
 Each line gives the change against the same tool's float32 perplexity, and the tensor types each file holds
 (llama.cpp's quantizer falls back to other types for widths its blocks do not divide). The two tools' F32
 perplexities must agree to 0.01%, which they cannot if they predicted different ids.
 
     /work/venv-llamacpp/bin/python bench/accuracy_compare.py MODEL_DIR TEXT_FILE [--ctx 128] [--max_tokens 8192]
+        [--calib DIR_OR_TEXT]
     (the venv of bench/llamacpp_compare.py: llama-cpp-python plus tests/reference/gguf_requirements.txt)
 """
 import argparse
@@ -83,6 +87,38 @@ def oar_ppl(a, model, flags):
     return float(m.group(1)), int(m.group(2))
 
 
+def calibration_dir(a):
+    """--calib as a dataset directory: as given, or the text file's last ~200 lines as src/tgt halves."""
+    if os.path.isdir(a.calib):
+        return a.calib
+    lines = [l.strip() for l in open(a.calib, encoding="utf-8") if l.strip()][-200:]
+    d = os.path.join(a.workdir, "calib")
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "train.json"), "w") as f:
+        for i in range(0, len(lines) - 1, 2):
+            f.write(json.dumps({"src": lines[i], "tgt": lines[i + 1]}) + "\n")
+    return d
+
+
+def ptq_rows(a):
+    """a8w8 with PTQ's static steps, without and with SmoothQuant."""
+    rows, data = [], calibration_dir(a)
+    for smooth in (False, True):
+        out = os.path.join(a.workdir, "ptq_smooth" if smooth else "ptq")
+        cfg = {"model_name_or_path": a.model_dir, "dataset_name_or_path": data, "output_dir": out,
+               "overwrite_output_dir": True, "do_ptq": True, "quant_type": "a8w8", "ptq_step": 8,
+               "per_device_train_batch_size": 4, "src_length": 256, "max_length": 512, "smooth": smooth,
+               "smooth_all_linears": True, "smooth_piecewise_search": True, "smooth_k_piece": 3,
+               "smooth_search_piece": True, "smooth_step": 8}
+        path = os.path.join(a.workdir, "ptq.json")
+        with open(path, "w") as f:
+            json.dump(cfg, f)
+        run([a.oar, "quantize", path])
+        label = "a8w8, PTQ's static steps" + (" + SmoothQuant" if smooth else "")
+        rows.append((f"HF directory, {label}", oar_ppl(a, out, ["--dtype", "float32", "--quant_type", "a8w8"]), None))
+    return rows
+
+
 def llama_ppl(a, path, ids):
     from llama_cpp import Llama
     import llama_cpp
@@ -132,6 +168,7 @@ def main():
     p.add_argument("--oar", default=os.path.join(HERE, "..", "build", "oar"))
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--workdir", default="/tmp/oar_accuracy")
+    p.add_argument("--calib", help="PTQ calibration data: a directory with train.json, or a text file")
     a = p.parse_args()
     os.makedirs(a.workdir, exist_ok=True)
     a.text = os.path.join(a.workdir, "text.txt")
@@ -153,6 +190,8 @@ def main():
             rows.append((f"HF directory, {label}", f"widths {widths} are not multiples of {group}", None))
             continue
         rows.append((f"HF directory, {label}", oar_ppl(a, a.model_dir, flags), None))
+    if a.calib:
+        rows += ptq_rows(a)
     for name, path in files.items():
         try:
             o = oar_ppl(a, path, ["--dtype", "float32"])

@@ -19,6 +19,7 @@ Action add_preprocess(CLI::App& app);
 Action add_finetune(CLI::App& app);
 Action add_pretrain(CLI::App& app);
 Action add_quantize(CLI::App& app);
+Action add_export(CLI::App& app);
 // PTQ of a PaddleNLP argument file (quantize.cpp), also run by `oar finetune` when the file sets do_ptq.
 int run_ptq(const std::string& cfg_path);
 

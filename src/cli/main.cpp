@@ -64,6 +64,8 @@ int main(int argc, char** argv) {
       oar::cli::add_finetune);
   reg("quantize", "post-training quantization for a8w8 (PaddleNLP's ptq_argument.json): calibrated scale files",
       oar::cli::add_quantize);
+  reg("export", "pack a model for fast loading in its inference format (PaddleNLP's export_model.py flags)",
+      oar::cli::add_export);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

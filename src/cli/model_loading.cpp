@@ -6,7 +6,9 @@
 #include "core/fs.h"
 #include "core/model_config.h"
 #include "io/gguf.h"
+#include "core/json_io.h"
 #include "io/model_source.h"
+#include "io/packed_model.h"
 #include "io/ptq_scales.h"
 #include "train/lora_io.h"
 
@@ -36,6 +38,65 @@ KVCacheDType parse_cachekv_int8(bool given, const std::string& value, const std:
   if (kind == "dynamic") return KVCacheDType::Int8Dynamic;
   if (kind == "static") return KVCacheDType::Int8Static;
   return KVCacheDType::F32;
+}
+
+bool flag_value(const CLI::Option* opt, const std::string& v) {
+  if (opt->count() == 0) return false;
+  if (v.empty() || v == "true" || v == "True" || v == "1") return true;
+  if (v == "false" || v == "False" || v == "0") return false;
+  throw Error(opt->get_name() + ": expected true or false, got '" + v + "'");
+}
+
+std::optional<ExportSettings> read_export_settings(const std::string& model_path) {
+  const std::string cfg = join_path(model_path, "config.json");
+  if (!dir_exists(model_path) || !file_exists(cfg) || !has_packed_weights(model_path)) return std::nullopt;
+  const nlohmann::json j = parse_json_file(cfg);
+  auto str = [&](const char* key) -> std::string {
+    if (!j.is_object() || !j.contains(key) || j[key].is_null()) return "";
+    if (!j[key].is_string()) fail(cfg, std::string(key) + " must be a string or null");
+    return j[key].get<std::string>();
+  };
+  auto num = [&](const char* key, int64_t dflt) -> int64_t {
+    if (!j.is_object() || !j.contains(key) || j[key].is_null()) return dflt;
+    if (!j[key].is_number_integer()) fail(cfg, std::string(key) + " must be an integer");
+    return j[key].get<int64_t>();
+  };
+  ExportSettings s;
+  s.dtype = str("infer_model_dtype");
+  if (s.dtype.empty()) fail(cfg, std::string("has ") + kPackedWeightsFile + " beside it but no infer_model_dtype (not written by oar export)");
+  s.quant_type = str("infer_model_quant_type");
+  s.cachekv_int8_type = str("infer_model_cachekv_int8_type");
+  s.group_size = num("infer_model_weightonly_group_size", -1);
+  s.block_size = num("infer_model_block_size", 64);
+  s.max_seq_len = num("infer_model_max_seq_len", 0);
+  return s;
+}
+
+void match_export(const std::string& model_path, LoadFlags& f) {
+  const std::optional<ExportSettings> s = read_export_settings(model_path);
+  if (!s) return;
+  auto mismatch = [&](const std::string& flag, const std::string& given, const std::string& exported) {
+    throw Error(model_path + " was exported with " + flag + " " + (exported.empty() ? "none" : exported) +
+                ", not " + given + " (run it with the export's flags, or export again)");
+  };
+  if (!f.dtype.empty() && parse_dtype(f.dtype) != parse_dtype(s->dtype)) mismatch("--dtype", f.dtype, s->dtype);
+  f.dtype = s->dtype;
+  if (!f.quant_type.empty() && f.quant_type != s->quant_type) mismatch("--quant_type", f.quant_type, s->quant_type);
+  f.quant_type = s->quant_type;
+  if (f.group_size != -1 && f.group_size != s->group_size)
+    mismatch("--weightonly_group_size", std::to_string(f.group_size), std::to_string(s->group_size));
+  f.group_size = s->group_size;
+  // The KV cache: flags given must name the export's kind; none given take it.
+  if (!f.cachekv_given && f.cachekv_int8_type.empty()) {
+    f.cachekv_int8_type = s->cachekv_int8_type;
+    return;
+  }
+  const KVCacheDType given = parse_cachekv_int8(f.cachekv_given, f.cachekv_int8, f.cachekv_int8_type, f.quant_type);
+  const KVCacheDType exported = parse_cachekv_int8(false, "", s->cachekv_int8_type, s->quant_type);
+  auto kind = [](KVCacheDType d) {
+    return std::string(d == KVCacheDType::Int8Static ? "static" : d == KVCacheDType::Int8Dynamic ? "dynamic" : "none");
+  };
+  if (given != exported) mismatch("--cachekv_int8_type", kind(given), kind(exported));
 }
 
 namespace {
@@ -85,6 +146,8 @@ LoadedModel load_model_and_tokenizer(const std::string& model_path, const std::s
   if (!quant_type.empty()) quant = parse_quant_type(quant_type, group_size);
   else if (group_size != -1) throw Error("--weightonly_group_size needs --quant_type weight_only_int4");
   if (!dir_exists(model_path) && !file_exists(model_path)) fail(model_path, "no such file or directory");
+  if (!lora_path.empty() && has_packed_weights(model_path))
+    fail(model_path, "is an export: merge the LoRA adapter when exporting (oar export --lora_path)");
   // a8w8 with PaddleNLP's PTQ output beside the model: its calibrated static activation scales.
   if (quant && quant->format == WeightFormat::A8W8) {
     const std::string scales = beside_model(model_path, "act_scales.json");

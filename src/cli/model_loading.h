@@ -1,6 +1,8 @@
 // Shared by the commands that load a model: the model, its tokenizer, and the dtype rule.
 #pragma once
+#include <CLI/CLI.hpp>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "engine/engine.h"
@@ -31,6 +33,42 @@ std::string cachekv_scales_path_for(const std::string& model_path, const std::st
 // flags say dynamic. Throws oar::Error naming the flag for anything else.
 KVCacheDType parse_cachekv_int8(bool given, const std::string& value, const std::string& type,
                                 const std::string& quant_type = "");
+
+// PaddleNLP bools may be given bare ("--block_attn") or with a value ("--block_attn true"); throws oar::Error naming
+// the flag for any other value.
+bool flag_value(const CLI::Option* opt, const std::string& v);
+
+// What oar export recorded in an export's config.json: PaddleNLP's infer_model_dtype, _cachekv_int8_type,
+// _block_size and _max_seq_len, and oar's infer_model_quant_type and _weightonly_group_size ("" / -1: none).
+// Nothing for a checkpoint (no packed weights).
+struct ExportSettings {
+  std::string dtype, quant_type, cachekv_int8_type;
+  int64_t group_size = -1, block_size = 64, max_seq_len = 0;
+};
+std::optional<ExportSettings> read_export_settings(const std::string& model_path);
+
+// The flags every model-loading command shares, as given ("" / -1 / false where left out).
+struct LoadFlags {
+  std::string dtype, quant_type;
+  int64_t group_size = -1;
+  bool cachekv_given = false;  // --cachekv_int8 appeared
+  std::string cachekv_int8, cachekv_int8_type;
+};
+// An export runs as it was exported (PaddleNLP's --mode static takes the export's flags): each flag left out takes
+// the export's value, and one given must equal it, else one oar::Error names the flag and both values. A checkpoint
+// leaves the flags as they are.
+void match_export(const std::string& model_path, LoadFlags& flags);
+// match_export on a command's own fields of those flags (model, dtype, quant_type, group_size, cachekv_int8,
+// cachekv_int8_type); cachekv_given: --cachekv_int8 appeared.
+template <class Args>
+void match_export_flags(Args& a, bool cachekv_given) {
+  LoadFlags f{a.dtype, a.quant_type, a.group_size, cachekv_given, a.cachekv_int8, a.cachekv_int8_type};
+  match_export(a.model, f);
+  a.dtype = f.dtype;
+  a.quant_type = f.quant_type;
+  a.group_size = f.group_size;
+  a.cachekv_int8_type = f.cachekv_int8_type;
+}
 
 // --quant_type's help, the same for every command that loads a model.
 inline constexpr const char* kQuantTypeHelp =

@@ -39,6 +39,7 @@ Action add_perplexity(CLI::App& app) {
   app.add_option("--cachekv_int8_type", a->cachekv_int8_type, "dynamic or static (as --cachekv_int8's value)");
   app.add_option("--cachekv_scales", a->cachekv_scales, "static scales (default: cachekv_scales.json in the model directory)");
   return [a, int8_opt]() -> int {
+    match_export_flags(*a, int8_opt->count() > 0);  // an export runs with its own flags
     // The KV cache format: float32 unless --cachekv_int8 / --cachekv_int8_type name an int8 one.
     const KVCacheDType quant =
         parse_cachekv_int8(int8_opt->count() > 0, a->cachekv_int8, a->cachekv_int8_type, a->quant_type);

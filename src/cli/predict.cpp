@@ -16,6 +16,7 @@
 #include "cli/commands.h"
 #include "cli/flags.h"
 #include "cli/model_loading.h"
+#include "io/packed_model.h"
 #include "core/cpu_info.h"
 #include "core/error.h"
 #include "core/fs.h"
@@ -217,12 +218,19 @@ int run_benchmark(const PredictArgs& a, LoadedModel& lm, const SamplingParams& s
 
 // ---- --block_attn: the serving engine ----
 
-// PaddleNLP bools may be given bare ("--block_attn") or with a value ("--block_attn true").
-bool flag_value(const CLI::Option* opt, const std::string& v) {
-  if (opt->count() == 0) return false;
-  if (v.empty() || v == "true" || v == "True" || v == "1") return true;
-  if (v == "false" || v == "False" || v == "0") return false;
-  throw Error(opt->get_name() + ": expected true or false, got '" + v + "'");
+// PaddleNLP's --mode: static runs an export (oar export's directory), dynamic a checkpoint; oar's dynamic mode also
+// loads an export, as serve and perplexity do. An export's block size is the one it was exported with.
+void check_mode(PredictArgs& a, bool block_size_given) {
+  if (a.mode != "dynamic" && a.mode != "static") throw Error("--mode " + a.mode + ": expected dynamic or static");
+  const std::optional<ExportSettings> s = read_export_settings(a.model);
+  if (a.mode == "static" && !s)
+    fail(a.model, "--mode static runs an oar export (config.json with infer_model_* keys and " +
+                      std::string(kPackedWeightsFile) + "); export it with oar export, or use --mode dynamic");
+  if (!s) return;
+  if (block_size_given && a.block_size != s->block_size)
+    throw Error(a.model + " was exported with --block_size " + std::to_string(s->block_size) + ", not " +
+                std::to_string(a.block_size) + " (run it with the export's flags, or export again)");
+  a.block_size = s->block_size;
 }
 
 // --cachekv_int8 and --cachekv_int8_type: parsed as by every command (model_loading.h).
@@ -398,10 +406,12 @@ Action add_predict(CLI::App& app) {
   CLI::Option* block_opt = app.add_option("--block_attn", a->block_attn,
       "serve the inputs through the engine: paged KV blocks, continuous batching (--batch_size: running requests at most)")
       ->expected(0, 1);
-  app.add_option("--block_size", a->block_size, "KV positions per block (--block_attn)")->check(positive_int());
+  CLI::Option* block_size_opt =
+      app.add_option("--block_size", a->block_size, "KV positions per block (--block_attn)")->check(positive_int());
   CLI::Option* inference_opt = app.add_option("--inference_model", a->inference_model,
       "PaddleNLP's fused inference model: oar's predictor always is one (accepted as true or false)")->expected(0, 1);
-  app.add_option("--mode", a->mode, "dynamic (the checkpoint as it is); static (an exported model) is not built yet");
+  app.add_option("--mode", a->mode,
+                 "dynamic (a checkpoint, or an export) or static (an oar export only); an export runs with its own flags");
   CLI::Option* int8_opt = app.add_option("--cachekv_int8", a->cachekv_int8,
       "int8 KV cache (--block_attn): bare or true = dynamic scales; also dynamic|static")->expected(0, 1);
   app.add_option("--cachekv_int8_type", a->cachekv_int8_type, "dynamic (per token and head) or static (cachekv_scales.json)");
@@ -409,13 +419,13 @@ Action add_predict(CLI::App& app) {
   app.add_option("--kv_cache_memory_gb", a->kv_cache_memory_gb, "KV cache budget in GiB (--block_attn; default 1)")->check(positive_real());
   app.add_option("--max_num_batched_tokens", a->max_num_batched_tokens, "tokens per engine step: prefill chunks + decodes (--block_attn)")
       ->check(positive_int());
-  return [a, prompt_opt, src_length_opt, block_opt, int8_opt, inference_opt]() -> int {
+  return [a, prompt_opt, src_length_opt, block_opt, int8_opt, inference_opt, block_size_opt]() -> int {
     a->prompt_given = prompt_opt->count() > 0;
     a->src_length_given = src_length_opt->count() > 0;
     const bool block_attn = flag_value(block_opt, a->block_attn);
     flag_value(inference_opt, a->inference_model);  // checked, no effect
-    if (a->mode != "dynamic")
-      throw Error("--mode " + a->mode + ": only dynamic is supported (oar export and --mode static are not built yet)");
+    check_mode(*a, block_size_opt->count() > 0);
+    match_export_flags(*a, int8_opt->count() > 0);  // an export runs with its own flags
     const KVCacheDType kv = kv_dtype_of(int8_opt, *a);
     if (!block_attn && kv != KVCacheDType::F32)
       throw Error(std::string(a->quant_type == "a8w8c8" ? "--quant_type a8w8c8" : "--cachekv_int8") +

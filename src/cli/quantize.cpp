@@ -4,8 +4,10 @@
 // watch (infer/calibration.h), then output_dir gets what PaddleNLP writes: act_scales.json, weight_scales.json
 // (each projection's per-output-channel absmax), cachekv_scales.json (a8w8c8), the model's files and config.json
 // with quantization_config. `oar predict/serve/perplexity --quant_type a8w8` on output_dir then runs with the
-// calibrated static activation steps. SmoothQuant, Shift, GPTQ and AWQ are not built: their keys set to true are
-// an error.
+// calibrated static activation steps. With "smooth": true, SmoothQuant (infer/smoothing.h) first smooths the
+// weights over smooth_step batches; the observers then watch the smoothed model, and output_dir gets its weights.
+// Shift, GPTQ and AWQ are not built: their keys set to true are an error.
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <nlohmann/json.hpp>
@@ -17,6 +19,8 @@
 #include "core/mpi_world.h"
 #include "data/sft_dataset.h"
 #include "infer/calibration.h"
+#include "infer/smoothing.h"
+#include "io/safetensors.h"
 #include "io/model_source.h"
 #include "kernels/weight.h"
 #include "tokenizer/tokenizer.h"
@@ -27,11 +31,17 @@
 namespace oar::cli {
 namespace {
 
+// Rows of each smoothed input kept for SmoothQuant's search (a 13B's four inputs of 128 rows: ~0.5 GB in all).
+constexpr int64_t kSmoothSampleRows = 128;
+
 struct PtqArgs {
   std::string model, dataset, output_dir, quant_type = "a8w8", chat_template;
   int64_t ptq_step = 32, batch_size = 8, src_length = 1024, max_length = 2048;  // PaddleNLP's defaults
   ObserverReduce act = ObserverReduce::Average, kv = ObserverReduce::Average;
   bool overwrite = false;
+  bool smooth = false;
+  int64_t smooth_step = 32;
+  SmoothOptions smoothing;
 };
 
 // One PaddleNLP argument file, read key by key; every error names the file.
@@ -45,6 +55,11 @@ struct ArgFile {
     }
     if (!j[key].is_string()) fail(path, std::string("'") + key + "' must be a string");
     return j[key].get<std::string>();
+  }
+  double number(const char* key, double fallback) const {
+    if (!j.contains(key)) return fallback;
+    if (!j[key].is_number() || !std::isfinite(j[key].get<double>())) fail(path, std::string("'") + key + "' must be a number");
+    return j[key].get<double>();
   }
   int64_t positive(const char* key, int64_t fallback) const {
     if (!j.contains(key)) return fallback;
@@ -66,6 +81,27 @@ void read_methods(const ArgFile& f, PtqArgs& a) {
   a.kv = kv == "avg_headwise" ? ObserverReduce::Average : ObserverReduce::Max;
   const std::string w = f.str("weight_quant_method", "abs_max_channel_wise");
   if (w != "abs_max_channel_wise") fail(f.path, "weight_quant_method '" + w + "': only abs_max_channel_wise is built");
+}
+
+// SmoothQuant's keys (PaddleNLP's QuantArgument names and defaults).
+void read_smoothing(const ArgFile& f, PtqArgs& a) {
+  a.smooth = f.on("smooth");
+  a.smooth_step = f.positive("smooth_step", a.smooth_step);
+  SmoothOptions& o = a.smoothing;
+  o.all_linears = f.on("smooth_all_linears");
+  o.piecewise_search = f.on("smooth_piecewise_search");
+  o.k_piece = f.positive("smooth_k_piece", o.k_piece);
+  o.search_piece = f.on("smooth_search_piece");
+  o.alpha_min = f.number("search_alpha_min", o.alpha_min);
+  o.alpha_max = f.number("search_alpha_max", o.alpha_max);
+  o.scale_min = f.number("search_scale_min", o.scale_min);
+  o.scale_max = f.number("search_scale_max", o.scale_max);
+  if (!(0 <= o.alpha_min && o.alpha_min <= o.alpha_max && o.alpha_max <= 1))
+    fail(f.path, "'search_alpha_min' and 'search_alpha_max' must satisfy 0 <= min <= max <= 1");
+  if (!(0 < o.scale_min && o.scale_min <= o.scale_max && o.scale_max <= 1000))
+    fail(f.path, "'search_scale_min' and 'search_scale_max' must satisfy 0 < min <= max <= 1000");
+  const std::string sampler = f.str("smooth_sampler", "none");
+  if (sampler != "none") fail(f.path, "smooth_sampler '" + sampler + "': only none is built");
 }
 
 // The keys PTQ reads from a PaddleNLP argument file; the training keys beside them are not used.
@@ -90,10 +126,11 @@ PtqArgs read_ptq_args(const std::string& path) {
     fail(path, "quant_type '" + a.quant_type + "': PTQ is built for a8w8 and a8w8c8 (the weight_only types need no "
                                                 "calibration: pass --quant_type to predict, serve or perplexity)");
   read_methods(f, a);
-  for (const char* key : {"smooth", "shift", "do_gptq", "do_awq", "do_qat"})
+  read_smoothing(f, a);
+  for (const char* key : {"shift", "shift_all_linears", "do_gptq", "do_awq", "do_qat"})
     if (f.on(key))
-      fail(path, std::string("'") + key + "': true is not built yet (set it to false: oar's PTQ observes the "
-                                          "weights as they are, without SmoothQuant, Shift, GPTQ or AWQ)");
+      fail(path, std::string("'") + key + "': true is not built yet (set it to false: oar's PTQ has SmoothQuant, "
+                                          "not Shift, GPTQ or AWQ)");
   if (f.j.contains("skip_list_names") && !f.j["skip_list_names"].empty())
     fail(path, "'skip_list_names' is not supported (every projection is quantized)");
   return a;
@@ -113,7 +150,8 @@ std::vector<std::vector<std::vector<int32_t>>> calibration_batches(const PtqArgs
   opt.chat = make_chat_renderer(ta, tok, &template_file);
   const std::vector<SftRecord> recs = read_sft_file(path);
   const TextEncoder enc(tok, SpecialTextRule::PaddleNLP);
-  const size_t wanted = size_t(std::min<int64_t>(int64_t(recs.size()), a.ptq_step * a.batch_size));
+  const int64_t steps = a.smooth ? std::max(a.ptq_step, a.smooth_step) : a.ptq_step;
+  const size_t wanted = size_t(std::min<int64_t>(int64_t(recs.size()), steps * a.batch_size));
   std::vector<std::vector<std::vector<int32_t>>> batches;
   for (size_t i = 0; i < wanted; i++) {
     if (i % size_t(a.batch_size) == 0) batches.emplace_back();
@@ -176,26 +214,90 @@ bool is_weight_file(const std::string& name) {
          name == "model_state.pdparams.index.json";
 }
 
-// output_dir: the model's files as they are (no smoothing changed the weights), config.json with
-// quantization_config, and the scale files.
-void write_ptq_output(const PtqArgs& a, const CalibrationStats& st, const ModelSource& ms) {
-  const ScaleFiles files = scale_files(st, ms.config, *ms.weights);
+// The weights PTQ observes and writes: the checkpoint's, with SmoothQuant's tensors in place of theirs.
+class SmoothedSource final : public WeightSource {
+ public:
+  SmoothedSource(const WeightSource& base, std::map<std::string, Tensor> smoothed)
+      : base_(base), smoothed_(std::move(smoothed)) {}
+  bool has(const std::string& n) const override { return base_.has(n); }
+  Tensor get(const std::string& n) const override {
+    auto it = smoothed_.find(n);
+    return it != smoothed_.end() ? it->second : base_.get(n);
+  }
+  std::string where() const override { return base_.where() + " (smoothed)"; }
+  bool empty() const { return smoothed_.empty(); }
+
+ private:
+  const WeightSource& base_;
+  std::map<std::string, Tensor> smoothed_;
+};
+
+// Every tensor of a Llama checkpoint, in Hugging Face's names and order.
+std::vector<std::pair<std::string, Tensor>> all_tensors(const LlamaConfig& cfg, const WeightSource& w) {
+  std::vector<std::string> names{"model.embed_tokens.weight"};
+  for (int64_t l = 0; l < cfg.num_hidden_layers; l++) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    names.push_back(p + "input_layernorm.weight");
+    names.push_back(p + "post_attention_layernorm.weight");
+    for (const char* proj : kLayerProjections) names.push_back(p + proj + ".weight");
+    for (const char* b : {"self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias", "self_attn.o_proj.bias"})
+      if (w.has(p + b)) names.push_back(p + b);
+  }
+  names.push_back("model.norm.weight");
+  if (w.has("lm_head.weight")) names.push_back("lm_head.weight");
+  std::vector<std::pair<std::string, Tensor>> out;
+  for (const std::string& n : names) {
+    Tensor t = w.get(n);  // a view of the mapped file where it can be (a 13B is 26 GB)
+    out.emplace_back(n, t.is_contiguous() ? t : t.contiguous());
+  }
+  return out;
+}
+
+// output_dir: the model's weights (its files as they are, or the smoothed model as model.safetensors),
+// config.json with quantization_config, and the scale files.
+void write_ptq_output(const PtqArgs& a, const CalibrationStats& st, const LlamaConfig& cfg, const SmoothedSource& w) {
+  const ScaleFiles files = scale_files(st, cfg, w);
   nlohmann::json config = parse_json_file(join_path(a.model, "config.json"));
-  config["quantization_config"] = {{"quant_type", a.quant_type}, {"smooth", false}, {"shift", false},
+  // All-linear smoothing is folded into v_proj and up_proj: no extra tensors, so not shift_smooth_all_linears.
+  config["quantization_config"] = {{"quant_type", a.quant_type}, {"smooth", a.smooth}, {"shift", false},
                                    {"shift_smooth_all_linears", false}};
   refuse_existing_output(a);  // again: it may have appeared during the calibration
   write_directory_atomically(a.output_dir, a.overwrite, {a.model, a.dataset}, [&](const std::string& tmp) {
     namespace fs = std::filesystem;
     std::error_code ec;
-    for (fs::directory_iterator it(a.model, ec), end; !ec && it != end; it.increment(ec))
-      if (it->is_regular_file() && is_weight_file(it->path().filename().string())) link_or_copy(it->path(), tmp);
-    if (ec) fail(a.model, "cannot list the model directory: " + ec.message());
+    if (w.empty()) {
+      for (fs::directory_iterator it(a.model, ec), end; !ec && it != end; it.increment(ec))
+        if (it->is_regular_file() && is_weight_file(it->path().filename().string())) link_or_copy(it->path(), tmp);
+      if (ec) fail(a.model, "cannot list the model directory: " + ec.message());
+    } else {
+      write_safetensors(join_path(tmp, "model.safetensors"), all_tensors(cfg, w), {{"format", "pt"}});
+    }
     copy_tokenizer_files(a.model, tmp);  // tokenizer, generation config and chat template, as a checkpoint's
     write_file_atomic(join_path(tmp, "config.json"), config.dump(2) + "\n");
     write_file_atomic(join_path(tmp, "act_scales.json"), files.act.dump(2) + "\n");
     write_file_atomic(join_path(tmp, "weight_scales.json"), files.weight.dump() + "\n");
     if (a.quant_type == "a8w8c8") write_file_atomic(join_path(tmp, "cachekv_scales.json"), files.cachekv.dump(2) + "\n");
   });
+}
+
+void print_progress(const char* what, int64_t done, int64_t total) {
+  std::printf("ptq: %s %lld/%lld\n", what, (long long)done, (long long)total);
+  std::fflush(stdout);
+}
+
+// SmoothQuant over the first smooth_step batches: the smoothed tensors, in the checkpoint's dtypes.
+std::map<std::string, Tensor> smoothed_tensors(const PtqArgs& a, const ModelSource& ms, DType dtype,
+                                               const std::vector<std::vector<std::vector<int32_t>>>& batches) {
+  const size_t n = std::min(batches.size(), size_t(a.smooth_step));
+  const std::vector<std::vector<std::vector<int32_t>>> first(batches.begin(), batches.begin() + ptrdiff_t(n));
+  const ChannelStats stats = observe_channels(ms.config, *ms.weights, dtype, first, kSmoothSampleRows,
+                                              [](int64_t d, int64_t t) { print_progress("smooth batch", d, t); });
+  std::map<std::string, Tensor> out = smooth_weights(ms.config, *ms.weights, stats, a.smoothing, [](const SmoothReport& r) {
+    std::printf("ptq: smooth %s: a8w8 error on sampled rows %.4g -> %.4g (s in [%.3g, %.3g])\n", r.group.c_str(),
+                r.error_before, r.error_after, double(r.s_min), double(r.s_max));
+  });
+  for (auto& [name, t] : out) t = t.to(ms.weights->get(name).dtype());
+  return out;
 }
 
 }  // namespace
@@ -211,15 +313,15 @@ int run_ptq(const std::string& cfg_path) {
   const ModelSource ms = open_model_source(a.model);
   // As PaddleNLP's PTQ runs with "bf16": a 16-bit checkpoint's products in bfloat16 (half a float32 copy's memory).
   const DType dtype = ms.config.torch_dtype == "bfloat16" || ms.config.torch_dtype == "float16" ? DType::BF16 : DType::F32;
-  const CalibrationStats st =
-      calibrate(ms.config, *ms.weights, dtype, batches, a.act, a.kv, [](int64_t done, int64_t total) {
-        std::printf("ptq: batch %lld/%lld\n", (long long)done, (long long)total);
-        std::fflush(stdout);
-      });
-  write_ptq_output(a, st, ms);
-  std::printf("ptq: %s written to %s (act_scales.json, weight_scales.json%s); run it with --quant_type %s\n",
+  const SmoothedSource weights(*ms.weights, a.smooth ? smoothed_tensors(a, ms, dtype, batches) : std::map<std::string, Tensor>{});
+  const std::vector<std::vector<std::vector<int32_t>>> ptq(batches.begin(),
+                                                           batches.begin() + ptrdiff_t(std::min(batches.size(), size_t(a.ptq_step))));
+  const CalibrationStats st = calibrate(ms.config, weights, dtype, ptq, a.act, a.kv,
+                                        [](int64_t d, int64_t t) { print_progress("batch", d, t); });
+  write_ptq_output(a, st, ms.config, weights);
+  std::printf("ptq: %s written to %s (act_scales.json, weight_scales.json%s%s); run it with --quant_type %s\n",
               a.quant_type.c_str(), a.output_dir.c_str(), a.quant_type == "a8w8c8" ? ", cachekv_scales.json" : "",
-              a.quant_type.c_str());
+              a.smooth ? ", smoothed weights" : "", a.quant_type.c_str());
   return 0;
 }
 

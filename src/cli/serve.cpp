@@ -170,6 +170,7 @@ Action add_serve(CLI::App& app) {
   app.add_flag("--log_requests", a->log_requests, "log every HTTP request on stderr");
   return [a, int8_opt]() -> int {
     SignalWatcher signals;  // first: before any thread exists
+    match_export_flags(*a, int8_opt->count() > 0);  // an export runs with its own flags
 
     EngineConfig ec;
     ec.block_size = a->block_size;

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <random>
 
 #include "core/error.h"
 #include "kernels/backend.h"
@@ -10,6 +11,32 @@
 
 namespace oar {
 namespace {
+
+// Per-channel maxima and a reservoir of rows of each observed input (observe_channels).
+struct ChannelObserver {
+  ChannelStats stats;
+  std::vector<std::array<int64_t, 4>> seen;  // rows offered so far
+  int64_t rows = 0;
+  std::mt19937_64 rng{20240611};
+
+  void observe(const Tensor& x, int64_t layer, int j) {
+    const int64_t T = x.dim(0), W = x.dim(1);
+    std::vector<float>& amax = stats.absmax[size_t(layer)][size_t(j)];
+    Tensor& kept = stats.samples[size_t(layer)][size_t(j)];
+    if (amax.empty()) {
+      amax.assign(size_t(W), 0.0f);
+      kept = Tensor::empty({rows, W}, DType::F32);
+    }
+    const float* px = x.data<float>();
+    for (int64_t t = 0; t < T; t++) {
+      for (int64_t c = 0; c < W; c++) amax[size_t(c)] = std::max(amax[size_t(c)], std::fabs(px[t * W + c]));
+      int64_t& n = seen[size_t(layer)][size_t(j)];
+      const int64_t slot = n < rows ? n : int64_t(rng() % uint64_t(n + 1));
+      n++;
+      if (slot < rows) std::copy(px + t * W, px + (t + 1) * W, kept.data<float>() + slot * W);
+    }
+  }
+};
 
 
 // The CPU kernels, with a look at the inputs the observers watch: a projection's input is recognised by its
@@ -22,6 +49,7 @@ class ObservingKernels final : public Kernels {
   std::vector<std::array<double, 4>> act;                 // this batch's maxima
   std::vector<std::vector<double>> k, v;
   int64_t nonfinite_layer = -1;  // a layer whose observed input held an inf or a NaN (the scales would be garbage)
+  ChannelObserver* channels = nullptr;  // observe_channels only
 
   const char* name() const override { return cpu_.name(); }
   void linear(const Tensor& x, const Weight& w, const Tensor* bias, Tensor& y) override {
@@ -69,6 +97,7 @@ class ObservingKernels final : public Kernels {
     if (it == inputs.end()) return;  // the LM head
     double& m = act[size_t(it->second.first)][size_t(it->second.second)];
     m = std::max(m, absmax(x.data<float>(), x.numel(), it->second.first));
+    if (channels) channels->observe(x, it->second.first, it->second.second);
   }
   double absmax(const float* p, int64_t n, int64_t layer) {
     bool finite;
@@ -168,6 +197,18 @@ void finish(CalibrationStats& st, ObserverReduce act, ObserverReduce kv) {
   }
 }
 
+// The model of (cfg, weights) on `be`, each observed input known by the first weight that reads it.
+std::unique_ptr<LlamaModel> observed_model(const LlamaConfig& cfg, const WeightSource& weights, DType dtype,
+                                           ObservingBackend& be) {
+  std::unique_ptr<LlamaModel> model = LlamaModel::from_weights(cfg, weights, dtype, be);
+  for (int64_t l = 0; l < cfg.num_hidden_layers; l++) {
+    const LlamaLayerWeights& w = model->weights().layers[size_t(l)];
+    const Weight* first[4] = {&w.q_proj, &w.o_proj, &w.gate_proj, &w.down_proj};
+    for (int j = 0; j < 4; j++) be.observer().inputs[first[j]->data.raw()] = {l, j};
+  }
+  return model;
+}
+
 }  // namespace
 
 CalibrationStats calibrate(const LlamaConfig& cfg, const WeightSource& weights, DType dtype,
@@ -175,13 +216,8 @@ CalibrationStats calibrate(const LlamaConfig& cfg, const WeightSource& weights, 
                            ObserverReduce kv, const std::function<void(int64_t, int64_t)>& progress) {
   if (batches.empty()) throw Error("calibration: no batches");
   ObservingBackend be;
-  const std::unique_ptr<LlamaModel> model = LlamaModel::from_weights(cfg, weights, dtype, be);
+  const std::unique_ptr<LlamaModel> model = observed_model(cfg, weights, dtype, be);
   const int64_t L = cfg.num_hidden_layers, G = cfg.num_key_value_heads;
-  for (int64_t l = 0; l < L; l++) {  // each observed input, known by the first weight that reads it
-    const LlamaLayerWeights& w = model->weights().layers[size_t(l)];
-    const Weight* first[4] = {&w.q_proj, &w.o_proj, &w.gate_proj, &w.down_proj};
-    for (int j = 0; j < 4; j++) be.observer().inputs[first[j]->data.raw()] = {l, j};
-  }
   CalibrationStats st;
   st.act.assign(size_t(L), {0, 0, 0, 0});
   st.k.assign(size_t(L), std::vector<double>(size_t(G), 0.0));
@@ -192,6 +228,38 @@ CalibrationStats calibrate(const LlamaConfig& cfg, const WeightSource& weights, 
   }
   finish(st, act, kv);
   return st;
+}
+
+ChannelStats observe_channels(const LlamaConfig& cfg, const WeightSource& weights, DType dtype,
+                              const std::vector<std::vector<std::vector<int32_t>>>& batches, int64_t rows,
+                              const std::function<void(int64_t, int64_t)>& progress) {
+  if (batches.empty()) throw Error("calibration: no batches");
+  if (rows <= 0) throw Error("calibration: no rows to keep");
+  ObservingBackend be;
+  const std::unique_ptr<LlamaModel> model = observed_model(cfg, weights, dtype, be);
+  const size_t L = size_t(cfg.num_hidden_layers);
+  ChannelObserver ch;
+  ch.rows = rows;
+  ch.stats.absmax.resize(L);
+  ch.stats.samples.resize(L);
+  ch.seen.assign(L, {0, 0, 0, 0});
+  be.observer().channels = &ch;
+  // The per-tensor maxima are kept but not used here (one observer records both).
+  CalibrationStats unused;
+  unused.act.assign(L, {0, 0, 0, 0});
+  unused.k.assign(L, std::vector<double>(size_t(cfg.num_key_value_heads), 0.0));
+  unused.v = unused.k;
+  for (const auto& batch : batches) {
+    observe_batch(*model, be, batch, ObserverReduce::Max, ObserverReduce::Max, unused);
+    if (progress) progress(unused.batches, int64_t(batches.size()));
+  }
+  for (size_t l = 0; l < L; l++)  // fewer rows than asked for: keep those seen
+    for (size_t j = 0; j < 4; j++) {
+      Tensor& t = ch.stats.samples[l][j];
+      const int64_t n = std::min(ch.seen[l][j], rows);
+      if (n < rows) t = t.slice0(0, n).contiguous();
+    }
+  return std::move(ch.stats);
 }
 
 }  // namespace oar

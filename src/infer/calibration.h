@@ -2,7 +2,7 @@
 // the absolute maximum of each projection input that a8w8 quantizes with one static step (q/k/v share one input,
 // gate/up another; o and down one each), and of K and V per kv head, once per calibration batch, then averaged
 // over the batches ("avg" and "avg_headwise", PaddleNLP's defaults) or their maximum taken ("abs_max",
-// "abs_max_headwise"). No smoothing: the weights are observed as they are.
+// "abs_max_headwise"). The weights are observed as given (SmoothQuant, infer/smoothing.h, changes them first).
 #pragma once
 #include <array>
 #include <cstdint>
@@ -37,5 +37,16 @@ struct CalibrationStats {
 CalibrationStats calibrate(const LlamaConfig& cfg, const WeightSource& weights, DType dtype,
                            const std::vector<std::vector<std::vector<int32_t>>>& batches, ObserverReduce act,
                            ObserverReduce kv, const std::function<void(int64_t, int64_t)>& progress = {});
+
+// What SmoothQuant needs of each kCalibratedInputs input: the absolute maximum of every channel over all the
+// batches (PaddleNLP's smooth_sampler "none"), and up to `rows` of its rows, a uniform sample of every token
+// row seen (reservoir sampling with a fixed seed: the same data gives the same rows).
+struct ChannelStats {
+  std::vector<std::array<std::vector<float>, 4>> absmax;  // per layer, per input: [width]
+  std::vector<std::array<Tensor, 4>> samples;             // per layer, per input: [rows kept, width] float32
+};
+ChannelStats observe_channels(const LlamaConfig& cfg, const WeightSource& weights, DType dtype,
+                              const std::vector<std::vector<std::vector<int32_t>>>& batches, int64_t rows,
+                              const std::function<void(int64_t, int64_t)>& progress = {});
 
 }  // namespace oar

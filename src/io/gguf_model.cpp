@@ -38,13 +38,14 @@ std::string hf_name(const std::string& g) {
 class GgufWeightSource : public WeightSource {
   // Q4_0's blocks (f16 d, 16 bytes of nibbles q, w = d * (q - 8)) are weight_only_int4 in groups of 32 with the
   // nibbles as they are: the quants are copied, the scales widened to float32 (exact).
-  StoredInt4 q4_0_as_int4(const GgufTensorInfo& t) const {
+  StoredWeight q4_0_as_int4(const GgufTensorInfo& t) const {
     const int64_t in = t.shape.back(), blocks = in / 32;
     int64_t out = 1;
     for (size_t k = 0; k + 1 < t.shape.size(); k++) out *= t.shape[k];
-    StoredInt4 q{Tensor::empty({out, in / 2}, DType::U8), Tensor::empty({out, blocks}, DType::F32), 32};
+    StoredWeight q{"weight_only_int4", Tensor::empty({out, in / 2}, DType::U8), Tensor::empty({out, blocks}, DType::F32),
+                   Tensor(), 32};
     const uint8_t* src = file_.map->data() + file_.header.data_start + t.offset;
-    uint8_t* quants = q.quants.data<uint8_t>();
+    uint8_t* quants = q.data.data<uint8_t>();
     float* scales = q.scales.data<float>();
     for (int64_t b = 0; b < out * blocks; b++) {
       uint16_t d;
@@ -78,7 +79,7 @@ class GgufWeightSource : public WeightSource {
     GgufTypeLayout layout;
     return it != by_name_.end() && gguf_type_layout(uint32_t(it->second->type), layout) ? layout.bits : 0;
   }
-  std::optional<StoredInt4> stored_int4(const std::string& name) const override {
+  std::optional<StoredWeight> stored_weight(const std::string& name) const override {
     auto it = by_name_.find(name);
     if (it == by_name_.end() || it->second->type != GgufType::Q4_0) return std::nullopt;
     return q4_0_as_int4(*it->second);

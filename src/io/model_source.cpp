@@ -4,6 +4,7 @@
 #include "core/fs.h"
 #include "io/gguf.h"
 #include "io/llama2c.h"
+#include "io/packed_model.h"
 #include "io/paddle_layout.h"
 #include "io/safetensors.h"
 
@@ -15,6 +16,10 @@ ModelSource open_model_source(const std::string& path) {
     const std::string cfg_path = join_path(path, "config.json");
     if (!file_exists(cfg_path) && !dir_exists(cfg_path)) fail(path, "no config.json in this directory");
     ms.config = load_hf_config(cfg_path);
+    if (has_packed_weights(path)) {  // oar export's output
+      ms.weights = open_packed_weights(join_path(path, kPackedWeightsFile));
+      return ms;
+    }
     const bool safetensors = file_exists(join_path(path, "model.safetensors")) ||
                              file_exists(join_path(path, "model.safetensors.index.json"));
     if (!safetensors && has_pdparams(path)) ms.weights = open_pdparams_dir(path);

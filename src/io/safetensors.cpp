@@ -242,6 +242,7 @@ WeightStore WeightStore::open_file(const std::string& path) {
   SafetensorsHeader h = parse_safetensors(file->data(), file->size(), path);
   WeightStore s;
   s.where_ = path;
+  s.metadata_ = std::move(h.metadata);
   for (auto& e : h.entries) {
     std::string name = e.name;
     s.items_.emplace(std::move(name), Item{file, std::move(e), h.data_start});
@@ -349,7 +350,7 @@ std::vector<std::string> WeightStore::names() const {
 }
 
 void write_safetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
-                       const std::map<std::string, std::string>& metadata) {
+                       const std::map<std::string, std::string>& metadata, bool page_aligned) {
   std::set<std::string> names;
   for (const auto& [name, t] : tensors) {
     if (name == "__metadata__") fail(path, "'__metadata__' cannot be a tensor name");
@@ -365,15 +366,21 @@ void write_safetensors(const std::string& path, const std::vector<std::pair<std:
   // reference reader requires).
   std::vector<const std::pair<std::string, Tensor>*> order;
   for (const auto& nt : tensors) order.push_back(&nt);
-  std::sort(order.begin(), order.end(), [](const auto* a, const auto* b) {
-    size_t sa = dtype_size(a->second.dtype()), sb = dtype_size(b->second.dtype());
-    return sa != sb ? sa > sb : a->first < b->first;
-  });
+  if (!page_aligned)
+    std::sort(order.begin(), order.end(), [](const auto* a, const auto* b) {
+      size_t sa = dtype_size(a->second.dtype()), sb = dtype_size(b->second.dtype());
+      return sa != sb ? sa > sb : a->first < b->first;
+    });
+  const uint64_t align = page_aligned ? 4096 : 1;
+  auto round_up = [&](uint64_t x) { return (x + align - 1) / align * align; };
 
   json header = json::object();
+  std::vector<uint64_t> begins;
   uint64_t offset = 0;
   for (const auto* nt : order) {
     const Tensor& t = nt->second;
+    offset = round_up(offset);
+    begins.push_back(offset);
     header[nt->first] = {{"dtype", code_of(t.dtype())}, {"shape", t.shape()},
                          {"data_offsets", {offset, offset + t.nbytes()}}};
     offset += t.nbytes();
@@ -385,14 +392,21 @@ void write_safetensors(const std::string& path, const std::vector<std::pair<std:
   } catch (const json::exception&) {  // a name or metadata string that is not UTF-8
     fail(path, "tensor names and metadata must be valid UTF-8");
   }
-  text.append((8 - text.size() % 8) % 8, ' ');
+  // The data section starts after the 8-byte length and the header: at a multiple of 8, or of a page.
+  const uint64_t data_align = page_aligned ? 4096 : 8;
+  text.append((data_align - (8 + text.size()) % data_align) % data_align, ' ');
 
   AtomicFileWriter out(path);
   const uint64_t n = text.size();
   out.write(&n, 8);
   out.write(text.data(), text.size());
-  for (const auto* nt : order)
-    if (nt->second.nbytes() > 0) out.write(nt->second.raw(), nt->second.nbytes());
+  const std::string zeros(4096, '\0');
+  uint64_t at = 0;
+  for (size_t i = 0; i < order.size(); i++) {
+    out.write(zeros.data(), begins[i] - at);
+    if (order[i]->second.nbytes() > 0) out.write(order[i]->second.raw(), order[i]->second.nbytes());
+    at = begins[i] + order[i]->second.nbytes();
+  }
   out.commit();
 }
 

@@ -65,6 +65,8 @@ class WeightStore {
   std::vector<std::string> names() const;
   // Error text prefix when a name is absent: the index file of a sharded model, else the .safetensors file.
   const std::string& where() const { return where_; }
+  // The __metadata__ of a single file (open_file); empty for a directory.
+  const std::map<std::string, std::string>& metadata() const { return metadata_; }
 
  private:
   struct Item {
@@ -74,6 +76,7 @@ class WeightStore {
   };
   std::map<std::string, Item> items_;
   std::string where_;
+  std::map<std::string, std::string> metadata_;
 };
 
 // A WeightStore as a model's WeightSource; file_of names the shard that holds a tensor (for error messages).
@@ -90,8 +93,10 @@ class WeightStoreSource : public WeightSource {
 };
 
 // Writes tensors to a safetensors file atomically (streamed to a temp file, fsync, rename). Tensors must be contiguous
-// CPU tensors. Layout as the reference writer: header padded to 8 bytes, wider dtypes first, no gaps.
+// CPU tensors. Layout as the reference writer: header padded to 8 bytes, wider dtypes first, no gaps. page_aligned:
+// instead, the tensors in the given order, each starting at a multiple of 4096 bytes of the file (zeros between),
+// so that each maps as whole pages of its own (oar export's packed file; the reference reader refuses the gaps).
 void write_safetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
-                       const std::map<std::string, std::string>& metadata = {});
+                       const std::map<std::string, std::string>& metadata = {}, bool page_aligned = false);
 
 }  // namespace oar

@@ -11,12 +11,15 @@
 
 namespace oar {
 
-// A tensor its file stores in oar's weight_only_int4 layout as it is (kernels/weight.h: q + 8 in nibbles, in
-// each 32 inputs byte j holding inputs j and j + 16, one float32 scale per group): quants [out, in / 2] uint8 and
-// scales [out, in / group_size] float32, repacked without going through float (GGUF's Q4_0, groups of 32).
-struct StoredInt4 {
-  Tensor quants, scales;
-  int64_t group_size = 0;
+// A projection its file stores in one of oar's weight formats as it is (kernels/weight.h has the layouts), used
+// without going through float: GGUF's Q4_0 (weight_only_int4 in groups of 32) and oar export's packed file (any
+// format). `format` is the format's name (weight_format_name: "weight_only_int4", "a8w8", ...); the loader checks
+// every part against the format and the shape the config implies.
+struct StoredWeight {
+  std::string format;
+  Tensor data, scales, row_sums;  // scales: quantized formats; row_sums: a8w8
+  int64_t group_size = 0;         // weight_only_int4
+  float act_step = 0;             // a8w8's static activation step (0: per token)
 };
 
 class WeightSource {
@@ -28,8 +31,8 @@ class WeightSource {
   virtual std::string where() const = 0;                   // directory or file, for messages
   // Bits per weight when the file stores the tensor quantized (GGUF), else 0. Cheap: nothing is read.
   virtual int quantized_bits(const std::string& /*name*/) const { return 0; }
-  // The tensor as oar's int4 when its stored bits are that layout, else nothing.
-  virtual std::optional<StoredInt4> stored_int4(const std::string& /*name*/) const { return std::nullopt; }
+  // The tensor in one of oar's weight formats when the file stores it so, else nothing.
+  virtual std::optional<StoredWeight> stored_weight(const std::string& /*name*/) const { return std::nullopt; }
 };
 
 // A map of tensors held in memory or as views of a mapped file.

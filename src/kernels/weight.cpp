@@ -21,6 +21,16 @@ const char* weight_format_name(WeightFormat f) {
   return "?";
 }
 
+bool weight_format_of(const std::string& name, WeightFormat& out) {
+  for (WeightFormat f : {WeightFormat::F32, WeightFormat::BF16, WeightFormat::F16, WeightFormat::Int8, WeightFormat::Int4,
+                         WeightFormat::A8W8})
+    if (name == weight_format_name(f)) {
+      out = f;
+      return true;
+    }
+  return false;
+}
+
 QuantSpec parse_quant_type(const std::string& name, int64_t group_size) {
   QuantSpec q;
   if (name == "weight_only_int8") q.format = WeightFormat::Int8;
@@ -90,6 +100,16 @@ float row_absmax(const float* x, int64_t n, bool* finite) {
   *finite = ok;
   return amax;
 }
+
+namespace {
+
+// The integer dots of a8w8 stay within int32 (255 * 128 per product, less 128 times a row sum) up to 2^15 inputs.
+void check_a8w8_width(int64_t in) {
+  if (in > 32768)
+    throw Error("a8w8: a weight " + std::to_string(in) + " inputs wide would overflow the int32 dot (at most 32768)");
+}
+
+}  // namespace
 
 Weight Weight::quantize_int8(const Tensor& host) {
   if (host.ndim() != 2) throw Error("weight: quantizing needs a [out, in] matrix, got shape " + shape_str(host.shape()));
@@ -178,6 +198,7 @@ Weight Weight::quantize_int4(const Tensor& host, int64_t group_size) {
 Weight Weight::quantize_a8w8(const Tensor& host, float act_step) {
   if (!(act_step >= 0) || !std::isfinite(act_step))
     throw Error("a8w8: the activation step must be finite and not negative, got " + std::to_string(act_step));
+  if (host.ndim() == 2) check_a8w8_width(host.dim(1));
   Weight w = quantize_int8(host);
   w.format = WeightFormat::A8W8;
   w.act_step = act_step;
@@ -188,6 +209,57 @@ Weight Weight::quantize_a8w8(const Tensor& host, float act_step) {
     for (int64_t k = 0; k < w.in; k++) sum += q[r * w.in + k];
     w.row_sums.data<int32_t>()[r] = sum;
   }
+  return w;
+}
+
+namespace {
+
+// A part of an assembled weight must be a contiguous tensor of this dtype and shape.
+void check_part(const char* part, const Tensor& t, DType dtype, const Shape& shape, WeightFormat format) {
+  const std::string what = std::string(weight_format_name(format)) + " weight's " + part;
+  if (!t.defined()) throw Error(what + " is missing");
+  if (t.dtype() != dtype || t.shape() != shape || !t.is_contiguous())
+    throw Error(what + " is " + dtype_name(t.dtype()) + " " + shape_str(t.shape()) + ", expected " + dtype_name(dtype) +
+                " " + shape_str(shape));
+}
+
+}  // namespace
+
+Weight Weight::assemble(WeightFormat format, int64_t out, int64_t in, Tensor data, Tensor scales, Tensor row_sums,
+                        int64_t group_size, float act_step) {
+  Weight w;
+  w.format = format;
+  w.out = out;
+  w.in = in;
+  const bool int4 = format == WeightFormat::Int4;
+  if (int4 && (in % 32 != 0 || group_size <= 0 || group_size % 32 != 0 || in % group_size != 0))
+    throw Error("weight_only_int4: a weight " + std::to_string(in) + " inputs wide cannot have groups of " +
+                std::to_string(group_size));
+  if (is_quantized(format)) {
+    check_part("data", data, int4 ? DType::U8 : DType::I8, {out, int4 ? in / 2 : in}, format);
+    check_part("scales", scales, DType::F32, int4 ? Shape{out, in / group_size} : Shape{out}, format);
+  } else {
+    check_part("data", data, dense_dtype(format), {out, in}, format);
+  }
+  if (format == WeightFormat::A8W8) {
+    check_a8w8_width(in);
+    check_part("row sums", row_sums, DType::I32, {out}, format);
+    if (!(act_step >= 0) || !std::isfinite(act_step))
+      throw Error("a8w8: the activation step must be finite and not negative, got " + std::to_string(act_step));
+    // A row of int8 weights sums to at most 128 * in in size; a larger one would overflow the kernels' int32.
+    const int32_t* rs = row_sums.data<int32_t>();
+    for (int64_t r = 0; r < out; r++)
+      if (rs[r] > 128 * in || rs[r] < -128 * in)
+        throw Error("a8w8 weight's row sum " + std::to_string(rs[r]) + " (row " + std::to_string(r) +
+                    ") cannot be the sum of " + std::to_string(in) + " int8 weights");
+  }
+  w.data = std::move(data);
+  if (is_quantized(format)) w.scales = std::move(scales);
+  if (format == WeightFormat::A8W8) {
+    w.row_sums = std::move(row_sums);
+    w.act_step = act_step;
+  }
+  if (int4) w.group_size = group_size;
   return w;
 }
 

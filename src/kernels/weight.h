@@ -27,6 +27,8 @@ namespace oar {
 //        the activations as unsigned bytes qx + 128 (vpdpbusd multiplies u8 by s8) and subtract 128 * the sum.
 enum class WeightFormat : uint8_t { F32, BF16, F16, Int8, Int4, A8W8 };
 const char* weight_format_name(WeightFormat f);  // Int8: "weight_only_int8", as PaddleNLP's --quant_type
+// The format weight_format_name gives `name`; false for any other name.
+bool weight_format_of(const std::string& name, WeightFormat& out);
 bool is_quantized(WeightFormat f);
 
 // What load-time quantization makes of the projections: the format and, for Int4, the group size (-1: one group
@@ -83,6 +85,11 @@ struct Weight {
   static Weight quantize_int4(const Tensor& host, int64_t group_size);
   // a8w8 on the host: quantize_int8's weights and scales, their row sums, and the activation step (0: dynamic).
   static Weight quantize_a8w8(const Tensor& host, float act_step = 0);
+  // A weight from parts already in `format`'s layout (a file that stores it so: GGUF's Q4_0, oar export's packed
+  // file), shape [out, in]. Every part's dtype and shape is checked against the format, so that no kernel reads
+  // past a part; throws oar::Error saying which part is wrong. The parts are shared, not copied.
+  static Weight assemble(WeightFormat format, int64_t out, int64_t in, Tensor data, Tensor scales, Tensor row_sums,
+                         int64_t group_size, float act_step);
   // One of the three, as `spec` says.
   static Weight quantize(const Tensor& host, const QuantSpec& spec);
   // The float32 [out, in] matrix a host weight stands for (quantized formats: data * scale; A8W8: its weights

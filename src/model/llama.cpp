@@ -28,30 +28,39 @@ Tensor fetch(const WeightSource& src, const std::string& name, const Shape& shap
   return checked(src.get(name), src, name, shape, want);
 }
 
-// Bits a file stores in oar's int4 layout as they are (GGUF's Q4_0): used without going through float.
-Weight stored_int4(StoredInt4 q, const std::string& name, const Shape& shape, const std::string& where,
-                   Backend& backend) {
-  if (q.quants.shape() != Shape{shape[0], shape[1] / 2} || shape[1] % 2 != 0)
-    fail(where, "tensor '" + name + "' holds " + shape_str(q.quants.shape()) +
-                    " bytes of 4-bit pairs but the config implies " + shape_str(shape));
-  Weight w;
-  w.format = WeightFormat::Int4;
-  w.data = std::move(q.quants);
-  w.scales = std::move(q.scales);
-  w.out = shape[0];
-  w.in = shape[1];
-  w.group_size = q.group_size;
-  return backend.upload_weight(std::move(w));
+// A projection its file stores in one of oar's formats, used as it is; every part is checked against the shape the
+// config implies (a lying file is named in the error).
+Weight stored_weight(StoredWeight st, const std::string& name, const Shape& shape, const std::string& where,
+                     Backend& backend) {
+  WeightFormat format;
+  if (!weight_format_of(st.format, format))
+    fail(where, "tensor '" + name + "' is stored as '" + st.format + "', which is not a weight format oar knows");
+  try {
+    return backend.upload_weight(Weight::assemble(format, shape[0], shape[1], std::move(st.data), std::move(st.scales),
+                                                  std::move(st.row_sums), st.group_size, st.act_step));
+  } catch (const Error& e) {
+    fail(where, "tensor '" + name + "': " + e.what());
+  }
 }
 
-// An attention or MLP projection in the load's format: `quant` (--quant_type) when given; else bits its file
-// stores in an oar format as they are (GGUF's Q4_0 is weight_only_int4 in groups of 32); else dtype's dense
+// Whether a stored weight is what --quant_type asks for (none: anything stored is used as it is).
+bool stored_matches(const StoredWeight& st, const std::optional<QuantSpec>& quant) {
+  if (!quant) return true;
+  WeightFormat f;
+  if (!weight_format_of(st.format, f) || f != quant->format) return false;
+  return f != WeightFormat::Int4 || quant->group_size == st.group_size ||
+         (quant->group_size == -1 && st.data.defined() && st.group_size == 2 * st.data.dim(1));
+}
+
+// An attention or MLP projection in the load's format: bits its file stores in an oar format as they are, when no
+// --quant_type is given or it names that format (GGUF's Q4_0 is weight_only_int4 in groups of 32; oar export's
+// file holds the export's format); else `quant` when given; else dtype's dense
 // format (other GGUF quantizations dequantized exactly, then rounded to dtype: quantizing them again per channel
 // moved the fixtures' logits by 1-3%). A weight the format cannot hold (int4 groups) is named in the error.
 Weight pack_projection(const WeightSource& src, const std::string& name, const Shape& shape, DType dtype,
                        const std::optional<QuantSpec>& quant, Backend& backend) {
-  if (!quant)
-    if (std::optional<StoredInt4> q = src.stored_int4(name)) return stored_int4(std::move(*q), name, shape, src.where(), backend);
+  if (std::optional<StoredWeight> st = src.stored_weight(name); st && stored_matches(*st, quant))
+    return stored_weight(std::move(*st), name, shape, src.where(), backend);
   const Tensor host = fetch(src, name, shape, dtype);
   QuantSpec spec = quant.value_or(QuantSpec{dense_format(dtype), -1});
   if (spec.act_steps) {

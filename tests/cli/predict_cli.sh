@@ -152,7 +152,8 @@ expect_err "--top_p" "$OAR" predict --model_name_or_path "$M" --prompt hi --top_
 expect_err "--decode_strategy" "$OAR" predict --model_name_or_path "$M" --prompt hi --decode_strategy beam
 expect_err "--dtype" "$OAR" predict --model_name_or_path "$M" --prompt hi --dtype int4
 expect_err "--weightonly_group_size 64: a8w8 is per channel" "$OAR" predict --model_name_or_path "$M" --prompt hi --quant_type a8w8 --weightonly_group_size 64
-expect_err "--mode static: only dynamic" "$OAR" predict --model_name_or_path "$M" --prompt hi --mode static
+expect_err "--mode static runs an oar export" "$OAR" predict --model_name_or_path "$M" --prompt hi --mode static
+expect_err "--mode fast: expected dynamic or static" "$OAR" predict --model_name_or_path "$M" --prompt hi --mode fast
 expect_err "--inference_model: expected true or false" "$OAR" predict --model_name_or_path "$M" --prompt hi --inference_model maybe
 expect_err "--quant_type: 'int3'" "$OAR" perplexity --model_name_or_path "$M" --input_file text.txt --quant_type int3
 expect_err "context" "$OAR" predict --model_name_or_path "$M" --prompt "$(printf 'word %.0s' $(seq 1 600))" --src_length 4000 --max_length 10

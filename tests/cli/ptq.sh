@@ -1,20 +1,14 @@
 #!/usr/bin/env bash
 # PaddleNLP's PTQ for a8w8 (`oar quantize`, and `oar finetune` of a file with do_ptq): the scale files it writes
 # are complete and read back by predict and perplexity (static activation steps; a8w8c8's static KV cache);
-# what is not built (SmoothQuant) and bad settings are one clear error, and no output is left behind.
+# SmoothQuant's output is the same float model with smoothed weights; what is not built (Shift, GPTQ, AWQ) and
+# bad settings are one clear error, and no output is left behind.
 set -euo pipefail
 source "$SRC/tests/cli/lib/common.sh"
 M="$WORK/tiny"
 "$OAR" create-model --preset tiny --dtype float32 --output_dir "$M" --force >/dev/null
-rm -rf data out out2 bad_out; mkdir -p data
-python3 - <<'PY'
-import json
-words = "the cat sat on a mat while the dog ran past every house in the quiet town".split()
-with open("data/train.json", "w") as f:
-    for i in range(40):
-        src = " ".join(words[(i + j) % len(words)] for j in range(6 + i % 5))
-        f.write(json.dumps({"src": src, "tgt": " ".join(reversed(src.split()))}) + "\n")
-PY
+rm -rf data out out2 bad_out smooth_out
+make_calibration_data data 40
 echo '{}' > "$M/optimizer.state.json"  # not a model file: PTQ's output leaves it out
 cat > ptq.json <<JSON
 {"model_name_or_path": "$M", "dataset_name_or_path": "data", "output_dir": "out", "per_device_train_batch_size": 4,
@@ -71,6 +65,29 @@ q=$("$OAR" predict --model_name_or_path out --quant_type a8w8c8 --block_attn --p
 grep -q "out: output_dir already exists" err.txt || { cat err.txt; die "the refusal should name output_dir"; }
 echo "ok: the PTQ output runs as a8w8 (static steps) and a8w8c8 (static cache); an existing output_dir is kept"
 
+# SmoothQuant as PaddleNLP's ptq_argument.json sets it: the smoothed model is the same model in float (its
+# perplexity unchanged to float32's rounding), each group's sampled a8w8 error does not grow, and the output
+# records smooth and runs as a8w8.
+python3 -c "import json; d=json.load(open('ptq.json')); d.update({'output_dir': 'smooth_out', 'smooth': True, 'smooth_all_linears': True, 'smooth_piecewise_search': True, 'smooth_k_piece': 3, 'smooth_search_piece': True, 'smooth_step': 2}); json.dump(d, open('smooth.json', 'w'))"
+"$OAR" finetune smooth.json > smooth.out
+[ "$(grep -c "ptq: smooth model.layers" smooth.out)" -eq 8 ] || { cat smooth.out; die "smoothing did not report 4 groups per layer"; }
+python3 - smooth.out <<'PY' || die "smoothing made a group's a8w8 error worse"
+import re, sys
+for m in re.finditer(r"error on sampled rows ([0-9.e+-]+) -> ([0-9.e+-]+)", open(sys.argv[1]).read()):
+    assert float(m.group(2)) <= float(m.group(1)), m.group(0)
+PY
+grep -q '"smooth": true' smooth_out/config.json || die "the smoothed output's quantization_config does not say smooth"
+cmp -s smooth_out/model.safetensors "$M/model.safetensors" && die "smoothing left the weights as they were"
+"$OAR" perplexity --model_name_or_path smooth_out --input_file text.txt --ctx 32 > smooth_f32.txt
+"$OAR" perplexity --model_name_or_path smooth_out --quant_type a8w8 --input_file text.txt --ctx 32 > smooth_a8.txt
+python3 - f32.txt smooth_f32.txt smooth_a8.txt <<'PY' || die "the smoothed model"
+import sys
+f, s, q = (float(open(p).read().split()[1]) for p in sys.argv[1:4])
+assert abs(s / f - 1) < 1e-4 and abs(q / f - 1) < 0.05, (f, s, q)
+print(f"  perplexity: float32 {f}, smoothed float32 {s}, smoothed a8w8 static {q}")
+PY
+echo "ok: SmoothQuant (all linears, piecewise search) keeps the float model, lowers no group's error, runs as a8w8"
+
 # errors: exit 2, one line naming the file, nothing written
 expect_ptq_err() {  # expect_ptq_err PATTERN JSON_EDIT
   python3 -c "import json,sys; d=json.load(open('ptq.json')); d['output_dir']='bad_out'; d.update(json.loads(sys.argv[1])); json.dump(d, open('bad.json','w'))" "$2"
@@ -79,7 +96,9 @@ expect_ptq_err() {  # expect_ptq_err PATTERN JSON_EDIT
     || { cat err.txt; die "quantize with $2: want exit 2 mentioning '$1' (got $rc)"; }
   [ ! -e bad_out ] || die "a failed PTQ left bad_out behind"
 }
-expect_ptq_err "'smooth': true is not built yet" '{"smooth": true}'
+expect_ptq_err "'shift': true is not built yet" '{"shift": true}'
+expect_ptq_err "'search_alpha_min' and 'search_alpha_max'" '{"smooth": true, "search_alpha_max": 1.5}'
+expect_ptq_err "smooth_sampler 'ema'" '{"smooth": true, "smooth_sampler": "ema"}'
 expect_ptq_err "quant_type 'weight_only_int8'" '{"quant_type": "weight_only_int8"}'
 expect_ptq_err "act_quant_method 'hist'" '{"act_quant_method": "hist"}'
 expect_ptq_err "'ptq_step' must be a positive integer" '{"ptq_step": 0}'

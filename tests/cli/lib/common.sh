@@ -111,3 +111,17 @@ PY
   mkdir -p "$(dirname "$2")"
   "$OAR" preprocess --model_name_or_path "$1" --input_path corpus.jsonl --output_prefix "$2" --append_eos >/dev/null
 }
+
+# make_calibration_data DIR COUNT: DIR/train.json of COUNT src/tgt lines (a phrase and its words reversed), the
+# PTQ tests' calibration data.
+make_calibration_data() {
+  mkdir -p "$1"
+  python3 - "$1/train.json" "$2" <<'PY'
+import json, sys
+words = "the cat sat on a mat while the dog ran past every house in the quiet town".split()
+with open(sys.argv[1], "w") as f:
+    for i in range(int(sys.argv[2])):
+        src = " ".join(words[(i + j) % len(words)] for j in range(6 + i % 5))
+        f.write(json.dumps({"src": src, "tgt": " ".join(reversed(src.split()))}) + "\n")
+PY
+}
