@@ -1,13 +1,15 @@
 // libFuzzer target: an oar export's packed file (io/packed_model.h) must either load as the fuzzer's one-layer
 // model or be refused with oar::Error (one line, naming the file). What loads runs a forward step, so a part
 // whose size the loader did not check against its format faults under ASan. The input goes through a file, as
-// the loader maps it.
+// the loader maps it. Its last byte picks the --quant_type it is loaded with (none, or each format: an export
+// runs with its own), since a given one takes other paths through the loader.
 #include <unistd.h>
 
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <optional>
 #include <string>
 
 #include "core/error.h"
@@ -44,7 +46,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::unique_ptr<oar::LlamaModel> m;
   try {
     const std::unique_ptr<oar::WeightSource> src = oar::open_packed_weights(path);
-    m = oar::LlamaModel::from_weights(cfg, *src, oar::DType::F32);
+    std::optional<oar::QuantSpec> quant;
+    const uint8_t pick = size > 0 ? data[size - 1] % 5 : 0;
+    if (pick == 1) quant = oar::QuantSpec(oar::WeightFormat::Int8);
+    if (pick == 2) quant = oar::QuantSpec(oar::WeightFormat::Int4, -1);
+    if (pick == 3) quant = oar::QuantSpec(oar::WeightFormat::Int4, 64);
+    if (pick == 4) quant = oar::QuantSpec(oar::WeightFormat::A8W8);
+    m = oar::LlamaModel::from_weights(cfg, *src, oar::DType::F32, oar::cpu_backend(), quant);
   } catch (const oar::Error& e) {
     const char* msg = e.what();
     if (std::strncmp(msg, path.c_str(), path.size()) != 0 || std::strchr(msg, '\n') != nullptr) __builtin_trap();

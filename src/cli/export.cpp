@@ -14,7 +14,9 @@
 #include "core/error.h"
 #include "core/fs.h"
 #include "core/json_io.h"
+#include "io/model_source.h"
 #include "io/packed_model.h"
+#include "model/kv_cache.h"
 #include "model/packed_weights.h"
 #include "train/checkpoint.h"
 
@@ -66,6 +68,7 @@ int run_export(ExportArgs& a, bool cachekv_given) {
     scales = cachekv_scales_path_for(a.model, a.cachekv_scales);
     if (!file_exists(scales))
       fail(scales, "the static int8 KV cache needs this file (PaddleNLP's PTQ writes it; or pass --cachekv_scales)");
+    load_cachekv_scales(scales, open_model_source(a.model).config);  // checked as the engine will read it
   }
   const auto t0 = std::chrono::steady_clock::now();
   LoadedModel lm = load_model_and_tokenizer(a.model, "", a.dtype, a.lora_path, a.quant_type, a.group_size);

@@ -68,6 +68,7 @@ std::optional<ExportSettings> read_export_settings(const std::string& model_path
   s.cachekv_int8_type = str("infer_model_cachekv_int8_type");
   s.group_size = num("infer_model_weightonly_group_size", -1);
   s.block_size = num("infer_model_block_size", 64);
+  if (s.block_size < 1) fail(cfg, "infer_model_block_size must be a positive integer");
   s.max_seq_len = num("infer_model_max_seq_len", 0);
   return s;
 }
@@ -97,6 +98,15 @@ void match_export(const std::string& model_path, LoadFlags& f) {
     return std::string(d == KVCacheDType::Int8Static ? "static" : d == KVCacheDType::Int8Dynamic ? "dynamic" : "none");
   };
   if (given != exported) mismatch("--cachekv_int8_type", kind(given), kind(exported));
+}
+
+void match_export_block_size(const std::string& model_path, bool given, int64_t& block_size) {
+  const std::optional<ExportSettings> s = read_export_settings(model_path);
+  if (!s) return;
+  if (given && block_size != s->block_size)
+    throw Error(model_path + " was exported with --block_size " + std::to_string(s->block_size) + ", not " +
+                std::to_string(block_size) + " (run it with the export's flags, or export again)");
+  block_size = s->block_size;
 }
 
 namespace {

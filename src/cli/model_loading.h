@@ -58,6 +58,9 @@ struct LoadFlags {
 // the export's value, and one given must equal it, else one oar::Error names the flag and both values. A checkpoint
 // leaves the flags as they are.
 void match_export(const std::string& model_path, LoadFlags& flags);
+// The engine's block size for an export: the one it was exported with (infer_model_block_size); a --block_size
+// given that differs is an error. A checkpoint keeps `block_size`.
+void match_export_block_size(const std::string& model_path, bool given, int64_t& block_size);
 // match_export on a command's own fields of those flags (model, dtype, quant_type, group_size, cachekv_int8,
 // cachekv_int8_type); cachekv_given: --cachekv_int8 appeared.
 template <class Args>

@@ -219,18 +219,14 @@ int run_benchmark(const PredictArgs& a, LoadedModel& lm, const SamplingParams& s
 // ---- --block_attn: the serving engine ----
 
 // PaddleNLP's --mode: static runs an export (oar export's directory), dynamic a checkpoint; oar's dynamic mode also
-// loads an export, as serve and perplexity do. An export's block size is the one it was exported with.
+// loads an export, as serve and perplexity do.
 void check_mode(PredictArgs& a, bool block_size_given) {
   if (a.mode != "dynamic" && a.mode != "static") throw Error("--mode " + a.mode + ": expected dynamic or static");
   const std::optional<ExportSettings> s = read_export_settings(a.model);
   if (a.mode == "static" && !s)
     fail(a.model, "--mode static runs an oar export (config.json with infer_model_* keys and " +
                       std::string(kPackedWeightsFile) + "); export it with oar export, or use --mode dynamic");
-  if (!s) return;
-  if (block_size_given && a.block_size != s->block_size)
-    throw Error(a.model + " was exported with --block_size " + std::to_string(s->block_size) + ", not " +
-                std::to_string(a.block_size) + " (run it with the export's flags, or export again)");
-  a.block_size = s->block_size;
+  match_export_block_size(a.model, block_size_given, a.block_size);
 }
 
 // --cachekv_int8 and --cachekv_int8_type: parsed as by every command (model_loading.h).
@@ -425,11 +421,14 @@ Action add_predict(CLI::App& app) {
     const bool block_attn = flag_value(block_opt, a->block_attn);
     flag_value(inference_opt, a->inference_model);  // checked, no effect
     check_mode(*a, block_size_opt->count() > 0);
+    const bool kv_asked = int8_opt->count() > 0 || !a->cachekv_int8_type.empty() || a->quant_type == "a8w8c8";
     match_export_flags(*a, int8_opt->count() > 0);  // an export runs with its own flags
     const KVCacheDType kv = kv_dtype_of(int8_opt, *a);
     if (!block_attn && kv != KVCacheDType::F32)
-      throw Error(std::string(a->quant_type == "a8w8c8" ? "--quant_type a8w8c8" : "--cachekv_int8") +
-                  " needs --block_attn (the engine's KV cache)");
+      throw Error(!kv_asked ? a->model + " was exported with an int8 KV cache (infer_model_cachekv_int8_type " +
+                                  a->cachekv_int8_type + "): run it with --block_attn (the engine's KV cache)"
+                            : std::string(a->quant_type == "a8w8c8" ? "--quant_type a8w8c8" : "--cachekv_int8") +
+                                  " needs --block_attn (the engine's KV cache)");
     std::optional<EngineConfig> ec;
     if (block_attn) ec = engine_config_of(*a, kv);
     if (a->device != "cpu") throw Error("--device " + a->device + ": this build runs on cpu only");

@@ -20,6 +20,7 @@
 #include "data/sft_dataset.h"
 #include "infer/calibration.h"
 #include "infer/smoothing.h"
+#include "io/packed_model.h"
 #include "io/safetensors.h"
 #include "io/model_source.h"
 #include "kernels/weight.h"
@@ -100,6 +101,9 @@ void read_smoothing(const ArgFile& f, PtqArgs& a) {
     fail(f.path, "'search_alpha_min' and 'search_alpha_max' must satisfy 0 <= min <= max <= 1");
   if (!(0 < o.scale_min && o.scale_min <= o.scale_max && o.scale_max <= 1000))
     fail(f.path, "'search_scale_min' and 'search_scale_max' must satisfy 0 < min <= max <= 1000");
+  // Folded into v_proj's rows, o_proj's smoothing would rescale V's channels, which a8w8c8's int8 V cache
+  // (one step per kv head) would then hold with less precision: with c8, all-linear smoothing is down_proj's only.
+  o.o_proj = a.quant_type != "a8w8c8";
   const std::string sampler = f.str("smooth_sampler", "none");
   if (sampler != "none") fail(f.path, "smooth_sampler '" + sampler + "': only none is built");
 }
@@ -232,8 +236,9 @@ class SmoothedSource final : public WeightSource {
   std::map<std::string, Tensor> smoothed_;
 };
 
-// Every tensor of a Llama checkpoint, in Hugging Face's names and order.
-std::vector<std::pair<std::string, Tensor>> all_tensors(const LlamaConfig& cfg, const WeightSource& w) {
+// Every tensor of a Llama checkpoint, in Hugging Face's names and order, each read only when it is written (a
+// PaddleNLP checkpoint's are transposed copies; a 13B is 26 GB).
+std::vector<TensorToWrite> all_tensors(const LlamaConfig& cfg, const WeightSource& w) {
   std::vector<std::string> names{"model.embed_tokens.weight"};
   for (int64_t l = 0; l < cfg.num_hidden_layers; l++) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
@@ -245,10 +250,13 @@ std::vector<std::pair<std::string, Tensor>> all_tensors(const LlamaConfig& cfg, 
   }
   names.push_back("model.norm.weight");
   if (w.has("lm_head.weight")) names.push_back("lm_head.weight");
-  std::vector<std::pair<std::string, Tensor>> out;
+  std::vector<TensorToWrite> out;
   for (const std::string& n : names) {
-    Tensor t = w.get(n);  // a view of the mapped file where it can be (a 13B is 26 GB)
-    out.emplace_back(n, t.is_contiguous() ? t : t.contiguous());
+    const Tensor t = w.get(n);  // for its dtype and shape; dropped at once
+    out.push_back({n, t.dtype(), t.shape(), [&w, n]() {
+                     Tensor v = w.get(n);
+                     return v.is_contiguous() ? v : v.contiguous();
+                   }});
   }
   return out;
 }
@@ -258,6 +266,9 @@ std::vector<std::pair<std::string, Tensor>> all_tensors(const LlamaConfig& cfg, 
 void write_ptq_output(const PtqArgs& a, const CalibrationStats& st, const LlamaConfig& cfg, const SmoothedSource& w) {
   const ScaleFiles files = scale_files(st, cfg, w);
   nlohmann::json config = parse_json_file(join_path(a.model, "config.json"));
+  // As the weights were read: a PaddleNLP checkpoint with its own lm_head is untied whatever its config says, and
+  // the output's Hugging Face names must say so.
+  config["tie_word_embeddings"] = cfg.tie_word_embeddings;
   // All-linear smoothing is folded into v_proj and up_proj: no extra tensors, so not shift_smooth_all_linears.
   config["quantization_config"] = {{"quant_type", a.quant_type}, {"smooth", a.smooth}, {"shift", false},
                                    {"shift_smooth_all_linears", false}};
@@ -296,7 +307,6 @@ std::map<std::string, Tensor> smoothed_tensors(const PtqArgs& a, const ModelSour
     std::printf("ptq: smooth %s: a8w8 error on sampled rows %.4g -> %.4g (s in [%.3g, %.3g])\n", r.group.c_str(),
                 r.error_before, r.error_after, double(r.s_min), double(r.s_max));
   });
-  for (auto& [name, t] : out) t = t.to(ms.weights->get(name).dtype());
   return out;
 }
 
@@ -307,6 +317,7 @@ int run_ptq(const std::string& cfg_path) {
   const PtqArgs a = read_ptq_args(cfg_path);
   if (!dir_exists(a.model) || !file_exists(join_path(a.model, "config.json")))
     fail(a.model, "PTQ needs a Hugging Face model directory (config.json and safetensors)");
+  if (has_packed_weights(a.model)) fail(a.model, "is an oar export: run PTQ on the checkpoint it was exported from");
   refuse_existing_output(a);  // before minutes of calibration
   const std::unique_ptr<Tokenizer> tok = load_tokenizer(a.model);
   const auto batches = calibration_batches(a, *tok);

@@ -143,7 +143,8 @@ Action add_serve(CLI::App& app) {
   app.add_option("--host", a->host, "address to listen on");
   app.add_option("--port", a->port, "port to listen on (0: any free port, printed at start)")->check(ints(0, 65535));
   app.add_option("--served_model_name", a->served_model_name, "the model name clients use (default: the directory's name)");
-  app.add_option("--block_size", a->block_size, "KV cache block size in positions")->check(positive_int());
+  CLI::Option* block_size_opt =
+      app.add_option("--block_size", a->block_size, "KV cache block size in positions")->check(positive_int());
   app.add_option("--kv_cache_memory_gb", a->kv_cache_memory_gb, "memory budget of the KV cache, GiB")->check(positive_real());
   app.add_option("--max_num_seqs", a->max_num_seqs, "requests running at once")->check(positive_int());
   app.add_option("--max_num_batched_tokens", a->max_num_batched_tokens, "tokens per engine step (prefill chunks + decodes)")
@@ -168,9 +169,10 @@ Action add_serve(CLI::App& app) {
                  "require 'Authorization: Bearer KEY' on every route but /health (401 otherwise)")
       ->envname("OAR_API_KEY");
   app.add_flag("--log_requests", a->log_requests, "log every HTTP request on stderr");
-  return [a, int8_opt]() -> int {
+  return [a, int8_opt, block_size_opt]() -> int {
     SignalWatcher signals;  // first: before any thread exists
     match_export_flags(*a, int8_opt->count() > 0);  // an export runs with its own flags
+    match_export_block_size(a->model, block_size_opt->count() > 0, a->block_size);
 
     EngineConfig ec;
     ec.block_size = a->block_size;

@@ -1,6 +1,7 @@
 #include "infer/smoothing.h"
 
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <numeric>
 #include <vector>
@@ -22,6 +23,7 @@ struct Group {
   int64_t params = 0;
   const std::vector<float>* act_max = nullptr;
   const Tensor* samples = nullptr;
+  int64_t layer = 0;
 };
 
 std::vector<int64_t> identity(int64_t n) {
@@ -30,12 +32,14 @@ std::vector<int64_t> identity(int64_t n) {
   return v;
 }
 
-std::vector<Group> groups_of(const LlamaConfig& cfg, const WeightSource& w, const ChannelStats& st, bool all_linears) {
+std::vector<Group> groups_of(const LlamaConfig& cfg, const WeightSource& w, const ChannelStats& st,
+                             const SmoothOptions& opt) {
   std::vector<Group> out;
   const int64_t D = cfg.head_dim, rep = cfg.num_attention_heads / cfg.num_key_value_heads;
   for (int64_t l = 0; l < cfg.num_hidden_layers; l++) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     auto add = [&](int j, Group g) {
+      g.layer = l;
       g.act_max = &st.absmax[size_t(l)][size_t(j)];
       g.samples = &st.samples[size_t(l)][size_t(j)];
       if (g.act_max->size() != g.param_of.size()) throw Error("smoothing: " + g.name + ": statistics of another width");
@@ -44,7 +48,7 @@ std::vector<Group> groups_of(const LlamaConfig& cfg, const WeightSource& w, cons
     const int64_t C = cfg.hidden_size, F = cfg.intermediate_size, QD = cfg.q_dim();
     add(0, {p + "self_attn.q_proj", {p + "self_attn.q_proj.weight", p + "self_attn.k_proj.weight", p + "self_attn.v_proj.weight"},
             p + "input_layernorm.weight", "", "", identity(C), C});
-    if (all_linears) {
+    if (opt.all_linears && opt.o_proj) {
       std::vector<int64_t> map(static_cast<size_t>(QD));
       for (int64_t c = 0; c < QD; c++) map[size_t(c)] = (c / D / rep) * D + c % D;
       const std::string vb = p + "self_attn.v_proj.bias";
@@ -53,7 +57,7 @@ std::vector<Group> groups_of(const LlamaConfig& cfg, const WeightSource& w, cons
     }
     add(2, {p + "mlp.gate_proj", {p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"}, p + "post_attention_layernorm.weight",
             "", "", identity(C), C});
-    if (all_linears)
+    if (opt.all_linears)
       add(3, {p + "mlp.down_proj", {p + "mlp.down_proj.weight"}, "", p + "mlp.up_proj.weight", "", identity(F), F});
   }
   return out;
@@ -142,7 +146,7 @@ std::vector<float> choose_scales(const Trial& t, const SmoothOptions& opt, Smoot
   const int64_t P = t.g.params;
   rep.error_before = t.error(std::vector<float>(size_t(P), 1.0f));
   std::vector<float> best(size_t(P), 1.0f);
-  double best_err = rep.error_before;
+  double best_err = opt.never_worse ? rep.error_before : HUGE_VAL;
   // Entries ranked by their input's maximum, largest first, cut into k pieces of equal size.
   std::vector<float> act(size_t(P), 0.0f);
   for (size_t c = 0; c < t.g.param_of.size(); c++)
@@ -164,7 +168,7 @@ std::vector<float> choose_scales(const Trial& t, const SmoothOptions& opt, Smoot
             const double e = t.error(t.scales(piece_of, al, fa));
             if (e < cur) cur = e, alpha = al, factor = fa;
           }
-    if (cur < best_err) best_err = cur, best = t.scales(piece_of, alpha, factor);
+    if (cur < best_err) best_err = cur, best = t.scales(piece_of, alpha, factor);  // (<: the first of equals)
   };
   if (!opt.piecewise_search) try_pieces(1, false);
   else
@@ -199,6 +203,20 @@ void fold(const Group& g, const std::vector<float>& s, std::map<std::string, Ten
   }
 }
 
+// A layer's smoothed tensors back in the dtype `weights` stores each in, every value still finite.
+void to_stored_dtypes(const WeightSource& weights, std::map<std::string, Tensor>& f32, std::map<std::string, Tensor>& out) {
+  for (auto& [name, t] : f32) {
+    const DType d = weights.get(name).dtype();
+    const float limit = d == DType::F16 ? 65504.0f : FLT_MAX;  // float16's largest; bfloat16's is float32's
+    for (int64_t i = 0; i < t.numel(); i++)
+      if (!(std::fabs(t.data<float>()[i]) <= limit))
+        throw Error("smoothing: " + name + " would hold " + std::to_string(t.data<float>()[i]) + ", which " +
+                    dtype_name(d) + " cannot (narrow the search_scale range)");
+    out[name] = t.to(d);
+  }
+  f32.clear();
+}
+
 }  // namespace
 
 std::map<std::string, Tensor> smooth_weights(const LlamaConfig& cfg, const WeightSource& weights,
@@ -209,11 +227,13 @@ std::map<std::string, Tensor> smooth_weights(const LlamaConfig& cfg, const Weigh
     throw Error("smoothing: the alpha range must lie in [0, 1] with min <= max");
   if (!(opt.scale_min <= opt.scale_max) || !(opt.scale_min > 0))
     throw Error("smoothing: the scale range must be positive with min <= max");
-  std::map<std::string, Tensor> f32;
+  std::map<std::string, Tensor> f32, out;  // this layer's tensors in float32; the finished layers'
   auto load = [&](const std::string& n) {
     if (!n.empty() && !f32.count(n)) f32[n] = weights.get(n).to(DType::F32);  // a copy of its own
   };
-  for (const Group& g : groups_of(cfg, weights, stats, opt.all_linears)) {
+  const std::vector<Group> groups = groups_of(cfg, weights, stats, opt);
+  for (size_t i = 0; i < groups.size(); i++) {
+    const Group& g = groups[i];
     for (const std::string& n : g.readers) load(n);
     for (const std::string* n : {&g.norm, &g.rows, &g.bias}) load(*n);
     SmoothReport rep;
@@ -225,8 +245,9 @@ std::map<std::string, Tensor> smooth_weights(const LlamaConfig& cfg, const Weigh
     }
     fold(g, s, f32);
     if (report) report(rep);
+    if (i + 1 == groups.size() || groups[i + 1].layer != g.layer) to_stored_dtypes(weights, f32, out);
   }
-  return f32;
+  return out;
 }
 
 }  // namespace oar

@@ -9,10 +9,10 @@
 // smoothing batches; w_max: the largest |w| of the channel's column in the smoothed weights). Without the search,
 // alpha is 0.5 (SmoothQuant's). piecewise_search (oar's reading of PaddleNLP's smooth_piecewise_search, whose
 // exact procedure is not documented): the channels, ranked by act_max, are split into k_piece pieces of equal
-// size, and each piece in turn takes the alpha in [alpha_min, alpha_max] (steps of 0.1) and the divisor in
-// [scale_min, scale_max] (steps of 1) of its s that give the smallest squared error of the group's a8w8 outputs
+// size, and each piece in turn takes the alpha in [alpha_min, alpha_max] (steps of 0.1) and the factor in
+// [scale_min, scale_max] (steps of 1) multiplying its s that give the smallest squared error of the group's a8w8 outputs
 // (per-tensor static input step, per-channel weights) against float over the sampled rows; search_piece also
-// tries every piece count from 1 to k_piece. No s is kept that does worse than no smoothing.
+// tries every piece count from 1 to k_piece. No s is kept that does worse than no smoothing (never_worse).
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -28,6 +28,8 @@ namespace oar {
 
 struct SmoothOptions {
   bool all_linears = false;
+  bool o_proj = true;        // with all_linears: false leaves o_proj's input (and so V, as an int8 cache holds it) as is
+  bool never_worse = true;   // false: keep the chosen s even where no smoothing scores better (for tests)
   bool piecewise_search = false;
   int64_t k_piece = 3;
   bool search_piece = false;
@@ -42,8 +44,9 @@ struct SmoothReport {
   float s_min = 0, s_max = 0;
 };
 
-// The smoothed tensors (float32 [out, in] / [C] host tensors, by Hugging Face name): every norm and weight that
-// changed. `stats` from observe_channels on `weights`. `report` (may be empty) is called for each group.
+// The smoothed tensors, by Hugging Face name, in the dtypes `weights` stores them in: every norm, weight and bias
+// that changed (host memory: one layer at a time is held in float32). `stats` from observe_channels on `weights`.
+// `report` (may be empty) is called for each group. Throws oar::Error for a smoothed value its dtype cannot hold.
 std::map<std::string, Tensor> smooth_weights(const LlamaConfig& cfg, const WeightSource& weights,
                                              const ChannelStats& stats, const SmoothOptions& opt,
                                              const std::function<void(const SmoothReport&)>& report = {});

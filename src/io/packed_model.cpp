@@ -27,32 +27,31 @@ class PackedSource : public WeightSource {
   }
   bool has(const std::string& n) const override { return s_.has(n); }
   Tensor get(const std::string& n) const override {
-    if (s_.metadata().count(n))
-      fail(s_.where(), "tensor " + in_quotes(n) + " is stored as " + format_of(n) +
-                           ": load the export with --quant_type " + format_of(n));
+    if (s_.metadata().count(n)) {
+      const std::string f = meta(n).format;
+      fail(s_.where(), "tensor " + in_quotes(n) + " is stored as " + in_quotes(f) + ", not as a float tensor" +
+                           (f.rfind("weight_only_", 0) == 0 || f == "a8w8" ? ": load the export with --quant_type " + f : ""));
+    }
     return s_.get(n);
   }
   std::string where() const override { return s_.where(); }
   int quantized_bits(const std::string& n) const override {
     if (!s_.metadata().count(n)) return 0;
-    return format_of(n) == "weight_only_int4" ? 4 : 8;
+    return meta(n).format == "weight_only_int4" ? 4 : 8;
   }
   std::optional<StoredWeight> stored_weight(const std::string& n) const override {
     if (!s_.metadata().count(n)) return std::nullopt;
-    const nlohmann::json j = meta(n);
-    StoredWeight st;
-    st.format = format_of(n);
+    StoredWeight st = meta(n);
     st.data = s_.get(n);
     if (s_.has(n + ".scales")) st.scales = s_.get(n + ".scales");
     if (s_.has(n + ".row_sums")) st.row_sums = s_.get(n + ".row_sums");
-    st.group_size = j["group_size"].get<int64_t>();
-    st.act_step = float(j["act_step"].get<double>());
     return st;
   }
 
  private:
-  // NAME's metadata, checked: an object with a short string format, a group size in [0, 2^31) and a finite step.
-  nlohmann::json meta(const std::string& n) const {
+  // NAME's metadata, checked: an object with a short string format, a group size in [0, 2^31] and a finite step
+  // (the parts are the loader's to check against the format).
+  StoredWeight meta(const std::string& n) const {
     const std::string where = s_.where() + ": metadata of " + in_quotes(n);
     const nlohmann::json j = parse_json(s_.metadata().at(n), where);
     auto bad = [&](const char* what) { throw Error(where + ": " + what); };
@@ -65,9 +64,12 @@ class PackedSource : public WeightSource {
     if (!j.contains("act_step") || !j["act_step"].is_number() || !std::isfinite(j["act_step"].get<double>()))
       bad("\"act_step\" must be a finite number");
     if (!s_.has(n)) bad("names no tensor of the file");
-    return j;
+    StoredWeight st;
+    st.format = j["format"].get<std::string>();
+    st.group_size = j["group_size"].get<int64_t>();
+    st.act_step = float(j["act_step"].get<double>());
+    return st;
   }
-  std::string format_of(const std::string& n) const { return meta(n)["format"].get<std::string>(); }
 
   WeightStore s_;
 };

@@ -349,41 +349,21 @@ std::vector<std::string> WeightStore::names() const {
   return out;
 }
 
-void write_safetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
-                       const std::map<std::string, std::string>& metadata, bool page_aligned) {
-  std::set<std::string> names;
-  for (const auto& [name, t] : tensors) {
-    if (name == "__metadata__") fail(path, "'__metadata__' cannot be a tensor name");
-    if (!names.insert(name).second) fail(path, "tensor " + in_quotes(name) + " is given twice");
-    if (!t.defined()) fail(path, "tensor " + in_quotes(name) + " is undefined");
-    if (t.device() != Device::CPU) fail(path, "tensor " + in_quotes(name) + " is not on the cpu");
-    if (!t.is_contiguous()) fail(path, "tensor " + in_quotes(name) + " is not contiguous");
-    if (!code_of(t.dtype())) fail(path, "tensor " + in_quotes(name) + ": safetensors has no " + dtype_name(t.dtype()));
-  }
+namespace {
 
-  // Data in the reference writer's order: wider element types first, then by name. With the header padded to
-  // a multiple of 8 every tensor starts aligned to its element size, and the ranges leave no gaps (which the
-  // reference reader requires).
-  std::vector<const std::pair<std::string, Tensor>*> order;
-  for (const auto& nt : tensors) order.push_back(&nt);
-  if (!page_aligned)
-    std::sort(order.begin(), order.end(), [](const auto* a, const auto* b) {
-      size_t sa = dtype_size(a->second.dtype()), sb = dtype_size(b->second.dtype());
-      return sa != sb ? sa > sb : a->first < b->first;
-    });
+// The header of write_safetensors: each tensor's range (page-aligned or packed), padded so the data section starts
+// at a multiple of 8 or of a page. begins: each tensor's offset in the data section, in the given order.
+std::string header_text(const std::string& path, const std::vector<const TensorToWrite*>& order,
+                        const std::map<std::string, std::string>& metadata, bool page_aligned,
+                        std::vector<uint64_t>& begins) {
   const uint64_t align = page_aligned ? 4096 : 1;
-  auto round_up = [&](uint64_t x) { return (x + align - 1) / align * align; };
-
   json header = json::object();
-  std::vector<uint64_t> begins;
   uint64_t offset = 0;
-  for (const auto* nt : order) {
-    const Tensor& t = nt->second;
-    offset = round_up(offset);
+  for (const TensorToWrite* t : order) {
+    offset = (offset + align - 1) / align * align;
     begins.push_back(offset);
-    header[nt->first] = {{"dtype", code_of(t.dtype())}, {"shape", t.shape()},
-                         {"data_offsets", {offset, offset + t.nbytes()}}};
-    offset += t.nbytes();
+    header[t->name] = {{"dtype", code_of(t->dtype)}, {"shape", t->shape}, {"data_offsets", {offset, offset + t->nbytes()}}};
+    offset += t->nbytes();
   }
   if (!metadata.empty()) header["__metadata__"] = metadata;
   std::string text;
@@ -392,9 +372,39 @@ void write_safetensors(const std::string& path, const std::vector<std::pair<std:
   } catch (const json::exception&) {  // a name or metadata string that is not UTF-8
     fail(path, "tensor names and metadata must be valid UTF-8");
   }
-  // The data section starts after the 8-byte length and the header: at a multiple of 8, or of a page.
   const uint64_t data_align = page_aligned ? 4096 : 8;
   text.append((data_align - (8 + text.size()) % data_align) % data_align, ' ');
+  return text;
+}
+
+}  // namespace
+
+size_t TensorToWrite::nbytes() const {
+  size_t n = dtype_size(dtype);
+  for (int64_t d : shape) n *= size_t(d);
+  return n;
+}
+
+void write_safetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,
+                       const std::map<std::string, std::string>& metadata, bool page_aligned) {
+  std::set<std::string> names;
+  for (const TensorToWrite& t : tensors) {
+    if (t.name == "__metadata__") fail(path, "'__metadata__' cannot be a tensor name");
+    if (!names.insert(t.name).second) fail(path, "tensor " + in_quotes(t.name) + " is given twice");
+    if (!code_of(t.dtype)) fail(path, "tensor " + in_quotes(t.name) + ": safetensors has no " + dtype_name(t.dtype));
+  }
+  // Data in the reference writer's order: wider element types first, then by name. With the header padded to
+  // a multiple of 8 every tensor starts aligned to its element size, and the ranges leave no gaps (which the
+  // reference reader requires). Page-aligned: the given order.
+  std::vector<const TensorToWrite*> order;
+  for (const TensorToWrite& t : tensors) order.push_back(&t);
+  if (!page_aligned)
+    std::sort(order.begin(), order.end(), [](const TensorToWrite* a, const TensorToWrite* b) {
+      size_t sa = dtype_size(a->dtype), sb = dtype_size(b->dtype);
+      return sa != sb ? sa > sb : a->name < b->name;
+    });
+  std::vector<uint64_t> begins;
+  const std::string text = header_text(path, order, metadata, page_aligned, begins);
 
   AtomicFileWriter out(path);
   const uint64_t n = text.size();
@@ -403,11 +413,29 @@ void write_safetensors(const std::string& path, const std::vector<std::pair<std:
   const std::string zeros(4096, '\0');
   uint64_t at = 0;
   for (size_t i = 0; i < order.size(); i++) {
+    const TensorToWrite& w = *order[i];
+    const Tensor t = w.get();  // only now: one tensor at a time in memory
+    const std::string what = "tensor " + in_quotes(w.name);
+    if (!t.defined()) fail(path, what + " is undefined");
+    if (t.device() != Device::CPU) fail(path, what + " is not on the cpu");
+    if (!t.is_contiguous()) fail(path, what + " is not contiguous");
+    if (t.dtype() != w.dtype || t.shape() != w.shape) fail(path, what + " is not the dtype and shape announced");
     out.write(zeros.data(), begins[i] - at);
-    if (order[i]->second.nbytes() > 0) out.write(order[i]->second.raw(), order[i]->second.nbytes());
-    at = begins[i] + order[i]->second.nbytes();
+    if (t.nbytes() > 0) out.write(t.raw(), t.nbytes());
+    at = begins[i] + t.nbytes();
   }
   out.commit();
+}
+
+void write_safetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
+                       const std::map<std::string, std::string>& metadata, bool page_aligned) {
+  std::vector<TensorToWrite> ts;
+  for (const auto& nt : tensors) {
+    const Tensor t = nt.second;
+    if (!t.defined()) fail(path, "tensor " + in_quotes(nt.first) + " is undefined");
+    ts.push_back({nt.first, t.dtype(), t.shape(), [t]() { return t; }});
+  }
+  write_safetensors(path, ts, metadata, page_aligned);
 }
 
 }  // namespace oar

@@ -98,5 +98,16 @@ class WeightStoreSource : public WeightSource {
 // so that each maps as whole pages of its own (oar export's packed file; the reference reader refuses the gaps).
 void write_safetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
                        const std::map<std::string, std::string>& metadata = {}, bool page_aligned = false);
+// A tensor to write, produced only when its bytes are due: a whole model need not be in memory at once. get()
+// must give a contiguous CPU tensor of that dtype and shape.
+struct TensorToWrite {
+  std::string name;
+  DType dtype;
+  Shape shape;
+  std::function<Tensor()> get;
+  size_t nbytes() const;
+};
+void write_safetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,
+                       const std::map<std::string, std::string>& metadata = {}, bool page_aligned = false);
 
 }  // namespace oar

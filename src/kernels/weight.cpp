@@ -103,10 +103,10 @@ float row_absmax(const float* x, int64_t n, bool* finite) {
 
 namespace {
 
-// The integer dots of a8w8 stay within int32 (255 * 128 per product, less 128 times a row sum) up to 2^15 inputs.
+// The integer dots of a8w8 are exact in int32 up to 65536 inputs (at most 255 * 128 per product; kernels/cpu/isa.h).
 void check_a8w8_width(int64_t in) {
-  if (in > 32768)
-    throw Error("a8w8: a weight " + std::to_string(in) + " inputs wide would overflow the int32 dot (at most 32768)");
+  if (in > 65536)
+    throw Error("a8w8: a weight " + std::to_string(in) + " inputs wide would overflow the int32 dot (at most 65536)");
 }
 
 }  // namespace
@@ -130,10 +130,12 @@ Weight Weight::quantize_int8(const Tensor& host) {
     const float* row = src + r * in;
     bool finite;
     float amax = row_absmax(row, in, &finite);
-    if (!finite) {
+    if (!finite) {  // zeros (a NaN must not reach the int8 conversion), refused below
 #pragma omp critical(oar_quantize_bad_row)
       bad_row = std::max(bad_row, r);
-      amax = 0;
+      sc[r] = 0;
+      std::fill(q + r * in, q + (r + 1) * in, int8_t(0));
+      continue;
     }
     if (amax < FLT_MIN) amax = 0;  // below the normal floats 127 / amax overflows: such a row is zero
     sc[r] = amax / 127.0f;
@@ -174,7 +176,9 @@ Weight Weight::quantize_int4(const Tensor& host, int64_t group_size) {
       if (!finite) {
 #pragma omp critical(oar_quantize_bad_row)
         bad_row = std::max(bad_row, r);
-        amax = 0;
+        sc[r * (in / g) + g0 / g] = 0;  // zeros (q + 8 = 8 in both nibbles), refused below
+        std::fill(q + r * (in / 2) + g0 / 2, q + r * (in / 2) + (g0 + g) / 2, uint8_t(0x88));
+        continue;
       }
       if (amax < FLT_MIN) amax = 0;  // as in quantize_int8
       sc[r * (in / g) + g0 / g] = amax / 7.0f;

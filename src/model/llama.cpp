@@ -43,13 +43,13 @@ Weight stored_weight(StoredWeight st, const std::string& name, const Shape& shap
   }
 }
 
-// Whether a stored weight is what --quant_type asks for (none: anything stored is used as it is).
-bool stored_matches(const StoredWeight& st, const std::optional<QuantSpec>& quant) {
+// Whether a stored weight is what --quant_type asks for (none: anything stored is used as it is); int4 groups of
+// -1 are one group of the config's whole input width.
+bool stored_matches(const StoredWeight& st, const std::optional<QuantSpec>& quant, const Shape& shape) {
   if (!quant) return true;
   WeightFormat f;
   if (!weight_format_of(st.format, f) || f != quant->format) return false;
-  return f != WeightFormat::Int4 || quant->group_size == st.group_size ||
-         (quant->group_size == -1 && st.data.defined() && st.group_size == 2 * st.data.dim(1));
+  return f != WeightFormat::Int4 || st.group_size == (quant->group_size == -1 ? shape[1] : quant->group_size);
 }
 
 // An attention or MLP projection in the load's format: bits its file stores in an oar format as they are, when no
@@ -59,7 +59,7 @@ bool stored_matches(const StoredWeight& st, const std::optional<QuantSpec>& quan
 // moved the fixtures' logits by 1-3%). A weight the format cannot hold (int4 groups) is named in the error.
 Weight pack_projection(const WeightSource& src, const std::string& name, const Shape& shape, DType dtype,
                        const std::optional<QuantSpec>& quant, Backend& backend) {
-  if (std::optional<StoredWeight> st = src.stored_weight(name); st && stored_matches(*st, quant))
+  if (std::optional<StoredWeight> st = src.stored_weight(name); st && stored_matches(*st, quant, shape))
     return stored_weight(std::move(*st), name, shape, src.where(), backend);
   const Tensor host = fetch(src, name, shape, dtype);
   QuantSpec spec = quant.value_or(QuantSpec{dense_format(dtype), -1});

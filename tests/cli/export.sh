@@ -112,6 +112,6 @@ assert bad != head and len(bad) == n
 raw[8:8 + n] = bad.encode()
 open(p, "wb").write(raw)
 PY
-expect_err "bad_meta/model.packed.safetensors: tensor 'model.layers.0.[a-z_.]*' is stored as weight_only_int4" \
+expect_err "bad_meta/model.packed.safetensors: tensor 'model.layers.0.[a-z_.]*' is stored as 'weight_only_int4'" \
   "$OAR" perplexity --model_name_or_path bad_meta --input_file text.txt
 echo "ok: mismatched flags, a checkpoint run as static, bad exports and lying files are one clear error each"

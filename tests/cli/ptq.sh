@@ -7,7 +7,7 @@ set -euo pipefail
 source "$SRC/tests/cli/lib/common.sh"
 M="$WORK/tiny"
 "$OAR" create-model --preset tiny --dtype float32 --output_dir "$M" --force >/dev/null
-rm -rf data out out2 bad_out smooth_out
+rm -rf data out out2 bad_out smooth_out smooth_paddle paddle_ck
 make_calibration_data data 40
 echo '{}' > "$M/optimizer.state.json"  # not a model file: PTQ's output leaves it out
 cat > ptq.json <<JSON
@@ -68,7 +68,7 @@ echo "ok: the PTQ output runs as a8w8 (static steps) and a8w8c8 (static cache); 
 # SmoothQuant as PaddleNLP's ptq_argument.json sets it: the smoothed model is the same model in float (its
 # perplexity unchanged to float32's rounding), each group's sampled a8w8 error does not grow, and the output
 # records smooth and runs as a8w8.
-python3 -c "import json; d=json.load(open('ptq.json')); d.update({'output_dir': 'smooth_out', 'smooth': True, 'smooth_all_linears': True, 'smooth_piecewise_search': True, 'smooth_k_piece': 3, 'smooth_search_piece': True, 'smooth_step': 2}); json.dump(d, open('smooth.json', 'w'))"
+python3 -c "import json; d=json.load(open('ptq.json')); d.update({'output_dir': 'smooth_out', 'quant_type': 'a8w8', 'smooth': True, 'smooth_all_linears': True, 'smooth_piecewise_search': True, 'smooth_k_piece': 3, 'smooth_search_piece': True, 'smooth_step': 2}); json.dump(d, open('smooth.json', 'w'))"
 "$OAR" finetune smooth.json > smooth.out
 [ "$(grep -c "ptq: smooth model.layers" smooth.out)" -eq 8 ] || { cat smooth.out; die "smoothing did not report 4 groups per layer"; }
 python3 - smooth.out <<'PY' || die "smoothing made a group's a8w8 error worse"
@@ -87,6 +87,23 @@ assert abs(s / f - 1) < 1e-4 and abs(q / f - 1) < 0.05, (f, s, q)
 print(f"  perplexity: float32 {f}, smoothed float32 {s}, smoothed a8w8 static {q}")
 PY
 echo "ok: SmoothQuant (all linears, piecewise search) keeps the float model, lowers no group's error, runs as a8w8"
+
+# A PaddleNLP checkpoint whose config says tied while it keeps its own lm_head (as PaddleNLP 2.8.1 saves them):
+# the smoothed output, in Hugging Face names, must still use that head.
+"$OAR" convert --model_name_or_path "$M" --to paddle --output_path paddle_ck --force >/dev/null
+python3 -c "import json; p='paddle_ck/config.json'; c=json.load(open(p)); c['tie_word_embeddings']=True; json.dump(c, open(p,'w'))"
+python3 -c "import json; d=json.load(open('smooth.json')); d.update({'model_name_or_path': 'paddle_ck', 'output_dir': 'smooth_paddle', 'quant_type': 'a8w8c8'}); json.dump(d, open('smooth_paddle.json', 'w'))"
+"$OAR" quantize smooth_paddle.json > smooth_paddle.out
+# with a8w8c8 o_proj is not smoothed (it would rescale the int8 V cache's channels): 3 groups per layer
+[ "$(grep -c "ptq: smooth model.layers" smooth_paddle.out)" -eq 6 ] && ! grep -q "smooth model.layers.0.self_attn.o_proj" smooth_paddle.out \
+  || { cat smooth_paddle.out; die "a8w8c8 smoothed o_proj"; }
+"$OAR" perplexity --model_name_or_path smooth_paddle --input_file text.txt --ctx 32 > smooth_paddle.txt
+python3 - f32.txt smooth_paddle.txt <<'PY' || die "the smoothed PaddleNLP checkpoint lost its own lm_head"
+import sys
+f, s = (float(open(p).read().split()[1]) for p in sys.argv[1:3])
+assert abs(s / f - 1) < 1e-4, (f, s)
+PY
+echo "ok: a PaddleNLP checkpoint with its own lm_head keeps it through smoothing; a8w8c8 leaves o_proj's input"
 
 # errors: exit 2, one line naming the file, nothing written
 expect_ptq_err() {  # expect_ptq_err PATTERN JSON_EDIT

@@ -59,7 +59,7 @@ void expect_mapped(const Weight& w, const std::string& what) {
 }  // namespace
 
 TEST(Export, PackedModelsLoadBackBitForBitAsViewsOfTheFile) {
-  for (const char* fixture : {"mha", "tied"}) {
+  for (const char* fixture : {"mha", "tied", "attn_bias"}) {
     const ModelSource ms = open_model_source(model_dir(fixture));
     const std::vector<Case> cases = {
         {"float32", DType::F32, std::nullopt},
@@ -171,5 +171,5 @@ TEST(Export, APackedFileThatLiesIsAClearErrorNamingIt) {
   oar::test::TempDir ok;
   write_packed_weights(ok.file("p.safetensors"), entries);
   EXPECT_TRUE(oar::test::fails_with([&] { open_packed_weights(ok.file("p.safetensors"))->get(q); },
-                                    {"stored as a8w8", "--quant_type a8w8"}));
+                                    {"stored as 'a8w8'", "--quant_type a8w8"}));
 }

@@ -50,6 +50,18 @@ double logit_error(const LlamaConfig& cfg, const WeightSource& w, std::optional<
   return oar::test::rel_err(oar::test::prompt_logits(*m, prompt(cfg.vocab_size)), ref);
 }
 
+// A fixture, its float32 logits and the channel statistics smoothing starts from.
+struct Start {
+  ModelSource ms;
+  Tensor ref;
+  ChannelStats st;
+  explicit Start(const char* fixture) : ms(open_model_source(model_dir(fixture))) {
+    auto f32 = LlamaModel::from_weights(ms.config, *ms.weights, DType::F32);
+    ref = oar::test::prompt_logits(*f32, prompt(ms.config.vocab_size));
+    st = observe_channels(ms.config, *ms.weights, DType::F32, kBatches, 64);
+  }
+};
+
 }  // namespace
 
 TEST(Smoothing, ChannelStatsAreEachInputsPerChannelMaximaAndItsRows) {
@@ -92,10 +104,8 @@ TEST(Smoothing, ChannelStatsAreEachInputsPerChannelMaximaAndItsRows) {
 TEST(Smoothing, LeavesTheFloatModelAsItWas) {
   for (const char* fixture : {"gqa", "mha"}) {
     SCOPED_TRACE(fixture);
-    const ModelSource ms = open_model_source(model_dir(fixture));
-    auto f32 = LlamaModel::from_weights(ms.config, *ms.weights, DType::F32);
-    const Tensor ref = oar::test::prompt_logits(*f32, prompt(ms.config.vocab_size));
-    const ChannelStats st = observe_channels(ms.config, *ms.weights, DType::F32, kBatches, 64);
+    const Start start(fixture);
+    const auto& [ms, ref, st] = start;
     SmoothOptions opt;
     opt.all_linears = true;
     opt.piecewise_search = true;
@@ -116,6 +126,43 @@ TEST(Smoothing, LeavesTheFloatModelAsItWas) {
     const Tensor before = ms.weights->get("model.layers.0.mlp.gate_proj.weight").to(DType::F32);
     EXPECT_GT(oar::test::rel_err(smoothed.at("model.layers.0.mlp.gate_proj.weight"), before), 1e-3);
   }
+}
+
+// Every fold forced (alpha 0.5 kept even where it scores worse): GQA's shared o_proj scales through v_proj's rows
+// and bias, down_proj's through up_proj's rows; the float model stays the same.
+TEST(Smoothing, EveryFoldKeepsTheFloatModel) {
+  for (const char* fixture : {"attn_bias", "gqa"}) {
+    SCOPED_TRACE(fixture);
+    const Start start(fixture);
+    const auto& [ms, ref, st] = start;
+    SmoothOptions opt;
+    opt.all_linears = true;
+    opt.never_worse = false;
+    const auto smoothed = smooth_weights(ms.config, *ms.weights, st, opt);
+    std::vector<std::string> changed = {"model.layers.1.self_attn.v_proj.weight", "model.layers.1.mlp.up_proj.weight",
+                                        "model.layers.1.self_attn.o_proj.weight", "model.layers.1.mlp.down_proj.weight",
+                                        "model.layers.1.input_layernorm.weight"};
+    if (ms.config.attention_bias) changed.push_back("model.layers.1.self_attn.v_proj.bias");
+    for (const std::string& n : changed) {
+      ASSERT_TRUE(smoothed.count(n)) << n;
+      EXPECT_GT(oar::test::rel_err(smoothed.at(n), ms.weights->get(n).to(DType::F32)), 1e-3) << n << " did not move";
+    }
+    const double e = logit_error(ms.config, Overlay(*ms.weights, smoothed), std::nullopt, ref);
+    EXPECT_LT(e, 2e-5);
+  }
+}
+
+// A 16-bit checkpoint's smoothed tensors come back in its own dtype, the model within bfloat16's rounding.
+TEST(Smoothing, KeepsTheCheckpointsDtypes) {
+  const ModelSource ms = open_model_source(model_dir("sharded_bf16"));
+  auto f32 = LlamaModel::from_weights(ms.config, *ms.weights, DType::F32);
+  const Tensor ref = oar::test::prompt_logits(*f32, prompt(ms.config.vocab_size));
+  const ChannelStats st = observe_channels(ms.config, *ms.weights, DType::BF16, kBatches, 32);
+  SmoothOptions opt;
+  opt.never_worse = false;
+  const auto smoothed = smooth_weights(ms.config, *ms.weights, st, opt);
+  for (const auto& [name, t] : smoothed) EXPECT_EQ(t.dtype(), ms.weights->get(name).dtype()) << name;
+  EXPECT_LT(logit_error(ms.config, Overlay(*ms.weights, smoothed), std::nullopt, ref), 0.05);
 }
 
 TEST(Smoothing, LowersA8W8ErrorWhereInputsHaveOutlierChannels) {

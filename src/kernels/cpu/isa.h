@@ -75,7 +75,8 @@ inline void for_row_blocks(int64_t M, F&& f) {
 // One a8w8 output from the integer dot of u8 activations (q + 128) and int8 weights: the +128 comes off as 128
 // times the weight row's sum, then the two steps scale it. The one definition every table and the GEMM path use.
 static inline float a8w8_value(int32_t dot_u8, int32_t w_sum, float x_step, float w_step) {
-  return float(dot_u8 - 128 * w_sum) * (x_step * w_step);
+  // In 64 bits: a row sum read from a file (bounded by Weight::assemble) must not overflow it either.
+  return float(int64_t(dot_u8) - 128 * int64_t(w_sum)) * (x_step * w_step);
 }
 
 // IsaOps::gemv_a8w8 around an ISA's row kernel: dot_rows(std::integral_constant<int, m>, x, ldx, w_row, K, dots)
