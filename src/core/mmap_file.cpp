@@ -5,7 +5,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
 
 #include "core/error.h"
@@ -34,6 +36,15 @@ std::shared_ptr<MappedFile> MappedFile::open(const std::string& path) {
   }
   ::close(fd);
   return f;
+}
+
+void MappedFile::release(size_t offset, size_t bytes) const {
+  if (!data_ || offset >= size_) return;
+  bytes = std::min(bytes, size_ - offset);
+  const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));
+  const uintptr_t first = (uintptr_t(data_) + offset + page - 1) / page * page;
+  const uintptr_t last = (uintptr_t(data_) + offset + bytes) / page * page;
+  if (first < last) madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);  // a hint: failure is harmless
 }
 
 MappedFile::~MappedFile() {

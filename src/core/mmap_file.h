@@ -18,6 +18,10 @@ class MappedFile {
   const uint8_t* data() const { return data_; }
   size_t size() const { return size_; }
   const std::string& path() const { return path_; }
+  // The whole pages of [offset, offset + bytes) leave memory (madvise MADV_DONTNEED) once what they held has been
+  // converted: a conversion's peak memory is then the converted weights, not them plus the file. A hint only:
+  // reading the range again reads the file again.
+  void release(size_t offset, size_t bytes) const;
 
  private:
   MappedFile() = default;

@@ -84,6 +84,10 @@ class GgufWeightSource : public WeightSource {
     if (it == by_name_.end() || it->second->type != GgufType::Q4_0) return std::nullopt;
     return q4_0_as_int4(*it->second);
   }
+  void release(const std::string& name) const override {
+    auto it = by_name_.find(name);
+    if (it != by_name_.end()) file_.map->release(size_t(file_.header.data_start + it->second->offset), size_t(it->second->bytes));
+  }
   // The names of every tensor, for the checks of open_gguf_model.
   std::vector<std::string> names() const {
     std::vector<std::string> out;

@@ -342,6 +342,13 @@ std::string WeightStore::file_of(const std::string& name) const {
   return it->second.file->path();
 }
 
+void WeightStore::release(const std::string& name) const {
+  auto it = items_.find(name);
+  if (it != items_.end())
+    it->second.file->release(size_t(it->second.data_start + it->second.entry.begin),
+                             size_t(it->second.entry.end - it->second.entry.begin));
+}
+
 std::vector<std::string> WeightStore::names() const {
   std::vector<std::string> out;
   out.reserve(items_.size());

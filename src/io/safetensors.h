@@ -63,6 +63,8 @@ class WeightStore {
   // Which file holds it (for error messages).
   std::string file_of(const std::string& name) const;
   std::vector<std::string> names() const;
+  // Lets the tensor's file pages go (MappedFile::release); absent names are ignored.
+  void release(const std::string& name) const;
   // Error text prefix when a name is absent: the index file of a sharded model, else the .safetensors file.
   const std::string& where() const { return where_; }
   // The __metadata__ of a single file (open_file); empty for a directory.
@@ -87,6 +89,7 @@ class WeightStoreSource : public WeightSource {
   Tensor get(const std::string& n) const override { return s_.get(n); }
   std::string where() const override { return s_.where(); }
   std::string file_of(const std::string& n) const { return s_.file_of(n); }
+  void release(const std::string& n) const override { s_.release(n); }
 
  private:
   WeightStore s_;

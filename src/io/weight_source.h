@@ -33,6 +33,9 @@ class WeightSource {
   virtual int quantized_bits(const std::string& /*name*/) const { return 0; }
   // The tensor in one of oar's weight formats when the file stores it so, else nothing.
   virtual std::optional<StoredWeight> stored_weight(const std::string& /*name*/) const { return std::nullopt; }
+  // The loader is done with the tensor's bytes in the file (it converted them): the source may let their pages go
+  // (MappedFile::release). A hint, never a promise: get() still works after it.
+  virtual void release(const std::string& /*name*/) const {}
 };
 
 // A map of tensors held in memory or as views of a mapped file.

@@ -110,8 +110,13 @@ std::unique_ptr<LlamaModel> LlamaModel::from_weights(const LlamaConfig& cfg, con
   const WeightFormat dense = dense_format(dtype);
   m->proj_ = quant.value_or(QuantSpec{dense, -1});
   bool first = true;
+  // A tensor converted as it loaded no longer needs its file's pages in memory (views of the file keep them).
+  auto done_with = [&](const std::string& name, const Tensor& loaded) {
+    if (loaded.storage() && loaded.storage()->owned()) src.release(name);
+  };
   auto proj = [&](const std::string& name, const Shape& shape) -> Weight {
     Weight w = pack_projection(src, name, shape, dtype, quant, backend);
+    done_with(name, w.data);
     if (first && !quant) m->proj_ = QuantSpec{w.format, w.format == WeightFormat::Int4 ? w.group_size : -1};
     first = false;
     return w;
@@ -156,7 +161,9 @@ std::unique_ptr<LlamaModel> LlamaModel::from_weights(const LlamaConfig& cfg, con
                                                 : backend.pack_weight(fetch(src, "model.embed_tokens.weight", {V, C}, dtype), dense);
   } else {
     w.lm_head = backend.pack_weight(fetch(src, "lm_head.weight", {V, C}, dtype), dense);
+    done_with("lm_head.weight", w.lm_head.data);
   }
+  done_with("model.embed_tokens.weight", w.embed_tokens);
   m->rope_ = make_rope_table(cfg, cfg.max_position_embeddings);
   return m;
 }

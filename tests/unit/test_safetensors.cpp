@@ -141,6 +141,44 @@ TEST(SafetensorsTest, WriterRefusesBadInput) {
                          {"no/such/dir/x.safetensors"}));
 }
 
+namespace {
+// This process's resident memory (/proc/self/statm), in bytes.
+size_t resident_bytes() {
+  std::ifstream f("/proc/self/statm");
+  size_t pages = 0, resident = 0;
+  f >> pages >> resident;
+  return resident * size_t(sysconf(_SC_PAGESIZE));
+}
+}  // namespace
+
+// A converted tensor's file pages leave the process (the loader's peak is then the converted weights, not them
+// plus the file), and the tensor still reads the same afterwards.
+TEST(SafetensorsTest, ReleaseLetsATensorsPagesGo) {
+  TempDir d;
+  const std::string path = d.file("big.safetensors");
+  const int64_t n = int64_t(48) << 20;  // 48 MiB of bytes
+  Tensor t = Tensor::empty({n}, DType::U8);
+  for (int64_t i = 0; i < n; i++) t.data<uint8_t>()[i] = uint8_t(i * 7 + 1);
+  write_safetensors(path, {{"w", t}});
+  t = Tensor();
+  const WeightStore s = WeightStore::open_file(path);
+  auto sum = [&] {
+    const Tensor v = s.get("w");
+    uint64_t total = 0;
+    for (int64_t i = 0; i < n; i++) total += v.data<uint8_t>()[i];
+    return total;
+  };
+  const uint64_t before = sum();  // every page touched: resident
+  const size_t touched = resident_bytes();
+  s.release("w");
+  const size_t released = resident_bytes();
+  std::printf("  resident %.1f MiB with the tensor's pages, %.1f MiB after release\n", double(touched) / (1 << 20),
+              double(released) / (1 << 20));
+  EXPECT_LT(released + size_t(40 << 20), touched);
+  EXPECT_EQ(sum(), before);
+  s.release("no such tensor");  // ignored
+}
+
 TEST(SafetensorsTest, OpenDirSingleFile) {
   TempDir d;
   Tensor t = patterned({4, 2}, DType::BF16, 3);
