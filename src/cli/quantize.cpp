@@ -104,6 +104,7 @@ void read_smoothing(const ArgFile& f, PtqArgs& a) {
   // Folded into v_proj's rows, o_proj's smoothing would rescale V's channels, which a8w8c8's int8 V cache
   // (one step per kv head) would then hold with less precision: with c8, all-linear smoothing is down_proj's only.
   o.o_proj = a.quant_type != "a8w8c8";
+  o.act = a.act;  // the search scores with the step PTQ will take (read_methods ran first)
   const std::string sampler = f.str("smooth_sampler", "none");
   if (sampler != "none") fail(f.path, "smooth_sampler '" + sampler + "': only none is built");
 }

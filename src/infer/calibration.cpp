@@ -17,6 +17,7 @@ struct ChannelObserver {
   ChannelStats stats;
   std::vector<std::array<int64_t, 4>> seen;  // rows offered so far
   int64_t rows = 0;
+  size_t batch = 0;  // the batch being observed
   std::mt19937_64 rng{20240611};
 
   void observe(const Tensor& x, int64_t layer, int j) {
@@ -27,9 +28,16 @@ struct ChannelObserver {
       amax.assign(size_t(W), 0.0f);
       kept = Tensor::empty({rows, W}, DType::F32);
     }
+    auto& per_batch = stats.batch_absmax[size_t(layer)][size_t(j)];
+    if (per_batch.size() <= batch) per_batch.resize(batch + 1, std::vector<float>(size_t(W), 0.0f));
+    std::vector<float>& bmax = per_batch[batch];
     const float* px = x.data<float>();
     for (int64_t t = 0; t < T; t++) {
-      for (int64_t c = 0; c < W; c++) amax[size_t(c)] = std::max(amax[size_t(c)], std::fabs(px[t * W + c]));
+      for (int64_t c = 0; c < W; c++) {
+        const float a = std::fabs(px[t * W + c]);
+        amax[size_t(c)] = std::max(amax[size_t(c)], a);
+        bmax[size_t(c)] = std::max(bmax[size_t(c)], a);
+      }
       int64_t& n = seen[size_t(layer)][size_t(j)];
       const int64_t slot = n < rows ? n : int64_t(rng() % uint64_t(n + 1));
       n++;
@@ -242,6 +250,7 @@ ChannelStats observe_channels(const LlamaConfig& cfg, const WeightSource& weight
   ch.rows = rows;
   ch.stats.absmax.resize(L);
   ch.stats.samples.resize(L);
+  ch.stats.batch_absmax.resize(L);
   ch.seen.assign(L, {0, 0, 0, 0});
   be.observer().channels = &ch;
   // The per-tensor maxima are kept but not used here (one observer records both).
@@ -250,6 +259,7 @@ ChannelStats observe_channels(const LlamaConfig& cfg, const WeightSource& weight
   unused.k.assign(L, std::vector<double>(size_t(cfg.num_key_value_heads), 0.0));
   unused.v = unused.k;
   for (const auto& batch : batches) {
+    ch.batch = size_t(unused.batches);
     observe_batch(*model, be, batch, ObserverReduce::Max, ObserverReduce::Max, unused);
     if (progress) progress(unused.batches, int64_t(batches.size()));
   }

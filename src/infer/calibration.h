@@ -39,10 +39,12 @@ CalibrationStats calibrate(const LlamaConfig& cfg, const WeightSource& weights, 
                            ObserverReduce kv, const std::function<void(int64_t, int64_t)>& progress = {});
 
 // What SmoothQuant needs of each kCalibratedInputs input: the absolute maximum of every channel over all the
-// batches (PaddleNLP's smooth_sampler "none"), and up to `rows` of its rows, a uniform sample of every token
-// row seen (reservoir sampling with a fixed seed: the same data gives the same rows).
+// batches (PaddleNLP's smooth_sampler "none") and in each batch (from which the static step that PTQ's observer
+// would take of a smoothed input follows), and up to `rows` of its rows, a uniform sample of every token row seen
+// (reservoir sampling with a fixed seed: the same data gives the same rows).
 struct ChannelStats {
   std::vector<std::array<std::vector<float>, 4>> absmax;  // per layer, per input: [width]
+  std::vector<std::array<std::vector<std::vector<float>>, 4>> batch_absmax;  // per layer, input, batch: [width]
   std::vector<std::array<Tensor, 4>> samples;             // per layer, per input: [rows kept, width] float32
 };
 ChannelStats observe_channels(const LlamaConfig& cfg, const WeightSource& weights, DType dtype,

@@ -22,6 +22,7 @@ struct Group {
   std::vector<int64_t> param_of;
   int64_t params = 0;
   const std::vector<float>* act_max = nullptr;
+  const std::vector<std::vector<float>>* batch_max = nullptr;
   const Tensor* samples = nullptr;
   int64_t layer = 0;
 };
@@ -41,6 +42,7 @@ std::vector<Group> groups_of(const LlamaConfig& cfg, const WeightSource& w, cons
     auto add = [&](int j, Group g) {
       g.layer = l;
       g.act_max = &st.absmax[size_t(l)][size_t(j)];
+      g.batch_max = &st.batch_absmax[size_t(l)][size_t(j)];
       g.samples = &st.samples[size_t(l)][size_t(j)];
       if (g.act_max->size() != g.param_of.size()) throw Error("smoothing: " + g.name + ": statistics of another width");
       out.push_back(std::move(g));
@@ -66,10 +68,11 @@ std::vector<Group> groups_of(const LlamaConfig& cfg, const WeightSource& w, cons
 // A group's weights in float32 and their float outputs on the sampled rows: what each trial s is scored against.
 struct Trial {
   const Group& g;
+  ObserverReduce act;
   std::vector<Tensor> weights, reference;
   std::vector<float> w_max;  // per entry of s
 
-  Trial(const Group& grp, const std::map<std::string, Tensor>& f32) : g(grp) {
+  Trial(const Group& grp, const std::map<std::string, Tensor>& f32, ObserverReduce reduce) : g(grp), act(reduce) {
     w_max.assign(size_t(g.params), 0.0f);
     Kernels& ops = cpu_backend().ops();
     for (const std::string& n : g.readers) {
@@ -102,18 +105,29 @@ struct Trial {
     return s;
   }
 
+  // The static step PTQ's observer would take of the input divided by s: each batch's maximum, averaged or the
+  // largest of them, / 127.
+  float step(const std::vector<float>& s) const {
+    double total = 0, largest = 0;
+    for (const std::vector<float>& b : *g.batch_max) {
+      double m = 0;
+      for (size_t c = 0; c < b.size(); c++) m = std::max(m, double(b[c]) / s[size_t(g.param_of[c])]);
+      total += m;
+      largest = std::max(largest, m);
+    }
+    const double amax = act == ObserverReduce::Average ? total / double(g.batch_max->size()) : largest;
+    return float(amax / 127.0);
+  }
+
   // Squared error of the a8w8 outputs on the sampled rows with s, against float.
   double error(const std::vector<float>& s) const {
     const Tensor& X = *g.samples;
     const int64_t R = X.dim(0), in = X.dim(1);
     Tensor xs = Tensor::empty({R, in}, DType::F32);
-    float amax = 0;
     for (int64_t r = 0; r < R; r++)
-      for (int64_t c = 0; c < in; c++) {
-        const float v = X.data<float>()[r * in + c] / s[size_t(g.param_of[size_t(c)])];
-        xs.data<float>()[r * in + c] = v;
-        amax = std::max(amax, std::fabs(v));
-      }
+      for (int64_t c = 0; c < in; c++)
+        xs.data<float>()[r * in + c] = X.data<float>()[r * in + c] / s[size_t(g.param_of[size_t(c)])];
+    const float x_step = step(s);
     double err = 0;
     Kernels& ops = cpu_backend().ops();
     for (size_t i = 0; i < weights.size(); i++) {
@@ -124,7 +138,7 @@ struct Trial {
         for (int64_t c = 0; c < in; c++)
           ws.data<float>()[r * in + c] = w.data<float>()[r * in + c] * s[size_t(g.param_of[size_t(c)])];
       Tensor y = Tensor::empty({R, out}, DType::F32);
-      ops.linear(xs, Weight::quantize_a8w8(ws, amax / 127.0f), nullptr, y);
+      ops.linear(xs, Weight::quantize_a8w8(ws, x_step), nullptr, y);
       for (int64_t k = 0; k < R * out; k++) {
         const double d = double(y.data<float>()[k]) - double(reference[i].data<float>()[k]);
         err += d * d;
@@ -240,7 +254,7 @@ std::map<std::string, Tensor> smooth_weights(const LlamaConfig& cfg, const Weigh
     rep.group = g.name;
     std::vector<float> s;
     {
-      const Trial t(g, f32);  // its copies go before the next group's
+      const Trial t(g, f32, opt.act);  // its copies go before the next group's
       s = choose_scales(t, opt, rep);
     }
     fold(g, s, f32);

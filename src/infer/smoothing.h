@@ -10,9 +10,10 @@
 // alpha is 0.5 (SmoothQuant's). piecewise_search (oar's reading of PaddleNLP's smooth_piecewise_search, whose
 // exact procedure is not documented): the channels, ranked by act_max, are split into k_piece pieces of equal
 // size, and each piece in turn takes the alpha in [alpha_min, alpha_max] (steps of 0.1) and the factor in
-// [scale_min, scale_max] (steps of 1) multiplying its s that give the smallest squared error of the group's a8w8 outputs
-// (per-tensor static input step, per-channel weights) against float over the sampled rows; search_piece also
-// tries every piece count from 1 to k_piece. No s is kept that does worse than no smoothing (never_worse).
+// [scale_min, scale_max] (steps of 1) multiplying its s that give the smallest squared error of the group's a8w8
+// outputs against float over the sampled rows (per-channel weights; the smoothed input rounded with the static
+// step PTQ's observer `act` would take of it, from each batch's per-channel maxima); search_piece also tries
+// every piece count from 1 to k_piece. No s is kept that does worse than no smoothing (never_worse).
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -30,6 +31,7 @@ struct SmoothOptions {
   bool all_linears = false;
   bool o_proj = true;        // with all_linears: false leaves o_proj's input (and so V, as an int8 cache holds it) as is
   bool never_worse = true;   // false: keep the chosen s even where no smoothing scores better (for tests)
+  ObserverReduce act = ObserverReduce::Average;  // PTQ's act_quant_method, whose step the search scores with
   bool piecewise_search = false;
   int64_t k_piece = 3;
   bool search_piece = false;

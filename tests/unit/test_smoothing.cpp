@@ -87,6 +87,12 @@ TEST(Smoothing, ChannelStatsAreEachInputsPerChannelMaximaAndItsRows) {
   ASSERT_EQ(int64_t(all.absmax[0][0].size()), C);
   for (int64_t k = 0; k < C; k++) EXPECT_NEAR(all.absmax[0][0][size_t(k)], want[size_t(k)], 1e-5 * want[size_t(k)]) << k;
   EXPECT_EQ(all.samples[0][0].dim(0), tokens);  // every row kept when there are fewer than asked for
+  // Each batch's maxima too, whose largest is the whole data's.
+  ASSERT_EQ(all.batch_absmax[0][0].size(), kBatches.size());
+  for (int64_t k = 0; k < C; k++)
+    EXPECT_EQ(std::max(all.batch_absmax[0][0][0][size_t(k)], all.batch_absmax[0][0][1][size_t(k)]),
+              all.absmax[0][0][size_t(k)]);
+  EXPECT_NE(all.batch_absmax[0][0][0], all.batch_absmax[0][0][1]);
   EXPECT_EQ(int64_t(all.absmax[0][1].size()), c.q_dim());
   EXPECT_EQ(int64_t(all.absmax[0][3].size()), c.intermediate_size);
   // A sample of 5 of the rows: 5 rows of the input (their maxima within the input's), the same ones every run.
