@@ -4,9 +4,9 @@
 
 #include "core/error.h"
 #include "core/fs.h"
+#include "core/json_io.h"
 #include "core/model_config.h"
 #include "io/gguf.h"
-#include "core/json_io.h"
 #include "io/model_source.h"
 #include "io/packed_model.h"
 #include "io/ptq_scales.h"

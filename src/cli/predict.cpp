@@ -16,7 +16,6 @@
 #include "cli/commands.h"
 #include "cli/flags.h"
 #include "cli/model_loading.h"
-#include "io/packed_model.h"
 #include "core/cpu_info.h"
 #include "core/error.h"
 #include "core/fs.h"
@@ -25,6 +24,7 @@
 #include "engine/engine.h"
 #include "infer/generator.h"
 #include "infer/roofline.h"
+#include "io/packed_model.h"
 
 namespace oar::cli {
 namespace {

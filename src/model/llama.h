@@ -43,12 +43,12 @@ struct StepBatch {
 
 class LlamaModel {
  public:
-  // Loads a Hugging Face directory (config.json + safetensors), a GGUF file or a llama2.c checkpoint file.
+  // Loads a Hugging Face directory (config.json + safetensors), an oar export, a GGUF file or a llama2.c checkpoint file.
   // Weights are converted to `dtype` (float32, bfloat16 or float16: stored so, products in float32 or on the
   // bf16 units) for the matrix products; norms and biases stay float32. They are uploaded to `backend`, which runs the forward (on the CPU: zero-copy views of the mapped
   // files). quant: the format of the attention and MLP projections, quantized as they load (PaddleNLP's
-  // weight_only_int8 and weight_only_int4); none keeps dtype's dense format, except for projections a GGUF file
-  // stores as Q4_0, which stay 4-bit as stored (see pack_projection). The embedding and the LM head stay in `dtype`, as PaddleNLP's weight-only types leave them.
+  // weight_only_int8 and weight_only_int4); none keeps dtype's dense format, except for projections a file stores
+  // in an oar format (a GGUF file's Q4_0, an oar export's any), which stay as stored (see pack_projection). The embedding and the LM head stay in `dtype`, as PaddleNLP's weight-only types leave them.
   static std::unique_ptr<LlamaModel> load(const std::string& path, DType dtype, Backend& backend = cpu_backend(),
                                           std::optional<QuantSpec> quant = std::nullopt);
   static std::unique_ptr<LlamaModel> from_weights(const LlamaConfig& cfg, const WeightSource& src, DType dtype,
