@@ -92,6 +92,9 @@ def main():
                 cold[k] = run(c)[0]
         if drop_caches():
             read_back(ck, ex)  # both files in the page cache as read from disk
+        else:
+            print(f"(not root: the page cache could not be emptied; the just-written export maps with more page "
+                  f"faults than the checkpoint, which favours the checkpoint)", flush=True)
         for k, c in cmds.items():
             run(c)  # warm
         for r in range(a.rounds):

@@ -2,9 +2,12 @@
 """How close a8w8 with PTQ's static steps stays to float, without and with SmoothQuant, on a trained model.
 
 Perplexity on held-out text is a poor fidelity measure for small models: on text unlike their training data
-quantization noise can lower it. This bench measures on text the float model wrote itself: for tokens x sampled
-from the float model p (temperature 1, no top-k/top-p), the mean NLL under a model q is H(p) + KL(p || q), so the
-perplexity ratio quantized / float estimates exp(KL) and is >= 1 up to sampling noise.
+quantization noise can lower it. This bench measures on text the float model wrote itself (temperature 1, no
+top-k/top-p). Were every sampled token scored in the context it was sampled in, the mean NLL under a model q
+would be H(p) + KL(p || q), and the perplexity ratio quantized / float exp(KL) >= 1. Here it is a proxy: the
+samples are joined into one text, tokenized again and scored by `oar perplexity` in windows of --ctx that cut
+across samples (and score their prompts), so the ratio is not exactly exp(KL), only measured on text of the
+model's own distribution.
 
   1. `oar predict` samples two texts from MODEL_DIR in float32 (--prompts prompts of --tokens tokens each, two
      seeds): one to evaluate on, one to calibrate on;

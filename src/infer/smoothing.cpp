@@ -44,7 +44,10 @@ std::vector<Group> groups_of(const LlamaConfig& cfg, const WeightSource& w, cons
       g.act_max = &st.absmax[size_t(l)][size_t(j)];
       g.batch_max = &st.batch_absmax[size_t(l)][size_t(j)];
       g.samples = &st.samples[size_t(l)][size_t(j)];
-      if (g.act_max->size() != g.param_of.size()) throw Error("smoothing: " + g.name + ": statistics of another width");
+      bool widths_ok = g.act_max->size() == g.param_of.size() && !g.batch_max->empty() &&
+                       g.samples->defined() && g.samples->dim(1) == int64_t(g.param_of.size());
+      for (const std::vector<float>& b : *g.batch_max) widths_ok = widths_ok && b.size() == g.param_of.size();
+      if (!widths_ok) throw Error("smoothing: " + g.name + ": statistics missing or of another width");
       out.push_back(std::move(g));
     };
     const int64_t C = cfg.hidden_size, F = cfg.intermediate_size, QD = cfg.q_dim();

@@ -12,7 +12,8 @@
 // size, and each piece in turn takes the alpha in [alpha_min, alpha_max] (steps of 0.1) and the factor in
 // [scale_min, scale_max] (steps of 1) multiplying its s that give the smallest squared error of the group's a8w8
 // outputs against float over the sampled rows (per-channel weights; the smoothed input rounded with the static
-// step PTQ's observer `act` would take of it, from each batch's per-channel maxima); search_piece also tries
+// step PTQ's observer `act` would take of it, from each smoothing batch's per-channel maxima: PTQ's own step
+// when smooth_step and ptq_step cover the same batches); search_piece also tries
 // every piece count from 1 to k_piece. No s is kept that does worse than no smoothing (never_worse).
 #pragma once
 #include <cstdint>

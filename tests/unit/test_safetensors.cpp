@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <map>
@@ -158,14 +159,16 @@ TEST(SafetensorsTest, ReleaseLetsATensorsPagesGo) {
   const std::string path = d.file("big.safetensors");
   const int64_t n = int64_t(48) << 20;  // 48 MiB of bytes
   Tensor t = Tensor::empty({n}, DType::U8);
-  for (int64_t i = 0; i < n; i++) t.data<uint8_t>()[i] = uint8_t(i * 7 + 1);
+  uint8_t* bytes = t.data<uint8_t>();
+  for (int64_t i = 0; i < n; i++) bytes[i] = uint8_t(i * 7 + 1);
   write_safetensors(path, {{"w", t}});
   t = Tensor();
   const WeightStore s = WeightStore::open_file(path);
   auto sum = [&] {
     const Tensor v = s.get("w");
+    const uint8_t* p = v.data<uint8_t>();
     uint64_t total = 0;
-    for (int64_t i = 0; i < n; i++) total += v.data<uint8_t>()[i];
+    for (int64_t i = 0; i < n; i++) total += p[i];
     return total;
   };
   const uint64_t before = sum();  // every page touched: resident

@@ -210,3 +210,24 @@ TEST(Smoothing, LowersA8W8ErrorWhereInputsHaveOutlierChannels) {
   EXPECT_LT(after, 0.7 * plain);
   EXPECT_GT(gain["model.layers.0.self_attn.q_proj"], 2.0);
 }
+
+// The search scores with the step PTQ's observer will take: averaged batch maxima (avg) or their largest
+// (abs_max) give different errors, and here different scales.
+TEST(Smoothing, SearchScoresWithTheObserversStep) {
+  const Start start("gqa");
+  const auto& [ms, ref, st] = start;
+  std::map<std::string, double> err[2];
+  std::map<std::string, Tensor> out[2];
+  for (int i = 0; i < 2; i++) {
+    SmoothOptions opt;
+    opt.piecewise_search = true;
+    opt.act = i == 0 ? ObserverReduce::Average : ObserverReduce::Max;
+    out[i] = smooth_weights(ms.config, *ms.weights, st, opt, [&](const SmoothReport& r) { err[i][r.group] = r.error_before; });
+  }
+  int differ = 0;
+  for (const auto& [group, e] : err[0]) differ += e != err[1][group];
+  EXPECT_GT(differ, 0) << "the observer's reduction did not reach the search's step";
+  bool scales_differ = false;
+  for (const auto& [name, t] : out[0]) scales_differ = scales_differ || oar::test::rel_err(t, out[1].at(name)) > 0;
+  EXPECT_TRUE(scales_differ);
+}
