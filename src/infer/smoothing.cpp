@@ -73,10 +73,13 @@ struct Trial {
   const Group& g;
   ObserverReduce act;
   std::vector<Tensor> weights, reference;
-  std::vector<float> w_max;  // per entry of s
+  std::vector<float> w_max, act_max;  // per entry of s: the weights' and the input's largest |value|
 
   Trial(const Group& grp, const std::map<std::string, Tensor>& f32, ObserverReduce reduce) : g(grp), act(reduce) {
     w_max.assign(size_t(g.params), 0.0f);
+    act_max.assign(size_t(g.params), 0.0f);
+    for (size_t c = 0; c < g.param_of.size(); c++)
+      act_max[size_t(g.param_of[c])] = std::max(act_max[size_t(g.param_of[c])], (*g.act_max)[c]);
     Kernels& ops = cpu_backend().ops();
     for (const std::string& n : g.readers) {
       const Tensor& t = f32.at(n);
@@ -96,13 +99,11 @@ struct Trial {
   // s of every entry: act^alpha / w^(1 - alpha) * factor, per piece; 1 where a channel never moved.
   std::vector<float> scales(const std::vector<int64_t>& piece_of, const std::vector<double>& alpha,
                             const std::vector<double>& factor) const {
-    std::vector<float> act(size_t(g.params), 0.0f), s(size_t(g.params), 1.0f);
-    for (size_t c = 0; c < g.param_of.size(); c++)
-      act[size_t(g.param_of[c])] = std::max(act[size_t(g.param_of[c])], (*g.act_max)[c]);
+    std::vector<float> s(size_t(g.params), 1.0f);
     for (size_t e = 0; e < s.size(); e++) {
-      if (!(act[e] > 0) || !(w_max[e] > 0)) continue;
+      if (!(act_max[e] > 0) || !(w_max[e] > 0)) continue;
       const size_t k = size_t(piece_of[e]);
-      const double v = std::pow(double(act[e]), alpha[k]) / std::pow(double(w_max[e]), 1 - alpha[k]) * factor[k];
+      const double v = std::pow(double(act_max[e]), alpha[k]) / std::pow(double(w_max[e]), 1 - alpha[k]) * factor[k];
       s[e] = float(std::clamp(v, 1e-5, 1e5));
     }
     return s;
@@ -165,9 +166,7 @@ std::vector<float> choose_scales(const Trial& t, const SmoothOptions& opt, Smoot
   std::vector<float> best(size_t(P), 1.0f);
   double best_err = opt.never_worse ? rep.error_before : HUGE_VAL;
   // Entries ranked by their input's maximum, largest first, cut into k pieces of equal size.
-  std::vector<float> act(size_t(P), 0.0f);
-  for (size_t c = 0; c < t.g.param_of.size(); c++)
-    act[size_t(t.g.param_of[c])] = std::max(act[size_t(t.g.param_of[c])], (*t.g.act_max)[c]);
+  const std::vector<float>& act = t.act_max;
   std::vector<int64_t> order = identity(P);
   std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return act[size_t(a)] > act[size_t(b)]; });
   auto try_pieces = [&](int64_t k, bool search) {
@@ -221,9 +220,10 @@ void fold(const Group& g, const std::vector<float>& s, std::map<std::string, Ten
 }
 
 // A layer's smoothed tensors back in the dtype `weights` stores each in, every value still finite.
-void to_stored_dtypes(const WeightSource& weights, std::map<std::string, Tensor>& f32, std::map<std::string, Tensor>& out) {
+void to_stored_dtypes(const std::map<std::string, DType>& stored, std::map<std::string, Tensor>& f32,
+                      std::map<std::string, Tensor>& out) {
   for (auto& [name, t] : f32) {
-    const DType d = weights.get(name).dtype();
+    const DType d = stored.at(name);
     const float limit = d == DType::F16 ? 65504.0f : FLT_MAX;  // float16's largest; bfloat16's is float32's
     for (int64_t i = 0; i < t.numel(); i++)
       if (!(std::fabs(t.data<float>()[i]) <= limit))
@@ -245,8 +245,12 @@ std::map<std::string, Tensor> smooth_weights(const LlamaConfig& cfg, const Weigh
   if (!(opt.scale_min <= opt.scale_max) || !(opt.scale_min > 0))
     throw Error("smoothing: the scale range must be positive with min <= max");
   std::map<std::string, Tensor> f32, out;  // this layer's tensors in float32; the finished layers'
+  std::map<std::string, DType> stored;  // each tensor's dtype in `weights`, to go back to
   auto load = [&](const std::string& n) {
-    if (!n.empty() && !f32.count(n)) f32[n] = weights.get(n).to(DType::F32);  // a copy of its own
+    if (n.empty() || f32.count(n)) return;
+    const Tensor t = weights.get(n);
+    stored[n] = t.dtype();
+    f32[n] = t.to(DType::F32);  // a copy of its own
   };
   const std::vector<Group> groups = groups_of(cfg, weights, stats, opt);
   for (size_t i = 0; i < groups.size(); i++) {
@@ -262,7 +266,7 @@ std::map<std::string, Tensor> smooth_weights(const LlamaConfig& cfg, const Weigh
     }
     fold(g, s, f32);
     if (report) report(rep);
-    if (i + 1 == groups.size() || groups[i + 1].layer != g.layer) to_stored_dtypes(weights, f32, out);
+    if (i + 1 == groups.size() || groups[i + 1].layer != g.layer) to_stored_dtypes(stored, f32, out);
   }
   return out;
 }
